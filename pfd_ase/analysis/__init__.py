@@ -1,0 +1,1 @@
+"""pfd_ase.analysis."""

@@ -1,0 +1,1 @@
+"""Frame selection: QUESTS entropy selection, random baseline, frame filters."""
