@@ -37,7 +37,7 @@ has_version() {  # has_version DIST VERSION
     "$PY" - "$1" "$2" <<'PYEOF' >/dev/null 2>&1
 import sys
 from importlib.metadata import version
-sys.exit(0 if version(sys.argv[1]) == sys.argv[2] else 1)
+sys.exit(0 if version(sys.argv[1]).split("+")[0] == sys.argv[2] else 1)
 PYEOF
 }
 
@@ -73,7 +73,7 @@ mpi = False
 compiler = 'g++'
 libraries += ['blas']
 CFG
-    GPAW_CONFIG="$cfg" CC=g++ "${PIP[@]}" --no-cache-dir --no-build-isolation gpaw gpaw-data
+    GPAW_CONFIG="$cfg" CC=g++ "${PIP[@]}" --no-cache-dir gpaw gpaw-data
 fi
 
 # 6. everything else, then the package itself (editable)

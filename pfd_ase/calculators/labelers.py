@@ -1,0 +1,461 @@
+"""Labelers: the reference calculators that produce training labels.
+
+:func:`make_labeler` turns a name into a configured ASE calculator:
+
+========  =====================================================================
+name      calculator
+========  =====================================================================
+vasp      ``ase.calculators.vasp.Vasp`` with the PFD supplement's settings
+          (:data:`VASP_DEFAULTS`); production DFT.
+gpaw      GPAW, PBE plane waves, small settings for demos (:data:`GPAW_DEFAULTS`).
+emt       ``ase.calculators.emt.EMT`` (tests).
+tersoff   matscipy Tersoff, Si/C parameters of PRB 39, 5566 (tests).
+sw        matscipy Stillinger-Weber, Si parameters of PRB 31, 5262 (tests).
+chgnet    the pre-trained CHGNet shipped with its wheel (offline teacher).
+========  =====================================================================
+
+Any calculator object is accepted as is. :func:`labeler_info` records which
+labeler produced a frame. Units inside: eV, Å, eV/Å, eV/Å³.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "GPAW_DEFAULTS",
+    "KNOWN_LABELERS",
+    "VASP_DEFAULTS",
+    "LabelerSetupError",
+    "check_labeler",
+    "check_vasp_setup",
+    "is_calculator",
+    "labeler_info",
+    "make_labeler",
+]
+
+#: VASP settings of the PFD supplement: PBE, 500 eV, k-spacing 0.2 Å⁻¹ without Γ,
+#: EDIFF 1e-5 eV, Gaussian smearing of 0.05 eV.
+VASP_DEFAULTS: dict[str, Any] = {
+    "xc": "PBE",
+    "encut": 500,
+    "kspacing": 0.2,
+    "kgamma": False,
+    "ediff": 1e-5,
+    "ismear": 0,
+    "sigma": 0.05,
+}
+
+#: GPAW settings for demos and tests on small cells: PBE plane waves at 350 eV,
+#: a Monkhorst-Pack mesh of 2 points per Å⁻¹ without Γ (about k-spacing 0.5 Å⁻¹),
+#: Gaussian smearing of 0.05 eV (as VASP ISMEAR = 0), log written to ``txt`` in
+#: the calculation directory.
+GPAW_DEFAULTS: dict[str, Any] = {
+    "mode": {"name": "pw", "ecut": 350.0},
+    "xc": "PBE",
+    "kpts": {"density": 2.0, "gamma": False},
+    "occupations": {"name": "methfessel-paxton", "order": 0, "width": 0.05},
+    "convergence": {"energy": 1e-6, "density": 1e-5},
+    "txt": "gpaw.txt",
+}
+
+_VASP_COMMAND_ENV = ("ASE_VASP_COMMAND", "VASP_COMMAND", "VASP_SCRIPT")
+_CHGNET_DEFAULT_MODEL = "0.3.0"
+
+
+class LabelerSetupError(RuntimeError):
+    """A labeler cannot run here: missing program, POTCARs or Python package."""
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def make_labeler(name: Any, directory: str | os.PathLike | None = None, **overrides: Any) -> Any:
+    """Return a configured ASE calculator for labelling.
+
+    Parameters
+    ----------
+    name
+        One of :data:`KNOWN_LABELERS`, or a calculator object (returned as is).
+    directory
+        Working directory of file-based calculators (VASP inputs and outputs,
+        the GPAW log); created when needed.
+    **overrides
+        Top-level settings replacing the defaults: any ``Vasp`` keyword and
+        ``command`` for ``vasp`` (``encut=600``, ``command="mpirun vasp_std"``);
+        any ``GPAW`` keyword for ``gpaw`` (``mode={"name": "pw", "ecut": 400}``);
+        ``parameters`` (a matscipy parameter dict or its name) for ``tersoff``
+        and ``sw``; ``model`` (a pre-trained version or a file), ``use_device``
+        and ``CHGNetCalculator`` keywords for ``chgnet``; ``EMT`` keywords for ``emt``.
+
+    Raises
+    ------
+    ValueError
+        Unknown name.
+    LabelerSetupError
+        The program, its data or the Python package is missing.
+    """
+    if not isinstance(name, str):
+        if is_calculator(name):
+            if overrides or directory is not None:
+                raise TypeError("directory and overrides apply to labeler names, not objects")
+            return name
+        raise TypeError(f"a labeler is a name or a calculator object, not {type(name).__name__}")
+    key = _canonical_name(name)
+    return _BUILDERS[key](directory, dict(overrides))
+
+
+def _canonical_name(name: str) -> str:
+    key = name.strip().lower()
+    if key not in _BUILDERS:
+        raise ValueError(f"unknown labeler {name!r}; known labelers: {', '.join(KNOWN_LABELERS)}")
+    return key
+
+
+def is_calculator(obj: Any) -> bool:
+    """Whether ``obj`` behaves as an ASE calculator (energy and forces)."""
+    return callable(getattr(obj, "get_potential_energy", None)) and callable(
+        getattr(obj, "get_forces", None)
+    )
+
+
+def _tag(calc: Any, name: str, settings: Mapping[str, Any]) -> Any:
+    calc.pfd_labeler = {"name": name, "settings": _jsonable(dict(settings))}
+    return calc
+
+
+# --------------------------------------------------------------------------- VASP
+
+
+def _make_vasp(directory: str | os.PathLike | None, overrides: dict[str, Any]) -> Any:
+    from ase.calculators.vasp import Vasp
+
+    params = {**VASP_DEFAULTS, **overrides}
+    command = params.pop("command", None)
+    _vasp_command(command)
+    _vasp_pp_root()
+    kwargs: dict[str, Any] = {}
+    if directory is not None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        kwargs["directory"] = str(directory)
+    # the command stays unresolved so that Vasp reads the environment where it runs
+    return Vasp(command=command, **kwargs, **params)
+
+
+def _cfg_get(key: str) -> str | None:
+    """A setting from ASE's config file or the environment, as ASE itself reads it."""
+    try:
+        from ase.config import cfg
+    except ImportError:  # older ASE
+        return os.environ.get(key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return cfg[key]
+        except KeyError:
+            return None
+
+
+def _vasp_command(command: str | None = None) -> str:
+    if command:
+        return command
+    for env in _VASP_COMMAND_ENV:
+        value = _cfg_get(env)
+        if value:
+            return value
+    raise LabelerSetupError(
+        "no VASP command: pass command='mpirun vasp_std' (or similar) to the vasp labeler or "
+        f"set one of the environment variables {', '.join(_VASP_COMMAND_ENV)}"
+    )
+
+
+def _vasp_pp_root() -> Path:
+    value = _cfg_get("VASP_PP_PATH")
+    if not value:
+        raise LabelerSetupError(
+            "VASP_PP_PATH is not set: point it to the folder holding potpaw_PBE/<element>/POTCAR"
+        )
+    root = Path(value).expanduser()
+    if not root.is_dir():
+        raise LabelerSetupError(f"VASP_PP_PATH={value} is not a directory")
+    return root
+
+
+def check_vasp_setup(
+    symbols: Iterable[str], *, command: str | None = None, **vasp_params: Any
+) -> dict[str, str]:
+    """Check that VASP can run for these elements, before any work is done.
+
+    Parameters
+    ----------
+    symbols
+        Chemical symbols (repeats allowed), e.g. all symbols of all frames.
+    command
+        The VASP command, if not taken from ``ASE_VASP_COMMAND``, ``VASP_COMMAND``
+        or ``VASP_SCRIPT``.
+    **vasp_params
+        Overrides of :data:`VASP_DEFAULTS` that choose POTCARs (``xc``, ``pp``,
+        ``setups``, ``pp_version``).
+
+    Returns
+    -------
+    dict
+        Element → POTCAR path, as ASE will use it.
+
+    Raises
+    ------
+    LabelerSetupError
+        No command, no ``VASP_PP_PATH``, or POTCARs missing (all missing elements listed).
+    """
+    from ase import Atoms
+    from ase.calculators.vasp import Vasp
+
+    _vasp_command(command)
+    root = _vasp_pp_root()
+    params = {**VASP_DEFAULTS, **vasp_params}
+    found: dict[str, str] = {}
+    missing: dict[str, str] = {}
+    for symbol in sorted(set(symbols)):
+        calc = Vasp(**params)
+        try:
+            calc.initialize(Atoms(symbol))  # resolves POTCARs exactly as a run would
+        except Exception as exc:  # ASE raises a bare RuntimeError here
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            missing[symbol] = first
+        else:
+            found[symbol] = str(calc.ppp_list[0])
+    if missing:
+        detail = "; ".join(f"{s}: {msg}" for s, msg in missing.items())
+        raise LabelerSetupError(
+            f"no POTCAR for {', '.join(missing)} under VASP_PP_PATH={root} ({detail})"
+        )
+    return found
+
+
+# --------------------------------------------------------------------------- GPAW
+
+
+def _require(module: str, extra: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise LabelerSetupError(
+            f"the {extra} labeler needs {module!r}: pip install pfd_ase[{extra}] ({exc})"
+        ) from exc
+
+
+def _make_gpaw(directory: str | os.PathLike | None, overrides: dict[str, Any]) -> Any:
+    gpaw = _require("gpaw", "gpaw")
+    params = {**GPAW_DEFAULTS, **overrides}
+    txt = params.pop("txt")
+    if txt is not None and txt != "-" and not hasattr(txt, "write"):
+        txt = Path(txt)
+        if directory is not None and not txt.is_absolute():
+            txt = Path(directory) / txt
+        txt.parent.mkdir(parents=True, exist_ok=True)
+        txt = str(txt)
+    calc = gpaw.GPAW(txt=txt, **params)
+    return _tag(calc, "gpaw", {**params, "gpaw_version": _version("gpaw")})
+
+
+# --------------------------------------------------------------------------- classical
+
+
+def _make_emt(directory: str | os.PathLike | None, overrides: dict[str, Any]) -> Any:
+    from ase.calculators.emt import EMT
+
+    calc = EMT(**overrides)
+    if directory is not None:
+        calc.directory = str(directory)
+    return _tag(calc, "emt", {**overrides, "ase_version": _version("ase")})
+
+
+def _manybody(kind: str, default: str, directory: Any, overrides: dict[str, Any]) -> Any:
+    _require("matscipy", "classical")
+    from matscipy.calculators.manybody import Manybody
+
+    module = importlib.import_module(f"matscipy.calculators.manybody.explicit_forms.{kind}")
+    unknown = set(overrides) - {"parameters"}
+    if unknown:
+        raise TypeError(f"unknown settings {sorted(unknown)}; this labeler takes 'parameters'")
+    parameters = overrides.get("parameters", default)
+    if isinstance(parameters, str):
+        parameters = getattr(module, parameters)
+    form = {"tersoff_brenner": "TersoffBrenner", "stillinger_weber": "StillingerWeber"}[kind]
+    calc = Manybody(**getattr(module, form)(parameters))
+    if directory is not None:
+        calc.directory = str(directory)
+    return calc, dict(parameters)
+
+
+def _make_tersoff(directory: Any, overrides: dict[str, Any]) -> Any:
+    calc, parameters = _manybody(
+        "tersoff_brenner", "Tersoff_PRB_39_5566_Si_C", directory, overrides
+    )
+    return _tag(calc, "tersoff", {"parameters": parameters, "matscipy": _version("matscipy")})
+
+
+def _make_sw(directory: Any, overrides: dict[str, Any]) -> Any:
+    calc, parameters = _manybody(
+        "stillinger_weber", "Stillinger_Weber_PRB_31_5262_Si", directory, overrides
+    )
+    return _tag(calc, "sw", {"parameters": parameters, "matscipy": _version("matscipy")})
+
+
+# --------------------------------------------------------------------------- CHGNet
+
+
+def _make_chgnet(directory: Any, overrides: dict[str, Any]) -> Any:
+    _require("chgnet", "chgnet")
+    from ase import units
+    from chgnet.model import CHGNet
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    params = dict(overrides)
+    model = params.pop("model", _CHGNET_DEFAULT_MODEL)
+    use_device = params.pop("use_device", None)
+    if isinstance(model, str) and Path(model).is_file():
+        loaded = CHGNet.from_file(model)
+    elif isinstance(model, str):
+        loaded = CHGNet.load(model_name=model, use_device=use_device, verbose=False)
+    else:
+        loaded, model = model, type(model).__name__
+    # CHGNet predicts stress in GPa; the calculator multiplies by stress_weight (units.GPa
+    # by default) so that ASE gets eV/Å³. Keep that default unless overridden.
+    params.setdefault("stress_weight", units.GPa)
+    calc = CHGNetCalculator(model=loaded, use_device=use_device, **params)
+    # CHGNet stores free_energy (= energy) but does not list it: make
+    # get_potential_energy(force_consistent=True) work as for other calculators
+    calc.implemented_properties = (*calc.implemented_properties, "free_energy")
+    if directory is not None:
+        calc.directory = str(directory)
+    settings = {"model": model, "model_version": calc.version, "chgnet": _version("chgnet")}
+    settings.update({k: v for k, v in params.items() if k != "stress_weight"})
+    return _tag(calc, "chgnet", settings)
+
+
+# --------------------------------------------------------------------------- registry
+
+_BUILDERS = {
+    "vasp": _make_vasp,
+    "gpaw": _make_gpaw,
+    "emt": _make_emt,
+    "tersoff": _make_tersoff,
+    "sw": _make_sw,
+    "chgnet": _make_chgnet,
+}
+_PACKAGES = {
+    "gpaw": ("gpaw", "gpaw"),
+    "tersoff": ("matscipy", "classical"),
+    "sw": ("matscipy", "classical"),
+    "chgnet": ("chgnet", "chgnet"),
+}
+
+#: Names accepted by :func:`make_labeler`.
+KNOWN_LABELERS: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def check_labeler(
+    name: Any, symbols: Iterable[str] = (), overrides: Mapping[str, Any] | None = None
+) -> None:
+    """Fail early (and cheaply) when a labeler cannot run for these elements.
+
+    Checks the name, that the Python package is installed and, for VASP (by
+    name or a ``Vasp`` object), the command and the POTCAR of every element.
+    Nothing expensive is built.
+    """
+    overrides = dict(overrides or {})
+    if not isinstance(name, str):
+        if not is_calculator(name):
+            raise TypeError(
+                f"a labeler is a name or a calculator object, not {type(name).__name__}"
+            )
+        from ase.calculators.vasp import Vasp
+
+        if isinstance(name, Vasp):
+            params = dict(getattr(name, "parameters", {}))
+            check_vasp_setup(symbols, command=getattr(name, "command", None), **params)
+        return
+    key = _canonical_name(name)
+    if key == "vasp":
+        check_vasp_setup(symbols, **overrides)
+    elif key in _PACKAGES:
+        module, extra = _PACKAGES[key]
+        if importlib.util.find_spec(module) is None:
+            raise LabelerSetupError(
+                f"the {key} labeler needs {module!r}: pip install pfd_ase[{extra}]"
+            )
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def labeler_info(calc: Any) -> dict[str, Any]:
+    """Name and JSON-serialisable settings of a labeler, to record with each frame.
+
+    Calculators made by :func:`make_labeler` carry their own record; a ``Vasp``
+    object reports its current input parameters; other objects their
+    ``parameters`` (or ``todict()``) under ``calc.name`` or the class name.
+    Strings in the settings are kept free of ``"`` and ``\\`` so that they
+    survive ASE's extxyz comment line.
+    """
+    tagged = getattr(calc, "pfd_labeler", None)
+    if isinstance(tagged, Mapping) and "name" in tagged:
+        return {"name": str(tagged["name"]), "settings": _jsonable(tagged.get("settings", {}))}
+    name = getattr(calc, "name", None)
+    if not isinstance(name, str) or not name:
+        name = type(calc).__name__
+    settings: Any = getattr(calc, "parameters", None)
+    if not isinstance(settings, Mapping) and callable(getattr(calc, "todict", None)):
+        try:
+            settings = calc.todict()
+        except Exception:  # a provenance record must never break labelling
+            settings = {}
+    if not isinstance(settings, Mapping):
+        settings = {}
+    return {"name": name, "settings": _jsonable(dict(settings))}
+
+
+def _jsonable(obj: Any) -> Any:
+    """A JSON-safe copy: numpy to Python, objects to ``todict()`` or their class name."""
+    import numpy as np
+
+    if obj is None or isinstance(obj, bool | int):
+        return obj
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else str(obj)
+    if isinstance(obj, str):
+        return obj.replace("\\", "/").replace('"', "'")
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, os.PathLike):
+        return _jsonable(os.fspath(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        items = sorted(obj, key=repr) if isinstance(obj, set | frozenset) else obj
+        return [_jsonable(v) for v in items]
+    todict = getattr(obj, "todict", None)
+    if callable(todict):
+        try:
+            return _jsonable(todict())
+        except Exception:
+            pass
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None

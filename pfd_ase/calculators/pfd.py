@@ -1,0 +1,117 @@
+"""PFDCalculator: every PFD model (deepmd-kit, CHGNet, committees) as one ASE calculator."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from pfd_ase.calculators.backends import ModelBackend, load_backend
+
+#: Keys under which committee statistics are stored on the Atoms object
+#: (``atoms.arrays`` / ``atoms.info``), so that ``ase.io.write(..., format="extxyz")`` keeps them.
+FORCE_DEVI_KEY = "pfd_force_devi"
+MAX_FORCE_DEVI_KEY = "pfd_max_force_devi"
+ENERGY_DEVI_KEY = "pfd_energy_devi"
+
+
+class PFDCalculator(Calculator):
+    """ASE calculator over one trained model or a committee of models.
+
+    Parameters
+    ----------
+    model
+        Path to a model (deepmd-kit frozen ``.pth`` or checkpoint ``.pt``, or a
+        fine-tuned CHGNet checkpoint), or a sequence of paths for a committee.
+    head
+        Branch of a multi-task model. Required when the model has several heads;
+        a wrong or missing head raises a ``ValueError`` listing the available heads.
+    **kwargs
+        Passed to :class:`ase.calculators.calculator.Calculator`.
+
+    Notes
+    -----
+    Properties: ``energy`` and ``free_energy`` (eV), ``forces`` (eV/Å),
+    ``stress`` (Voigt ``xx yy zz yz xz xy``, eV/Å³; periodic cells only),
+    ``energies`` (per-atom energies, eV). With several models the results are
+    the committee mean, and the per-atom force deviation
+    ``sqrt(<|F_m - <F>|²>)`` (eV/Å), its maximum and the energy deviation are
+    stored in ``results`` (``force_devi``, ``max_force_devi``, ``energy_devi``)
+    and on the atoms (``atoms.arrays["pfd_force_devi"]``,
+    ``atoms.info["pfd_max_force_devi"]``, ``atoms.info["pfd_energy_devi"]``).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+
+    def __init__(
+        self,
+        model: str | os.PathLike | Sequence[str | os.PathLike],
+        head: str | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        paths = [model] if isinstance(model, (str, os.PathLike)) else list(model)
+        if not paths:
+            raise ValueError("PFDCalculator needs at least one model")
+        self.model_paths = [Path(p) for p in paths]
+        self.head = head
+        self.backends: list[ModelBackend] = [load_backend(p, head=head) for p in self.model_paths]
+        maps = {tuple(b.type_map) for b in self.backends}
+        # Committee members may have different type maps; an element must be known to all.
+        self._known = set.intersection(*(set(b.type_map) for b in self.backends))
+        self.type_map = list(self.backends[0].type_map) if len(maps) == 1 else sorted(self._known)
+
+    @property
+    def is_committee(self) -> bool:
+        """True when the calculator averages several models."""
+        return len(self.backends) > 1
+
+    def check_elements(self, atoms: Atoms) -> None:
+        """Raise ``ValueError`` if ``atoms`` holds an element the model's type map lacks."""
+        unknown = sorted(set(atoms.get_chemical_symbols()) - self._known)
+        if unknown:
+            raise ValueError(
+                f"element(s) {unknown} not in the model's type map {self.type_map} "
+                f"({', '.join(str(p) for p in self.model_paths)})"
+            )
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        caller = atoms  # the user's Atoms (``self.atoms`` becomes a copy)
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        self.check_elements(atoms)
+        periodic = bool(np.all(atoms.pbc))
+        if np.any(atoms.pbc) and not periodic:
+            raise NotImplementedError(
+                f"mixed periodic boundary conditions {atoms.pbc.tolist()} are not supported; "
+                "use a fully periodic cell with vacuum instead"
+            )
+        preds = [b.evaluate(atoms) for b in self.backends]
+        energy = np.array([p.energy for p in preds])
+        forces = np.stack([p.forces for p in preds])
+        energies = np.stack([p.energies for p in preds])
+        mean_forces = forces.mean(axis=0)
+        self.results = {
+            "energy": float(energy.mean()),
+            "free_energy": float(energy.mean()),
+            "forces": mean_forces,
+            "energies": energies.mean(axis=0),
+        }
+        if periodic:
+            virial = np.stack([p.virial for p in preds]).mean(axis=0)
+            self.results["stress"] = full_3x3_to_voigt_6_stress(-virial / atoms.get_volume())
+        if self.is_committee:
+            devi = np.sqrt(np.mean(np.sum((forces - mean_forces) ** 2, axis=2), axis=0))
+            self.results["force_devi"] = devi
+            self.results["max_force_devi"] = float(devi.max()) if len(devi) else 0.0
+            self.results["energy_devi"] = float(energy.std())
+            # Also on the caller's atoms, where extxyz writers keep them.
+            if caller is not None:
+                caller.arrays[FORCE_DEVI_KEY] = devi.copy()
+                caller.info[MAX_FORCE_DEVI_KEY] = self.results["max_force_devi"]
+                caller.info[ENERGY_DEVI_KEY] = self.results["energy_devi"]

@@ -1,0 +1,410 @@
+"""deepmd-kit (PyTorch back-end) training: input templates, train, freeze, compress.
+
+Every deepmd-kit command runs in a subprocess (``python -m deepmd --pt ...``) inside
+its own work directory: in-process training writes into the current directory, keeps
+torch thread settings and cannot be stopped cleanly. The exact command line, the
+deepmd-kit version and the wall time are recorded in ``pfd_train.json``.
+
+Hyper-parameters follow the PFD supplement: fine-tuning lr 1e-3 → 3.51e-8 decaying every
+200 steps; student (``se_atten_v2``, ``attn_layer = 0``, rcut 6.5 Å) lr 0.01 → 1e-8,
+batch size 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pfd_ase._io import read_json, write_json
+
+RECORD_FILE = "pfd_train.json"
+
+# --------------------------------------------------------------------------- templates
+#: A small two-layer DPA-2 descriptor for tests and demos (about 50k parameters per branch).
+DPA2_TINY: dict[str, Any] = {
+    "type": "dpa2",
+    "repinit": {
+        "tebd_dim": 8,
+        "rcut": 6.0,
+        "rcut_smth": 0.5,
+        "nsel": 60,
+        "neuron": [8, 16, 32],
+        "axis_neuron": 4,
+        "activation_function": "tanh",
+        "tebd_input_mode": "strip",
+    },
+    "repformer": {
+        "rcut": 4.0,
+        "rcut_smth": 3.5,
+        "nsel": 40,
+        "nlayers": 2,
+        "g1_dim": 32,
+        "g2_dim": 16,
+        "attn2_hidden": 16,
+        "attn2_nhead": 2,
+        "attn1_hidden": 32,
+        "attn1_nhead": 2,
+        "axis_neuron": 4,
+        "update_h2": False,
+        "update_g1_has_conv": True,
+        "update_g1_has_grrg": True,
+        "update_g1_has_drrd": True,
+        "update_g1_has_attn": False,
+        "update_g2_has_g1g1": False,
+        "update_g2_has_attn": True,
+        "update_style": "res_residual",
+        "update_residual": 0.01,
+        "update_residual_init": "norm",
+        "attn2_has_gate": True,
+        "use_sqrt_nnei": True,
+        "g1_out_conv": True,
+        "g1_out_mlp": True,
+    },
+    "add_tebd_to_repinit_out": False,
+}
+
+#: The PFD student (supplement §II.C): se_atten_v2 without attention layers, rcut 6.5 Å.
+STUDENT_DESCRIPTOR: dict[str, Any] = {
+    "type": "se_atten_v2",
+    "rcut": 6.5,
+    "rcut_smth": 0.5,
+    "sel": 80,
+    "neuron": [25, 50, 100],
+    "axis_neuron": 16,
+    "attn_layer": 0,
+    "tebd_dim": 8,
+    "type_one_side": True,
+}
+STUDENT_FITTING: dict[str, Any] = {"neuron": [240, 240, 240], "resnet_dt": True}
+
+FINETUNE_LR = {"type": "exp", "start_lr": 1e-3, "stop_lr": 3.51e-8, "decay_steps": 200}
+STUDENT_LR = {"type": "exp", "start_lr": 1e-2, "stop_lr": 1e-8, "decay_steps": 200}
+ENERGY_LOSS = {
+    "type": "ener",
+    "start_pref_e": 0.02,
+    "limit_pref_e": 1.0,
+    "start_pref_f": 1000.0,
+    "limit_pref_f": 1.0,
+    "start_pref_v": 0.0,
+    "limit_pref_v": 0.0,
+}
+
+
+def energy_model(
+    type_map: Sequence[str],
+    descriptor: Mapping[str, Any] | None = None,
+    fitting_net: Mapping[str, Any] | None = None,
+    seed: int = 1,
+) -> dict[str, Any]:
+    """A deepmd-kit ``model`` section (default descriptor: :data:`DPA2_TINY`)."""
+    desc = copy.deepcopy(dict(descriptor or DPA2_TINY))
+    fit = copy.deepcopy(dict(fitting_net or {"neuron": [32, 32, 32], "resnet_dt": True}))
+    desc.setdefault("seed", seed)
+    fit.setdefault("seed", seed)
+    return {"type_map": list(type_map), "descriptor": desc, "fitting_net": fit}
+
+
+def training_input(
+    model: Mapping[str, Any],
+    train_systems: Sequence[str | os.PathLike],
+    valid_systems: Sequence[str | os.PathLike] | None = None,
+    steps: int = 1000,
+    learning_rate: Mapping[str, Any] | None = None,
+    loss: Mapping[str, Any] | None = None,
+    batch_size: int | str = "auto",
+    seed: int = 1,
+    disp_freq: int | None = None,
+    save_freq: int | None = None,
+) -> dict[str, Any]:
+    """A complete single-task deepmd-kit input (dict ready for ``input.json``)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not train_systems:
+        raise ValueError("no training systems given")
+    lr = dict(learning_rate or FINETUNE_LR)
+    lr["decay_steps"] = min(lr.get("decay_steps", 200), max(1, steps))
+    loss = dict(loss or ENERGY_LOSS)
+    has_virial = any(Path(s, "set.000", "virial.npy").exists() for s in train_systems)
+    if has_virial and loss.get("limit_pref_v", 0) == 0 and loss is ENERGY_LOSS:
+        loss.update(start_pref_v=0.02, limit_pref_v=1.0)
+    training: dict[str, Any] = {
+        "training_data": {
+            "systems": [str(Path(s).resolve()) for s in train_systems],
+            "batch_size": batch_size,
+        },
+        "numb_steps": int(steps),
+        "seed": seed,
+        "disp_file": "lcurve.out",
+        "disp_freq": disp_freq or max(1, min(100, steps // 10)),
+        "save_freq": save_freq or max(1, min(1000, steps // 4)),
+    }
+    if valid_systems:
+        training["validation_data"] = {
+            "systems": [str(Path(s).resolve()) for s in valid_systems],
+            "batch_size": 1,
+            "numb_btch": 1,
+        }
+    return {
+        "model": copy.deepcopy(dict(model)),
+        "learning_rate": lr,
+        "loss": loss,
+        "training": training,
+    }
+
+
+def multitask_input(
+    type_map: Sequence[str],
+    branches: Mapping[str, Mapping[str, Any]],
+    descriptor: Mapping[str, Any] | None = None,
+    steps: int = 1000,
+    learning_rate: Mapping[str, Any] | None = None,
+    seed: int = 1,
+) -> dict[str, Any]:
+    """Input for multi-task pre-training (DPA-2 §4.4): shared descriptor, one head per dataset.
+
+    Parameters
+    ----------
+    type_map
+        All elements of all datasets (``type_map_all``).
+    branches
+        ``{name: {"train": [systems], "valid": [systems] (optional), "weight": float
+        (sampling weight, default 1), "fitting_net": {...} (optional)}}``.
+    descriptor
+        Shared descriptor (default :data:`DPA2_TINY`).
+    """
+    if len(branches) < 1:
+        raise ValueError("multi-task training needs at least one branch")
+    desc = copy.deepcopy(dict(descriptor or DPA2_TINY))
+    desc.setdefault("seed", seed)
+    model_dict, loss_dict, data_dict, prob = {}, {}, {}, {}
+    for name, spec in branches.items():
+        unknown = set(spec) - {"train", "valid", "weight", "fitting_net"}
+        if unknown or "train" not in spec:
+            raise ValueError(f"branch {name!r}: needs 'train', unknown keys {sorted(unknown)}")
+        single = training_input(
+            {}, spec["train"], spec.get("valid"), steps=steps, learning_rate=learning_rate
+        )
+        fit = dict(spec.get("fitting_net") or {"neuron": [32, 32, 32], "resnet_dt": True})
+        fit.setdefault("seed", seed)
+        model_dict[name] = {
+            "type_map": "type_map_all",
+            "descriptor": "shared_descriptor",
+            "fitting_net": fit,
+        }
+        loss_dict[name] = single["loss"]
+        data = {"training_data": single["training"]["training_data"]}
+        if "validation_data" in single["training"]:
+            data["validation_data"] = single["training"]["validation_data"]
+        data_dict[name] = data
+        prob[name] = float(spec.get("weight", 1.0))
+    ref = training_input({}, ["."], steps=steps, learning_rate=learning_rate, seed=seed)
+    training = {k: v for k, v in ref["training"].items() if k != "training_data"}
+    training.update(model_prob=prob, data_dict=data_dict)
+    return {
+        "model": {
+            "shared_dict": {"type_map_all": list(type_map), "shared_descriptor": desc},
+            "model_dict": model_dict,
+        },
+        "learning_rate": ref["learning_rate"],
+        "loss_dict": loss_dict,
+        "training": training,
+    }
+
+
+def student_input(
+    type_map: Sequence[str],
+    train_systems: Sequence[str | os.PathLike],
+    valid_systems: Sequence[str | os.PathLike] | None = None,
+    steps: int = 1000,
+    seed: int = 1,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Input for the distilled student: se_atten_v2 (attn_layer 0), lr 0.01 → 1e-8, batch 1."""
+    model = energy_model(type_map, STUDENT_DESCRIPTOR, STUDENT_FITTING, seed=seed)
+    for key, value in overrides.pop("descriptor", {}).items():
+        model["descriptor"][key] = value
+    return training_input(
+        model,
+        train_systems,
+        valid_systems,
+        steps=steps,
+        learning_rate=STUDENT_LR,
+        batch_size=1,
+        seed=seed,
+        **overrides,
+    )
+
+
+# --------------------------------------------------------------------------- running dp
+def dp_env(threads: int | None = None) -> dict[str, str]:
+    """Environment for a deepmd-kit subprocess: fixed thread counts, no data-loader workers."""
+    env = dict(os.environ)
+    n = str(threads or int(env.get("PFD_THREADS", os.cpu_count() or 1)))
+    env.update(
+        OMP_NUM_THREADS=n,
+        DP_INTRA_OP_PARALLELISM_THREADS=n,
+        DP_INTER_OP_PARALLELISM_THREADS="1",
+        NUM_WORKERS="0",
+    )
+    return env
+
+
+def run_dp(
+    args: Sequence[str], workdir: str | os.PathLike, threads: int | None = None, log_name="dp.log"
+) -> subprocess.CompletedProcess:
+    """Run ``python -m deepmd --pt ARGS`` in ``workdir``; raise with the log tail on failure."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "deepmd", "--pt", *map(str, args)]
+    with open(workdir / log_name, "a") as log:
+        log.write(f"$ {' '.join(cmd)}\n")
+        log.flush()
+        proc = subprocess.run(
+            cmd, cwd=workdir, env=dp_env(threads), stdout=log, stderr=subprocess.STDOUT
+        )
+    if proc.returncode != 0:
+        tail = "\n".join((workdir / log_name).read_text().splitlines()[-25:])
+        raise RuntimeError(f"deepmd-kit failed ({' '.join(cmd[3:])}) in {workdir}:\n{tail}")
+    return proc
+
+
+def deepmd_version() -> str:
+    """Installed deepmd-kit version."""
+    from importlib.metadata import version
+
+    return version("deepmd-kit")
+
+
+def _latest_checkpoint(workdir: Path) -> Path | None:
+    ckpts = sorted(
+        workdir.glob("model.ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[-1].split(".")[0])
+    )
+    return ckpts[-1] if ckpts else None
+
+
+def train(
+    config: Mapping[str, Any],
+    workdir: str | os.PathLike,
+    finetune: str | os.PathLike | None = None,
+    model_branch: str | None = None,
+    init_model: str | os.PathLike | None = None,
+    use_pretrain_script: bool = False,
+    threads: int | None = None,
+) -> Path:
+    """Train with deepmd-kit in ``workdir``; return the final checkpoint ``model.ckpt.pt``.
+
+    Resumable: a finished run (recorded in ``pfd_train.json`` with the same input) is
+    not repeated, and an interrupted one restarts from its last checkpoint.
+
+    Parameters
+    ----------
+    config
+        The deepmd-kit input (see :func:`training_input`).
+    finetune
+        Pre-trained checkpoint to fine-tune (``--finetune``).
+    model_branch
+        Branch of a multi-task ``finetune`` model to reuse; ``"RANDOM"`` or ``None`` gives
+        a freshly initialised fitting net. The energy bias is refitted to the new data.
+    init_model
+        Checkpoint to initialise from (``--init-model``), e.g. the previous iteration's.
+    use_pretrain_script
+        Take descriptor and fitting settings from the ``finetune`` checkpoint.
+    """
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = json.loads(json.dumps(config))
+    record_path = workdir / RECORD_FILE
+    final = workdir / "model.ckpt.pt"
+    if record_path.exists():
+        record = read_json(record_path)
+        if record.get("config") == config and record.get("done") and final.exists():
+            return final
+    write_json(workdir / "input.json", config)
+    args: list[str] = ["train", "input.json"]
+    last = _latest_checkpoint(workdir)
+    if last is not None:
+        args += ["--restart", last.name]
+    elif finetune is not None:
+        args += ["--finetune", str(Path(finetune).resolve())]
+        if model_branch is not None:
+            args += ["--model-branch", model_branch]
+        if use_pretrain_script:
+            args.append("--use-pretrain-script")
+    elif init_model is not None:
+        args += ["--init-model", str(Path(init_model).resolve())]
+    record = {
+        "command": [sys.executable, "-m", "deepmd", "--pt", *args],
+        "deepmd_version": deepmd_version(),
+        "config": config,
+        "finetune": str(finetune) if finetune else None,
+        "model_branch": model_branch,
+        "done": False,
+    }
+    write_json(record_path, record)
+    t0 = time.perf_counter()
+    run_dp(args, workdir, threads=threads)
+    record.update(done=True, wall_s=round(time.perf_counter() - t0, 3))
+    write_json(record_path, record)
+    if not final.exists():
+        last = _latest_checkpoint(workdir)
+        if last is None:
+            raise RuntimeError(f"deepmd-kit wrote no checkpoint in {workdir}")
+        final = last
+    return final
+
+
+def freeze(
+    workdir: str | os.PathLike,
+    output: str | os.PathLike = "frozen_model.pth",
+    head: str | None = None,
+    threads: int | None = None,
+) -> Path:
+    """Freeze a training folder's checkpoint to TorchScript ``.pth`` (``head`` for multi-task)."""
+    workdir = Path(workdir).resolve()
+    output = Path(output)
+    if not output.is_absolute():
+        output = workdir / output
+    args = ["freeze", "-o", str(output)]
+    if head:
+        args += ["--head", head]
+    run_dp(args, workdir, threads=threads)
+    return output
+
+
+def compress(
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    input_json: str | os.PathLike | None = None,
+    threads: int | None = None,
+) -> Path:
+    """``dp --pt compress`` a frozen model (tabulated embedding nets, same predictions, faster).
+
+    Raises ``RuntimeError`` when deepmd-kit was built without its custom operators or the
+    descriptor cannot be compressed; callers fall back to the uncompressed model.
+    """
+    model, output = Path(model).resolve(), Path(output).resolve()
+    args = ["compress", "-i", str(model), "-o", str(output)]
+    if input_json is not None:
+        args += ["-t", str(Path(input_json).resolve())]
+    run_dp(args, output.parent, threads=threads, log_name="compress.log")
+    return output
+
+
+def read_lcurve(path: str | os.PathLike) -> dict[str, list[float]]:
+    """Columns of a deepmd-kit ``lcurve.out`` by name (``step``, ``rmse_f_trn``, ...)."""
+    lines = Path(path).read_text().splitlines()
+    header = next(line for line in lines if line.startswith("#")).lstrip("#").split()
+    cols: dict[str, list[float]] = {h: [] for h in header}
+    for line in lines:
+        if line.startswith("#") or not line.strip():
+            continue
+        for h, v in zip(header, line.split(), strict=False):
+            cols[h].append(float(v))
+    return cols

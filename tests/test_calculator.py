@@ -1,0 +1,168 @@
+"""PFDCalculator on tiny deepmd-kit models trained by the fixtures (real deepmd-kit runs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+from ase.io import read, write
+from scipy.spatial.transform import Rotation
+
+from conftest import requires_deepmd
+
+pytestmark = requires_deepmd
+
+
+def _cell(seed=3):
+    atoms = bulk("Cu", "fcc", a=3.62, cubic=True).repeat((2, 1, 1))
+    atoms[1].symbol = "Ag"
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
+@pytest.fixture(params=["pth", "ckpt"])
+def model_path(request, tiny_models):
+    return tiny_models[1][request.param]
+
+
+def test_forces_and_stress_equal_finite_differences(model_path):
+    from pfd_ase.calculators import PFDCalculator
+
+    atoms = _cell()
+    atoms.calc = PFDCalculator(model_path)
+    forces = atoms.get_forces()
+    assert np.abs(forces).max() > 1e-3  # a rattled cell has non-zero forces
+    np.testing.assert_allclose(forces, calculate_numerical_forces(atoms, eps=1e-4), atol=1e-6)
+    np.testing.assert_allclose(
+        atoms.get_stress(), calculate_numerical_stress(atoms, eps=1e-5), atol=1e-7
+    )
+    assert atoms.get_stress().shape == (6,)
+    np.testing.assert_allclose(atoms.get_potential_energies().sum(), atoms.get_potential_energy())
+    assert atoms.get_potential_energy(force_consistent=True) == atoms.get_potential_energy()
+
+
+def test_frozen_and_checkpoint_agree(tiny_models):
+    from pfd_ase.calculators import PFDCalculator
+
+    atoms = _cell()
+    e_pth = PFDCalculator(tiny_models[1]["pth"]).get_potential_energy(atoms)
+    e_ckpt = PFDCalculator(tiny_models[1]["ckpt"]).get_potential_energy(atoms)
+    assert e_pth == pytest.approx(e_ckpt, abs=1e-8)
+
+
+def test_rotation_translation_permutation_invariance(tiny_models):
+    from pfd_ase.calculators import PFDCalculator
+
+    calc = PFDCalculator(tiny_models[1]["pth"])
+    atoms = _cell()
+    atoms.calc = calc
+    e0, f0, s0 = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress(voigt=False)
+
+    rot = Rotation.from_euler("xyz", [0.3, -0.7, 1.1]).as_matrix()
+    rotated = atoms.copy()
+    rotated.set_cell(atoms.cell.array @ rot.T, scale_atoms=False)
+    rotated.positions = atoms.positions @ rot.T
+    rotated.calc = calc
+    assert rotated.get_potential_energy() == pytest.approx(e0, abs=1e-8)
+    np.testing.assert_allclose(rotated.get_forces(), f0 @ rot.T, atol=1e-8)
+    np.testing.assert_allclose(rotated.get_stress(voigt=False), rot @ s0 @ rot.T, atol=1e-9)
+
+    moved = atoms.copy()
+    moved.translate([0.37, -1.2, 2.9])
+    moved.calc = calc
+    assert moved.get_potential_energy() == pytest.approx(e0, abs=1e-8)
+    np.testing.assert_allclose(moved.get_forces(), f0, atol=1e-8)
+
+    perm = np.random.default_rng(0).permutation(len(atoms))
+    shuffled = atoms[perm]
+    shuffled.calc = calc
+    assert shuffled.get_potential_energy() == pytest.approx(e0, abs=1e-8)
+    np.testing.assert_allclose(shuffled.get_forces(), f0[perm], atol=1e-8)
+
+
+def test_non_periodic_cluster_has_forces_but_no_stress(tiny_models):
+    from pfd_ase.calculators import PFDCalculator
+
+    cluster = Atoms("Cu4", positions=[[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0], [0.1, 0.2, 2.4]])
+    cluster.calc = PFDCalculator(tiny_models[1]["pth"])
+    np.testing.assert_allclose(
+        cluster.get_forces(), calculate_numerical_forces(cluster, eps=1e-4), atol=1e-6
+    )
+    with pytest.raises(PropertyNotImplementedError):
+        cluster.get_stress()
+    mixed = _cell()
+    mixed.pbc = [True, True, False]
+    mixed.calc = cluster.calc
+    with pytest.raises(NotImplementedError, match="mixed periodic"):
+        mixed.get_potential_energy()
+
+
+def test_committee_deviation(tiny_models, tmp_path):
+    from pfd_ase.calculators import PFDCalculator
+
+    m1, m2 = tiny_models[1]["pth"], tiny_models[2]["pth"]
+    atoms = _cell()
+    atoms.calc = PFDCalculator([m1, m1])
+    atoms.get_forces()
+    assert atoms.info["pfd_max_force_devi"] == 0.0
+    assert np.all(atoms.arrays["pfd_force_devi"] == 0.0)
+
+    atoms.calc = PFDCalculator([m1, m2])
+    forces = atoms.get_forces()
+    f1 = PFDCalculator(m1).get_forces(atoms.copy())
+    f2 = PFDCalculator(m2).get_forces(atoms.copy())
+    np.testing.assert_allclose(forces, (f1 + f2) / 2, atol=1e-10)
+    # two members: deviation = |f1 - f2| / 2 per atom
+    expected = np.linalg.norm(f1 - f2, axis=1) / 2
+    np.testing.assert_allclose(atoms.arrays["pfd_force_devi"], expected, rtol=1e-10)
+    assert atoms.info["pfd_max_force_devi"] == pytest.approx(expected.max())
+    assert atoms.info["pfd_max_force_devi"] > 0
+    # ASE writers keep the committee statistics
+    write(tmp_path / "c.extxyz", atoms)
+    back = read(tmp_path / "c.extxyz")
+    np.testing.assert_allclose(back.arrays["pfd_force_devi"], expected, atol=1e-7)
+
+
+def test_multitask_head_selection(multitask_model):
+    from pfd_ase.calculators import PFDCalculator, list_heads
+
+    assert list_heads(multitask_model) == ["cu", "cu2"]
+    atoms = _cell()
+    e_a = PFDCalculator(multitask_model, head="cu").get_potential_energy(atoms)
+    e_b = PFDCalculator(multitask_model, head="CU2").get_potential_energy(atoms)
+    assert np.isfinite(e_a) and np.isfinite(e_b)
+    assert e_a != pytest.approx(e_b, abs=1e-6)  # separate fitting nets
+    with pytest.raises(ValueError, match=r"no head named 'nope'.*\['cu', 'cu2'\]"):
+        PFDCalculator(multitask_model, head="nope")
+    with pytest.raises(ValueError, match=r"multi-task.*\['cu', 'cu2'\]"):
+        PFDCalculator(multitask_model)
+
+
+def test_head_on_single_task_model_is_an_error(tiny_models):
+    from pfd_ase.calculators import PFDCalculator
+
+    with pytest.raises(ValueError, match="single-task"):
+        PFDCalculator(tiny_models[1]["ckpt"], head="cu")
+
+
+def test_unknown_element_names_element_and_type_map(tiny_models):
+    from pfd_ase.calculators import PFDCalculator
+
+    calc = PFDCalculator(tiny_models[1]["pth"])
+    with pytest.raises(ValueError, match=r"\['Si'\].*\['Cu', 'Ag'\]"):
+        calc.get_potential_energy(bulk("Si", "diamond", a=5.43))
+
+
+def test_bad_model_paths(tmp_path):
+    from pfd_ase.calculators import PFDCalculator
+
+    with pytest.raises(FileNotFoundError):
+        PFDCalculator(tmp_path / "missing.pth")
+    (tmp_path / "model.txt").write_text("x")
+    with pytest.raises(ValueError, match="cannot tell"):
+        PFDCalculator(tmp_path / "model.txt")
+    with pytest.raises(ValueError, match="at least one"):
+        PFDCalculator([])
