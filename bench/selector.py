@@ -1,0 +1,250 @@
+"""Benchmark of the QUESTS entropy selector (issue 3): prints a table, asserts nothing.
+
+    python bench/selector.py            # the issue's sizes, a few minutes on 2 cores
+    python bench/selector.py --quick    # 1/5 of the sizes, to try it out
+
+Data: MD-like Si, generated here with ASE and seeded (no files, no network):
+
+* ``si-pfd``: the phases of the Si example of the PFD supplement (Table S1): diamond, hexagonal
+  diamond, beta-Sn, fcc, bcc, hcp and diamond with a vacancy (45-180 atoms per cell). Thermal
+  motion at ~500 K as independent Gaussian displacements (sigma 0.1 Å per Cartesian component),
+  two pressures (0.001 GPa, 1 GPa as a -0.34 % isotropic strain) and NPT-like cell noise
+  (0.5 % symmetric strain). Environments of one phase lie within a few h of each other: this
+  is what a PFD candidate pool looks like, and it is dense for the kernel.
+* ``si-diverse``: the same phases plus a (001) slab (pbc T, T, F) and an isolated cluster, at
+  300 to 1500 K (sigma = 0.075 sqrt(T / 300 K) Å) with random strains up to 3 %.
+
+"pairs in range" is the fraction of (y, x) pairs, sampled, whose kernel term matters, i.e.
+within ``h sqrt(2 (37 + log n))`` (plus, for dH, the nearest distance): no exact method can skip
+those, which bounds the speed-up of the pruned sums on a given data set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import time
+import tracemalloc
+from collections.abc import Callable
+
+import numpy as np
+from ase import Atoms
+from ase.build import bulk
+from ase.spacegroup import crystal
+
+from pfd_ase.selectors import EntropySelector, RandomSelector, quests
+
+H = quests.DEFAULT_BANDWIDTH
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def si_phases() -> dict[str, Atoms]:
+    dia = bulk("Si", "diamond", a=5.431, cubic=True) * (2, 2, 2)
+    vac = dia.copy()
+    del vac[0]
+    beta_sn = crystal(
+        "Si", [(0, 0, 0)], spacegroup=141, setting=1, cellpar=[4.686, 4.686, 2.585, 90, 90, 90]
+    )
+    return {
+        "diamond": dia,
+        "hex-diamond": bulk("SiSi", "wurtzite", a=3.84, c=6.34) * (3, 3, 2),
+        "beta-Sn": beta_sn * (3, 3, 5),
+        "fcc": bulk("Si", "fcc", a=3.87, cubic=True) * (3, 3, 3),
+        "bcc": bulk("Si", "bcc", a=3.09, cubic=True) * (4, 4, 4),
+        "hcp": bulk("Si", "hcp", a=2.74, c=4.47) * (4, 4, 3),
+        "diamond+vacancy": vac,
+    }
+
+
+def _strained(atoms: Atoms, eps: np.ndarray) -> Atoms:
+    out = atoms.copy()
+    out.set_cell(out.cell @ (np.eye(3) + eps), scale_atoms=True)
+    return out
+
+
+def si_pfd(n_env: int, seed: int) -> list[Atoms]:
+    """Table S1 phases, ~500 K, 0.001 and 1 GPa, NPT cell noise: frames until n_env atoms."""
+    rng = np.random.default_rng(seed)
+    phases = list(si_phases().values())
+    frames: list[Atoms] = []
+    total = 0
+    while total < n_env:
+        base = phases[len(frames) % len(phases)]
+        noise = rng.normal(0.0, 0.005, (3, 3))
+        pressure = (0.0, -0.0034)[(len(frames) // len(phases)) % 2]
+        atoms = _strained(base, (noise + noise.T) / 2 + pressure * np.eye(3))
+        atoms.positions += rng.normal(0.0, 0.1, atoms.positions.shape)
+        frames.append(atoms)
+        total += len(atoms)
+    return frames
+
+
+def si_diverse(n_env: int, seed: int) -> list[Atoms]:
+    """Phases, a slab and a cluster at 300-1500 K with strains up to 3 %."""
+    rng = np.random.default_rng(seed)
+    phases = list(si_phases().values())
+    slab = phases[0].copy()
+    slab.center(vacuum=6.0, axis=2)
+    slab.pbc = (True, True, False)
+    cluster = phases[0].copy()
+    cluster.pbc = False
+    phases += [slab, cluster]
+    frames: list[Atoms] = []
+    total = 0
+    while total < n_env:
+        base = phases[len(frames) % len(phases)]
+        sigma = 0.075 * math.sqrt(rng.choice([300, 600, 900, 1200, 1500]) / 300)
+        eps = rng.uniform(-0.03, 0.03, (3, 3))
+        atoms = _strained(base, (eps + eps.T) / 2)
+        atoms.positions += rng.normal(0.0, sigma, atoms.positions.shape)
+        frames.append(atoms)
+        total += len(atoms)
+    return frames
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def measure(fn: Callable[[], object], memory: bool = False) -> tuple[object, float, float, float]:
+    """Result, wall s, CPU s (all threads), peak traced numpy/Python memory in GB (or nan)."""
+    if memory:
+        tracemalloc.start()
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    peak = math.nan
+    if memory:
+        peak = tracemalloc.get_traced_memory()[1] / 1e9
+        tracemalloc.stop()
+    return out, wall, cpu, peak
+
+
+def pairs_in_range(y: np.ndarray, x: np.ndarray, same: bool, rng: np.random.Generator) -> float:
+    """Sampled fraction of pairs within the pruning radius of the exact fast path."""
+    rows = y[rng.choice(len(y), min(400, len(y)), replace=False)]
+    sq = np.einsum("ij,ij->i", rows, rows)[:, None] + np.einsum("ij,ij->i", x, x)[None, :]
+    d = np.sqrt(np.maximum(sq - 2 * rows @ x.T, 0.0))
+    tail2 = 2 * H * H * (37 + math.log(len(x)))
+    base = 0.0 if same else d.min(axis=1, keepdims=True) ** 2
+    return float((d**2 <= base + tail2).mean())
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, ...]] = []
+
+    def add(self, *cells: object) -> None:
+        self.rows.append(tuple(str(c) for c in cells))
+        print("  " + " | ".join(self.rows[-1]), flush=True)
+
+    def show(self) -> None:
+        widths = [max(len(r[i]) for r in self.rows) for i in range(len(self.rows[0]))]
+        print()
+        for j, row in enumerate(self.rows):
+            print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+            if j == 0:
+                print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+def kernel_rows(table: Table, name: str, x: np.ndarray, y: np.ndarray, rng) -> None:
+    n, m = len(x), len(y)
+    slow, t_bw, t_bc, m_b = measure(lambda: quests.entropy_bruteforce(x, H), memory=True)
+    fast, t_fw, t_fc, m_f = measure(lambda: quests.entropy(x, H), memory=True)
+    frac = pairs_in_range(x, x, True, rng)
+    table.add(
+        f"H, {name}, n={n}",
+        f"{t_bw:.1f} / {t_bc:.1f}",
+        f"{t_fw:.1f} / {t_fc:.1f}",
+        f"{t_bw / t_fw:.1f}x / {t_bc / t_fc:.1f}x",
+        f"diff {abs(fast - slow):.1e} (H = {fast:.4f})",
+        f"{m_b:.2f} / {m_f:.2f}",
+        f"{frac:.2f}",
+    )
+    slow, t_bw, t_bc, m_b = measure(lambda: quests.delta_entropy_bruteforce(y, x, H), memory=True)
+    fast, t_fw, t_fc, m_f = measure(lambda: quests.delta_entropy(y, x, H), memory=True)
+    ok = np.isfinite(slow)
+    err = np.abs(fast[ok] - slow[ok]).max()
+    same_inf = np.array_equal(ok, np.isfinite(fast))
+    frac = pairs_in_range(y, x, False, rng)
+    table.add(
+        f"dH, {name}, {m} vs {n}",
+        f"{t_bw:.2f} / {t_bc:.2f}",
+        f"{t_fw:.2f} / {t_fc:.2f}",
+        f"{t_bw / t_fw:.1f}x / {t_bc / t_fc:.1f}x",
+        f"max diff {err:.1e}, same infs: {same_inf}",
+        f"{m_b:.2f} / {m_f:.2f}",
+        f"{frac:.2f}",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=100_000, help="environments for H (1e5)")
+    parser.add_argument("--n-test", type=int, default=1_000, help="test environments for dH")
+    parser.add_argument("--n-diverse", type=int, default=20_000, help="si-diverse size")
+    parser.add_argument("--quick", action="store_true", help="divide all sizes by 5")
+    args = parser.parse_args()
+    scale = 5 if args.quick else 1
+    n, n_test, n_div = args.n // scale, args.n_test // scale, args.n_diverse // scale
+    rng = np.random.default_rng(0)
+
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"numpy {np.__version__}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}"
+    )
+    print(__doc__.split("Data:")[1].split('"pairs in range"')[0].rstrip())
+    table = Table()
+    table.add(
+        "task",
+        "brute wall / CPU s",
+        "fast wall / CPU s",
+        "speed-up wall / CPU",
+        "agreement",
+        "peak GB brute / fast",
+        "pairs in range",
+    )
+
+    frames = si_pfd(n, seed=1)
+    x, t_w, t_c, _ = measure(lambda: quests.descriptors(frames))
+    table.add(
+        f"descriptors, si-pfd, {len(x)} envs ({len(frames)} frames)",
+        "-",
+        f"{t_w:.1f} / {t_c:.1f}",
+        "-",
+        f"{len(x) / t_w:.0f} envs/s",
+        "-",
+        "-",
+    )
+    y = quests.descriptors(si_pfd(n_test, seed=2))[:n_test]
+    kernel_rows(table, "si-pfd", x, y, rng)
+
+    xd = quests.descriptors(si_diverse(n_div, seed=3))
+    yd = quests.descriptors(si_diverse(n_test, seed=4))[:n_test]
+    kernel_rows(table, "si-diverse", xd, yd, rng)
+
+    # Algorithm 1 on a candidate pool, against random selection (Fig. S1 in numbers)
+    cands, ref = si_diverse(n // 2, seed=5), si_diverse(max(n // 50, 100), seed=6)
+    n_target = max(len(cands) // 10, 10)
+    sel = EntropySelector(n_target=n_target, chunk_size=10)
+    order, t_w, t_c, m_s = measure(lambda: sel.select(cands, ref), memory=True)
+    rand = RandomSelector(n_target=n_target, seed=0).select(cands, ref)
+    h_sel = quests.entropy(quests.descriptors([cands[i] for i in order]), H)
+    h_rnd = quests.entropy(quests.descriptors([cands[i] for i in rand]), H)
+    table.add(
+        f"EntropySelector, {n_target} of {len(cands)} frames, chunk 10",
+        "-",
+        f"{t_w:.1f} / {t_c:.1f}",
+        "-",
+        f"H sel {h_sel:.3f} vs random {h_rnd:.3f}",
+        f"- / {m_s:.2f}",
+        "-",
+    )
+    table.show()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""QUESTS descriptors, entropy and differential entropy (pfd_ase.selectors.quests)."""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.neighborlist import neighbor_list
+from scipy.spatial.distance import cdist
+from scipy.special import logsumexp
+
+from pfd_ase.selectors import quests
+
+H = 0.015
+
+
+def w(r, rc=5.0):
+    return (1.0 - (r / rc) ** 2) ** 2
+
+
+def perturbed(atoms: Atoms, sigma: float, seed: int, strain: float = 0.0) -> Atoms:
+    rng = np.random.default_rng(seed)
+    out = atoms.copy()
+    eps = rng.uniform(-strain, strain, (3, 3))
+    out.set_cell(out.cell @ (np.eye(3) + (eps + eps.T) / 2), scale_atoms=True)
+    out.positions += rng.normal(0.0, sigma, out.positions.shape)
+    return out
+
+
+@lru_cache(maxsize=1)
+def realistic() -> np.ndarray:
+    """~1500 environments of MD-like Si: diamond, bcc and a surface slab, 0.03-0.15 Å noise."""
+    dia = bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2)
+    bcc = bulk("Si", "bcc", a=3.09, cubic=True) * (3, 3, 3)
+    slab = dia.copy()
+    slab.center(vacuum=6.0, axis=2)
+    slab.pbc = (True, True, False)
+    frames = [
+        perturbed(base, sigma, seed=i, strain=0.02)
+        for i, (base, sigma) in enumerate(
+            [(b, s) for b in (dia, bcc, slab) for s in (0.03, 0.08, 0.15)] * 2
+        )
+    ]
+    return quests.descriptors(frames)
+
+
+def naive_descriptors(atoms: Atoms, k: int = 32, cutoff: float = 5.0) -> np.ndarray:
+    """Loop-per-atom QUESTS descriptor with ASE's own neighbour search (independent oracle)."""
+    i, vec = neighbor_list("iD", atoms, cutoff)
+    rows = []
+    for a in range(len(atoms)):
+        v = vec[i == a]
+        r = np.linalg.norm(v, axis=1)
+        keep = np.argsort(r, kind="stable")[:k]
+        v, r = v[keep], r[keep]
+        wt = w(r, cutoff)
+        x1 = np.zeros(k)
+        x1[: len(r)] = wt / r
+        m = np.zeros((k, k))
+        for p in range(len(r)):
+            for q in range(len(r)):
+                if p != q:
+                    m[p, q] = math.sqrt(wt[p] * wt[q]) / np.linalg.norm(v[p] - v[q])
+        x2 = np.sort(m, axis=1).mean(axis=0)[1:][::-1]
+        rows.append(np.concatenate([x1, x2]))
+    return np.array(rows)
+
+
+# ----------------------------------------------------------------------------- descriptors
+
+
+def test_descriptor_shape_dtype_and_frame_order():
+    a = perturbed(bulk("Si", "diamond", a=5.43, cubic=True), 0.05, seed=1)
+    b = perturbed(bulk("Si", "bcc", a=3.09, cubic=True) * (2, 2, 2), 0.05, seed=2)
+    x = quests.descriptors([a, b], k=12)
+    assert x.shape == (len(a) + len(b), 23)
+    assert x.dtype == np.float64
+    np.testing.assert_array_equal(x[: len(a)], quests.descriptors(a, k=12))  # single Atoms too
+    np.testing.assert_array_equal(x[len(a) :], quests.descriptors([b], k=12))
+    assert quests.descriptors([], k=5).shape == (0, 9)
+
+
+def test_dimer_and_triangle_by_hand():
+    r = 2.0
+    x = quests.descriptors(Atoms("Si2", positions=[[0, 0, 0], [r, 0, 0]]), k=4)
+    expected = np.zeros(7)
+    expected[0] = w(r) / r  # 0.7056 / 2: one neighbour, the rest zero-padded; no angle
+    np.testing.assert_allclose(x, [expected, expected], rtol=1e-14, atol=0)
+
+    a = 2.4  # equilateral triangle: 2 neighbours at a; M[0, 1] = M[1, 0] = w(a) / a
+    tri = Atoms("Si3", positions=[[0, 0, 0], [a, 0, 0], [a / 2, a * math.sqrt(3) / 2, 0]])
+    x = quests.descriptors(tri, k=4)
+    # rows of M sorted: [0, 0, 0, w/a] twice and two zero rows; means over k = 4 rows, column 0
+    # dropped, reversed: X2 = [2 (w/a) / 4, 0, 0]
+    expected = np.array([w(a) / a, w(a) / a, 0, 0, w(a) / (2 * a), 0, 0])
+    np.testing.assert_allclose(x, np.tile(expected, (3, 1)), rtol=1e-13, atol=1e-16)
+
+
+def test_simple_cubic_by_hand():
+    """sc, a = 2.5 Å, rc = 5 Å: shells 6 x a (w = 9/16), 12 x a√2 (w = 1/4), 8 x a√3 (w = 1/16);
+    the 2a shell sits on the cutoff (w = 0). 26 neighbours < k = 32: six zeros pad X1."""
+    a = 2.5
+    x = quests.descriptors(Atoms("Si", cell=np.eye(3) * a, pbc=True))[0]
+    x1 = [9 / 16 / a] * 6 + [1 / 4 / (a * 2**0.5)] * 12 + [1 / 16 / (a * 3**0.5)] * 8 + [0] * 6
+    np.testing.assert_allclose(x[:32], x1, rtol=1e-13, atol=1e-15)
+    # X2[0]: mean over the 32 rows of each row's largest M entry. First shell j: another first-
+    # shell atom at a√2 -> (9/16)/(a√2). Second shell: a first-shell atom at a -> √(9/64)/a.
+    # Third shell: a first-shell atom at a√2 -> √(9/256)/(a√2). Padded rows: 0.
+    top = (6 * (9 / 16) / (a * 2**0.5) + 12 * (3 / 8) / a + 8 * (3 / 16) / (a * 2**0.5)) / 32
+    assert x[32] == pytest.approx(top, rel=1e-12)
+    assert np.all(np.diff(x[32:]) <= 1e-15)  # X2 in descending order
+    np.testing.assert_allclose(x, naive_descriptors(Atoms("Si", cell=np.eye(3) * a, pbc=True))[0])
+
+
+def test_zero_padding_and_isolated_atoms():
+    atoms = Atoms("Si4", positions=[[0, 0, 0], [2.3, 0, 0], [0, 2.3, 0], [20, 20, 20]])
+    x = quests.descriptors(atoms, k=32)
+    assert np.all(x[:3, 2:32] == 0) and np.all(x[:3, :2] > 0)  # two neighbours, then padding
+    assert np.all(x[:3, 33:] == 0) and np.all(x[:3, 32] > 0)  # one non-zero angle term
+    assert np.all(x[3] == 0)  # nothing within 5 Å
+
+
+def test_matches_naive_loop_with_mixed_pbc():
+    slab = bulk("Si", "diamond", a=5.43, cubic=True) * (1, 1, 2)
+    slab.center(vacuum=4.0, axis=2)
+    slab.pbc = (True, False, True)  # a small, mixed-periodic, triclinic-strained cell
+    slab = perturbed(slab, 0.1, seed=3, strain=0.05)
+    np.testing.assert_allclose(quests.descriptors(slab), naive_descriptors(slab), atol=1e-13)
+
+
+def test_mixed_pbc_honoured():
+    slab = bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 1)
+    slab.center(vacuum=6.0, axis=2)  # 12 Å of vacuum > cutoff: z images never reached
+    slab = perturbed(slab, 0.05, seed=4)
+    slab.pbc = (True, True, False)
+    mixed = quests.descriptors(slab)
+    slab.pbc = True
+    np.testing.assert_allclose(mixed, quests.descriptors(slab), atol=1e-14)
+    slab.pbc = False  # the reference's treatment of mixed pbc: edge atoms lose neighbours
+    assert np.abs(mixed - quests.descriptors(slab)).max() > 0.05
+
+
+def test_rotation_translation_permutation_invariance():
+    atoms = perturbed(
+        bulk("Si", "diamond", a=5.43, cubic=True) * (2, 1, 1), 0.1, seed=5, strain=0.03
+    )
+    x = quests.descriptors(atoms)
+    moved = atoms.copy()
+    moved.rotate(37.0, (1.0, -2.0, 0.5), rotate_cell=True)
+    moved.translate((3.1, -7.2, 0.4))
+    np.testing.assert_allclose(quests.descriptors(moved), x, atol=1e-12)
+    moved.wrap()
+    np.testing.assert_allclose(quests.descriptors(moved), x, atol=1e-12)
+    perm = np.random.default_rng(0).permutation(len(atoms))
+    np.testing.assert_allclose(quests.descriptors(atoms[perm]), x[perm], atol=1e-13)
+
+
+def test_supercell_of_perfect_crystal_gives_the_same_environments():
+    prim = bulk("Si", "diamond", a=5.43)  # 2 atoms, images of itself everywhere
+    big = bulk("Si", "diamond", a=5.43, cubic=True) * (3, 3, 3)  # 216 atoms
+    x_prim, x_big = quests.descriptors(prim), quests.descriptors(big)
+    np.testing.assert_allclose(x_prim[1], x_prim[0], atol=1e-13)
+    np.testing.assert_allclose(x_big, np.tile(x_prim[0], (len(big), 1)), atol=1e-13)
+    assert np.count_nonzero(x_prim[0, :32]) == 28  # 4 + 12 + 12 neighbours within 5 Å
+
+
+def test_descriptor_argument_errors():
+    with pytest.raises(ValueError, match="k must be"):
+        quests.descriptors(bulk("Si"), k=0)
+    with pytest.raises(ValueError, match="k must be"):
+        quests.descriptors(bulk("Si"), k=2.5)
+    with pytest.raises(ValueError, match="cutoff"):
+        quests.descriptors(bulk("Si"), cutoff=0.0)
+    with pytest.raises(ValueError, match="zero cell vector"):
+        quests.descriptors(Atoms("Si2", positions=[[0, 0, 0], [2, 0, 0]], pbc=True))
+
+
+# ----------------------------------------------------------------------------- entropies
+
+
+def test_bruteforce_oracle_matches_direct_formula():
+    x = realistic()[::5]
+    d2 = cdist(x, x, "sqeuclidean")
+    lse = logsumexp(-d2 / (2 * H * H), axis=1)
+    assert quests.entropy_bruteforce(x, H) == pytest.approx(
+        math.log(len(x)) - lse.mean(), abs=1e-11
+    )
+    y = realistic()[1::7] + 0.02
+    direct = -logsumexp(-cdist(y, x, "sqeuclidean") / (2 * H * H), axis=1)
+    np.testing.assert_allclose(quests.delta_entropy_bruteforce(y, x, H), direct, rtol=1e-12)
+
+
+def test_entropy_equals_bruteforce_on_realistic_data():
+    x = realistic()
+    fast, slow = quests.entropy(x, H), quests.entropy_bruteforce(x, H)
+    assert abs(fast - slow) <= 1e-10
+    assert 1.0 < fast < math.log(len(x)) - 0.5  # neither all identical nor all distinct
+
+
+@pytest.mark.parametrize("n_ref", [300, 1200])  # balls over Y (m <= n) and over X (m > n)
+def test_delta_entropy_equals_bruteforce_on_realistic_data(n_ref):
+    data = realistic()
+    rng = np.random.default_rng(7)
+    x = data[rng.permutation(len(data))[:n_ref]]
+    y = np.concatenate([data[::3], data[:40] + 0.05, data[:10] + 1.0])  # near, far, beyond inf
+    fast, slow = quests.delta_entropy(y, x, H), quests.delta_entropy_bruteforce(y, x, H)
+    finite = np.isfinite(slow)
+    assert np.array_equal(finite, np.isfinite(fast)) and (~finite).sum() == 10
+    np.testing.assert_allclose(fast[finite], slow[finite], rtol=1e-12, atol=1e-10)
+    assert fast.dtype == np.float64 and not np.isnan(fast).any()
+    lks = quests.log_kernel_sum(y, x, H)
+    assert np.all(np.isfinite(lks))
+    np.testing.assert_allclose(-lks[finite], slow[finite], rtol=1e-12, atol=1e-10)
+
+
+def test_entropy_limits():
+    rng = np.random.default_rng(1)
+    far = rng.normal(size=(257, 63))  # pairwise distances ~11 >> h
+    assert quests.entropy(far, H) == pytest.approx(math.log(257), abs=1e-12)
+    assert quests.entropy_bruteforce(far, H) == pytest.approx(math.log(257), abs=1e-12)
+    same = np.tile(far[0], (300, 1))
+    assert abs(quests.entropy(same, H)) < 1e-12
+    two = np.concatenate([np.tile(far[0], (100, 1)), np.tile(far[1], (300, 1))])
+    assert quests.entropy(two, H) == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
+    assert quests.entropy(far[:1], H) == 0.0
+
+
+def test_delta_entropy_exact_values_and_inf():
+    x0 = np.zeros((1, 63))
+    e = np.zeros(63)
+    e[5] = 1.0
+    d = np.array([0.0, 10.0, 38.0, 40.0]) * H
+    y = d[:, None] * e
+    # dH = d^2 / (2 h^2): 0, 50, 722 (kernel 3e-314 is a float64 subnormal: no precision lost
+    # thanks to log-sum-exp), 800 (kernel underflows to 0: +inf, the reference's -log(0))
+    dh = quests.delta_entropy(y, x0, H)
+    np.testing.assert_allclose(dh[:3], [0.0, 50.0, 722.0], rtol=1e-12, atol=1e-12)
+    assert dh[3] == np.inf
+    assert quests.log_kernel_sum(y, x0, H)[3] == pytest.approx(-800.0, rel=1e-12)
+    np.testing.assert_array_equal(dh, quests.delta_entropy_bruteforce(y, x0, H))
+    two = np.concatenate([x0, x0])
+    np.testing.assert_allclose(quests.delta_entropy(y[:1], two, H), [-math.log(2)], rtol=1e-13)
+    assert np.all(quests.delta_entropy(y, np.zeros((0, 63)), H) == np.inf)
+
+
+def test_float64_throughout():
+    x32 = realistic()[::3].astype(np.float32)
+    x64 = x32.astype(np.float64)
+    assert quests.entropy(x32, H) == quests.entropy(x64, H)
+    dh = quests.delta_entropy(x32[:50], x32[50:], H)
+    assert dh.dtype == np.float64
+    np.testing.assert_array_equal(dh, quests.delta_entropy(x64[:50], x64[50:], H))
+
+
+def test_entropy_argument_errors():
+    x = realistic()[:10]
+    with pytest.raises(ValueError, match="empty"):
+        quests.entropy(np.zeros((0, 63)))
+    with pytest.raises(ValueError, match="bandwidth"):
+        quests.entropy(x, h=0.0)
+    with pytest.raises(ValueError, match="features"):
+        quests.delta_entropy(x[:, :5], x)
+    with pytest.raises(ValueError, match="nan"):
+        quests.entropy(np.full((3, 4), np.nan))
+    with pytest.raises(ValueError, match="2-D"):
+        quests.entropy(np.zeros(5))
+
+
+def test_entropy_curve_matches_prefix_entropies():
+    data = realistic()
+    blocks = [data[i : i + 64] for i in range(0, 640, 64)] + [np.zeros((0, 63))]
+    curve = quests.entropy_curve(blocks, H)
+    for m in (1, 4, 10):
+        assert curve[m - 1] == pytest.approx(
+            quests.entropy_bruteforce(data[: 64 * m], H), abs=1e-10
+        )
+    assert curve[-1] == curve[-2]  # an empty block changes nothing
+
+
+def test_pruning_keeps_every_term_above_1e_16():
+    """Small but relevant kernel terms survive the pruning, also across ball boundaries."""
+    # H: 600 points on a line, 7 h apart: each sees its neighbours with K = e^-24.5 ~ 2e-11
+    n = 600
+    x = np.zeros((n, 63))
+    x[:, 3] = np.arange(n) * 7 * H
+    k = math.exp(-24.5)
+    expected = math.log(n) - (2 * math.log1p(k) + (n - 2) * math.log1p(2 * k)) / n
+    assert abs(quests.entropy(x, H) - expected) < 1e-14
+    assert abs(quests.entropy_bruteforce(x, H) - expected) < 1e-14
+    # dH: nearest reference at 2 h, one more at 8 h (relative weight e^-30 ~ 1e-13), 598 far
+    x = np.zeros((n, 63))
+    x[2:, 0] = np.concatenate([1.0 + np.arange(299) * 0.01, -1.0 - np.arange(299) * 0.01])
+    x[0, 1], x[1, 2] = 2 * H, 8 * H
+    y = np.zeros((1, 63))
+    expected = -math.log(math.exp(-2.0) + math.exp(-32.0))
+    assert abs(quests.delta_entropy(y, x, H)[0] - expected) < 2e-15
+    assert abs(quests.delta_entropy(np.repeat(y, 700, axis=0), x, H)[0] - expected) < 2e-15
