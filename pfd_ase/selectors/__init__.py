@@ -2,11 +2,20 @@
 
 ``quests`` holds the descriptors and (differential) entropies; :class:`EntropySelector`
 implements the PFD supplement's Algorithm 1 and :class:`RandomSelector` the random baseline;
+``filters`` rejects unphysical frames (too-close atoms, exploded cells, non-finite labels);
 ``plot`` draws entropy against the number of selected frames (Fig. S1).
 """
 
 from pfd_ase.selectors import quests
 from pfd_ase.selectors.entropy_selector import EntropySelector
+from pfd_ase.selectors.filters import FilterResult, FrameFilter, filter_frames
 from pfd_ase.selectors.random_selector import RandomSelector
 
-__all__ = ["EntropySelector", "RandomSelector", "quests"]
+__all__ = [
+    "EntropySelector",
+    "FilterResult",
+    "FrameFilter",
+    "RandomSelector",
+    "filter_frames",
+    "quests",
+]

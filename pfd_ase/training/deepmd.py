@@ -369,8 +369,10 @@ def freeze(
     """Freeze a training folder's checkpoint to TorchScript ``.pth`` (``head`` for multi-task)."""
     workdir = Path(workdir).resolve()
     output = Path(output)
-    if not output.is_absolute():
-        output = workdir / output
+    output = workdir / output if output.parent == Path(".") else output.resolve()
+    ckpt = workdir / "model.ckpt.pt"
+    if output.exists() and ckpt.exists() and output.stat().st_mtime >= ckpt.stat().st_mtime:
+        return output  # already frozen from this checkpoint
     args = ["freeze", "-o", str(output)]
     if head:
         args += ["--head", head]
@@ -390,6 +392,8 @@ def compress(
     descriptor cannot be compressed; callers fall back to the uncompressed model.
     """
     model, output = Path(model).resolve(), Path(output).resolve()
+    if output.exists() and output.stat().st_mtime >= model.stat().st_mtime:
+        return output
     args = ["compress", "-i", str(model), "-o", str(output)]
     if input_json is not None:
         args += ["-t", str(Path(input_json).resolve())]

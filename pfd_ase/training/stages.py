@@ -1,0 +1,245 @@
+"""The three PFD training stages on labelled frames: pre-train, fine-tune, train the student.
+
+Each function takes labelled ASE frames (see :mod:`pfd_ase.data`), writes deepmd-kit npy
+systems and a deepmd-kit input into ``workdir``, trains in a subprocess, freezes, and
+returns a :class:`TrainResult` whose ``model`` any :class:`~pfd_ase.calculators.PFDCalculator`
+loads. Reruns are resumable (see :func:`pfd_ase.training.deepmd.train`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ase import Atoms
+
+from pfd_ase.data import split_frames, to_deepmd
+from pfd_ase.training import deepmd as dp
+
+#: fitting-net choice meaning "a freshly initialised fitting net" (deepmd-kit's ``RANDOM``)
+RANDOM_HEAD = "RANDOM"
+
+
+@dataclass
+class TrainResult:
+    """Paths written by a training stage."""
+
+    workdir: Path
+    checkpoint: Path
+    model: Path
+    compressed: Path | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def type_map_of(frames: Sequence[Atoms]) -> list[str]:
+    """Elements present in ``frames``, sorted by atomic number."""
+    from ase.data import atomic_numbers
+
+    return sorted({s for a in frames for s in a.get_chemical_symbols()}, key=atomic_numbers.get)
+
+
+def _systems(
+    frames: Sequence[Atoms],
+    valid_frames: Sequence[Atoms] | None,
+    workdir: Path,
+    type_map: Sequence[str],
+    seed: int,
+) -> tuple[list[Path], list[Path]]:
+    if not frames:
+        raise ValueError("no training frames")
+    if valid_frames is None and len(frames) >= 4:
+        frames, valid_frames = split_frames(frames, val_fraction=0.1, seed=seed)
+    train = to_deepmd(frames, workdir / "data" / "train", type_map)
+    valid = to_deepmd(valid_frames, workdir / "data" / "valid", type_map) if valid_frames else []
+    return train, valid
+
+
+def resolve_base_model(name_or_path: str | os.PathLike) -> Path:
+    """A pre-trained model file: a path as is, or a deepmd-kit registry name (e.g. ``DPA-3.1-3M``).
+
+    Registry names are downloaded by deepmd-kit into its cache; offline this fails with a
+    ``RuntimeError`` that says to download the checkpoint elsewhere and pass its path.
+    """
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    try:
+        from deepmd.pretrained.download import resolve_model_path
+        from deepmd.pretrained.registry import available_model_names
+    except ImportError as exc:  # pragma: no cover - deepmd-kit missing
+        raise ImportError(f"{exc}. Install: pip install 'pfd_ase[deepmd]'") from exc
+    names = available_model_names()
+    if str(name_or_path) not in names:
+        raise ValueError(
+            f"{name_or_path!r} is neither an existing model file nor a deepmd-kit pre-trained "
+            f"model name ({', '.join(names)})"
+        )
+    try:
+        return Path(resolve_model_path(str(name_or_path)))
+    except Exception as exc:
+        raise RuntimeError(
+            f"could not download pre-trained model {name_or_path!r} ({exc}). Without network "
+            "access, fetch the checkpoint on another machine and pass its path instead."
+        ) from exc
+
+
+def finetune(
+    base_model: str | os.PathLike,
+    frames: Sequence[Atoms],
+    workdir: str | os.PathLike,
+    head: str | None = None,
+    valid_frames: Sequence[Atoms] | None = None,
+    type_map: Sequence[str] | None = None,
+    steps: int = 20000,
+    learning_rate: Mapping[str, Any] | None = None,
+    init_model: str | os.PathLike | None = None,
+    seed: int = 1,
+    threads: int | None = None,
+) -> TrainResult:
+    """Fine-tune a pre-trained deepmd-kit checkpoint on labelled frames (PFD step 2).
+
+    Parameters
+    ----------
+    base_model
+        Pre-trained checkpoint ``.pt`` (single- or multi-task) or a registry name.
+    head
+        Branch of a multi-task model whose fitting net is reused; ``"RANDOM"`` or ``None``
+        starts from a freshly initialised fitting net. Either way deepmd-kit refits the
+        energy bias to the new data by least squares (DPA-2 paper eq. 6).
+    type_map
+        Elements of the fine-tuned model (default: those in ``frames``); may be a subset
+        of the pre-trained model's.
+    steps, learning_rate
+        Schedule; default lr 1e-3 → 3.51e-8 decaying every 200 steps (supplement).
+    init_model
+        Continue from this checkpoint instead (a later fine-tune iteration): the model
+        keeps its weights and no new bias is fitted.
+    """
+    workdir = Path(workdir)
+    base = resolve_base_model(base_model)
+    _check_head(base, head)
+    type_map = list(type_map or type_map_of(frames))
+    train, valid = _systems(frames, valid_frames, workdir, type_map, seed)
+    model = {"type_map": type_map, "descriptor": {}, "fitting_net": {}}
+    cfg = dp.training_input(
+        model, train, valid, steps=steps, learning_rate=learning_rate, seed=seed
+    )
+    if init_model is not None:
+        # the model section must be complete for --init-model: take it from the checkpoint
+        cfg["model"] = _checkpoint_model_params(init_model)
+        ckpt = dp.train(cfg, workdir / "train", init_model=init_model, threads=threads)
+    else:
+        ckpt = dp.train(
+            cfg,
+            workdir / "train",
+            finetune=base,
+            model_branch=head or RANDOM_HEAD,
+            use_pretrain_script=True,
+            threads=threads,
+        )
+    model_path = dp.freeze(workdir / "train", workdir / "model.pth", threads=threads)
+    return TrainResult(workdir, ckpt, model_path, info={"base_model": str(base), "head": head})
+
+
+def _check_head(base: Path, head: str | None) -> None:
+    """Fail before training when ``head`` is not a branch of ``base``."""
+    from pfd_ase.calculators.backends import _alias_map, _checkpoint_params, list_heads
+
+    if head is None or head.upper() == RANDOM_HEAD:
+        return
+    heads = list_heads(base)
+    if not heads:
+        raise ValueError(f"{base} is a single-task model; use head=None (or 'RANDOM')")
+    if head.lower() not in _alias_map(_checkpoint_params(base)["model_dict"]):
+        raise ValueError(f"no head named {head!r} in {base}; available heads: {heads}")
+
+
+def _checkpoint_model_params(path: str | os.PathLike) -> dict[str, Any]:
+    from pfd_ase.calculators.backends import _checkpoint_params
+
+    params = dict(_checkpoint_params(Path(path)))
+    for key in ("resuming", "_comment"):
+        params.pop(key, None)
+    return params
+
+
+def pretrain(
+    datasets: Mapping[str, Sequence[Atoms] | Mapping[str, Any]],
+    workdir: str | os.PathLike,
+    descriptor: Mapping[str, Any] | None = None,
+    steps: int = 100000,
+    type_map: Sequence[str] | None = None,
+    seed: int = 1,
+    threads: int | None = None,
+) -> TrainResult:
+    """Multi-task pre-training (DPA-2 paper §4.4): one fitting head per dataset, shared descriptor.
+
+    Parameters
+    ----------
+    datasets
+        ``{head: frames}`` or ``{head: {"frames": frames, "weight": w}}`` with sampling
+        weight ``w`` (default 1).
+    descriptor
+        Shared descriptor (default: a tiny DPA-2, :data:`~pfd_ase.training.deepmd.DPA2_TINY`).
+
+    Returns
+    -------
+    TrainResult
+        ``checkpoint`` is the multi-task ``.pt`` that :func:`finetune` takes with ``head=``.
+    """
+    workdir = Path(workdir)
+    if not datasets:
+        raise ValueError("pre-training needs at least one dataset")
+    specs = {
+        name: dict(spec) if isinstance(spec, Mapping) else {"frames": spec}
+        for name, spec in datasets.items()
+    }
+    all_frames = [a for spec in specs.values() for a in spec["frames"]]
+    type_map = list(type_map or type_map_of(all_frames))
+    branches = {}
+    for name, spec in specs.items():
+        train, valid = _systems(spec["frames"], None, workdir / name, type_map, seed)
+        branches[name] = {"train": train, "valid": valid or None, "weight": spec.get("weight", 1)}
+    cfg = dp.multitask_input(type_map, branches, descriptor=descriptor, steps=steps, seed=seed)
+    ckpt = dp.train(cfg, workdir / "train", threads=threads)
+    return TrainResult(workdir, ckpt, ckpt, info={"heads": list(specs), "type_map": type_map})
+
+
+def train_student(
+    frames: Sequence[Atoms],
+    workdir: str | os.PathLike,
+    valid_frames: Sequence[Atoms] | None = None,
+    type_map: Sequence[str] | None = None,
+    steps: int = 100000,
+    compress: bool = True,
+    init_model: str | os.PathLike | None = None,
+    seed: int = 1,
+    threads: int | None = None,
+    **descriptor_overrides: Any,
+) -> TrainResult:
+    """Train the distilled student (se_atten_v2, attn_layer 0, rcut 6.5 Å), freeze, compress.
+
+    Compression (``dp --pt compress``) needs deepmd-kit's custom operators; when it fails
+    the reason is recorded in ``info["compress_error"]`` and ``compressed`` is None, so
+    callers fall back to the uncompressed ``model``.
+    """
+    workdir = Path(workdir)
+    type_map = list(type_map or type_map_of(frames))
+    train, valid = _systems(frames, valid_frames, workdir, type_map, seed)
+    cfg = dp.student_input(
+        type_map, train, valid, steps=steps, seed=seed, descriptor=descriptor_overrides
+    )
+    ckpt = dp.train(cfg, workdir / "train", init_model=init_model, threads=threads)
+    model_path = dp.freeze(workdir / "train", workdir / "model.pth", threads=threads)
+    result = TrainResult(workdir, ckpt, model_path)
+    if compress:
+        try:
+            result.compressed = dp.compress(
+                model_path, workdir / "model_compressed.pth", threads=threads
+            )
+        except RuntimeError as exc:
+            result.info["compress_error"] = str(exc).splitlines()[-1]
+    return result

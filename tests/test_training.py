@@ -1,0 +1,155 @@
+"""Real deepmd-kit training at tiny scale: multi-task pre-training, fine-tuning, student."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pfd_ase.training import deepmd as dp
+from pfd_ase.training import stages
+
+from conftest import emt_frames, requires_deepmd, si_frames
+
+pytestmark = requires_deepmd
+
+FAST_LR = {"type": "exp", "start_lr": 2e-3, "stop_lr": 1e-4, "decay_steps": 20}
+
+
+def _force_rmse(model, frames):
+    from pfd_ase.calculators import PFDCalculator
+
+    calc = PFDCalculator(model) if not isinstance(model, list) else PFDCalculator(*model)
+    err = [calc.get_forces(a.copy()) - a.get_forces() for a in frames]
+    return float(np.sqrt(np.mean(np.concatenate(err) ** 2)))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """Two heads: EMT copper and Stillinger-Weber silicon, shared tiny DPA-2."""
+    work = tmp_path_factory.mktemp("pretrain")
+    result = stages.pretrain(
+        {"emt": emt_frames(8, seed=0), "sw": {"frames": si_frames(8, seed=1), "weight": 2.0}},
+        work,
+        steps=40,
+    )
+    return result
+
+
+@pytest.fixture(scope="module")
+def tersoff_data():
+    return si_frames(12, seed=2, labeler="tersoff"), si_frames(4, seed=3, labeler="tersoff")
+
+
+def test_pretrain_writes_a_multitask_checkpoint(pretrained):
+    from pfd_ase.calculators import list_heads
+
+    assert list_heads(pretrained.checkpoint) == ["emt", "sw"]
+    cfg = json.loads((pretrained.workdir / "train" / "input.json").read_text())
+    assert cfg["training"]["model_prob"] == {"emt": 1.0, "sw": 2.0}
+    assert cfg["model"]["shared_dict"]["type_map_all"] == ["Si", "Cu"]
+    record = json.loads((pretrained.workdir / "train" / "pfd_train.json").read_text())
+    assert record["deepmd_version"] == "3.2.0" and record["done"]
+
+
+@pytest.mark.parametrize("head", ["sw", None])
+def test_finetune_beats_the_pretrained_model(pretrained, tersoff_data, tmp_path, head):
+    train, held_out = tersoff_data
+    result = stages.finetune(
+        pretrained.checkpoint, train, tmp_path, head=head, steps=60, learning_rate=FAST_LR
+    )
+    log = (tmp_path / "train" / "dp.log").read_text()
+    assert f"--model-branch {head or 'RANDOM'}" in log
+    assert "Change output bias of ['Si']" in log  # energy bias refitted to the new data
+    curve = dp.read_lcurve(tmp_path / "train" / "lcurve.out")
+    assert np.mean(curve["rmse_f_trn"][-3:]) < np.mean(curve["rmse_f_trn"][:3])
+    # held-out Tersoff frames: the fine-tuned model beats the pre-trained SW head
+    from pfd_ase.calculators import PFDCalculator
+
+    before = PFDCalculator(pretrained.checkpoint, head="sw")
+    e_before = [before.get_potential_energy(a.copy()) - a.get_potential_energy() for a in held_out]
+    after = PFDCalculator(result.model)
+    e_after = [after.get_potential_energy(a.copy()) - a.get_potential_energy() for a in held_out]
+    assert np.sqrt(np.mean(np.square(e_after))) < np.sqrt(np.mean(np.square(e_before)))
+    f_before = np.concatenate([before.get_forces(a.copy()) - a.get_forces() for a in held_out])
+    assert _force_rmse(result.model, held_out) < np.sqrt(np.mean(f_before**2))
+    assert after.type_map == ["Si"]  # a subset of the pre-trained type map
+
+
+def test_finetune_rejects_a_wrong_head_before_training(pretrained, tersoff_data, tmp_path):
+    with pytest.raises(ValueError, match=r"no head named 'nope'.*\['emt', 'sw'\]"):
+        stages.finetune(pretrained.checkpoint, tersoff_data[0], tmp_path, head="nope", steps=5)
+    assert not (tmp_path / "train").exists()
+
+
+def test_unknown_registry_name_and_offline_download(monkeypatch):
+    with pytest.raises(ValueError, match="neither an existing model file"):
+        stages.resolve_base_model("no-such-model.pt")
+    import deepmd.pretrained.download as download
+    from deepmd.pretrained.registry import available_model_names
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Failed to download model from all sources")
+
+    monkeypatch.setattr(download, "resolve_model_path", offline)
+    with pytest.raises(RuntimeError, match="pass its path instead"):
+        stages.resolve_base_model(available_model_names()[0])
+
+
+def test_student_trains_freezes_and_compresses(tersoff_data, tmp_path):
+    from pfd_ase.calculators import PFDCalculator
+
+    train, held_out = tersoff_data
+    result = stages.train_student(train, tmp_path, steps=20)
+    cfg = json.loads((tmp_path / "train" / "input.json").read_text())
+    desc = cfg["model"]["descriptor"]
+    assert (desc["type"], desc["attn_layer"], desc["rcut"]) == ("se_atten_v2", 0, 6.5)
+    assert cfg["training"]["training_data"]["batch_size"] == 1
+    assert cfg["learning_rate"]["start_lr"] == 0.01 and cfg["learning_rate"]["stop_lr"] == 1e-8
+    assert result.compressed is not None, result.info
+    plain, packed = PFDCalculator(result.model), PFDCalculator(result.compressed)
+    for atoms in held_out[:2]:
+        np.testing.assert_allclose(
+            packed.get_forces(atoms.copy()), plain.get_forces(atoms.copy()), atol=1e-8
+        )
+        assert packed.get_potential_energy(atoms.copy()) == pytest.approx(
+            plain.get_potential_energy(atoms.copy()), abs=1e-8
+        )
+
+
+KILLABLE = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import si_frames
+from pfd_ase.training import deepmd as dp
+from pfd_ase.data import to_deepmd
+systems = to_deepmd(si_frames(4, seed=5), {work!r} + "/data", ["Si"])
+cfg = dp.training_input(dp.energy_model(["Si"]), systems, steps=400, save_freq=5)
+dp.train(cfg, {work!r} + "/train", threads=1)
+"""
+
+
+def test_training_resumes_after_kill(tmp_path):
+    from pathlib import Path
+
+    script = KILLABLE.format(tests=str(Path(__file__).parent), work=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((tmp_path / "train").glob("model.ckpt-10.pt")):
+        time.sleep(0.5)
+    proc.kill()  # SIGKILL the driver; its deepmd-kit child is killed too below
+    proc.wait()
+    subprocess.run(["pkill", "-9", "-f", str(tmp_path / "train")], check=False)
+    subprocess.run(["pkill", "-9", "-f", "deepmd --pt train input.json"], check=False)
+    assert list((tmp_path / "train").glob("model.ckpt-*.pt")), "no checkpoint before the kill"
+    record = json.loads((tmp_path / "train" / "pfd_train.json").read_text())
+    assert not record["done"]
+    # rerun, now with few steps remaining: it restarts from the last checkpoint
+    subprocess.run([sys.executable, "-c", script.replace("steps=400", "steps=20")], check=True)
+    log = (tmp_path / "train" / "dp.log").read_text()
+    assert "--restart model.ckpt-" in log
+    assert json.loads((tmp_path / "train" / "pfd_train.json").read_text())["done"]
