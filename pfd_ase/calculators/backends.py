@@ -121,7 +121,12 @@ class DeepmdBackend:
 
 
 def load_backend(path: str | os.PathLike, head: str | None = None) -> ModelBackend:
-    """Load a model file with the right back-end, chosen from its name and contents."""
+    """Load a model file with the right back-end, chosen from its name and contents.
+
+    Besides files, the names of the pre-trained CHGNet models shipped with the ``chgnet``
+    wheel are accepted: ``"chgnet"`` (= ``"CHGNet-0.3.0"``), ``"CHGNet-0.2.0"``,
+    ``"CHGNet-r2scan"``.
+    """
     path = Path(path)
     if path.suffix in (".pt", ".pth") and not _is_chgnet_file(path):
         return DeepmdBackend(path, head=head)
@@ -130,10 +135,16 @@ def load_backend(path: str | os.PathLike, head: str | None = None) -> ModelBacke
 
         return CHGNetBackend(path, head=head)
     raise ValueError(
-        f"cannot tell which kind of model {path} is: expected a deepmd-kit .pt/.pth file "
-        "or a CHGNet checkpoint (*.pth.tar, or a .json/.pt written by pfd_ase's CHGNet fine-tuning)"
+        f"cannot tell which kind of model {path} is: expected a deepmd-kit .pt/.pth file, "
+        "a CHGNet checkpoint (*.pth.tar, *.chgnet.pt) or a pre-trained CHGNet name "
+        "('chgnet', 'CHGNet-0.3.0')"
     )
 
 
 def _is_chgnet_file(path: Path) -> bool:
-    return path.name.endswith(".pth.tar") or path.name.endswith(".chgnet.pt")
+    """A CHGNet checkpoint file name, or the name of a pre-trained CHGNet."""
+    if path.name.endswith(".pth.tar") or path.name.endswith(".chgnet.pt"):
+        return True
+    from pfd_ase.calculators.chgnet import is_pretrained_name  # light: no chgnet import
+
+    return is_pretrained_name(path)

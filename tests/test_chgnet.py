@@ -1,0 +1,257 @@
+"""CHGNet: the pre-trained model through PFDCalculator, its units, and fine-tuning (real runs)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from pfd_ase.calculators.backends import _is_chgnet_file, load_backend
+from pfd_ase.calculators.chgnet import GPA_PER_EV_A3, is_pretrained_name, load_chgnet_model
+
+pytest.importorskip("chgnet")
+torch = pytest.importorskip("torch")
+
+
+def _si(seed=0, displacement=0.05):
+    rng = np.random.default_rng(seed)
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.set_cell(atoms.cell.array @ (np.eye(3) + rng.normal(0, 0.01, (3, 3))), scale_atoms=True)
+    atoms.positions += rng.normal(0.0, displacement, atoms.positions.shape)
+    return atoms
+
+
+def _label(frames, calc):
+    for atoms in frames:
+        atoms.calc = calc
+        results = {
+            "energy": atoms.get_potential_energy(),
+            "forces": atoms.get_forces(),
+            "stress": atoms.get_stress(),
+        }
+        atoms.calc = SinglePointCalculator(atoms, **results)
+    return frames
+
+
+@pytest.fixture(scope="module")
+def chgnet_calc():
+    from pfd_ase.calculators import PFDCalculator
+
+    return PFDCalculator("chgnet")
+
+
+@pytest.fixture(scope="module")
+def sw_frames():
+    from pfd_ase.calculators.labelers import make_labeler
+
+    return _label([_si(seed, displacement=0.08) for seed in range(10)], make_labeler("sw"))
+
+
+# --------------------------------------------------------------------------- names, errors
+def test_pretrained_names_dispatch_to_chgnet():
+    for name in (
+        "chgnet",
+        "CHGNet",
+        "CHGNet-0.3.0",
+        "chgnet-r2scan",
+        "model.pth.tar",
+        "m.chgnet.pt",
+    ):
+        assert _is_chgnet_file(Path(name)), name
+    for name in ("model.pt", "frozen.pth", "chgnet-9.9", "0.3.0", "dir/chgnet"):
+        assert not _is_chgnet_file(Path(name)), name
+    assert is_pretrained_name("CHGNet-0.3.0") and not is_pretrained_name("SevenNet-0")
+    with pytest.raises(ValueError, match="single energy head"):
+        load_backend("chgnet", head="sw")
+    with pytest.raises(FileNotFoundError, match="no CHGNet checkpoint"):
+        load_backend("missing.pth.tar")
+
+
+def test_missing_chgnet_package_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "chgnet.model", None)
+    with pytest.raises(ImportError, match=r"pip install 'pfd_ase\[chgnet\]'"):
+        load_chgnet_model("chgnet")
+
+
+# --------------------------------------------------------------------------- pre-trained model
+def test_pretrained_chgnet_matches_labeler_and_finite_differences(chgnet_calc):
+    from pfd_ase.calculators.labelers import make_labeler
+
+    atoms = _si(seed=1)
+    atoms.calc = chgnet_calc
+    assert len(chgnet_calc.type_map) == 94 and chgnet_calc.type_map[13] == "Si"
+    energy, forces, stress = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+    assert np.abs(forces).max() > 0.3 and np.abs(stress).max() > 1e-3
+
+    ref = atoms.copy()
+    ref.calc = make_labeler("chgnet")
+    assert energy == pytest.approx(ref.get_potential_energy(), abs=1e-5)
+    np.testing.assert_allclose(forces, ref.get_forces(), atol=1e-5)
+    np.testing.assert_allclose(stress, ref.get_stress(), atol=1e-7)  # eV/Å³, ASE sign
+    # site energies add up to the total (float32 sums)
+    assert chgnet_calc.results["energies"].sum() == pytest.approx(energy, abs=1e-4)
+
+    # CHGNet runs in float32: E ≈ -42 eV carries ~4e-6 eV rounding, i.e. up to ~2e-3 eV/Å
+    # of noise in a central difference with eps = 2e-3 Å; the truncation error measured at
+    # this eps is ~1e-3 eV/Å (CHGNet's energy surface has sharp curvature). 5e-3 eV/Å is
+    # 0.5 % of the largest force; a sign or unit error would be off by ~1 eV/Å.
+    np.testing.assert_allclose(forces, calculate_numerical_forces(atoms, eps=2e-3), atol=5e-3)
+    # strain eps 1e-3: rounding ~4e-6 eV / (2e-3 · 160 Å³) ≈ 1e-5 eV/Å³; measured 2e-5
+    numerical = calculate_numerical_stress(atoms, eps=1e-3)
+    np.testing.assert_allclose(stress, numerical, atol=1e-4)
+    assert np.abs(stress).max() > 10 * 1e-4
+
+
+def test_non_periodic_structure_has_no_stress(chgnet_calc):
+    atoms = _si(seed=2)
+    atoms.pbc = False
+    atoms.calc = chgnet_calc
+    assert np.isfinite(atoms.get_potential_energy())
+    assert atoms.get_forces().shape == (8, 3)
+    assert "stress" not in chgnet_calc.results
+
+
+def test_training_targets_use_chgnets_stress_convention(chgnet_calc):
+    """Frames labelled by CHGNet itself give zero training loss: units and signs agree."""
+    from chgnet.data.dataset import StructureData, collate_graphs
+    from chgnet.trainer.trainer import CombinedLoss
+
+    from pfd_ase.calculators.chgnet import atoms_to_structure
+    from pfd_ase.training.chgnet import frames_to_graphs
+
+    model = chgnet_calc.backends[0].model
+    frames = _label([_si(seed) for seed in (3, 4)], chgnet_calc)
+    data = frames_to_graphs(frames, model, with_stress=True)
+    graphs, targets = collate_graphs(data)
+    prediction = model(graphs, task="efs")
+    loss = CombinedLoss(target_str="efs")(targets, prediction)
+    assert float(loss["e_MAE"]) < 1e-5  # eV/atom
+    assert float(loss["f_MAE"]) < 1e-5  # eV/Å
+    assert float(loss["s_MAE"]) < 1e-4  # GPa
+    for frame, (_, t) in zip(frames, data, strict=True):
+        assert float(t["e"]) == pytest.approx(frame.calc.results["energy"] / 8)
+    assert np.abs(targets["s"][0].numpy()).max() > 0.1  # GPa: a real stress
+
+    # CHGNet's own dataset reads VASP stresses (kBar, compression positive) and
+    # multiplies by -0.1: it reaches the same targets from -10 × our GPa values.
+    ours = [t["s"].numpy() for _, t in data]
+    vasp = [-10.0 * s for s in ours]
+    dataset = StructureData(
+        [atoms_to_structure(a) for a in frames],
+        [float(t["e"]) for _, t in data],
+        [a.calc.results["forces"] for a in frames],
+        stresses=vasp,
+        shuffle=False,
+    )
+    for i, s in enumerate(ours):
+        np.testing.assert_allclose(dataset[i][1]["s"].numpy(), s, rtol=1e-6)
+    full = frames[0].get_stress(voigt=False)
+    np.testing.assert_allclose(ours[0], full * GPA_PER_EV_A3, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, sw_frames):
+    from pfd_ase.training.chgnet import finetune_chgnet
+
+    workdir = tmp_path_factory.mktemp("chgnet_ft")
+    rng_state = torch.random.get_rng_state()
+    threads = torch.get_num_threads()
+    t0 = time.perf_counter()
+    ckpt = finetune_chgnet(
+        sw_frames, workdir, epochs=1, batch_size=2, learning_rate=1e-3, threads=1, progress=True
+    )
+    wall = time.perf_counter() - t0
+    assert torch.equal(rng_state, torch.random.get_rng_state())  # no global side effect
+    assert torch.get_num_threads() == threads
+    return ckpt, wall
+
+
+def test_finetune_lowers_training_error_and_loads(finetuned, sw_frames, chgnet_calc):
+    from pfd_ase.calculators import PFDCalculator
+    from pfd_ase.training.evaluate import evaluate
+
+    ckpt, _ = finetuned
+    assert ckpt.name == "chgnet_finetuned.pth.tar" and ckpt.stat().st_size > 1_000_000
+    before = evaluate(chgnet_calc, sw_frames)
+    after = evaluate(ckpt, sw_frames)  # a path: PFDCalculator(ckpt)
+    assert after["force_rmse"] < 0.95 * before["force_rmse"]
+    # refitting the elemental reference energy removes SW's ~1 eV/atom offset
+    assert before["energy_rmse"] > 0.5 and after["energy_rmse"] < 0.1
+
+    calc = PFDCalculator(ckpt)
+    assert calc.backends[0].version == "0.3.0"
+    atoms = sw_frames[0].copy()
+    atoms.calc = calc
+    assert atoms.get_stress().shape == (6,)
+
+    record = json.loads((ckpt.parent / "pfd_train.json").read_text())
+    assert record["done"] and record["epochs_done"] == 1 and record["targets"] == "efs"
+    assert record["versions"]["chgnet"] and record["wall_s"] > 0
+    assert record["energy_shift_eV_per_atom"]["Si"] == pytest.approx(1.06, abs=0.1)
+    assert 0 < record["n_trainable"] < record["n_params"]
+    assert set(record["history"][0]["train_mae"]) == {"e", "f", "s"}
+    log = (ckpt.parent / "chgnet_train.log").read_text()
+    assert "CHGNet fine-tune epoch 1/1 (step 5)" in log and "ETA" in log
+
+
+def test_finetune_is_not_repeated(finetuned, sw_frames):
+    from pfd_ase.training.chgnet import finetune_chgnet
+
+    ckpt, _ = finetuned
+    mtime = ckpt.stat().st_mtime_ns
+    again = finetune_chgnet(
+        sw_frames, ckpt.parent, epochs=1, batch_size=2, learning_rate=1e-3, threads=1
+    )
+    assert again == ckpt and ckpt.stat().st_mtime_ns == mtime
+
+
+def test_finetune_refuses_bad_input(tmp_path, sw_frames):
+    from pfd_ase.training.chgnet import finetune_chgnet
+
+    bare = sw_frames[0].copy()
+    with pytest.raises(ValueError, match="not labelled"):
+        finetune_chgnet([bare], tmp_path)
+    with pytest.raises(ValueError, match="no parameters under 'nope'"):
+        finetune_chgnet(sw_frames[:2], tmp_path, epochs=1, freeze_layers=["nope"], progress=False)
+
+
+def test_finetune_resumes_after_interruption_and_is_deterministic(tmp_path, sw_frames):
+    from chgnet.trainer import Trainer
+
+    from pfd_ase.training.chgnet import finetune_chgnet
+
+    frames = sw_frames[:4]
+    kwargs = dict(epochs=2, batch_size=2, threads=1, progress=False, seed=3)
+    straight = finetune_chgnet(frames, tmp_path / "straight", **kwargs)
+
+    calls = []
+    original = Trainer.train
+
+    def interrupted(self, *args, **kw):
+        calls.append(self.starting_epoch)
+        if self.starting_epoch == 1 and len(calls) == 2:
+            raise KeyboardInterrupt  # killed during the second epoch
+        return original(self, *args, **kw)
+
+    Trainer.train = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            finetune_chgnet(frames, tmp_path / "resumed", **kwargs)
+        resumed = finetune_chgnet(frames, tmp_path / "resumed", **kwargs)
+    finally:
+        Trainer.train = original
+    assert calls == [0, 1, 1]  # the rerun trained only the missing epoch
+    record = json.loads((resumed.parent / "pfd_train.json").read_text())
+    assert record["done"] and [r["epoch"] for r in record["history"]] == [1, 2]
+    a = torch.load(straight, weights_only=False)["model"]["state_dict"]
+    b = torch.load(resumed, weights_only=False)["model"]["state_dict"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
