@@ -22,7 +22,7 @@ class Prediction:
 
     energy: float
     forces: np.ndarray
-    energies: np.ndarray
+    energies: np.ndarray | None
     virial: np.ndarray | None = None
 
 
@@ -31,7 +31,7 @@ class ModelBackend(Protocol):
 
     type_map: list[str]
 
-    def evaluate(self, atoms: Atoms) -> Prediction: ...
+    def evaluate(self, atoms: Atoms, atomic: bool = True) -> Prediction: ...
 
 
 def _missing(extra: str, exc: ImportError) -> ImportError:
@@ -107,16 +107,17 @@ class DeepmdBackend:
         self.type_map: list[str] = list(self._dp.get_type_map())
         self._type_index = {el: i for i, el in enumerate(self.type_map)}
 
-    def evaluate(self, atoms: Atoms) -> Prediction:
+    def evaluate(self, atoms: Atoms, atomic: bool = True) -> Prediction:
         types = np.array([self._type_index[s] for s in atoms.get_chemical_symbols()], dtype=int)
         coords = atoms.get_positions().reshape(1, -1)
         cell = atoms.cell.array.reshape(1, 9) if atoms.pbc.all() else None
-        e, f, v, ae, _ = self._dp.eval(coords, cell, types, atomic=True)
+        # per-atom outputs cost 2-3x (deepmd also builds the per-atom virial): only on request
+        out = self._dp.eval(coords, cell, types, atomic=atomic)
         return Prediction(
-            energy=float(np.asarray(e).reshape(-1)[0]),
-            forces=np.asarray(f, dtype=float).reshape(-1, 3),
-            energies=np.asarray(ae, dtype=float).reshape(-1),
-            virial=np.asarray(v, dtype=float).reshape(3, 3),
+            energy=float(np.asarray(out[0]).reshape(-1)[0]),
+            forces=np.asarray(out[1], dtype=float).reshape(-1, 3),
+            energies=np.asarray(out[3], dtype=float).reshape(-1) if atomic else None,
+            virial=np.asarray(out[2], dtype=float).reshape(3, 3),
         )
 
 

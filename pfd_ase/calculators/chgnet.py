@@ -206,7 +206,7 @@ class CHGNetBackend:
         self.type_map: list[str] = list(chemical_symbols[1 : CHGNET_MAX_Z + 1])
         self.cutoff = float(self.model.graph_converter.atom_graph_cutoff)
 
-    def evaluate(self, atoms: Atoms) -> Prediction:
+    def evaluate(self, atoms: Atoms, atomic: bool = True) -> Prediction:
         periodic = bool(atoms.pbc.all())
         structure = atoms_to_structure(atoms)
         graph = self.model.graph_converter(structure)

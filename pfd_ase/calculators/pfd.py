@@ -38,7 +38,8 @@ class PFDCalculator(Calculator):
     -----
     Properties: ``energy`` and ``free_energy`` (eV), ``forces`` (eV/Å),
     ``stress`` (Voigt ``xx yy zz yz xz xy``, eV/Å³; periodic cells only),
-    ``energies`` (per-atom energies, eV). With several models the results are
+    ``energies`` (per-atom energies, eV; computed only when asked for, as deepmd-kit's
+    per-atom outputs cost 2-3× the time of the others). With several models the results are
     the committee mean, and the per-atom force deviation
     ``sqrt(<|F_m - <F>|²>)`` (eV/Å), its maximum and the energy deviation are
     stored in ``results`` (``force_devi``, ``max_force_devi``, ``energy_devi``)
@@ -91,17 +92,18 @@ class PFDCalculator(Calculator):
                 f"mixed periodic boundary conditions {atoms.pbc.tolist()} are not supported; "
                 "use a fully periodic cell with vacuum instead"
             )
-        preds = [b.evaluate(atoms) for b in self.backends]
+        atomic = "energies" in properties
+        preds = [b.evaluate(atoms, atomic=atomic) for b in self.backends]
         energy = np.array([p.energy for p in preds])
         forces = np.stack([p.forces for p in preds])
-        energies = np.stack([p.energies for p in preds])
         mean_forces = forces.mean(axis=0)
         self.results = {
             "energy": float(energy.mean()),
             "free_energy": float(energy.mean()),
             "forces": mean_forces,
-            "energies": energies.mean(axis=0),
         }
+        if atomic:
+            self.results["energies"] = np.stack([p.energies for p in preds]).mean(axis=0)
         if periodic:
             virial = np.stack([p.virial for p in preds]).mean(axis=0)
             self.results["stress"] = full_3x3_to_voigt_6_stress(-virial / atoms.get_volume())

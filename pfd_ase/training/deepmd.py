@@ -18,9 +18,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pfd_ase._io import read_json, write_json
 
@@ -257,22 +257,147 @@ def dp_env(threads: int | None = None) -> dict[str, str]:
 
 
 def run_dp(
-    args: Sequence[str], workdir: str | os.PathLike, threads: int | None = None, log_name="dp.log"
+    args: Sequence[str],
+    workdir: str | os.PathLike,
+    threads: int | None = None,
+    log_name: str = "dp.log",
+    progress: Callable[[], object] | None = None,
+    poll_interval: float = 0.5,
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m deepmd --pt ARGS`` in ``workdir``; raise with the log tail on failure."""
+    """Run ``python -m deepmd --pt ARGS`` in ``workdir``; raise with the log tail on failure.
+
+    Blocks until the subprocess ends. With ``progress``, that callable is called every
+    ``poll_interval`` seconds while deepmd-kit runs, and once more after it ends (whether it
+    succeeded or not). If the caller is interrupted (e.g. ``KeyboardInterrupt``) the
+    subprocess is killed before the exception propagates.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "deepmd", "--pt", *map(str, args)]
     with open(workdir / log_name, "a") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.run(
-            cmd, cwd=workdir, env=dp_env(threads), stdout=log, stderr=subprocess.STDOUT
-        )
+        if progress is None:
+            proc = subprocess.run(
+                cmd, cwd=workdir, env=dp_env(threads), stdout=log, stderr=subprocess.STDOUT
+            )
+        else:
+            proc = _run_polling(cmd, workdir, dp_env(threads), log, progress, poll_interval)
     if proc.returncode != 0:
         tail = "\n".join((workdir / log_name).read_text().splitlines()[-25:])
         raise RuntimeError(f"deepmd-kit failed ({' '.join(cmd[3:])}) in {workdir}:\n{tail}")
     return proc
+
+
+def _run_polling(
+    cmd: list[str],
+    workdir: Path,
+    env: dict[str, str],
+    log: IO[str],
+    progress: Callable[[], object],
+    poll_interval: float,
+) -> subprocess.CompletedProcess:
+    """``subprocess.run`` with ``progress()`` called while the process runs and after."""
+    with subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT) as popen:
+        try:
+            while True:
+                try:
+                    returncode = popen.wait(timeout=poll_interval)
+                    break
+                except subprocess.TimeoutExpired:
+                    progress()
+        except BaseException:
+            popen.kill()
+            popen.wait()
+            raise
+    progress()
+    return subprocess.CompletedProcess(cmd, returncode)
+
+
+class LcurveProgress:
+    """A tqdm bar over a deepmd-kit run, fed by the rows appended to ``lcurve.out``.
+
+    Call the object to read new complete rows (deepmd-kit writes one every ``disp_freq``
+    steps); the bar shows the step, ``numb_steps``, the latest ``rmse_e_trn`` and
+    ``rmse_f_trn`` (one pair per branch in multi-task runs) and tqdm's ETA. Only rows
+    written after construction count, so the rows of an earlier, interrupted run that a
+    restart appends to are skipped; ``initial`` is the step the run starts from.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        total: int,
+        initial: int = 0,
+        desc: str = "deepmd train",
+        file: IO[str] | None = None,
+        disable: bool = False,
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        self.path = Path(path)
+        self._offset = self.path.stat().st_size if self.path.exists() else 0
+        self._partial = ""
+        self._header: list[str] | None = None
+        self.step = initial
+        self.values: dict[str, float] = {}
+        self.bar = tqdm(
+            total=total,
+            initial=min(initial, total),
+            desc=desc,
+            unit="step",
+            file=file,
+            disable=disable,
+            dynamic_ncols=True,
+        )
+
+    def __call__(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                if fh.seek(0, os.SEEK_END) < self._offset:  # rewritten: start over
+                    self._offset, self._partial = 0, ""
+                fh.seek(self._offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return
+        self._offset += len(chunk)
+        text = self._partial + chunk.decode(errors="replace")
+        *lines, self._partial = text.split("\n")  # keep an incomplete last line
+        row = None
+        for line in lines:
+            words = line.lstrip("#").split()
+            if line.startswith("#"):
+                if words and words[0] == "step":
+                    self._header = words
+            elif words and self._header is not None:
+                row = dict(zip(self._header, words, strict=False))
+        if row is None:
+            return
+        try:
+            step = int(float(row["step"]))
+            values = {
+                k: float(v) for k, v in row.items() if k.startswith(("rmse_e_trn", "rmse_f_trn"))
+            }
+        except (KeyError, ValueError):
+            return
+        self.values = values
+        if values:
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in values.items()}, refresh=False)
+        if step > self.step:
+            self.bar.update(min(step, self.bar.total) - self.bar.n)
+            self.step = step
+        else:
+            self.bar.refresh()
+
+    def close(self, finished: bool = False) -> None:
+        """Read the last rows and close the bar; ``finished``: the run did all its steps.
+
+        (deepmd-kit writes a row every ``disp_freq`` steps, not necessarily at the last.)
+        """
+        self()
+        if finished and self.bar.total is not None and self.bar.n < self.bar.total:
+            self.bar.update(self.bar.total - self.bar.n)
+        self.bar.close()
 
 
 def deepmd_version() -> str:
@@ -282,10 +407,12 @@ def deepmd_version() -> str:
     return version("deepmd-kit")
 
 
+def _checkpoint_step(path: Path) -> int:
+    return int(path.stem.split("-")[-1].split(".")[0])
+
+
 def _latest_checkpoint(workdir: Path) -> Path | None:
-    ckpts = sorted(
-        workdir.glob("model.ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[-1].split(".")[0])
-    )
+    ckpts = sorted(workdir.glob("model.ckpt-*.pt"), key=_checkpoint_step)
     return ckpts[-1] if ckpts else None
 
 
@@ -297,6 +424,7 @@ def train(
     init_model: str | os.PathLike | None = None,
     use_pretrain_script: bool = False,
     threads: int | None = None,
+    progress: bool = True,
 ) -> Path:
     """Train with deepmd-kit in ``workdir``; return the final checkpoint ``model.ckpt.pt``.
 
@@ -316,6 +444,10 @@ def train(
         Checkpoint to initialise from (``--init-model``), e.g. the previous iteration's.
     use_pretrain_script
         Take descriptor and fitting settings from the ``finetune`` checkpoint.
+    progress
+        Show a tqdm progress bar (on stderr) while deepmd-kit trains: steps done out of
+        ``numb_steps``, the latest training RMSEs from ``lcurve.out`` and the ETA. It
+        advances every ``disp_freq`` steps. ``False`` prints nothing.
     """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -329,8 +461,10 @@ def train(
     write_json(workdir / "input.json", config)
     args: list[str] = ["train", "input.json"]
     last = _latest_checkpoint(workdir)
+    start = 0
     if last is not None:
         args += ["--restart", last.name]
+        start = _checkpoint_step(last)
     elif finetune is not None:
         args += ["--finetune", str(Path(finetune).resolve())]
         if model_branch is not None:
@@ -349,7 +483,24 @@ def train(
     }
     write_json(record_path, record)
     t0 = time.perf_counter()
-    run_dp(args, workdir, threads=threads)
+    if progress:
+        lcurve = workdir / config["training"].get("disp_file", "lcurve.out")
+        if last is None:
+            lcurve.unlink(missing_ok=True)  # a fresh run rewrites it; skip stale rows
+        bar = LcurveProgress(
+            lcurve,
+            total=int(config["training"]["numb_steps"]),
+            initial=start,
+            desc=f"deepmd train {workdir.name}",
+        )
+        finished = False
+        try:
+            run_dp(args, workdir, threads=threads, progress=bar)
+            finished = True
+        finally:
+            bar.close(finished)
+    else:
+        run_dp(args, workdir, threads=threads)
     record.update(done=True, wall_s=round(time.perf_counter() - t0, 3))
     write_json(record_path, record)
     if not final.exists():

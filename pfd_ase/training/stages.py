@@ -98,6 +98,7 @@ def finetune(
     init_model: str | os.PathLike | None = None,
     seed: int = 1,
     threads: int | None = None,
+    progress: bool = True,
 ) -> TrainResult:
     """Fine-tune a pre-trained deepmd-kit checkpoint on labelled frames (PFD step 2).
 
@@ -117,6 +118,8 @@ def finetune(
     init_model
         Continue from this checkpoint instead (a later fine-tune iteration): the model
         keeps its weights and no new bias is fitted.
+    progress
+        Show a progress bar while training (see :func:`pfd_ase.training.deepmd.train`).
     """
     workdir = Path(workdir)
     base = resolve_base_model(base_model)
@@ -130,7 +133,9 @@ def finetune(
     if init_model is not None:
         # the model section must be complete for --init-model: take it from the checkpoint
         cfg["model"] = _checkpoint_model_params(init_model)
-        ckpt = dp.train(cfg, workdir / "train", init_model=init_model, threads=threads)
+        ckpt = dp.train(
+            cfg, workdir / "train", init_model=init_model, threads=threads, progress=progress
+        )
     else:
         ckpt = dp.train(
             cfg,
@@ -139,6 +144,7 @@ def finetune(
             model_branch=head or RANDOM_HEAD,
             use_pretrain_script=True,
             threads=threads,
+            progress=progress,
         )
     model_path = dp.freeze(workdir / "train", workdir / "model.pth", threads=threads)
     return TrainResult(workdir, ckpt, model_path, info={"base_model": str(base), "head": head})
@@ -174,6 +180,7 @@ def pretrain(
     type_map: Sequence[str] | None = None,
     seed: int = 1,
     threads: int | None = None,
+    progress: bool = True,
 ) -> TrainResult:
     """Multi-task pre-training (DPA-2 paper §4.4): one fitting head per dataset, shared descriptor.
 
@@ -184,6 +191,8 @@ def pretrain(
         weight ``w`` (default 1).
     descriptor
         Shared descriptor (default: a tiny DPA-2, :data:`~pfd_ase.training.deepmd.DPA2_TINY`).
+    progress
+        Show a progress bar while training (see :func:`pfd_ase.training.deepmd.train`).
 
     Returns
     -------
@@ -204,7 +213,7 @@ def pretrain(
         train, valid = _systems(spec["frames"], None, workdir / name, type_map, seed)
         branches[name] = {"train": train, "valid": valid or None, "weight": spec.get("weight", 1)}
     cfg = dp.multitask_input(type_map, branches, descriptor=descriptor, steps=steps, seed=seed)
-    ckpt = dp.train(cfg, workdir / "train", threads=threads)
+    ckpt = dp.train(cfg, workdir / "train", threads=threads, progress=progress)
     return TrainResult(workdir, ckpt, ckpt, info={"heads": list(specs), "type_map": type_map})
 
 
@@ -218,13 +227,15 @@ def train_student(
     init_model: str | os.PathLike | None = None,
     seed: int = 1,
     threads: int | None = None,
+    progress: bool = True,
     **descriptor_overrides: Any,
 ) -> TrainResult:
     """Train the distilled student (se_atten_v2, attn_layer 0, rcut 6.5 Å), freeze, compress.
 
     Compression (``dp --pt compress``) needs deepmd-kit's custom operators; when it fails
     the reason is recorded in ``info["compress_error"]`` and ``compressed`` is None, so
-    callers fall back to the uncompressed ``model``.
+    callers fall back to the uncompressed ``model``. ``progress`` shows a progress bar while
+    training (see :func:`pfd_ase.training.deepmd.train`).
     """
     workdir = Path(workdir)
     type_map = list(type_map or type_map_of(frames))
@@ -232,7 +243,9 @@ def train_student(
     cfg = dp.student_input(
         type_map, train, valid, steps=steps, seed=seed, descriptor=descriptor_overrides
     )
-    ckpt = dp.train(cfg, workdir / "train", init_model=init_model, threads=threads)
+    ckpt = dp.train(
+        cfg, workdir / "train", init_model=init_model, threads=threads, progress=progress
+    )
     model_path = dp.freeze(workdir / "train", workdir / "model.pth", threads=threads)
     result = TrainResult(workdir, ckpt, model_path)
     if compress:

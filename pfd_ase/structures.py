@@ -1,0 +1,66 @@
+"""Starting structures from plain specifications, and seeded perturbations of them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+_SPEC_KEYS = {"bulk", "file", "repeat", "vacancy", "index"}
+
+
+def build_structure(spec: Mapping[str, Any]) -> Atoms:
+    """Build one structure.
+
+    ``spec`` holds either ``bulk`` (keyword arguments of :func:`ase.build.bulk`, e.g.
+    ``{"name": "Si", "crystalstructure": "diamond", "a": 5.43, "cubic": True}``) or ``file``
+    (any file ASE reads; ``index`` picks a frame), then optionally ``repeat`` (``[n1, n2, n3]``)
+    and ``vacancy`` (index of an atom to delete after repeating).
+    """
+    unknown = set(spec) - _SPEC_KEYS
+    if unknown:
+        raise ValueError(f"unknown structure keys {sorted(unknown)}; known: {sorted(_SPEC_KEYS)}")
+    if ("bulk" in spec) == ("file" in spec):
+        raise ValueError("a structure needs exactly one of 'bulk' or 'file'")
+    if "bulk" in spec:
+        from ase.build import bulk
+
+        atoms = bulk(**dict(spec["bulk"]))
+    else:
+        from ase.io import read
+
+        atoms = read(spec["file"], index=spec.get("index", -1))
+    if "repeat" in spec:
+        atoms = atoms.repeat(tuple(int(n) for n in spec["repeat"]))
+    if "vacancy" in spec:
+        index = int(spec["vacancy"])
+        if not 0 <= index < len(atoms):
+            raise ValueError(f"vacancy index {index} out of range for {len(atoms)} atoms")
+        del atoms[index]
+    atoms.calc = None
+    return atoms
+
+
+def perturb(
+    atoms: Atoms,
+    n: int,
+    rng: np.random.Generator,
+    cell_strain: float = 0.03,
+    displacement_A: float = 0.1,
+) -> list[Atoms]:
+    """``n`` copies of ``atoms`` with a random symmetric cell strain (each component uniform
+    in ``±cell_strain``) and Gaussian atomic displacements (standard deviation
+    ``displacement_A``, Å)."""
+    if n < 0 or cell_strain < 0 or displacement_A < 0:
+        raise ValueError("n, cell_strain and displacement_A must be non-negative")
+    out = []
+    for _ in range(n):
+        new = atoms.copy()
+        if new.pbc.all():
+            eps = rng.uniform(-cell_strain, cell_strain, (3, 3))
+            new.set_cell(new.cell.array @ (np.eye(3) + (eps + eps.T) / 2), scale_atoms=True)
+        new.positions += rng.normal(0.0, displacement_A, new.positions.shape)
+        out.append(new)
+    return out

@@ -1,0 +1,273 @@
+"""End-to-end PFD loops on silicon: tiny deepmd-kit base model, Tersoff as the 'DFT'."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.calculators.calculator import Calculator, all_changes
+
+from pfd_ase.data import read_frames
+from pfd_ase.workflow import ConfigError, load_config, run, run_status
+
+from conftest import requires_deepmd, si_frames
+
+pytestmark = requires_deepmd
+
+MD = {"md_steps": 20, "sample_every": 5, "timestep_fs": 2.0, "temperatures_K": [800.0]}
+
+
+def si_config(workdir, base, **overrides):
+    config = {
+        "workdir": str(workdir),
+        "seed": 3,
+        "structures": {
+            "diamond": {
+                "bulk": {"name": "Si", "crystalstructure": "diamond", "a": 5.43, "cubic": True}
+            },
+        },
+        "labeler": {"name": "tersoff"},
+        "base_model": {"path": str(base), "head": "sw"},
+        "init": {"n_perturb": 4},
+        "finetune": {
+            "steps": 20,
+            "learning_rate": {"type": "exp", "start_lr": 2e-3, "stop_lr": 1e-4},
+            "force_rmse_threshold_eV_A": 0.001,
+            "stages": [
+                {
+                    "name": "s1",
+                    **MD,
+                    "pressures_GPa": [None, 1.0],
+                    "max_iterations": 1,
+                    "n_select": 3,
+                    "chunk_size": 2,
+                },
+            ],
+        },
+        "distill": {
+            "steps": 20,
+            "max_iterations": 2,
+            "n_frames": 4,
+            "force_devi_threshold_eV_A": 0.0,
+            "target_force_rmse_eV_A": 0.001,
+            "min_improvement": 0.0,
+            "compress": False,  # compression is tested in test_training.py
+            "explore": {**MD},
+        },
+        "progress": False,
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    """A tiny two-head pre-trained model (SW silicon, EMT copper)."""
+    from pfd_ase.training.stages import pretrain
+
+    from conftest import emt_frames
+
+    work = tmp_path_factory.mktemp("base")
+    return pretrain({"sw": si_frames(6, seed=11), "emt": emt_frames(4, seed=12)}, work, steps=20)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, base_model):
+    work = tmp_path_factory.mktemp("run")
+    summary = run(si_config(work, base_model.checkpoint))
+    return work, summary
+
+
+def test_end_to_end_finetune_and_distill(finished_run):
+    work, summary = finished_run
+    assert summary["finished"]
+    steps = summary["steps"]
+    assert steps["init.label"]["n_labelled"] == 4
+    # one fine-tune iteration selecting 3 frames out of the MD candidates
+    sel = steps["ft.s1.000.select"]
+    assert sel["n_candidates"] == 2 * 20 // 5  # 2 walkers (NVT + NPT), 4 samples each
+    assert sel["n_selected"] == 3
+    assert steps["ft.s1.000.label"]["model_force_rmse_eV_A"] > 0
+    assert steps["ft.s1.000.label"]["dataset_entropy"] > 0
+    assert "ft.s1.000.train" in steps
+    data = read_frames(work / "data" / "labelled.extxyz")
+    assert len(data) == 4 + 3
+    assert {a.info["pfd_labeler"] for a in data} == {"tersoff"}
+    ids = [a.info["pfd_frame_id"] for a in data]
+    assert len(set(ids)) == len(ids)
+    # distillation: the student was trained on teacher labels and compared to the teacher
+    assert steps["distill.000.explore"]["n_new"] == 4
+    assert steps["distill.001.explore"]["student_vs_teacher_force_rmse_eV_A"] > 0
+    assert Path(summary["student"]).exists() and Path(summary["teacher"]).exists()
+    assert summary["validation"]["student_force_rmse_eV_A"] > 0
+    status = run_status(work)
+    assert status["finished"] and status["n_labelled"] == 7
+    assert json.loads((work / "summary.json").read_text())["versions"]["deepmd-kit"] == "3.2.0"
+
+
+def test_rerun_of_a_finished_run_does_nothing(finished_run, base_model):
+    work, summary = finished_run
+    mtimes = {p: p.stat().st_mtime for p in (work / "state").glob("*.json")}
+    again = run(si_config(work, base_model.checkpoint))
+    assert {p: p.stat().st_mtime for p in (work / "state").glob("*.json")} == mtimes
+    assert again["steps"].keys() == summary["steps"].keys()
+
+
+class FlakyTersoff(Calculator):
+    """Tersoff, but raises for every third call (a 'failed DFT' job)."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        from pfd_ase.calculators.labelers import make_labeler
+
+        self.inner = make_labeler("tersoff")
+        self.calls = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.calls += 1
+        if self.calls % 3 == 0:
+            raise RuntimeError("SCF did not converge (simulated)")
+        self.inner.calculate(self.atoms, properties, system_changes)
+        self.results = dict(self.inner.results)
+        self.results.setdefault("free_energy", self.results["energy"])
+
+
+def test_failed_labelling_is_recorded_and_skipped(tmp_path, base_model):
+    from pfd_ase.workflow.loops import initial_data
+    from pfd_ase.workflow.state import RunState
+
+    config = load_config(si_config(tmp_path, base_model.checkpoint, labeler=FlakyTersoff()))
+    state = RunState(tmp_path, config)
+    init = state.run_step("init.label", lambda: initial_data(config, state))
+    assert init["n_failed"] == 1 and init["n_labelled"] == 3
+    assert "SCF did not converge" in init["failures"][0]["message"]
+    assert (Path(init["failures"][0]["task_dir"]) / "failure.json").exists()
+    assert len(state.dataset()) == 3
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"]["init.label"] == init
+
+
+def test_config_errors_before_any_work(tmp_path, base_model):
+    good = si_config(tmp_path / "w", base_model.checkpoint)
+    cases = [
+        ({"temperature": 300}, "unknown key 'temperature'"),
+        ({"labeler": {"name": "nonsense"}}, "labeler"),
+        ({"base_model": {"path": str(base_model.checkpoint), "head": "xx"}}, "heads"),
+        (
+            {"structures": {"x": {"bulk": {"name": "Au", "crystalstructure": "fcc", "a": 4.08}}}},
+            r"\['Au'\] are not in the base model's type map",
+        ),
+        ({"init": {"n_perturb": 0}}, "init.n_perturb"),
+        ({"labeler": {"name": "vasp"}}, "labeler"),
+    ]
+    for change, message in cases:
+        config = {**good, **change}
+        with pytest.raises(ConfigError, match=message):
+            load_config(config)
+    stage = dict(good["finetune"]["stages"][0], timestep=2.0)
+    with pytest.raises(ConfigError, match="did you mean 'finetune.stages.0.timestep_fs'"):
+        load_config({**good, "finetune": {**good["finetune"], "stages": [stage]}})
+    bad_units = dict(good["finetune"]["stages"][0], temperatures_K=[-5.0])
+    with pytest.raises(ConfigError, match="temperatures_K"):
+        load_config({**good, "finetune": {**good["finetune"], "stages": [bad_units]}})
+    assert not (tmp_path / "w").exists()
+
+
+def test_yaml_config_file(tmp_path, base_model):
+    import yaml
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(si_config(tmp_path / "w", base_model.checkpoint)))
+    config = load_config(path)
+    assert config["finetune"]["stages"][0]["thermostat"] == "langevin"  # default merged in
+    path.write_text("labeler: [unclosed")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_config(path)
+
+
+# --------------------------------------------------------------------------- resume
+class KillingTersoff(FlakyTersoff):
+    """Tersoff that SIGKILLs its own process at the N-th calculation of a run
+    (``PFD_TEST_KILL_AT``) and logs every finished calculation to ``PFD_TEST_LOG``."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        Calculator.calculate(self, atoms, properties, system_changes)
+        self.calls += 1
+        if self.calls == int(os.environ.get("PFD_TEST_KILL_AT", "0")):
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.inner.calculate(self.atoms, properties, system_changes)
+        self.results = dict(self.inner.results)
+        self.results.setdefault("free_energy", self.results["energy"])
+        with open(os.environ["PFD_TEST_LOG"], "a") as fh:
+            fh.write(f"{self.atoms.positions.sum():.12f}\n")
+
+
+DRIVER = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from test_workflow import KillingTersoff, si_config
+from pfd_ase.workflow import run
+config = si_config({work!r}, {base!r}, labeler=KillingTersoff())
+config["distill"]["enabled"] = False
+run(config)
+"""
+
+
+def _drive(work, base, kill_at, log):
+    script = DRIVER.format(tests=str(Path(__file__).parent), work=str(work), base=str(base))
+    env = dict(os.environ, PFD_TEST_KILL_AT=str(kill_at), PFD_TEST_LOG=str(log))
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_uninterrupted_dataset(tmp_path, base_model):
+    reference = _drive(tmp_path / "ref", base_model.checkpoint, 0, tmp_path / "ref.log")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    # killed during the initial labelling (3rd frame), then during the fine-tune labelling
+    log = tmp_path / "killed.log"
+    for kill_at in (3, 2):
+        proc = _drive(tmp_path / "killed", base_model.checkpoint, kill_at, log)
+        assert proc.returncode == -signal.SIGKILL
+    done = _drive(tmp_path / "killed", base_model.checkpoint, 0, log)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ref = read_frames(tmp_path / "ref" / "data" / "labelled.extxyz")
+    got = read_frames(tmp_path / "killed" / "data" / "labelled.extxyz")
+    assert [a.info["pfd_frame_id"] for a in got] == [a.info["pfd_frame_id"] for a in ref]
+    for a, b in zip(ref, got, strict=True):
+        np.testing.assert_allclose(b.positions, a.positions, atol=1e-8)
+        assert b.get_potential_energy() == pytest.approx(a.get_potential_energy(), abs=1e-8)
+    # no finished calculation was ever repeated
+    finished = log.read_text().split()
+    assert len(finished) == len(set(finished)) == len(got)
+
+
+def test_exploration_and_labelling_through_dask(tmp_path):
+    pytest.importorskip("dask.distributed")
+    from ase.build import bulk
+
+    from pfd_ase.explore import explore
+    from pfd_ase.label import label_frames
+    from pfd_ase.parallel import make_executor
+
+    start = [bulk("Si", "diamond", a=5.43, cubic=True)]
+    settings = {"temperatures_K": [300.0, 900.0], "steps": 10, "sample_every": 5, "seed": 1}
+    serial = explore(start, "sw", tmp_path / "serial", progress=False, **settings)
+    with make_executor({"kind": "dask", "max_workers": 2}) as executor:
+        parallel = explore(
+            start, "sw", tmp_path / "dask", executor=executor, progress=False, **settings
+        )
+        labelled = label_frames(parallel.frames, "tersoff", tmp_path / "label", executor)
+    assert len(parallel.frames) == len(serial.frames) == 4
+    for a, b in zip(serial.frames, parallel.frames, strict=True):
+        np.testing.assert_array_equal(a.positions, b.positions)
+    direct = label_frames(serial.frames, "tersoff", tmp_path / "label_serial")
+    for a, b in zip(direct.frames, labelled.frames, strict=True):
+        assert a.get_potential_energy() == b.get_potential_energy()
