@@ -1,0 +1,312 @@
+"""Phonon dispersions by finite displacements (phonopy) with any ASE calculator.
+
+:func:`phonon_bands` builds a supercell of a primitive cell, displaces atoms with
+phonopy, evaluates forces with the calculator (SW, Tersoff, a PFD model, GPAW, VASP ...),
+and returns the dispersion along a high-symmetry path plus the exact frequencies at Γ,
+X and L as plain JSON-safe data. :func:`plot_phonon_bands` draws several models'
+dispersions on one figure.
+
+Units: Å and eV inside; frequencies in THz (phonopy's default unit conversion for
+eV/Å/amu); path distances in 1/Å (reciprocal vectors without the 2π factor).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+__all__ = ["FCC_PATH", "phonon_bands", "plot_phonon_bands"]
+
+#: Standard path for diamond / FCC silicon in ASE's special-point letters
+#: (``G`` is Γ, ``,`` a discontinuity): Γ–X–U|K–Γ–L.
+FCC_PATH = "GXU,KGL"
+
+_SPECIAL_KEYS = {"Gamma": "G", "X": "X", "L": "L"}
+
+
+def _require_phonopy() -> Any:
+    try:
+        import phonopy
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "phonon calculations need phonopy: pip install 'pfd_ase[phonons]'"
+        ) from exc
+    return phonopy
+
+
+def _to_phonopy(atoms: Atoms) -> Any:
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    return PhonopyAtoms(
+        symbols=atoms.get_chemical_symbols(),
+        cell=np.array(atoms.cell),
+        scaled_positions=atoms.get_scaled_positions(wrap=False),
+        masses=atoms.get_masses(),
+    )
+
+
+def _to_ase(cell: Any) -> Atoms:
+    atoms = Atoms(
+        symbols=list(cell.symbols),
+        cell=np.array(cell.cell),
+        scaled_positions=np.array(cell.scaled_positions),
+        pbc=True,
+    )
+    atoms.set_masses(np.array(cell.masses))
+    return atoms
+
+
+def _forces(atoms: Atoms, calc: Any) -> np.ndarray:
+    work = atoms.copy()
+    work.calc = calc
+    return np.array(work.get_forces(), dtype=float)
+
+
+def _qpoint_frequencies(phonon: Any) -> np.ndarray:
+    """Frequencies of the last ``run_qpoints`` (phonopy 4 property, older dict API)."""
+    result = getattr(phonon, "qpoints", None)
+    if result is not None and hasattr(result, "frequencies"):
+        return np.array(result.frequencies)
+    return np.array(phonon.get_qpoints_dict()["frequencies"])  # phonopy < 3
+
+
+def _label(letter: str) -> str:
+    return "Γ" if letter == "G" else letter
+
+
+def _path_segments(
+    primitive: Atoms, path: str | Sequence[Sequence[tuple[str, Sequence[float]]]] | None
+) -> tuple[list[list[tuple[str, np.ndarray]]], dict[str, np.ndarray]]:
+    """Segments of (label, q in the primitive reciprocal basis) and the lattice's special points.
+
+    Special points come from :meth:`ase.cell.Cell.bandpath`, which maps them onto the
+    reciprocal basis of *this* cell whatever its orientation.
+    """
+    lattice = primitive.cell.get_bravais_lattice()
+    special = {
+        k: np.asarray(v, float)
+        for k, v in primitive.cell.bandpath(npoints=0).special_points.items()
+    }
+    if path is None:
+        path = FCC_PATH if lattice.name == "FCC" else lattice.special_path
+    if isinstance(path, str):
+        segments = []
+        for chunk in path.split(","):
+            names = _split_path_letters(chunk, special)
+            segments.append([(_label(n), special[n]) for n in names])
+    else:
+        segments = [[(str(lab), np.asarray(q, float)) for lab, q in seg] for seg in path]
+    for seg in segments:
+        if len(seg) < 2:
+            raise ValueError(f"a path segment needs at least two points, got {seg}")
+    return segments, special
+
+
+def _split_path_letters(chunk: str, special: Mapping[str, Any]) -> list[str]:
+    """Split ``"GXU1"``-like strings into special-point names (names may carry digits)."""
+    from ase.dft.kpoints import parse_path_string
+
+    names = [name for part in parse_path_string(chunk) for name in part]
+    missing = [n for n in names if n not in special]
+    if missing:
+        raise ValueError(f"unknown special points {missing}; known: {sorted(special)}")
+    return names
+
+
+def phonon_bands(
+    primitive: Atoms,
+    calc: Any,
+    supercell: Sequence[int] | Sequence[Sequence[int]] = (3, 3, 3),
+    displacement_A: float = 0.01,
+    npoints: int = 51,
+    path: str | Sequence[Sequence[tuple[str, Sequence[float]]]] | None = None,
+    *,
+    subtract_residual: bool = True,
+    symmetrize: bool = True,
+    symprec: float = 1e-5,
+) -> dict[str, Any]:
+    """Phonon dispersion of ``primitive`` by finite displacements with phonopy.
+
+    Parameters
+    ----------
+    primitive
+        The primitive cell (never modified). Its reciprocal basis defines the q-points.
+    calc
+        Any ASE calculator; it is attached to copies of the displaced supercells.
+    supercell
+        Supercell repeats ``(n1, n2, n3)`` or a 3×3 supercell matrix.
+    displacement_A
+        Finite-displacement amplitude, Å.
+    npoints
+        Points per path segment (phonopy's convention), endpoints included.
+    path
+        ``None`` (Γ–X–U|K–Γ–L for FCC lattices, ASE's standard path otherwise), a string
+        of ASE special-point letters (``"GXU,KGL"``; ``G`` is Γ, ``,`` a break), or a list
+        of segments, each a list of ``(label, q)`` with ``q`` in the primitive reciprocal
+        basis.
+    subtract_residual
+        Subtract the forces of the undisplaced supercell (one extra force call); removes
+        spurious residual forces of imperfectly relaxed or noisy models.
+    symmetrize
+        Symmetrize the force constants (translational invariance, index permutation).
+    symprec
+        Symmetry tolerance for phonopy, Å.
+
+    Returns
+    -------
+    dict
+        JSON-safe: ``labels`` and ``label_distances`` (special points along the path, a
+        break shown as ``"U|K"``), ``distances`` (nq, 1/Å), ``frequencies_THz`` (nq ×
+        nbands), ``special_points`` (``{"Gamma": [...], "X": [...], "L": [...]}``, sorted
+        frequencies in THz computed at those exact q-points; X and L only where the
+        lattice has them), ``special_qpoints`` (their reduced coordinates),
+        ``supercell`` (3×3 matrix), ``displacement_A``, ``n_displacements``, ``n_atoms``.
+        Imaginary frequencies are negative numbers (phonopy's convention).
+    """
+    _require_phonopy()
+    from phonopy import Phonopy
+
+    if npoints < 2:
+        raise ValueError("npoints must be at least 2")
+    if displacement_A <= 0:
+        raise ValueError("displacement_A must be positive")
+    smat = np.asarray(supercell, dtype=int)
+    if smat.shape == (3,):
+        smat = np.diag(smat)
+    if smat.shape != (3, 3) or round(abs(np.linalg.det(smat))) == 0:
+        raise ValueError(
+            f"supercell must be 3 repeats or a non-singular 3×3 matrix, got {supercell}"
+        )
+
+    prim = primitive.copy()
+    prim.calc = None
+    phonon = Phonopy(
+        _to_phonopy(prim), supercell_matrix=smat, primitive_matrix=None, symprec=symprec
+    )
+    phonon.generate_displacements(distance=displacement_A)
+    displaced = phonon.supercells_with_displacements
+    residual = _forces(_to_ase(phonon.supercell), calc) if subtract_residual else 0.0
+    phonon.forces = np.array([_forces(_to_ase(sc), calc) - residual for sc in displaced])
+    phonon.produce_force_constants()
+    if symmetrize:
+        phonon.symmetrize_force_constants()
+
+    segments, special = _path_segments(prim, path)
+    recip = np.array(prim.cell.reciprocal())  # rows b_i, no 2π
+    labels: list[str] = []
+    label_distances: list[float] = []
+    qpoints: list[np.ndarray] = []
+    distances: list[float] = []
+    offset = 0.0
+    for iseg, seg in enumerate(segments):
+        if iseg == 0:
+            labels.append(seg[0][0])
+            label_distances.append(offset)
+        else:
+            labels[-1] = f"{labels[-1]}|{seg[0][0]}"
+        for (_, q0), (lab1, q1) in zip(seg[:-1], seg[1:], strict=True):
+            length = float(np.linalg.norm((q1 - q0) @ recip))
+            for t in np.linspace(0.0, 1.0, npoints):
+                qpoints.append(q0 + t * (q1 - q0))
+                distances.append(offset + t * length)
+            offset += length
+            labels.append(lab1)
+            label_distances.append(offset)
+    phonon.run_qpoints(np.array(qpoints))
+    freqs = _qpoint_frequencies(phonon)
+
+    # exact special points, independent of the path sampling
+    present = [(key, special[letter]) for key, letter in _SPECIAL_KEYS.items() if letter in special]
+    phonon.run_qpoints(np.array([q for _, q in present]))
+    special_rows = _qpoint_frequencies(phonon)
+    special_freqs = {
+        key: sorted(float(f) for f in row)
+        for (key, _), row in zip(present, special_rows, strict=True)
+    }
+    special_q = {key: [float(x) for x in q] for key, q in present}
+
+    return {
+        "labels": labels,
+        "label_distances": [float(d) for d in label_distances],
+        "distances": [float(d) for d in distances],
+        "frequencies_THz": freqs.tolist(),
+        "special_points": special_freqs,
+        "special_qpoints": special_q,
+        "supercell": smat.tolist(),
+        "displacement_A": float(displacement_A),
+        "n_displacements": len(displaced),
+        "n_atoms": len(prim),
+    }
+
+
+def _figure_tools() -> tuple[Any, Any]:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("plots need matplotlib: pip install 'pfd_ase[analysis]'") from exc
+    return Figure, FigureCanvasAgg
+
+
+_STYLES = [("-", "C0"), ("--", "C3"), (":", "C2"), ("-.", "C1"), ((0, (5, 1, 1, 1)), "C4")]
+
+
+def plot_phonon_bands(
+    results: Mapping[str, Mapping[str, Any]],
+    path: str | os.PathLike,
+    title: str | None = None,
+) -> Path:
+    """Draw several models' dispersions (``{"DFT": bands, "PF": ..., "PFD": ...}``) on one PNG.
+
+    Each value is a :func:`phonon_bands` result; all are drawn on the first one's special-point
+    ticks (each curve rescaled onto them, so paths must have the same labels). Returns the path.
+    """
+    if not results:
+        raise ValueError("nothing to plot")
+    Figure, FigureCanvasAgg = _figure_tools()
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ref = next(iter(results.values()))
+    ref_ticks = np.asarray(ref["label_distances"], float)
+    for i, (name, res) in enumerate(results.items()):
+        style, color = _STYLES[i % len(_STYLES)]
+        x = np.asarray(res["distances"], float)
+        ticks = np.asarray(res["label_distances"], float)
+        if len(ticks) == len(ref_ticks) and not np.allclose(ticks, ref_ticks):
+            x = np.interp(x, ticks, ref_ticks)  # align differently scaled paths
+        freqs = np.asarray(res["frequencies_THz"], float)
+        # break lines at path discontinuities (repeated distance)
+        breaks = np.flatnonzero(np.diff(x) <= 0) + 1 if len(x) > 1 else []
+        starts = [0, *breaks]
+        ends = [*breaks, len(x)]
+        for s, e in zip(starts, ends, strict=True):
+            for band in range(freqs.shape[1]):
+                ax.plot(
+                    x[s:e],
+                    freqs[s:e, band],
+                    linestyle=style,
+                    color=color,
+                    linewidth=1.3,
+                    label=name if (s == 0 and band == 0) else None,
+                )
+    for t in ref_ticks:
+        ax.axvline(t, color="0.7", linewidth=0.6)
+    ax.axhline(0.0, color="0.7", linewidth=0.6)
+    ax.set_xticks(ref_ticks)
+    ax.set_xticklabels(ref["labels"])
+    ax.set_xlim(ref_ticks[0], ref_ticks[-1])
+    ax.set_ylabel("Frequency (THz)")
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="best", frameon=False)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150)
+    return out

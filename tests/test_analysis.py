@@ -1,0 +1,167 @@
+"""Phonons and vacancy formation energies with classical Si potentials (seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from pfd_ase.analysis.phonons import phonon_bands, plot_phonon_bands
+from pfd_ase.analysis.vacancy import (
+    plot_vacancy_bars,
+    silicon_phases,
+    vacancy_formation_energy,
+    vacancy_supercells,
+)
+from pfd_ase.calculators.labelers import make_labeler
+
+pytest.importorskip("phonopy")
+pytest.importorskip("matscipy")
+
+# Stillinger-Weber Si at its minimum a = 5.431 Å, phonopy 3×3×3 (notes/facts.md)
+SW_GAMMA_OPTICAL = 17.83
+SW_X = [6.65, 6.65, 12.99, 12.99, 15.63, 15.63]
+TERSOFF_GAMMA_OPTICAL = 16.07
+
+
+@pytest.fixture(scope="module")
+def sw():
+    return make_labeler("sw")
+
+
+@pytest.fixture(scope="module")
+def sw_bands(sw):
+    return phonon_bands(bulk("Si", "diamond", a=5.431), sw)
+
+
+def test_sw_phonons_match_reference(sw_bands):
+    gamma = np.array(sw_bands["special_points"]["Gamma"])
+    assert np.all(np.abs(gamma[:3]) < 0.05)
+    np.testing.assert_allclose(gamma[3:], SW_GAMMA_OPTICAL, atol=0.1)
+    np.testing.assert_allclose(sw_bands["special_points"]["X"], SW_X, atol=0.1)
+    assert len(sw_bands["special_points"]["L"]) == 6
+    np.testing.assert_allclose(sw_bands["special_qpoints"]["X"], [0.5, 0.0, 0.5])
+    np.testing.assert_allclose(sw_bands["special_qpoints"]["L"], [0.5, 0.5, 0.5])
+
+
+def test_phonon_result_layout(sw_bands):
+    r = json.loads(json.dumps(sw_bands))  # JSON-safe
+    assert r["labels"] == ["Γ", "X", "U|K", "Γ", "L"]
+    assert len(r["label_distances"]) == len(r["labels"])
+    assert np.all(np.diff(r["label_distances"]) >= 0)
+    freqs = np.array(r["frequencies_THz"])
+    assert freqs.shape == (len(r["distances"]), 6)
+    assert len(r["distances"]) == 4 * 51  # Γ-X, X-U, K-Γ, Γ-L
+    assert np.all(np.diff(r["distances"]) >= 0)
+    assert r["supercell"] == [[3, 0, 0], [0, 3, 0], [0, 0, 3]]
+    assert r["displacement_A"] == 0.01
+    assert r["n_displacements"] == 1  # diamond: one symmetry-inequivalent displacement
+    # the sampled path reaches the exact special-point frequencies
+    np.testing.assert_allclose(sorted(freqs[0]), r["special_points"]["Gamma"], atol=1e-6)
+    np.testing.assert_allclose(sorted(freqs[-1]), r["special_points"]["L"], atol=1e-6)
+
+
+def test_phonons_leave_input_alone_and_tersoff():
+    prim = bulk("Si", "diamond", a=5.431)
+    before = prim.copy()
+    r = phonon_bands(prim, make_labeler("tersoff"), npoints=5, path="GX")
+    assert prim == before and prim.calc is None
+    assert r["labels"] == ["Γ", "X"] and len(r["distances"]) == 5
+    np.testing.assert_allclose(r["special_points"]["Gamma"][3:], TERSOFF_GAMMA_OPTICAL, atol=0.1)
+
+
+def test_plot_phonon_bands(sw_bands, tmp_path):
+    other = dict(sw_bands, frequencies_THz=(np.array(sw_bands["frequencies_THz"]) * 0.97).tolist())
+    out = plot_phonon_bands(
+        {"DFT": sw_bands, "PF": other, "PFD": sw_bands}, tmp_path / "p" / "ph.png", "Si"
+    )
+    assert out.exists() and out.read_bytes()[:4] == b"\x89PNG"
+
+
+SPACEGROUPS = {
+    "diamond": 227,
+    "hex_diamond": 194,
+    "fcc": 225,
+    "bcc": 229,
+    "hcp": 194,
+    "beta_sn": 141,
+    "bc8": 206,
+}
+
+
+def test_silicon_phases_space_groups():
+    spglib = pytest.importorskip("spglib")
+    phases = silicon_phases()
+    assert set(phases) == set(SPACEGROUPS)
+    for name, atoms in phases.items():
+        cell = (np.array(atoms.cell), atoms.get_scaled_positions(), atoms.numbers)
+        dataset = spglib.get_symmetry_dataset(cell, symprec=1e-3)
+        assert dataset.number == SPACEGROUPS[name], name
+        assert set(atoms.get_chemical_symbols()) == {"Si"}
+    assert len(phases["bc8"]) == 16 and len(phases["hex_diamond"]) == 4
+    # fourfold coordination at ~2.35 Å in the tetrahedral phases
+    from ase.neighborlist import neighbor_list
+
+    for name in ("diamond", "hex_diamond", "bc8"):
+        i, d = neighbor_list("id", phases[name], 2.6)
+        assert np.all(np.bincount(i) == 4), name
+        assert 2.25 < d.min() < 2.40, name
+
+
+def test_vacancy_supercell_sizes():
+    phases = silicon_phases()
+    full = {k: len(v) for k, v in vacancy_supercells(phases, quick=False).items()}
+    expected = {"diamond": 32, "bc8": 128, "beta_sn": 64, "fcc": 108, "hex_diamond": 108, "hcp": 64}
+    assert {k: full[k] for k in expected} == expected
+    quick = {k: len(v) for k, v in vacancy_supercells(phases, quick=True).items()}
+    assert set(quick) == set(phases)
+    assert all(8 <= n <= 32 for n in quick.values()), quick
+    assert all(quick[k] < full[k] for k in expected)
+    # unknown phases get a supercell too
+    extra = vacancy_supercells({"x": bulk("Si", "diamond", a=5.431)}, quick=True)
+    assert len(extra["x"]) >= 8
+
+
+def test_vacancy_formation_energy_sw(sw):
+    cell = vacancy_supercells({"diamond": silicon_phases()["diamond"]})["diamond"]
+    before = cell.copy()
+    r = vacancy_formation_energy(cell, sw)
+    assert cell == before and cell.calc is None
+    json.dumps(r)
+    n = r["n_atoms"]
+    assert n == 32
+    assert np.isfinite(r["E_f_eV"]) and 0 < r["E_f_eV"] < 10
+    expected = r["E_vac_eV"] - (n - 1) / n * r["E_bulk_eV"]
+    assert r["E_f_eV"] == pytest.approx(expected, abs=1e-9)
+    assert r["mu_eV"] == pytest.approx(r["E_bulk_eV"] / n)
+    assert r["converged"] and r["reference"] == "bulk"
+
+    mu = -4.3
+    rm = vacancy_formation_energy(cell, sw, mu_eV=mu)
+    assert rm["E_f_eV"] == pytest.approx(rm["E_vac_eV"] - rm["E_bulk_eV"] + mu, abs=1e-9)
+    assert rm["mu_eV"] == mu and rm["reference"] == "mu"
+    assert cell == before
+
+
+def test_vacancy_relaxation_lowers_energy():
+    # Tersoff relaxes the vacancy's neighbours (SW's forces vanish by symmetry)
+    tersoff = make_labeler("tersoff")
+    cell = bulk("Si", "diamond", a=5.432, cubic=True).repeat((2, 1, 1))
+    fixed = vacancy_formation_energy(cell, tersoff, relax=False)
+    relaxed = vacancy_formation_energy(cell, tersoff, fmax_eV_A=0.05)
+    assert relaxed["steps"] > 0 and relaxed["converged"]
+    assert relaxed["E_f_eV"] < fixed["E_f_eV"]
+    capped = vacancy_formation_energy(cell, tersoff, fmax_eV_A=1e-6, max_steps=1)
+    assert not capped["converged"] and capped["steps"] <= 1
+
+
+def test_plot_vacancy_bars(tmp_path):
+    results = {
+        "DFT": {"diamond": 3.6, "bc8": 2.1, "beta_sn": 1.0},
+        "PF": {"diamond": 3.5, "bc8": 2.0},
+        "PFD": {"diamond": 3.4, "bc8": 2.2, "beta_sn": 0.9},
+    }
+    out = plot_vacancy_bars(results, tmp_path / "vac.png", title="Si")
+    assert out.exists() and out.read_bytes()[:4] == b"\x89PNG"
