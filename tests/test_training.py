@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -137,14 +139,13 @@ def test_training_resumes_after_kill(tmp_path):
     from pathlib import Path
 
     script = KILLABLE.format(tests=str(Path(__file__).parent), work=str(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-c", script])
+    # own process group: the kill reaches the driver and its deepmd-kit child, nothing else
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and not list((tmp_path / "train").glob("model.ckpt-10.pt")):
         time.sleep(0.5)
-    proc.kill()  # SIGKILL the driver; its deepmd-kit child is killed too below
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    subprocess.run(["pkill", "-9", "-f", str(tmp_path / "train")], check=False)
-    subprocess.run(["pkill", "-9", "-f", "deepmd --pt train input.json"], check=False)
     assert list((tmp_path / "train").glob("model.ckpt-*.pt")), "no checkpoint before the kill"
     record = json.loads((tmp_path / "train" / "pfd_train.json").read_text())
     assert not record["done"]

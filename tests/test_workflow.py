@@ -227,7 +227,6 @@ def _drive(work, base, kill_at, log):
     return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
 
 
-@pytest.mark.slow
 def test_resume_after_sigkill_gives_the_uninterrupted_dataset(tmp_path, base_model):
     reference = _drive(tmp_path / "ref", base_model.checkpoint, 0, tmp_path / "ref.log")
     assert reference.returncode == 0, reference.stderr[-2000:]
