@@ -56,10 +56,12 @@ def test_quick_recipe_with_classical_labeler(tmp_path):
 
     from conftest import si_frames
 
+    lr = {"type": "exp", "start_lr": 2e-3, "stop_lr": 1e-5, "decay_steps": 100}
     base = pretrain(
-        {"sw": si_frames(16, seed=21, displacement=0.1)},
+        {"sw": si_frames(24, seed=21, displacement=0.05)},
         tmp_path / "base",
-        steps=1500,
+        steps=800,
+        learning_rate=lr,
         progress=False,
     )
     result = run_silicon(
@@ -68,7 +70,11 @@ def test_quick_recipe_with_classical_labeler(tmp_path):
         labeler="sw",
         base_model=str(base.checkpoint),
         head="sw",
-        overrides={"finetune": {"steps": 300}, "distill": {"steps": 1500}, "progress": False},
+        overrides={
+            "finetune": {"steps": 300, "learning_rate": lr},
+            "distill": {"steps": 2000},
+            "progress": False,
+        },
     )
     report = tmp_path / "run" / "report"
     for name in (

@@ -180,6 +180,7 @@ def pretrain(
     type_map: Sequence[str] | None = None,
     seed: int = 1,
     threads: int | None = None,
+    learning_rate: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Multi-task pre-training (DPA-2 paper §4.4): one fitting head per dataset, shared descriptor.
@@ -191,6 +192,8 @@ def pretrain(
         weight ``w`` (default 1).
     descriptor
         Shared descriptor (default: a tiny DPA-2, :data:`~pfd_ase.training.deepmd.DPA2_TINY`).
+    learning_rate
+        deepmd-kit ``learning_rate`` section (default lr 1e-3 → 3.51e-8).
     progress
         Show a progress bar while training (see :func:`pfd_ase.training.deepmd.train`).
 
@@ -212,7 +215,14 @@ def pretrain(
     for name, spec in specs.items():
         train, valid = _systems(spec["frames"], None, workdir / name, type_map, seed)
         branches[name] = {"train": train, "valid": valid or None, "weight": spec.get("weight", 1)}
-    cfg = dp.multitask_input(type_map, branches, descriptor=descriptor, steps=steps, seed=seed)
+    cfg = dp.multitask_input(
+        type_map,
+        branches,
+        descriptor=descriptor,
+        steps=steps,
+        learning_rate=learning_rate,
+        seed=seed,
+    )
     ckpt = dp.train(cfg, workdir / "train", threads=threads, progress=progress)
     return TrainResult(workdir, ckpt, ckpt, info={"heads": list(specs), "type_map": type_map})
 
