@@ -41,50 +41,6 @@ from pathlib import Path
 
 SIZES = (64, 512)
 
-#: DPA-2 of the paper's production size (DPA-2 paper, deepmd-kit's ``input_torch_large``
-#: layout): only ``nlayers`` changes between the 6- and 12-layer variants.
-PRODUCTION_DPA2 = {
-    "type": "dpa2",
-    "repinit": {
-        "tebd_dim": 8,
-        "rcut": 6.0,
-        "rcut_smth": 0.5,
-        "nsel": 120,
-        "neuron": [25, 50, 100],
-        "axis_neuron": 12,
-        "activation_function": "tanh",
-    },
-    "repformer": {
-        "rcut": 4.0,
-        "rcut_smth": 3.5,
-        "nsel": 40,
-        "nlayers": 6,
-        "g1_dim": 128,
-        "g2_dim": 32,
-        "attn2_hidden": 32,
-        "attn2_nhead": 4,
-        "attn1_hidden": 128,
-        "attn1_nhead": 4,
-        "axis_neuron": 4,
-        "update_h2": False,
-        "update_g1_has_conv": True,
-        "update_g1_has_grrg": True,
-        "update_g1_has_drrd": True,
-        "update_g1_has_attn": False,
-        "update_g2_has_g1g1": False,
-        "update_g2_has_attn": True,
-        "update_style": "res_residual",
-        "update_residual": 0.01,
-        "update_residual_init": "norm",
-        "attn2_has_gate": True,
-        "use_sqrt_nnei": True,
-        "g1_out_conv": True,
-        "g1_out_mlp": True,
-    },
-    "add_tebd_to_repinit_out": False,
-}
-PRODUCTION_FITTING = {"neuron": [240, 240, 240], "resnet_dt": True}
-
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -308,9 +264,12 @@ def main() -> None:
         print(f"# trained on {label} ({time.perf_counter() - started:.0f} s)", flush=True)
     layers = [6] if args.no_12_layers else [6, 12]
     for nl in layers:
-        desc = {**PRODUCTION_DPA2, "repformer": {**PRODUCTION_DPA2["repformer"], "nlayers": nl}}
+        desc = {
+            **dp.DPA2_PRODUCTION,
+            "repformer": {**dp.DPA2_PRODUCTION["repformer"], "nlayers": nl},
+        }
         cfg = dp.training_input(
-            dp.energy_model(["Si"], desc, PRODUCTION_FITTING),
+            dp.energy_model(["Si"], desc, dp.FITTING_PRODUCTION),
             si8,
             steps=3,
             batch_size=1,

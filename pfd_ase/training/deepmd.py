@@ -27,48 +27,81 @@ from pfd_ase._io import read_json, write_json
 RECORD_FILE = "pfd_train.json"
 
 # --------------------------------------------------------------------------- templates
-#: A small two-layer DPA-2 descriptor for tests and demos (about 50k parameters per branch).
-DPA2_TINY: dict[str, Any] = {
-    "type": "dpa2",
-    "repinit": {
-        "tebd_dim": 8,
-        "rcut": 6.0,
-        "rcut_smth": 0.5,
-        "nsel": 60,
-        "neuron": [8, 16, 32],
-        "axis_neuron": 4,
-        "activation_function": "tanh",
-        "tebd_input_mode": "strip",
-    },
-    "repformer": {
-        "rcut": 4.0,
-        "rcut_smth": 3.5,
-        "nsel": 40,
-        "nlayers": 2,
-        "g1_dim": 32,
-        "g2_dim": 16,
-        "attn2_hidden": 16,
-        "attn2_nhead": 2,
-        "attn1_hidden": 32,
-        "attn1_nhead": 2,
-        "axis_neuron": 4,
-        "update_h2": False,
-        "update_g1_has_conv": True,
-        "update_g1_has_grrg": True,
-        "update_g1_has_drrd": True,
-        "update_g1_has_attn": False,
-        "update_g2_has_g1g1": False,
-        "update_g2_has_attn": True,
-        "update_style": "res_residual",
-        "update_residual": 0.01,
-        "update_residual_init": "norm",
-        "attn2_has_gate": True,
-        "use_sqrt_nnei": True,
-        "g1_out_conv": True,
-        "g1_out_mlp": True,
-    },
-    "add_tebd_to_repinit_out": False,
+#: Repformer update scheme shared by every DPA-2 template (deepmd-kit's example layout).
+_REPFORMER_UPDATES: dict[str, Any] = {
+    "update_h2": False,
+    "update_g1_has_conv": True,
+    "update_g1_has_grrg": True,
+    "update_g1_has_drrd": True,
+    "update_g1_has_attn": False,
+    "update_g2_has_g1g1": False,
+    "update_g2_has_attn": True,
+    "update_style": "res_residual",
+    "update_residual": 0.01,
+    "update_residual_init": "norm",
+    "attn2_has_gate": True,
+    "use_sqrt_nnei": True,
+    "g1_out_conv": True,
+    "g1_out_mlp": True,
 }
+
+
+def dpa2_descriptor(
+    nlayers: int = 2,
+    g1_dim: int = 32,
+    g2_dim: int = 16,
+    repinit_nsel: int = 60,
+    repinit_neuron: Sequence[int] = (8, 16, 32),
+    repinit_axis_neuron: int = 4,
+    repformer_nsel: int = 40,
+    attn_heads: int = 2,
+) -> dict[str, Any]:
+    """A DPA-2 descriptor: repinit rcut 6 Å, ``nlayers`` repformer layers with rcut 4 Å."""
+    return {
+        "type": "dpa2",
+        "repinit": {
+            "tebd_dim": 8,
+            "rcut": 6.0,
+            "rcut_smth": 0.5,
+            "nsel": repinit_nsel,
+            "neuron": list(repinit_neuron),
+            "axis_neuron": repinit_axis_neuron,
+            "activation_function": "tanh",
+            "tebd_input_mode": "strip",
+        },
+        "repformer": {
+            "rcut": 4.0,
+            "rcut_smth": 3.5,
+            "nsel": repformer_nsel,
+            "nlayers": nlayers,
+            "g1_dim": g1_dim,
+            "g2_dim": g2_dim,
+            "attn2_hidden": g2_dim,
+            "attn2_nhead": attn_heads,
+            "attn1_hidden": g1_dim,
+            "attn1_nhead": attn_heads,
+            "axis_neuron": 4,
+            **_REPFORMER_UPDATES,
+        },
+        "add_tebd_to_repinit_out": False,
+    }
+
+
+#: A small two-layer DPA-2 descriptor for tests and demos (about 30-50k parameters per branch).
+DPA2_TINY: dict[str, Any] = dpa2_descriptor()
+
+#: DPA-2 of the paper's production size (repinit nsel 120, 6 repformer layers, g1 128 / g2 32);
+#: use ``dpa2_descriptor(nlayers=12, ...)`` for the 12-layer variant.
+DPA2_PRODUCTION: dict[str, Any] = dpa2_descriptor(
+    nlayers=6,
+    g1_dim=128,
+    g2_dim=32,
+    repinit_nsel=120,
+    repinit_neuron=(25, 50, 100),
+    repinit_axis_neuron=12,
+    attn_heads=4,
+)
+FITTING_PRODUCTION: dict[str, Any] = {"neuron": [240, 240, 240], "resnet_dt": True}
 
 #: The PFD student (supplement §II.C): se_atten_v2 without attention layers, rcut 6.5 Å.
 STUDENT_DESCRIPTOR: dict[str, Any] = {
