@@ -5,13 +5,16 @@ PY := .venv/bin/python
 export OPENBLAS_NUM_THREADS := 1
 export PFD_THREADS ?= 2
 
-.PHONY: venv demo test test-slow lint bench
+.PHONY: venv demo silicon test test-slow lint bench
 
 venv:
 	bash scripts/bootstrap.sh
 
 demo: venv
 	$(PY) -m pfd_ase.recipes.demo --workdir runs/demo
+
+silicon: venv
+	$(PY) -m pfd_ase.recipes.silicon --quick --workdir runs/silicon
 
 test: venv
 	$(PY) -m pytest -q
