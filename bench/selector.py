@@ -17,11 +17,16 @@ Data: MD-like Si, generated here with ASE and seeded (no files, no network):
 "pairs in range" is the fraction of (y, x) pairs, sampled, whose kernel term matters, i.e.
 within ``h sqrt(2 (37 + log n))`` (plus, for dH, the nearest distance): no exact method can skip
 those, which bounds the speed-up of the pruned sums on a given data set.
+
+The pruned sums run on ``PFD_THREADS`` threads (default ``min(2, cores)``): the wall-clock
+speed-up needs that many free cores. They use torch's exp when torch is imported or the sums are
+large enough to repay its import (H at 1e5: the import, ~1.5 s, is in the first fast timing).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import platform
@@ -34,7 +39,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.spacegroup import crystal
 
-from pfd_ase.selectors import EntropySelector, RandomSelector, quests
+from pfd_ase.selectors import EntropySelector, RandomSelector, _kde, quests
 
 H = quests.DEFAULT_BANDWIDTH
 
@@ -192,9 +197,12 @@ def main() -> None:
     n, n_test, n_div = args.n // scale, args.n_test // scale, args.n_diverse // scale
     rng = np.random.default_rng(0)
 
+    torch = "torch " + ("available" if importlib.util.find_spec("torch") else "absent")
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"numpy {np.__version__}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}"
+        f"numpy {np.__version__}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
+        f"pruned sums on {_kde.THREADS} threads (PFD_THREADS={os.environ.get('PFD_THREADS')}), "
+        f"{torch}"
     )
     print(__doc__.split("Data:")[1].split('"pairs in range"')[0].rstrip())
     table = Table()

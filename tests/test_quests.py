@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 from functools import lru_cache
 
 import numpy as np
@@ -13,7 +15,7 @@ from ase.neighborlist import neighbor_list
 from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
 
-from pfd_ase.selectors import quests
+from pfd_ase.selectors import _kde, quests
 
 H = 0.015
 
@@ -201,7 +203,7 @@ def test_entropy_equals_bruteforce_on_realistic_data():
     assert 1.0 < fast < math.log(len(x)) - 0.5  # neither all identical nor all distinct
 
 
-@pytest.mark.parametrize("n_ref", [300, 1200])  # balls over Y (m <= n) and over X (m > n)
+@pytest.mark.parametrize("n_ref", [300, 1200])  # more and fewer rows in Y than in X
 def test_delta_entropy_equals_bruteforce_on_realistic_data(n_ref):
     data = realistic()
     rng = np.random.default_rng(7)
@@ -281,7 +283,7 @@ def test_entropy_curve_matches_prefix_entropies():
     assert curve[-1] == curve[-2]  # an empty block changes nothing
 
 
-def test_pruning_keeps_every_term_above_1e_16():
+def test_pruning_keeps_every_term_above_1e_16(monkeypatch):
     """Small but relevant kernel terms survive the pruning, also across ball boundaries."""
     # H: 600 points on a line, 7 h apart: each sees its neighbours with K = e^-24.5 ~ 2e-11
     n = 600
@@ -297,5 +299,91 @@ def test_pruning_keeps_every_term_above_1e_16():
     x[0, 1], x[1, 2] = 2 * H, 8 * H
     y = np.zeros((1, 63))
     expected = -math.log(math.exp(-2.0) + math.exp(-32.0))
-    assert abs(quests.delta_entropy(y, x, H)[0] - expected) < 2e-15
+    assert abs(quests.delta_entropy(y, x, H)[0] - expected) < 2e-15  # few rows: all pairs
     assert abs(quests.delta_entropy(np.repeat(y, 700, axis=0), x, H)[0] - expected) < 2e-15
+    monkeypatch.setattr(_kde, "_ALL_PAIRS_ROWS", 0)  # pruned, a single row
+    assert abs(quests.delta_entropy(y, x, H)[0] - expected) < 2e-15
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Pruned engine with many small balls, tasks and blocks, and worker threads at any size."""
+    for name, value in [
+        ("_SERIAL_MAX_PAIRS", 0.0),
+        ("_LEAF_SELF", 64),
+        ("_COLS_SELF", 100),
+        ("_TASK_SELF", 1),
+        ("_LEAF_X", 48),
+        ("_ROWS_X", 70),
+        ("_TASK_X", 2),
+    ]:
+        monkeypatch.setattr(_kde, name, value)
+
+
+KERNEL_CASES = ["H", "dH all pairs", "dH pruned, few rows", "dH pruned, many rows"]
+
+
+def kernel_case(case: str, monkeypatch) -> tuple[np.ndarray, np.ndarray]:
+    data = realistic()
+    if case == "H":
+        return data, data
+    x = data[np.random.default_rng(3).permutation(len(data))[:700]]
+    y = np.concatenate([data, data[:30] + 0.05, data[:5] + 1.0])  # near, far, beyond inf
+    if case == "dH pruned, many rows":
+        return y, x
+    if case == "dH pruned, few rows":
+        monkeypatch.setattr(_kde, "_ALL_PAIRS_ROWS", 0)
+    return y[::20], x
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES)
+def test_threads_do_not_change_the_sums(small_blocks, monkeypatch, case):
+    y, x = kernel_case(case, monkeypatch)
+    monkeypatch.setattr(_kde, "_USE_TORCH", False)
+    one = _kde.log_kernel_sum_pruned(y, x, H, threads=1)
+    for t in (2, 3):
+        other = _kde.log_kernel_sum_pruned(y, x, H, threads=t)
+        assert np.abs(other - one).max() <= 1e-12  # the same sums in the same order: equal
+    oracle = _kde.log_kernel_sum_blocked(y, x, H)
+    np.testing.assert_allclose(one, oracle, rtol=1e-12, atol=1e-10)
+    monkeypatch.setattr(_kde, "_SERIAL_MAX_PAIRS", 1e12)  # in the calling thread
+    assert np.abs(_kde.log_kernel_sum_pruned(y, x, H, threads=2) - one).max() <= 1e-12
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES)
+def test_torch_exp_matches_numpy_exp(small_blocks, monkeypatch, case):
+    torch = pytest.importorskip("torch")
+    y, x = kernel_case(case, monkeypatch)
+    threads_before = torch.get_num_threads()
+    sums = {}
+    for use in (True, False):
+        monkeypatch.setattr(_kde, "_USE_TORCH", use)
+        assert (_kde._engine(1e9, 2)[1] is torch) == use
+        sums[use] = _kde.log_kernel_sum_pruned(y, x, H, threads=2)
+    assert np.abs(sums[True] - sums[False]).max() <= 1e-12
+    assert torch.get_num_threads() == threads_before  # the workers' setting is undone
+    # torch not importable: numpy's exp, the same sums
+    monkeypatch.setattr(_kde, "_USE_TORCH", True)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert _kde._engine(1e9, 2)[1] is None
+    assert np.array_equal(_kde.log_kernel_sum_pruned(y, x, H, threads=2), sums[False])
+
+
+def test_threads_argument_and_environment(monkeypatch):
+    x = realistic()[::2]
+    h1, h2 = quests.entropy(x, H, threads=1), quests.entropy(x, H, threads=2)
+    assert abs(h1 - h2) <= 1e-12
+    d1 = quests.delta_entropy(x[:40], x, H, threads=1)
+    assert np.abs(quests.delta_entropy(x[:40], x, H, threads=2) - d1).max() <= 1e-12
+    with pytest.raises(ValueError, match="threads"):
+        quests.entropy(x, H, threads=0)
+    monkeypatch.setenv("PFD_THREADS", "3")
+    assert _kde._default_threads() == 3
+    monkeypatch.delenv("PFD_THREADS")
+    assert _kde._default_threads() == max(1, min(2, os.cpu_count() or 1))
+    monkeypatch.setenv("PFD_THREADS", "two")
+    with pytest.warns(UserWarning, match="PFD_THREADS"):
+        assert _kde._default_threads() == max(1, min(2, os.cpu_count() or 1))

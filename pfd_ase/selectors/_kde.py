@@ -3,29 +3,53 @@
 Two engines with the same result:
 
 * :func:`log_kernel_sum_blocked` — every pair, in row x column blocks: squared distances
-  ``|y|^2 + |x|^2 - 2 y.x`` (clipped at 0), then the kernel (the brute-force oracle).
+  ``|y|^2 + |x|^2 - 2 y.x`` (clipped at 0), then the kernel (the brute-force oracle; numpy, one
+  thread).
 * :func:`log_kernel_sum_pruned` — the points of one set are grouped into balls (centroid,
-  radius) by recursive bisection; a ball visits only the points of the other set that can lie
-  within the pruning radius R of one of its points (triangle inequality on the distance to the
-  ball centre). R makes everything skipped sum to less than ``exp(-TAIL)`` (~1e-16) of the row's
-  kernel sum: for ``Y is X`` each sum holds its self term (>= 1), ``R^2 = 2 h^2 (TAIL + log n)``
-  (9.8 h for n = 1e5), and each pair is visited once (the kernel is symmetric); otherwise an
-  upper bound u on the distance to the nearest x bounds the sum from below,
-  ``R^2 = u^2 + 2 h^2 (TAIL + log n)``. Exponents come from one GEMM of augmented vectors,
-  ``s |y - x|^2 = [-2s y, s|y|^2, 1] . [x, 1, s|x|^2]``, ``s = -1 / (2 h^2)``.
+  radius) by recursive bisection (cut on a 16-axis PCA sketch, balls exact); a ball visits only
+  the points of the other set that can lie within the pruning radius R of one of its points
+  (triangle inequality on the distance to the ball centre). R makes everything skipped sum to
+  less than ``exp(-TAIL)`` (~1e-16) of the row's kernel sum: for ``Y is X`` each sum holds its
+  self term (>= 1), ``R^2 = 2 h^2 (TAIL + log n)`` (9.8 h for n = 1e5), and each pair is
+  visited once (the kernel is symmetric); otherwise balls of X visit the rows of Y, and an upper
+  bound u_a on row a's distance to its nearest x bounds its sum from below,
+  ``R_a^2 = u_a^2 + 2 h^2 (TAIL + log n)``. With fewer than ``_ALL_PAIRS_ROWS`` rows in Y the
+  partition of X costs more than it saves and every pair is visited. Exponents come from one
+  GEMM of augmented vectors, ``s |y - x|^2 = [-2s y, s|y|^2, 1] . [x, 1, s|x|^2]``,
+  ``s = -1 / (2 h^2)``, then an in-place exp and row (and column) sums.
 
 Both centre the data on the mean of X; self terms are set to exactly 1; the round-off of an
 exponent is about ``1e-16 |s| max|x - mean|^2`` (~1e-13 for QUESTS descriptors).
 
-The gain of pruning is bounded by the fraction of pairs within R, a property of the data: for
+Threads and exp of the pruned engine. Its work is split into tasks (a few balls, or a run of
+X), run on ``threads`` worker threads (``PFD_THREADS``, else ``min(2, os.cpu_count())``): numpy's
+GEMM, exp and sums release the GIL, and so does torch. Each task sums into arrays of its own,
+reduced in task order, so the result does not depend on the number of threads; the wall-clock
+gain needs free cores, and BLAS should run one thread (``OPENBLAS_NUM_THREADS=1``) or the two
+levels of threads compete. The exp is torch's float64 exp (SLEEF, vectorised: ~2.3 ns a value
+against numpy's ~5.5 ns on a CPU without AVX-512; equal to 1 ulp) when torch is already
+imported, or importable and the sums have over ``_TORCH_MIN_PAIRS`` pairs (importing torch takes
+~1.5 s); numpy's otherwise. torch would also run each exp on an OpenMP team of its own, which
+fights the workers: the workers set torch to one thread, and torch's thread count (which that
+call also sets process-wide) is restored when the sums are done. Small sums (up to
+``_SERIAL_MAX_PAIRS``) without torch run in the calling thread.
+
+Cost per visited pair, one core: GEMM (65 columns) ~4.5 ns, exp 2.3-5.5 ns, sums ~1 ns. The
+gain of pruning is bounded by the fraction of pairs within R, a property of the data: for
 MD-like data of a few phases a third or more of all pairs are (one phase's environments lie
-within a few h of each other) and the pruned sums are ~2-5x faster than all pairs, one
-exponential per visited pair being the floor; the sparser the data, the larger the gain.
+within a few h of each other) and ~60 % of the pairs are visited; the sparser the data, the
+larger the gain. For dH with few rows of Y against many of X the partition of X (~0.2 s for
+1e5 points) is a fixed cost.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -34,10 +58,13 @@ DH_INF = 1074.0 * math.log(2.0)  # -log of the smallest positive float64: dH bey
 _TINY = 1e-300  # plain sums at or below this are redone as shifted log-sum-exp
 _BLOCK = 1024  # rows/columns of a dense block in the brute-force engine
 _LEAF_SELF = 256  # points per ball, Y is X
-_LEAF_Y = 128  # points per ball of Y when Y is not X and is the smaller set
-_LEAF_X = 64  # points per ball of X when X is the smaller set
-_COLS = 8192  # columns per GEMM in the pruned engine
-_GROUP = 64  # balls whose centre distances are computed in one GEMM
+_COLS_SELF = 512  # columns per GEMM block, Y is X (256 x 512 float64: 1 MB, one L2)
+_TASK_SELF = 4  # balls per task, Y is X
+_LEAF_X = 256  # points per ball of X, Y is not X
+_ROWS_X = 1024  # rows of Y per GEMM block, Y is not X
+_TASK_X = 8  # balls per task, Y is not X
+_SKETCH = 16  # principal axes on which the balls are cut
+_ALL_PAIRS_ROWS = 512  # below this many rows of Y, partitioning X costs more than it saves
 
 
 def cap(dh: np.ndarray) -> np.ndarray:
@@ -140,38 +167,127 @@ def pair_sums(
 # --------------------------------------------------------------------------- pruned
 
 
+def _default_threads() -> int:
+    """``PFD_THREADS`` when set to a positive integer, else ``min(2, os.cpu_count())``."""
+    env = os.environ.get("PFD_THREADS", "").strip()
+    if env:
+        if env.isdigit() and int(env) >= 1:
+            return int(env)
+        warnings.warn(f"PFD_THREADS={env!r} is not a positive integer: ignored", stacklevel=2)
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+THREADS = _default_threads()  # worker threads of the pruned engine
+_USE_TORCH: bool | None = None  # torch's exp: None = when it pays (see _engine); True / False
+_TORCH_MIN_PAIRS = 2e9  # pairs from which importing torch (~1.5 s) pays for itself
+_SERIAL_MAX_PAIRS = 2e6  # pairs up to which numpy-only sums run in the calling thread
+
+
+def _numpy_exp(k: np.ndarray) -> np.ndarray:
+    return np.exp(k, out=k)
+
+
+def _engine(pairs: float, threads: int | None):
+    """``(exp_, torch, threads)`` for sums over ``pairs`` pairs (before pruning).
+
+    ``exp_`` is an in-place exp of a C-contiguous float64 block: torch's where torch is already
+    imported, or importable and the sums are large enough to repay its import (~1.5 s); numpy's
+    otherwise. torch's (SLEEF, AVX2) takes ~2.3 ns a value against numpy's ~5.5 ns on CPUs
+    without AVX-512, and agrees with it to 1 ulp. ``threads`` is the number of worker threads,
+    0 for the calling thread: small numpy-only sums, for which a pool costs more than it saves.
+    """
+    threads = THREADS if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    use = _USE_TORCH
+    if use is None:
+        use = pairs > _SERIAL_MAX_PAIRS and ("torch" in sys.modules or pairs >= _TORCH_MIN_PAIRS)
+    torch = None
+    if use:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+    if torch is None:
+        return _numpy_exp, None, (0 if pairs <= _SERIAL_MAX_PAIRS else threads)
+
+    def exp_(k: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(k)  # shares k's memory
+        torch.exp(t, out=t)
+        return k
+
+    return exp_, torch, threads
+
+
+@contextmanager
+def _workers(threads: int, torch):
+    """``map(work, tasks)`` on ``threads`` worker threads (0: in the calling thread).
+
+    Results come in task order, so the sums they are reduced into, in that order, do not depend
+    on the number of threads. numpy's GEMM, exp and sums and torch's exp release the GIL. torch
+    would also run each exp on an OpenMP team of its own: the workers set torch to one thread
+    (per thread, but the call also sets torch's process-wide default), and torch's thread count
+    is restored on exit.
+    """
+    if threads == 0:
+        yield map
+        return
+    prev = torch.get_num_threads() if torch is not None else 1
+    init = (lambda: torch.set_num_threads(1)) if prev > 1 else None
+    pool = ThreadPoolExecutor(threads, initializer=init)
+    try:
+        yield pool.map
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on an error, queued tasks are dropped
+        if prev > 1:
+            torch.set_num_threads(prev)
+
+
 class BallPartition:
     """Points split into balls of at most ``leaf`` points by recursive bisection.
 
-    Each split projects the points on the direction between two far-apart points (the one
-    farthest from the centroid, then the one farthest from it) and cuts at the median.
-    ``order`` lists point indices ball by ball; ball b holds ``order[start[b]:start[b + 1]]``
-    with centroid ``centre[b]`` and radius ``radius[b]`` (largest distance to the centroid).
+    The cuts are made on a sketch of the points, their float32 coordinates along the ``sketch``
+    principal axes of largest variance: each split projects the points on the direction between
+    two far-apart points (of a subsample: the one farthest from the centroid, then the one
+    farthest from it) and cuts at the median. The sketch only places the cuts: centres and radii
+    are those of the points themselves. ``order`` lists point indices ball by ball; ball b holds
+    ``order[start[b]:start[b + 1]]``, i.e. ``points[start[b]:start[b + 1]]``, with centroid
+    ``centre[b]`` and radius ``radius[b]`` (largest distance to the centroid).
     """
 
-    def __init__(self, x: np.ndarray, leaf: int):
-        stack = [np.arange(len(x))]
-        leaves: list[np.ndarray] = []
-        while stack:
-            idx = stack.pop()
-            if len(idx) <= leaf:
-                leaves.append(idx)
+    def __init__(self, x: np.ndarray, leaf: int, sketch: int = _SKETCH, sample: int = 2048):
+        n, d = x.shape
+        if d > sketch:
+            mu = x.mean(axis=0)
+            _, axes = np.linalg.eigh(x.T @ x - n * np.outer(mu, mu))
+            z = (x @ axes[:, -sketch:]).astype(np.float32)
+        else:
+            z = x.astype(np.float32)
+        order = np.arange(n)
+        stack, starts = [(0, n)], []
+        while stack:  # depth first, lower half first: the balls come in order
+            lo, hi = stack.pop()
+            if hi - lo <= leaf:
+                starts.append(lo)
                 continue
-            pts = x[idx]
-            c = pts.mean(axis=0)
-            p = pts[np.argmax(_sqnorm(pts - c))]
-            q = pts[np.argmax(_sqnorm(pts - p))]
-            proj = pts @ (q - p)
-            half = len(idx) // 2
-            part = np.argpartition(proj, half)
-            stack.append(idx[part[half:]])
-            stack.append(idx[part[:half]])
-        self.order = np.concatenate(leaves)
-        self.start = np.concatenate([[0], np.cumsum([len(lf) for lf in leaves])])
-        self.centre = np.array([x[lf].mean(axis=0) for lf in leaves])
-        self.radius = np.array(
-            [np.sqrt(_sqnorm(x[lf] - c).max()) for lf, c in zip(leaves, self.centre, strict=True)]
-        )
+            pts = z[lo:hi]
+            sub = pts[:: max(1, (hi - lo) // sample)]
+            c = sub.mean(axis=0)
+            p = sub[np.argmax(_sqnorm(sub - c))]
+            q = sub[np.argmax(_sqnorm(sub - p))]
+            half = (hi - lo) // 2
+            part = np.argpartition(pts @ (q - p), half)
+            z[lo:hi], order[lo:hi] = pts[part], order[lo:hi][part]
+            stack.append((lo + half, hi))
+            stack.append((lo, lo + half))
+        self.order = order
+        self.start = np.array([*starts, n])
+        self.points = x[order]
+        self.centre = np.empty((len(starts), d))
+        self.radius = np.empty(len(starts))
+        for b, (lo, hi) in enumerate(zip(self.start[:-1], self.start[1:], strict=True)):
+            self.centre[b] = c = self.points[lo:hi].mean(axis=0)
+            self.radius[b] = math.sqrt(_sqnorm(self.points[lo:hi] - c).max())
 
     def __len__(self) -> int:
         return len(self.radius)
@@ -179,6 +295,10 @@ class BallPartition:
     def rows(self, b: int) -> slice:
         """Positions (in ``order``) of the points of ball b."""
         return slice(self.start[b], self.start[b + 1])
+
+    def groups(self, size: int) -> list[range]:
+        """Consecutive balls, ``size`` at a time."""
+        return [range(g, min(g + size, len(self))) for g in range(0, len(self), size)]
 
 
 def _augmented(x: np.ndarray, s: float, left: bool) -> np.ndarray:
@@ -206,8 +326,13 @@ def _centre_dists(pts: np.ndarray, pts_n: np.ndarray, centres: np.ndarray) -> np
     return np.sqrt(d2, out=d2)
 
 
-def log_kernel_sum_pruned(y: np.ndarray, x: np.ndarray, h: float) -> np.ndarray:
-    """Same as :func:`log_kernel_sum_blocked` up to a relative ``exp(-TAIL)`` in each sum."""
+def log_kernel_sum_pruned(
+    y: np.ndarray, x: np.ndarray, h: float, threads: int | None = None
+) -> np.ndarray:
+    """Same as :func:`log_kernel_sum_blocked` up to a relative ``exp(-TAIL)`` in each sum.
+
+    ``threads``: worker threads (default :data:`THREADS`); the result does not depend on it.
+    """
     m, n = len(y), len(x)
     if n == 0:
         return np.full(m, -np.inf)
@@ -217,113 +342,129 @@ def log_kernel_sum_pruned(y: np.ndarray, x: np.ndarray, h: float) -> np.ndarray:
     mu = x.mean(axis=0)
     x = x - mu
     if same:
-        return _self_sums(x, h)
-    if m <= n:
-        return _cross_sums(y - mu, x, h)
-    return _cross_sums_by_x(y - mu, x, h)
+        return _self_sums(x, h, threads)
+    if m < _ALL_PAIRS_ROWS:
+        return _cross_all(y - mu, x, h, threads)
+    return _cross_sums(y - mu, x, h, threads)
 
 
-def _self_sums(x: np.ndarray, h: float) -> np.ndarray:
-    """log sum_j K(x_i, x_j) over all j (self term included), each pair visited once."""
+def _self_sums(x: np.ndarray, h: float, threads: int | None) -> np.ndarray:
+    """log sum_j K(x_i, x_j) over all j (self term included), each pair visited once.
+
+    A task is a few consecutive balls; ball a visits itself and the later points within reach.
+    """
     n = len(x)
     s = -0.5 / (h * h)
     r = math.sqrt(2.0 * h * h * (TAIL + math.log(n)))  # every sum is >= 1 (self term)
     part = BallPartition(x, _LEAF_SELF)
-    xo = x[part.order]
+    xo = part.points
     xno = _sqnorm(xo)
     left, right = _augmented(xo, s, True), _augmented(xo, s, False)
-    total = np.zeros(n)
-    for g0 in range(0, len(part), _GROUP):
-        balls = range(g0, min(g0 + _GROUP, len(part)))
-        first = part.start[g0]
-        dc = _centre_dists(xo[first:], xno[first:], part.centre[g0 : balls.stop])
+    exp_, torch, threads = _engine(0.5 * n * n, threads)
+
+    def work(balls: range) -> tuple[int, np.ndarray]:
+        """Sums over the pairs of these balls, for points ``first`` onwards."""
+        first = part.start[balls.start]
+        total = np.zeros(n - first)
+        dc = _centre_dists(xo[first:], xno[first:], part.centre[balls.start : balls.stop])
         for a in balls:
             ra = part.rows(a)
-            k = left[ra] @ right[ra].T  # the ball with itself: symmetric, row sums suffice
+            la, own = left[ra], total[ra.start - first : ra.stop - first]
+            k = la @ right[ra].T  # the ball with itself: symmetric, row sums suffice
             np.fill_diagonal(k, 0.0)  # self terms are exactly 1
-            np.exp(k, out=k)
-            total[ra] += k.sum(axis=1)
+            own += exp_(k).sum(axis=1)
             # later points that can lie within r of a point of ball a
-            near = dc[ra.stop - first :, a - g0] <= part.radius[a] + r
+            near = dc[ra.stop - first :, a - balls.start] <= part.radius[a] + r
             cand = np.flatnonzero(near) + ra.stop
-            for c0 in range(0, len(cand), _COLS):
-                cols = cand[c0 : c0 + _COLS]
-                k = left[ra] @ right[cols].T
-                np.exp(k, out=k)
-                total[ra] += k.sum(axis=1)
-                total[cols] += k.sum(axis=0)
+            for c0 in range(0, len(cand), _COLS_SELF):
+                cols = cand[c0 : c0 + _COLS_SELF]
+                k = exp_(la @ right[cols].T)
+                own += k.sum(axis=1)
+                total[cols - first] += k.sum(axis=0)
+        return first, total
+
+    total = np.zeros(n)
+    with _workers(threads, torch) as pmap:
+        for first, part_total in pmap(work, part.groups(_TASK_SELF)):
+            total[first:] += part_total
     out = np.empty(n)
     out[part.order] = np.log(total)
     return out
 
 
-def _cross_sums(y: np.ndarray, x: np.ndarray, h: float) -> np.ndarray:
-    """log sum_j K(y_a, x_j), balls of y (the smaller set) each visiting the x that matter."""
-    n = len(x)
-    s = -0.5 / (h * h)
-    tail2 = 2.0 * h * h * (TAIL + math.log(n))
-    part = BallPartition(y, _LEAF_Y)
-    yo = y[part.order]
-    left, right = _augmented(yo, s, True), _augmented(x, s, False)
-    xn = _sqnorm(x)
-    out = np.empty(len(y))
-    for g0 in range(0, len(part), _GROUP):
-        balls = range(g0, min(g0 + _GROUP, len(part)))
-        dc_all = _centre_dists(x, xn, part.centre[g0 : balls.stop])
-        for a in balls:
-            ra = part.rows(a)
-            dc = dc_all[:, a - g0]
-            # the nearest x is within radius + min(dc) of every row: that term bounds the sum
-            reach = math.sqrt((part.radius[a] + dc.min()) ** 2 + tail2)
-            cand = np.flatnonzero(dc <= part.radius[a] + reach)
-            total = np.zeros(ra.stop - ra.start)
-            for c0 in range(0, len(cand), _COLS):
-                k = left[ra] @ right[cand[c0 : c0 + _COLS]].T
-                np.exp(k, out=k)
-                total += k.sum(axis=1)
-
-            def exponents(rows, ra=ra, cand=cand):
-                for c0 in range(0, len(cand), _COLS):
-                    yield left[ra][rows] @ right[cand[c0 : c0 + _COLS]].T
-
-            out[part.order[ra]] = _log_or_redo(total, exponents)
-    return out
-
-
-def _cross_sums_by_x(y: np.ndarray, x: np.ndarray, h: float) -> np.ndarray:
-    """log sum_j K(y_a, x_j), balls of x (the smaller set) each visiting the y they matter to.
+def _cross_sums(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> np.ndarray:
+    """log sum_j K(y_a, x_j): balls of x, each visiting the rows of y it can matter to.
 
     Row a's sum is at least the term of its nearest x, whose distance is at most
     ``u_a = min_b (|y_a - c_b| + r_b)``; x outside ``R_a = sqrt(u_a^2 + 2 h^2 (TAIL + log n))``
-    add less than ``exp(-TAIL)`` of it together.
+    add less than ``exp(-TAIL)`` of it together. Ball b visits the rows with
+    ``|y_a - c_b| - r_b <= R_a``. A task is a group of balls with its own sums.
     """
-    n = len(x)
+    m, n = len(y), len(x)
     s = -0.5 / (h * h)
     tail2 = 2.0 * h * h * (TAIL + math.log(n))
     part = BallPartition(x, _LEAF_X)
-    xo = x[part.order]
+    xo = part.points
     left, right = _augmented(y, s, True), _augmented(xo, s, False)
     yn = _sqnorm(y)
-    groups = [range(g0, min(g0 + _GROUP, len(part))) for g0 in range(0, len(part), _GROUP)]
-    upper = np.full(len(y), np.inf)
-    for g in groups:
-        dc = _centre_dists(y, yn, part.centre[g.start : g.stop])
-        upper = np.minimum(upper, (dc + part.radius[g.start : g.stop]).min(axis=1))
-    reach = np.sqrt(upper**2 + tail2)
-    total = np.zeros(len(y))
-    for g in groups:
-        dc = _centre_dists(y, yn, part.centre[g.start : g.stop])
+    groups = part.groups(_TASK_X)
+    exp_, torch, threads = _engine(float(m) * n, threads)
+
+    def dists(g: range) -> np.ndarray:
+        return _centre_dists(y, yn, part.centre[g.start : g.stop])
+
+    def bound(g: range) -> np.ndarray:
+        return (dists(g) + part.radius[g.start : g.stop]).min(axis=1)
+
+    def work(g: range) -> np.ndarray:
+        total = np.zeros(m)
+        dc = dists(g)
+        dc -= part.radius[g.start : g.stop]
         for b in g:
-            rb = part.rows(b)
-            cand = np.flatnonzero(dc[:, b - g.start] - part.radius[b] <= reach)
-            for c0 in range(0, len(cand), _COLS):
-                rows = cand[c0 : c0 + _COLS]
-                k = left[rows] @ right[rb].T
-                np.exp(k, out=k)
-                total[rows] += k.sum(axis=1)
+            rb = right[part.rows(b)].T
+            cand = np.flatnonzero(dc[:, b - g.start] <= reach)
+            for c0 in range(0, len(cand), _ROWS_X):
+                rows = cand[c0 : c0 + _ROWS_X]
+                total[rows] += exp_(left[rows] @ rb).sum(axis=1)
+        return total
+
+    upper = np.full(m, np.inf)
+    total = np.zeros(m)
+    with _workers(threads, torch) as pmap:
+        for u in pmap(bound, groups):
+            np.minimum(upper, u, out=upper)
+        reach = np.sqrt(upper**2 + tail2)
+        for part_total in pmap(work, groups):
+            total += part_total
 
     def exponents(rows):
-        for c0 in range(0, n, _COLS):
-            yield left[rows] @ right[c0 : c0 + _COLS].T
+        for c0 in range(0, n, _COLS_SELF):
+            yield left[rows] @ right[c0 : c0 + _COLS_SELF].T
+
+    return _log_or_redo(total, exponents)
+
+
+def _cross_all(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> np.ndarray:
+    """log sum_j K(y_a, x_j) over every pair, for few rows: a task is a run of x."""
+    m, n = len(y), len(x)
+    s = -0.5 / (h * h)
+    left, right = _augmented(y, s, True), _augmented(x, s, False)
+    exp_, torch, threads = _engine(float(m) * n, threads)
+    step = _COLS_SELF * max(4, -(-n // (16 * _COLS_SELF)))  # ~16 tasks, whatever the threads
+
+    def work(c0: int) -> np.ndarray:
+        total = np.zeros(m)
+        for b0 in range(c0, min(c0 + step, n), _COLS_SELF):
+            total += exp_(left @ right[b0 : min(b0 + _COLS_SELF, c0 + step)].T).sum(axis=1)
+        return total
+
+    total = np.zeros(m)
+    with _workers(threads, torch) as pmap:
+        for part_total in pmap(work, range(0, n, step)):
+            total += part_total
+
+    def exponents(rows):
+        for c0 in range(0, n, _COLS_SELF):
+            yield left[rows] @ right[c0 : c0 + _COLS_SELF].T
 
     return _log_or_redo(total, exponents)

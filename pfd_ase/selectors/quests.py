@@ -100,7 +100,7 @@ def _nonempty(x: np.ndarray, h: float) -> tuple[np.ndarray, float]:
     return x, _check_h(h)
 
 
-def entropy(x: np.ndarray, h: float = DEFAULT_BANDWIDTH) -> float:
+def entropy(x: np.ndarray, h: float = DEFAULT_BANDWIDTH, *, threads: int | None = None) -> float:
     """Entropy ``H({X})`` in nats (pruned sum, same value as :func:`entropy_bruteforce`).
 
     Parameters
@@ -109,9 +109,12 @@ def entropy(x: np.ndarray, h: float = DEFAULT_BANDWIDTH) -> float:
         ``(n, d)`` descriptors, ``n >= 1``; converted to float64.
     h
         Gaussian bandwidth, descriptor units (1/Å).
+    threads
+        Worker threads (default: ``PFD_THREADS``, else ``min(2, os.cpu_count())``); the value
+        does not depend on it.
     """
     x, h = _nonempty(x, h)
-    return float(np.log(len(x)) - _kde.log_kernel_sum_pruned(x, x, h).mean())
+    return float(np.log(len(x)) - _kde.log_kernel_sum_pruned(x, x, h, threads).mean())
 
 
 def entropy_bruteforce(x: np.ndarray, h: float = DEFAULT_BANDWIDTH) -> float:
@@ -120,17 +123,21 @@ def entropy_bruteforce(x: np.ndarray, h: float = DEFAULT_BANDWIDTH) -> float:
     return float(np.log(len(x)) - _kde.log_kernel_sum_blocked(x, x, h).mean())
 
 
-def log_kernel_sum(y: np.ndarray, x: np.ndarray, h: float = DEFAULT_BANDWIDTH) -> np.ndarray:
+def log_kernel_sum(
+    y: np.ndarray, x: np.ndarray, h: float = DEFAULT_BANDWIDTH, *, threads: int | None = None
+) -> np.ndarray:
     """``log sum_i K(Y_a, X_i)`` for every row of Y: ``-dH`` without the ``+inf`` cap.
 
     A log-sum-exp in float64: finite for every row whenever X is non-empty (``-inf`` for an
     empty X), so it still orders environments whose dH is ``+inf``.
     """
     y, x = _pair(y, x)
-    return _kde.log_kernel_sum_pruned(y, x, _check_h(h))
+    return _kde.log_kernel_sum_pruned(y, x, _check_h(h), threads)
 
 
-def delta_entropy(y: np.ndarray, x: np.ndarray, h: float = DEFAULT_BANDWIDTH) -> np.ndarray:
+def delta_entropy(
+    y: np.ndarray, x: np.ndarray, h: float = DEFAULT_BANDWIDTH, *, threads: int | None = None
+) -> np.ndarray:
     """Differential entropy ``dH(Y_a | {X}) = -log sum_i K(Y_a, X_i)`` in nats, per row of Y.
 
     Parameters
@@ -141,6 +148,8 @@ def delta_entropy(y: np.ndarray, x: np.ndarray, h: float = DEFAULT_BANDWIDTH) ->
         ``(n, d)`` reference descriptors; an empty X gives ``+inf`` everywhere.
     h
         Gaussian bandwidth, descriptor units (1/Å).
+    threads
+        Worker threads, as in :func:`entropy`.
 
     Returns
     -------
@@ -148,7 +157,7 @@ def delta_entropy(y: np.ndarray, x: np.ndarray, h: float = DEFAULT_BANDWIDTH) ->
         ``(m,)`` float64, ``+inf`` where the float64 kernel sum is zero (beyond ``DH_INF``),
         never nan.
     """
-    return _kde.cap(-log_kernel_sum(y, x, h))
+    return _kde.cap(-log_kernel_sum(y, x, h, threads=threads))
 
 
 def delta_entropy_bruteforce(
