@@ -5,15 +5,13 @@ PY := .venv/bin/python
 export OPENBLAS_NUM_THREADS := 1
 export PFD_THREADS ?= 2
 
-.PHONY: venv demo silicon test test-slow lint bench
+.PHONY: venv demo test test-slow lint
 
 venv:
 	bash scripts/bootstrap.sh
 
+# the quick silicon recipe: CHGNet base model, GPAW labels, phonons and vacancies (resumable)
 demo: venv
-	$(PY) -m pfd_ase.recipes.demo --workdir runs/demo
-
-silicon: venv
 	$(PY) -m pfd_ase.recipes.silicon --quick --workdir runs/silicon
 
 test: venv

@@ -173,3 +173,14 @@ def test_sigkill_during_write_leaves_old_file_intact(tmp_path):
     proc.wait()
     assert path.read_bytes() == before
     assert len(data.read_frames(path)) == 3
+
+
+def test_atomic_writes_get_the_mode_of_a_normal_file(tmp_path):
+    import os
+
+    from pfd_ase._io import write_json
+
+    write_json(tmp_path / "a.json", {"x": 1})
+    plain = tmp_path / "b.json"
+    plain.write_text("{}")
+    assert os.stat(tmp_path / "a.json").st_mode == os.stat(plain).st_mode

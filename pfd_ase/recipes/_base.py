@@ -4,13 +4,14 @@ validate the models, write the report folder."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ase import Atoms
 
-from pfd_ase._io import write_json
+from pfd_ase._io import read_json, write_json
 from pfd_ase.data import read_frames, write_frames
 
 
@@ -23,6 +24,30 @@ def deep_update(base: dict[str, Any], updates: Mapping[str, Any] | None) -> dict
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def cached(path: Path, key: Mapping[str, Any], compute: Callable[[], Any]) -> Any:
+    """Result stored in ``path`` for ``key`` (JSON-safe), else ``compute()`` stored there.
+
+    Lets an interrupted validation resume without repeating finished DFT or model work; a
+    different key (another model file, labeler setting or supercell) recomputes.
+    """
+    key = json.loads(json.dumps(key, default=str))
+    if path.exists():
+        record = read_json(path)
+        if record.get("key") == key:
+            return record["result"]
+    result = compute()
+    write_json(path, {"key": key, "result": result})
+    return result
+
+
+def model_key(model: str | Path) -> dict[str, Any]:
+    """Identity of a model file for :func:`cached`: path, size and modification time."""
+    if str(model) == "chgnet":
+        return {"model": "chgnet"}
+    stat = Path(model).stat()
+    return {"model": str(Path(model).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def structure_specs(structures: Mapping[str, Atoms], folder: Path) -> dict[str, dict]:

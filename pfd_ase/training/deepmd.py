@@ -257,9 +257,15 @@ def student_input(
     valid_systems: Sequence[str | os.PathLike] | None = None,
     steps: int = 1000,
     seed: int = 1,
+    learning_rate: Mapping[str, Any] | None = None,
+    batch_size: int | str = 1,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Input for the distilled student: se_atten_v2 (attn_layer 0), lr 0.01 → 1e-8, batch 1."""
+    """Input for the distilled student: se_atten_v2 (attn_layer 0), batch 1 (the paper's).
+
+    ``learning_rate`` defaults to :data:`STUDENT_LR` (0.01 → 1e-8, the paper's schedule for
+    long runs).
+    """
     model = energy_model(type_map, STUDENT_DESCRIPTOR, STUDENT_FITTING, seed=seed)
     for key, value in overrides.pop("descriptor", {}).items():
         model["descriptor"][key] = value
@@ -268,8 +274,8 @@ def student_input(
         train_systems,
         valid_systems,
         steps=steps,
-        learning_rate=STUDENT_LR,
-        batch_size=1,
+        learning_rate=dict(learning_rate or STUDENT_LR),
+        batch_size=batch_size,
         seed=seed,
         **overrides,
     )

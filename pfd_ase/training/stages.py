@@ -238,6 +238,8 @@ def train_student(
     seed: int = 1,
     threads: int | None = None,
     progress: bool = True,
+    learning_rate: Mapping[str, Any] | None = None,
+    batch_size: int | str = 1,
     **descriptor_overrides: Any,
 ) -> TrainResult:
     """Train the distilled student (se_atten_v2, attn_layer 0, rcut 6.5 Å), freeze, compress.
@@ -251,7 +253,14 @@ def train_student(
     type_map = list(type_map or type_map_of(frames))
     train, valid = _systems(frames, valid_frames, workdir, type_map, seed)
     cfg = dp.student_input(
-        type_map, train, valid, steps=steps, seed=seed, descriptor=descriptor_overrides
+        type_map,
+        train,
+        valid,
+        steps=steps,
+        seed=seed,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        descriptor=descriptor_overrides,
     )
     ckpt = dp.train(
         cfg, workdir / "train", init_model=init_model, threads=threads, progress=progress

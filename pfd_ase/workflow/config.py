@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "distill": {
         "enabled": True,
         "steps": 2000,
+        "learning_rate": None,
         "max_iterations": 3,
         "n_frames": 20,
         "force_devi_threshold_eV_A": 0.05,
@@ -71,7 +72,12 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # keys whose values are free-form (not checked against DEFAULTS)
-_FREE = {("labeler", "overrides"), ("structures",), ("finetune", "learning_rate")}
+_FREE = {
+    ("labeler", "overrides"),
+    ("structures",),
+    ("finetune", "learning_rate"),
+    ("distill", "learning_rate"),
+}
 
 
 class ConfigError(ValueError):

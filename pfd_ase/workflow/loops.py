@@ -327,6 +327,7 @@ def distill_loop(
                 compress=ds["compress"],
                 seed=seed + 2,
                 progress=progress,
+                learning_rate=ds["learning_rate"],
             )
             return {
                 "model": str(result.model),
