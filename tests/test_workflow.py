@@ -270,3 +270,17 @@ def test_exploration_and_labelling_through_dask(tmp_path):
     direct = label_frames(serial.frames, "tersoff", tmp_path / "label_serial")
     for a, b in zip(direct.frames, labelled.frames, strict=True):
         assert a.get_potential_energy() == b.get_potential_energy()
+
+
+def test_finished_steps_return_to_a_lost_summary(tmp_path):
+    from pfd_ase.workflow.state import RunState
+
+    calls = []
+    state = RunState(tmp_path)
+    state.run_step("init.label", lambda: calls.append(1) or {"dataset_size": 8})
+    (tmp_path / "summary.json").unlink()
+    again = RunState(tmp_path)
+    record = again.run_step("init.label", lambda: calls.append(1) or {"dataset_size": 0})
+    assert record["dataset_size"] == 8 and len(calls) == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"]["init.label"]["dataset_size"] == 8

@@ -77,6 +77,9 @@ class RunState:
         """Run ``func`` unless step ``key`` already finished; return its (JSON) record."""
         record = self.done(key)
         if record is not None:
+            if self.summary["steps"].get(key) != record:  # e.g. summary.json was lost
+                self.summary["steps"][key] = record
+                self.save_summary()
             return record
         t0 = time.perf_counter()
         record = dict(func())
