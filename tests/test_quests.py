@@ -283,8 +283,10 @@ def test_entropy_curve_matches_prefix_entropies():
     assert curve[-1] == curve[-2]  # an empty block changes nothing
 
 
-def test_pruning_keeps_every_term_above_1e_16(monkeypatch):
-    """Small but relevant kernel terms survive the pruning, also across ball boundaries."""
+def test_pruning_keeps_every_term_above_the_tolerance(monkeypatch):
+    """Terms above REL_TOL of a sum survive the pruning, also across ball boundaries; what is
+    dropped stays below REL_TOL of the sum."""
+    assert _kde.REL_TOL <= 1e-10  # the issue asks for |dH error| <= 1e-8
     # H: 600 points on a line, 7 h apart: each sees its neighbours with K = e^-24.5 ~ 2e-11
     n = 600
     x = np.zeros((n, 63))
@@ -293,16 +295,29 @@ def test_pruning_keeps_every_term_above_1e_16(monkeypatch):
     expected = math.log(n) - (2 * math.log1p(k) + (n - 2) * math.log1p(2 * k)) / n
     assert abs(quests.entropy(x, H) - expected) < 1e-14
     assert abs(quests.entropy_bruteforce(x, H) - expected) < 1e-14
-    # dH: nearest reference at 2 h, one more at 8 h (relative weight e^-30 ~ 1e-13), 598 far
+    # dH: nearest reference at 2 h (K = e^-2), one at 6.6 h (relative weight e^-20 ~ 2e-9:
+    # kept), one at 10 h (e^-48 ~ 1e-21: may go), 597 far
     x = np.zeros((n, 63))
-    x[2:, 0] = np.concatenate([1.0 + np.arange(299) * 0.01, -1.0 - np.arange(299) * 0.01])
-    x[0, 1], x[1, 2] = 2 * H, 8 * H
+    x[3:, 0] = np.concatenate([1.0 + np.arange(299) * 0.01, -1.0 - np.arange(298) * 0.01])
+    x[0, 1], x[1, 2], x[2, 4] = 2 * H, math.sqrt(44) * H, 10 * H
     y = np.zeros((1, 63))
-    expected = -math.log(math.exp(-2.0) + math.exp(-32.0))
-    assert abs(quests.delta_entropy(y, x, H)[0] - expected) < 2e-15  # few rows: all pairs
-    assert abs(quests.delta_entropy(np.repeat(y, 700, axis=0), x, H)[0] - expected) < 2e-15
-    monkeypatch.setattr(_kde, "_ALL_PAIRS_ROWS", 0)  # pruned, a single row
-    assert abs(quests.delta_entropy(y, x, H)[0] - expected) < 2e-15
+    kept = -math.log(math.exp(-2.0) + math.exp(-22.0))
+    exact = -math.log(math.exp(-2.0) + math.exp(-22.0) + math.exp(-50.0))
+    assert abs(quests.delta_entropy(y, x, H)[0] - exact) < 2e-15  # few rows: all pairs
+    for rows in (y, np.repeat(y, 700, axis=0)):  # more rows than points: balls of x
+        dh = quests.delta_entropy(rows, x, H)[0]
+        assert abs(dh - kept) < 2e-15 or abs(dh - exact) < 2e-15
+    monkeypatch.setattr(_kde, "_ALL_PAIRS_ROWS", 0)  # pruned, a single row: balls of y
+    dh = quests.delta_entropy(y, x, H)[0]
+    assert abs(dh - kept) < 2e-15 or abs(dh - exact) < 2e-15
+
+
+def test_row_groups_split_where_it_saves_pairs():
+    # rows sorted by reach; cnt = points each row must visit
+    assert _kde._split(np.array([10.0] * 8), overhead=1.0) == [8]
+    assert _kde._split(np.array([1.0] * 7 + [1000.0]), overhead=1.0) == [7, 8]
+    assert _kde._split(np.array([1.0] * 7 + [1000.0]), overhead=1e4) == [8]  # calls cost more
+    assert _kde._split(np.array([1.0, 1, 10, 10, 100, 1000]), overhead=0.0, most=4) == [2, 4, 5, 6]
 
 
 # ----------------------------------------------------------------------------- engine
@@ -319,6 +334,8 @@ def small_blocks(monkeypatch):
         ("_LEAF_X", 48),
         ("_ROWS_X", 70),
         ("_TASK_X", 2),
+        ("_LEAF_Y", 16),
+        ("_SAMPLE", 64),
     ]:
         monkeypatch.setattr(_kde, name, value)
 
@@ -361,14 +378,14 @@ def test_torch_exp_matches_numpy_exp(small_blocks, monkeypatch, case):
     sums = {}
     for use in (True, False):
         monkeypatch.setattr(_kde, "_USE_TORCH", use)
-        assert (_kde._engine(1e9, 2)[1] is torch) == use
+        assert (_kde._engine(1e9, 2)[0] is torch) == use
         sums[use] = _kde.log_kernel_sum_pruned(y, x, H, threads=2)
     assert np.abs(sums[True] - sums[False]).max() <= 1e-12
     assert torch.get_num_threads() == threads_before  # the workers' setting is undone
     # torch not importable: numpy's exp, the same sums
     monkeypatch.setattr(_kde, "_USE_TORCH", True)
     monkeypatch.setitem(sys.modules, "torch", None)
-    assert _kde._engine(1e9, 2)[1] is None
+    assert _kde._engine(1e9, 2)[0] is None
     assert np.array_equal(_kde.log_kernel_sum_pruned(y, x, H, threads=2), sums[False])
 
 

@@ -5,41 +5,49 @@ Two engines with the same result:
 * :func:`log_kernel_sum_blocked` — every pair, in row x column blocks: squared distances
   ``|y|^2 + |x|^2 - 2 y.x`` (clipped at 0), then the kernel (the brute-force oracle; numpy, one
   thread).
-* :func:`log_kernel_sum_pruned` — the points of one set are grouped into balls (centroid,
-  radius) by recursive bisection (cut on a 16-axis PCA sketch, balls exact); a ball visits only
-  the points of the other set that can lie within the pruning radius R of one of its points
-  (triangle inequality on the distance to the ball centre). R makes everything skipped sum to
-  less than ``exp(-TAIL)`` (~1e-16) of the row's kernel sum: for ``Y is X`` each sum holds its
-  self term (>= 1), ``R^2 = 2 h^2 (TAIL + log n)`` (9.8 h for n = 1e5), and each pair is
-  visited once (the kernel is symmetric); otherwise balls of X visit the rows of Y, and an upper
-  bound u_a on row a's distance to its nearest x bounds its sum from below,
-  ``R_a^2 = u_a^2 + 2 h^2 (TAIL + log n)``. With fewer than ``_ALL_PAIRS_ROWS`` rows in Y the
-  partition of X costs more than it saves and every pair is visited. Exponents come from one
-  GEMM of augmented vectors, ``s |y - x|^2 = [-2s y, s|y|^2, 1] . [x, 1, s|x|^2]``,
-  ``s = -1 / (2 h^2)``, then an in-place exp and row (and column) sums.
+* :func:`log_kernel_sum_pruned` — skips the pairs too far apart to matter, with a rigorous
+  bound: the terms it skips add up to less than ``REL_TOL = 1e-11`` of each sum, so each log sum
+  (and H, and every dH) is within 1e-11 of the oracle's, on top of round-off (~1e-13).
 
-Both centre the data on the mean of X; self terms are set to exactly 1; the round-off of an
-exponent is about ``1e-16 |s| max|x - mean|^2`` (~1e-13 for QUESTS descriptors).
+How the pruned engine finds the pairs that matter. Points are grouped into balls (centroid,
+radius) by recursive bisection (cut on a 16-axis PCA sketch, balls exact). A lower bound L_a
+of row a's sum gives it a radius ``R_a^2 = 2 h^2 (TAIL + log n - log L_a)``, ``TAIL =
+-log REL_TOL``: the n terms beyond R_a add less than ``REL_TOL L_a`` (:func:`_reach`). A ball
+visits the points that can lie within reach of one of its points (triangle inequality on the
+distance to the ball centre); everything else is skipped. Three layouts:
 
-Threads and exp of the pruned engine. Its work is split into tasks (a few balls, or a run of
-X), run on ``threads`` worker threads (``PFD_THREADS``, else ``min(2, os.cpu_count())``): numpy's
-GEMM, exp and sums release the GIL, and so does torch. Each task sums into arrays of its own,
-reduced in task order, so the result does not depend on the number of threads; the wall-clock
-gain needs free cores, and BLAS should run one thread (``OPENBLAS_NUM_THREADS=1``) or the two
-levels of threads compete. The exp is torch's float64 exp (SLEEF, vectorised: ~2.3 ns a value
-against numpy's ~5.5 ns on a CPU without AVX-512; equal to 1 ulp) when torch is already
-imported, or importable and the sums have over ``_TORCH_MIN_PAIRS`` pairs (importing torch takes
-~1.5 s); numpy's otherwise. torch would also run each exp on an OpenMP team of its own, which
-fights the workers: the workers set torch to one thread, and torch's thread count (which that
-call also sets process-wide) is restored when the sums are done. Small sums (up to
-``_SERIAL_MAX_PAIRS``) without torch run in the calling thread.
+* ``Y is X`` (H): each ball with itself first (these sums, >= 1 with the self term, are the
+  lower bounds), then with the later points within ``max(R_i, R_j)``: each pair once, adding to
+  both sums (the kernel is symmetric).
+* fewer rows than points (dH of test environments against a large reference): balls of Y's
+  rows; L_a is the exact sum over a strided sample of X. X is read once, a run at a time,
+  centred on the fly; each ball's rows are split in up to two groups by reach so that a few
+  rows needing far points do not make the whole ball visit them.
+* more rows than points: balls of X visit the rows of Y; L_a is the term of the nearest x,
+  whose distance is at most ``u_a = min_b (|y_a - c_b| + r_b)``.
+* under ``_ALL_PAIRS_ROWS`` rows: every pair.
 
-Cost per visited pair, one core: GEMM (65 columns) ~4.5 ns, exp 2.3-5.5 ns, sums ~1 ns. The
-gain of pruning is bounded by the fraction of pairs within R, a property of the data: for
-MD-like data of a few phases a third or more of all pairs are (one phase's environments lie
-within a few h of each other) and ~60 % of the pairs are visited; the sparser the data, the
-larger the gain. For dH with few rows of Y against many of X the partition of X (~0.2 s for
-1e5 points) is a fixed cost.
+Exponents come from one GEMM of augmented vectors, ``s |y - x|^2 = [-2s y, s|y|^2, 1] .
+[x, 1, s|x|^2]``, ``s = -1 / (2 h^2)``, then an in-place exp and row (and column) sums. The data
+are centred on the mean of X; self terms are set to exactly 1; the round-off of an exponent is
+about ``1e-16 |s| max|x - mean|^2`` (~1e-13 for QUESTS descriptors).
+
+Threads. The work is split into tasks (a few balls, or a run of X) run on ``threads`` worker
+threads (``PFD_THREADS``, else ``min(2, os.cpu_count())``); each task sums into arrays of its
+own, reduced in task order, so the result does not depend on the number of threads. The blocks
+are computed with torch (MKL GEMM, SLEEF exp, on buffers each thread reuses: ~6.5 ns a pair on
+one core) when torch is already imported, or importable and the sums have over
+``_TORCH_MIN_PAIRS`` pairs (importing torch takes ~1.5 s); with numpy otherwise (~7.5-9 ns a
+pair; its exp alone is 5.5 ns a value against SLEEF's 2 on CPUs without AVX-512). BLAS should
+run one thread (``OPENBLAS_NUM_THREADS=1``), or the two levels of threads compete. torch would
+run each op on an OpenMP team of its own: the workers set torch to one thread, and torch's
+thread count (which that call also sets process-wide) is restored when the sums are done.
+Small sums (up to ``_SERIAL_MAX_PAIRS``) without torch run in the calling thread.
+
+What pruning can gain is bounded by the data. For MD-like data of a few phases (one phase's
+environments lie within a few h of each other) about a third of all pairs lie within reach and
+about half are visited (a ball's radius adds to the reach); the sparser the data, the larger
+the gain.
 """
 
 from __future__ import annotations
@@ -47,13 +55,15 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
 
-TAIL = 37.0  # neglected terms sum to < exp(-37) ~ 8.5e-17 of each kernel sum
+REL_TOL = 1e-11  # pruned terms add up to less than this fraction of each kernel sum
+TAIL = -math.log(REL_TOL)
 DH_INF = 1074.0 * math.log(2.0)  # -log of the smallest positive float64: dH beyond is +inf
 _TINY = 1e-300  # plain sums at or below this are redone as shifted log-sum-exp
 _BLOCK = 1024  # rows/columns of a dense block in the brute-force engine
@@ -64,7 +74,10 @@ _LEAF_X = 256  # points per ball of X, Y is not X
 _ROWS_X = 1024  # rows of Y per GEMM block, Y is not X
 _TASK_X = 8  # balls per task, Y is not X
 _SKETCH = 16  # principal axes on which the balls are cut
-_ALL_PAIRS_ROWS = 512  # below this many rows of Y, partitioning X costs more than it saves
+_LEAF_Y = 128  # rows per ball of Y, Y is not X and has few rows
+_GROUP_COST = 5000.0  # pairs that the calls of one more GEMM block cost, in time
+_SAMPLE = 2048  # points of X whose exact sums bound the sums of Y's rows from below
+_ALL_PAIRS_ROWS = 64  # below this many rows of Y every pair is visited
 
 
 def cap(dh: np.ndarray) -> np.ndarray:
@@ -183,18 +196,13 @@ _TORCH_MIN_PAIRS = 2e9  # pairs from which importing torch (~1.5 s) pays for its
 _SERIAL_MAX_PAIRS = 2e6  # pairs up to which numpy-only sums run in the calling thread
 
 
-def _numpy_exp(k: np.ndarray) -> np.ndarray:
-    return np.exp(k, out=k)
-
-
 def _engine(pairs: float, threads: int | None):
-    """``(exp_, torch, threads)`` for sums over ``pairs`` pairs (before pruning).
+    """``(torch, threads)`` for sums over ``pairs`` pairs (before pruning).
 
-    ``exp_`` is an in-place exp of a C-contiguous float64 block: torch's where torch is already
-    imported, or importable and the sums are large enough to repay its import (~1.5 s); numpy's
-    otherwise. torch's (SLEEF, AVX2) takes ~2.3 ns a value against numpy's ~5.5 ns on CPUs
-    without AVX-512, and agrees with it to 1 ulp. ``threads`` is the number of worker threads,
-    0 for the calling thread: small numpy-only sums, for which a pool costs more than it saves.
+    ``torch`` is the module when the blocks are to be computed with it: where it is already
+    imported, or importable and the sums are large enough to repay its import (~1.5 s); else
+    None (numpy). ``threads`` is the number of worker threads, 0 for the calling thread: small
+    numpy-only sums, for which a pool costs more than it saves.
     """
     threads = THREADS if threads is None else int(threads)
     if threads < 1:
@@ -209,14 +217,74 @@ def _engine(pairs: float, threads: int | None):
         except ImportError:
             torch = None
     if torch is None:
-        return _numpy_exp, None, (0 if pairs <= _SERIAL_MAX_PAIRS else threads)
+        return None, (0 if pairs <= _SERIAL_MAX_PAIRS else threads)
+    return torch, threads
 
-    def exp_(k: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(k)  # shares k's memory
-        torch.exp(t, out=t)
-        return k
 
-    return exp_, torch, threads
+_LOCAL = threading.local()
+
+
+def _buffer(key: str, size: int, torch=None):
+    """A flat float64 buffer of at least ``size`` values, kept per thread and reused.
+
+    Fresh large arrays cost their page faults on first touch (~1 ms per MB on a VM), as much as
+    the arithmetic on them; a worker thread reuses its buffers across tasks.
+    """
+    bufs = _LOCAL.__dict__.setdefault("bufs", {})
+    key = (key, torch is not None)
+    buf = bufs.get(key)
+    if buf is None or len(buf) < size:
+        size = max(size, 2 * len(buf) if buf is not None else 0)
+        buf = np.empty(size) if torch is None else torch.empty(size, dtype=torch.float64)
+        bufs[key] = buf
+    return buf
+
+
+class _Blocks:
+    """Kernel blocks ``exp(left[rows] @ right[cols].T)`` and their sums, in one task's buffers.
+
+    ``rows`` and ``cols`` are slices or index arrays (gathered into a buffer). With torch (one
+    thread per worker): its GEMM (MKL), SLEEF exp and sums on preallocated buffers, ~6 ns a pair
+    on one core; numpy's (OpenBLAS GEMM, exp) ~7.5-9 ns. Both agree to round-off (~1e-16).
+    """
+
+    def __init__(self, left: np.ndarray, right: np.ndarray, torch, rows: int, cols: int):
+        d = right.shape[1]
+        self.torch, self.d = torch, d
+        if torch is None:
+            self.left, self.right = left, right
+        else:
+            self.left, self.right = torch.from_numpy(left), torch.from_numpy(right)
+        self.kbuf = _buffer("block", rows * cols, torch)
+        self.lbuf = _buffer("rows", rows * d, torch)
+        self.rbuf = _buffer("cols", cols * d, torch)
+
+    def _take(self, a, idx, buf):
+        if isinstance(idx, slice):
+            return a[idx]
+        out = buf[: len(idx) * self.d]
+        if self.torch is None:
+            out = out.reshape(len(idx), self.d)
+            return np.take(a, idx, axis=0, out=out)
+        out = out.view(len(idx), self.d)
+        return self.torch.index_select(a, 0, self.torch.from_numpy(idx), out=out)
+
+    def sums(self, rows, cols, col_sums: bool = False, self_block: bool = False):
+        """Row sums (and column sums) of the block; ``self_block``: its diagonal terms are 1."""
+        la = self._take(self.left, rows, self.lbuf)
+        rc = self._take(self.right, cols, self.rbuf)
+        r, c = la.shape[0], rc.shape[0]
+        if self.torch is None:
+            k = np.matmul(la, rc.T, out=self.kbuf[: r * c].reshape(r, c))
+            if self_block:
+                np.fill_diagonal(k, 0.0)
+            np.exp(k, out=k)
+            return k.sum(axis=1), (k.sum(axis=0) if col_sums else None)
+        k = self.torch.mm(la, rc.T, out=self.kbuf[: r * c].view(r, c))
+        if self_block:
+            k.fill_diagonal_(0.0)
+        k.exp_()
+        return k.sum(dim=1).numpy(), (k.sum(dim=0).numpy() if col_sums else None)
 
 
 @contextmanager
@@ -340,52 +408,76 @@ def log_kernel_sum_pruned(
         return np.zeros(0)
     same = y is x
     mu = x.mean(axis=0)
-    x = x - mu
     if same:
-        return _self_sums(x, h, threads)
+        return _self_sums(x - mu, h, threads)
     if m < _ALL_PAIRS_ROWS:
-        return _cross_all(y - mu, x, h, threads)
-    return _cross_sums(y - mu, x, h, threads)
+        return _cross_all(y - mu, x - mu, h, threads)
+    if m <= n:
+        return _cross_row_balls(y - mu, x, mu, h, threads)
+    return _cross_sums(y - mu, x - mu, h, threads)
+
+
+def _reach(log_lower: np.ndarray, count: int, h: float) -> np.ndarray:
+    """Pruning radii: ``count`` terms beyond ``R`` add less than ``REL_TOL`` of a sum >= lower.
+
+    Each skipped term is below ``exp(-R^2 / (2 h^2))``, so ``count`` of them stay below
+    ``REL_TOL * lower`` when ``R^2 = 2 h^2 (TAIL + log count - log lower)``.
+    """
+    r2 = 2.0 * h * h * (TAIL + math.log(max(count, 1)) - log_lower)
+    return np.sqrt(np.maximum(r2, 0.0))
 
 
 def _self_sums(x: np.ndarray, h: float, threads: int | None) -> np.ndarray:
     """log sum_j K(x_i, x_j) over all j (self term included), each pair visited once.
 
-    A task is a few consecutive balls; ball a visits itself and the later points within reach.
+    First every ball with itself: these partial sums (>= 1, the self term) bound the full sums
+    from below and give each point its radius r_i (:func:`_reach`). Then ball a visits the
+    later points j that can lie within ``max(r_i, r_j)`` of one of its points i: the pair adds
+    to both sums. A task is a few consecutive balls.
     """
     n = len(x)
     s = -0.5 / (h * h)
-    r = math.sqrt(2.0 * h * h * (TAIL + math.log(n)))  # every sum is >= 1 (self term)
     part = BallPartition(x, _LEAF_SELF)
     xo = part.points
     xno = _sqnorm(xo)
     left, right = _augmented(xo, s, True), _augmented(xo, s, False)
-    exp_, torch, threads = _engine(0.5 * n * n, threads)
+    torch, threads = _engine(0.5 * n * n, threads)
+    groups = part.groups(_TASK_SELF)
+    leaf = int(np.diff(part.start).max())
+
+    def own(balls: range) -> np.ndarray:
+        """Sums over the pairs within each ball (symmetric blocks: row sums suffice)."""
+        blocks = _Blocks(left, right, torch, leaf, leaf)
+        return np.concatenate(
+            [blocks.sums(part.rows(a), part.rows(a), self_block=True)[0] for a in balls]
+        )
 
     def work(balls: range) -> tuple[int, np.ndarray]:
-        """Sums over the pairs of these balls, for points ``first`` onwards."""
+        """Sums over the pairs of these balls with later points, for points ``first`` onwards."""
+        blocks = _Blocks(left, right, torch, leaf, _COLS_SELF)
         first = part.start[balls.start]
         total = np.zeros(n - first)
         dc = _centre_dists(xo[first:], xno[first:], part.centre[balls.start : balls.stop])
         for a in balls:
             ra = part.rows(a)
-            la, own = left[ra], total[ra.start - first : ra.stop - first]
-            k = la @ right[ra].T  # the ball with itself: symmetric, row sums suffice
-            np.fill_diagonal(k, 0.0)  # self terms are exactly 1
-            own += exp_(k).sum(axis=1)
-            # later points that can lie within r of a point of ball a
-            near = dc[ra.stop - first :, a - balls.start] <= part.radius[a] + r
+            own = total[ra.start - first : ra.stop - first]
+            gap = dc[ra.stop - first :, a - balls.start] - part.radius[a]
+            near = gap <= np.maximum(ball_reach[a], reach[ra.stop :])
             cand = np.flatnonzero(near) + ra.stop
             for c0 in range(0, len(cand), _COLS_SELF):
                 cols = cand[c0 : c0 + _COLS_SELF]
-                k = exp_(la @ right[cols].T)
-                own += k.sum(axis=1)
-                total[cols - first] += k.sum(axis=0)
+                rows_sum, cols_sum = blocks.sums(ra, cols, col_sums=True)
+                own += rows_sum
+                total[cols - first] += cols_sum
         return first, total
 
     total = np.zeros(n)
     with _workers(threads, torch) as pmap:
-        for first, part_total in pmap(work, part.groups(_TASK_SELF)):
+        for g, sums in zip(groups, pmap(own, groups), strict=True):
+            total[part.start[g.start] : part.start[g.stop]] = sums
+        reach = _reach(np.log(total), n, h)
+        ball_reach = np.maximum.reduceat(reach, part.start[:-1])
+        for first, part_total in pmap(work, groups):
             total[first:] += part_total
     out = np.empty(n)
     out[part.order] = np.log(total)
@@ -393,22 +485,22 @@ def _self_sums(x: np.ndarray, h: float, threads: int | None) -> np.ndarray:
 
 
 def _cross_sums(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> np.ndarray:
-    """log sum_j K(y_a, x_j): balls of x, each visiting the rows of y it can matter to.
+    """log sum_j K(y_a, x_j) for many rows: balls of x, each visiting the rows it can matter to.
 
     Row a's sum is at least the term of its nearest x, whose distance is at most
-    ``u_a = min_b (|y_a - c_b| + r_b)``; x outside ``R_a = sqrt(u_a^2 + 2 h^2 (TAIL + log n))``
-    add less than ``exp(-TAIL)`` of it together. Ball b visits the rows with
+    ``u_a = min_b (|y_a - c_b| + r_b)``, so x beyond ``R_a = sqrt(u_a^2 + 2 h^2 (TAIL + log n))``
+    add less than ``REL_TOL`` of it together. Ball b visits the rows with
     ``|y_a - c_b| - r_b <= R_a``. A task is a group of balls with its own sums.
     """
     m, n = len(y), len(x)
     s = -0.5 / (h * h)
     tail2 = 2.0 * h * h * (TAIL + math.log(n))
     part = BallPartition(x, _LEAF_X)
-    xo = part.points
-    left, right = _augmented(y, s, True), _augmented(xo, s, False)
+    left, right = _augmented(y, s, True), _augmented(part.points, s, False)
     yn = _sqnorm(y)
     groups = part.groups(_TASK_X)
-    exp_, torch, threads = _engine(float(m) * n, threads)
+    torch, threads = _engine(float(m) * n, threads)
+    leaf = int(np.diff(part.start).max())
 
     def dists(g: range) -> np.ndarray:
         return _centre_dists(y, yn, part.centre[g.start : g.stop])
@@ -417,15 +509,15 @@ def _cross_sums(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> 
         return (dists(g) + part.radius[g.start : g.stop]).min(axis=1)
 
     def work(g: range) -> np.ndarray:
+        blocks = _Blocks(left, right, torch, _ROWS_X, leaf)
         total = np.zeros(m)
         dc = dists(g)
         dc -= part.radius[g.start : g.stop]
         for b in g:
-            rb = right[part.rows(b)].T
             cand = np.flatnonzero(dc[:, b - g.start] <= reach)
             for c0 in range(0, len(cand), _ROWS_X):
                 rows = cand[c0 : c0 + _ROWS_X]
-                total[rows] += exp_(left[rows] @ rb).sum(axis=1)
+                total[rows] += blocks.sums(rows, part.rows(b))[0]
         return total
 
     upper = np.full(m, np.inf)
@@ -444,18 +536,131 @@ def _cross_sums(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> 
     return _log_or_redo(total, exponents)
 
 
+def _cross_row_balls(
+    y: np.ndarray, x: np.ndarray, mu: np.ndarray, h: float, threads: int | None
+) -> np.ndarray:
+    """log sum_j K(y_a, x_j - mu) for at most as many rows as points: balls of y visit the x.
+
+    ``y`` is centred, ``x`` is not (it is read once, a run at a time, and centred on the fly).
+    The exact sums of the rows over a strided sample of x bound their full sums from below and
+    give each row a radius R_a (:func:`_reach`); with ``rho_a = |y_a - c_b|``, ball b's rows
+    need only the x within ``max_a (rho_a + R_a)`` of its centre c_b. Each ball's rows are split
+    in two groups by that reach (the split that the sample says visits fewest pairs), so a few
+    rows that need far points do not make the whole ball visit them. A task is a run of x.
+    """
+    m, n = len(y), len(x)
+    d = x.shape[1]
+    s = -0.5 / (h * h)
+    part = BallPartition(y, _LEAF_Y)
+    left = _augmented(part.points, s, True)
+    sizes = np.diff(part.start)
+    rho = np.sqrt(_sqnorm(part.points - np.repeat(part.centre, sizes, axis=0)))
+    cmat = np.empty((d + 2, len(part)))  # [x - mu, 1, s|x - mu|^2] @ cmat = |x - mu - c|^2
+    cmat[:d], cmat[d], cmat[d + 1] = -2.0 * part.centre.T, _sqnorm(part.centre), 1.0 / s
+    torch, threads = _engine(float(m) * n, threads)
+    step = _COLS_SELF * max(2, -(-n // (32 * _COLS_SELF)))  # ~32 tasks, whatever the threads
+    runs = range(0, n, step)
+
+    def augment(c0: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``[x - mu, 1, s |x - mu|^2]`` of x[c0:stop]."""
+        out = np.empty((stop - c0, d + 2)) if out is None else out
+        np.subtract(x[c0:stop], mu, out=out[:, :d])
+        out[:, d], out[:, d + 1] = 1.0, s * _sqnorm(out[:, :d])
+        return out
+
+    def dists(right: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        d2 = np.matmul(right, cmat, out=out)
+        np.maximum(d2, 0.0, out=d2)
+        return np.sqrt(d2, out=d2)
+
+    # lower bounds of the row sums, and the two row groups of each ball
+    stride = max(1, n // _SAMPLE)
+    sample = _augmented(x[::stride] - mu, s, False)
+    sample_d = np.sort(dists(sample), axis=0)
+    need = rho + _reach(_lse_rows(left @ sample.T), n, h)
+    groups = []  # (rows, reach, ball)
+    for b in range(len(part)):
+        lo = part.start[b]
+        order = np.argsort(need[lo : lo + sizes[b]])
+        v = need[lo : lo + sizes[b]][order]
+        cnt = np.searchsorted(sample_d[:, b], v, side="right") * (n / len(sample))
+        rows = lo + order
+        i = 0
+        for j in _split(cnt, _GROUP_COST * len(runs)):
+            groups.append((np.sort(rows[i:j]), v[j - 1], b))
+            i = j
+
+    def work(c0: int) -> np.ndarray:
+        stop = min(c0 + step, n)
+        k = stop - c0
+        right = augment(c0, stop, _buffer("run", k * (d + 2))[: k * (d + 2)].reshape(k, d + 2))
+        dist = dists(right, _buffer("dist", k * len(part))[: k * len(part)].reshape(k, -1))
+        blocks = _Blocks(left, right, torch, _LEAF_Y, k)
+        total = np.zeros(m)
+        for rows, r_b, b in groups:
+            cols = np.flatnonzero(dist[:, b] <= r_b)
+            if len(cols):
+                total[rows] += blocks.sums(rows, cols)[0]
+        return total
+
+    total = np.zeros(m)
+    with _workers(threads, torch) as pmap:
+        for part_total in pmap(work, runs):
+            total += part_total
+
+    def exponents(rows):
+        for c0 in range(0, n, _COLS_SELF):
+            yield left[rows] @ augment(c0, min(c0 + _COLS_SELF, n)).T
+
+    out = np.empty(m)
+    out[part.order] = _log_or_redo(total, exponents)
+    return out
+
+
+def _split(cnt: np.ndarray, overhead: float, most: int = 2) -> list[int]:
+    """Ends of at most ``most`` consecutive groups of sorted rows, fewest visited pairs.
+
+    Row i (sorted by reach) visits ``cnt[i]`` points, ``cnt`` non-decreasing; a group of rows
+    visits, for each of its rows, the points of its last row, plus ``overhead`` pairs for the
+    calls it costs. Dynamic programming over the group ends.
+    """
+    k = len(cnt)
+    idx = np.arange(k + 1)
+    # best[j]: fewest pairs for the first j rows; cost of a group (i, j] is (j - i) cnt[j - 1]
+    best = np.full(k + 1, np.inf)
+    best[0] = 0.0
+    ends = []
+    cuts = []
+    for _ in range(most):
+        # new[j] = min_i best[i] + (j - i) cnt[j - 1] + overhead, for i < j
+        cand = best[None, :] + (idx[1:, None] - idx[None, :]) * cnt[:, None] + overhead
+        cand[np.triu_indices(k, 1, k + 1)] = np.inf  # i >= j is not a group
+        arg = np.argmin(cand, axis=1)
+        new = np.concatenate([[np.inf], cand[np.arange(k), arg]])
+        cuts.append(np.concatenate([[0], arg]))
+        best = new
+        ends.append(best)
+    g = int(np.argmin([e[k] for e in ends])) + 1  # number of groups
+    out, j = [], k
+    for level in range(g - 1, -1, -1):
+        out.append(j)
+        j = int(cuts[level][j])
+    return out[::-1]
+
+
 def _cross_all(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> np.ndarray:
     """log sum_j K(y_a, x_j) over every pair, for few rows: a task is a run of x."""
     m, n = len(y), len(x)
     s = -0.5 / (h * h)
     left, right = _augmented(y, s, True), _augmented(x, s, False)
-    exp_, torch, threads = _engine(float(m) * n, threads)
+    torch, threads = _engine(float(m) * n, threads)
     step = _COLS_SELF * max(4, -(-n // (16 * _COLS_SELF)))  # ~16 tasks, whatever the threads
 
     def work(c0: int) -> np.ndarray:
+        blocks = _Blocks(left, right, torch, m, _COLS_SELF)
         total = np.zeros(m)
         for b0 in range(c0, min(c0 + step, n), _COLS_SELF):
-            total += exp_(left @ right[b0 : min(b0 + _COLS_SELF, c0 + step)].T).sum(axis=1)
+            total += blocks.sums(slice(0, m), slice(b0, min(b0 + _COLS_SELF, c0 + step)))[0]
         return total
 
     total = np.zeros(m)

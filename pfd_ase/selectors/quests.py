@@ -31,8 +31,8 @@ descriptor units, 1/Å (the supplement writes "0.015 Å"; the number is the same
   ``-dH`` everywhere, used to rank environments whose dH is infinite.
 
 The fast functions prune the sum (:mod:`pfd_ase.selectors._kde`): terms of a kernel sum that are
-together below ``exp(-37) ~ 1e-16`` of it are skipped with a rigorous bound, so they agree with
-the ``*_bruteforce`` oracles to float64 round-off (~1e-12).
+together below ``REL_TOL = 1e-11`` of it are skipped with a rigorous bound, so H and every dH
+agree with the ``*_bruteforce`` oracles to within 1e-11 plus float64 round-off (~1e-13).
 
 Differences from the reference: mixed periodic boundary conditions are honoured per axis (it
 treats any structure not periodic along all three axes as an isolated cluster); a tie in the
