@@ -29,8 +29,9 @@ distance to the ball centre); everything else is skipped. Three layouts:
 
 Exponents come from one GEMM of augmented vectors, ``s |y - x|^2 = [-2s y, s|y|^2, 1] .
 [x, 1, s|x|^2]``, ``s = -1 / (2 h^2)``, then an in-place exp and row (and column) sums. The data
-are centred on the mean of X; self terms are set to exactly 1; the round-off of an exponent is
-about ``1e-16 |s| max|x - mean|^2`` (~1e-13 for QUESTS descriptors).
+are centred on the mean of a strided sample of X; self terms are set to exactly 1; the
+round-off of an exponent is about ``1e-16 |s| max|x - mean|^2`` (~1e-13 for QUESTS
+descriptors).
 
 Threads. The work is split into tasks (a few balls, or a run of X) run on ``threads`` worker
 threads (``PFD_THREADS``, else ``min(2, os.cpu_count())``); each task sums into arrays of its
@@ -407,7 +408,7 @@ def log_kernel_sum_pruned(
     if m == 0:
         return np.zeros(0)
     same = y is x
-    mu = x.mean(axis=0)
+    mu = x[:: max(1, n // _SAMPLE)].mean(axis=0)  # the centre only has to be near the data
     if same:
         return _self_sums(x - mu, h, threads)
     if m < _ALL_PAIRS_ROWS:
@@ -577,7 +578,11 @@ def _cross_row_balls(
     stride = max(1, n // _SAMPLE)
     sample = _augmented(x[::stride] - mu, s, False)
     sample_d = np.sort(dists(sample), axis=0)
-    need = rho + _reach(_lse_rows(left @ sample.T), n, h)
+    if torch is None:
+        log_lower = _lse_rows(left @ sample.T)
+    else:
+        log_lower = torch.logsumexp(torch.from_numpy(left) @ torch.from_numpy(sample).T, 1).numpy()
+    need = rho + _reach(log_lower, n, h)
     groups = []  # (rows, reach, ball)
     for b in range(len(part)):
         lo = part.start[b]
