@@ -77,6 +77,7 @@ _TASK_X = 8  # balls per task, Y is not X
 _SKETCH = 16  # principal axes on which the balls are cut
 _LEAF_Y = 128  # rows per ball of Y, Y is not X and has few rows
 _GROUP_COST = 5000.0  # pairs that the calls of one more GEMM block cost, in time
+_ROW_TASKS = 32  # runs of X, Y has fewer rows than X has points
 _SAMPLE = 2048  # points of X whose exact sums bound the sums of Y's rows from below
 _ALL_PAIRS_ROWS = 64  # below this many rows of Y every pair is visited
 
@@ -544,10 +545,10 @@ def _cross_row_balls(
 
     ``y`` is centred, ``x`` is not (it is read once, a run at a time, and centred on the fly).
     The exact sums of the rows over a strided sample of x bound their full sums from below and
-    give each row a radius R_a (:func:`_reach`); with ``rho_a = |y_a - c_b|``, ball b's rows
-    need only the x within ``max_a (rho_a + R_a)`` of its centre c_b. Each ball's rows are split
-    in two groups by that reach (the split that the sample says visits fewest pairs), so a few
-    rows that need far points do not make the whole ball visit them. A task is a run of x.
+    give each row a radius R_a (:func:`_reach`). Each ball's rows are split in up to two groups
+    by ``|y_a - c_b| + R_a`` (the split that the sample says visits fewest pairs), so a few rows
+    that need far points do not make the whole ball visit them; a group g with centroid c_g
+    visits the x within ``max_a (|y_a - c_g| + R_a)`` of c_g. A task is a run of x.
     """
     m, n = len(y), len(x)
     d = x.shape[1]
@@ -556,10 +557,8 @@ def _cross_row_balls(
     left = _augmented(part.points, s, True)
     sizes = np.diff(part.start)
     rho = np.sqrt(_sqnorm(part.points - np.repeat(part.centre, sizes, axis=0)))
-    cmat = np.empty((d + 2, len(part)))  # [x - mu, 1, s|x - mu|^2] @ cmat = |x - mu - c|^2
-    cmat[:d], cmat[d], cmat[d + 1] = -2.0 * part.centre.T, _sqnorm(part.centre), 1.0 / s
     torch, threads = _engine(float(m) * n, threads)
-    step = _COLS_SELF * max(2, -(-n // (32 * _COLS_SELF)))  # ~32 tasks, whatever the threads
+    step = _COLS_SELF * max(2, -(-n // (_ROW_TASKS * _COLS_SELF)))  # tasks: whatever the threads
     runs = range(0, n, step)
 
     def augment(c0: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -569,21 +568,28 @@ def _cross_row_balls(
         out[:, d], out[:, d + 1] = 1.0, s * _sqnorm(out[:, :d])
         return out
 
-    def dists(right: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def centres_matrix(c: np.ndarray) -> np.ndarray:
+        """``[x - mu, 1, s|x - mu|^2] @ cmat = |x - mu - c|^2`` for each centre c."""
+        cmat = np.empty((d + 2, len(c)))
+        cmat[:d], cmat[d], cmat[d + 1] = -2.0 * c.T, _sqnorm(c), 1.0 / s
+        return cmat
+
+    def dists(right: np.ndarray, cmat: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         d2 = np.matmul(right, cmat, out=out)
         np.maximum(d2, 0.0, out=d2)
         return np.sqrt(d2, out=d2)
 
-    # lower bounds of the row sums, and the two row groups of each ball
+    # lower bounds of the row sums, and the row groups of each ball
     stride = max(1, n // _SAMPLE)
     sample = _augmented(x[::stride] - mu, s, False)
-    sample_d = np.sort(dists(sample), axis=0)
+    sample_d = np.sort(dists(sample, centres_matrix(part.centre)), axis=0)
     if torch is None:
         log_lower = _lse_rows(left @ sample.T)
     else:
         log_lower = torch.logsumexp(torch.from_numpy(left) @ torch.from_numpy(sample).T, 1).numpy()
-    need = rho + _reach(log_lower, n, h)
-    groups = []  # (rows, reach, ball)
+    reach = _reach(log_lower, n, h)
+    need = rho + reach
+    groups = []  # (rows, centre, reach from it)
     for b in range(len(part)):
         lo = part.start[b]
         order = np.argsort(need[lo : lo + sizes[b]])
@@ -592,18 +598,22 @@ def _cross_row_balls(
         rows = lo + order
         i = 0
         for j in _split(cnt, _GROUP_COST * len(runs)):
-            groups.append((np.sort(rows[i:j]), v[j - 1], b))
+            g = np.sort(rows[i:j])
+            c = part.points[g].mean(axis=0)  # the group's own centre: its rows lie closer
+            groups.append((g, c, float((np.sqrt(_sqnorm(part.points[g] - c)) + reach[g]).max())))
             i = j
+    cmat = centres_matrix(np.array([c for _, c, _ in groups]))
 
     def work(c0: int) -> np.ndarray:
         stop = min(c0 + step, n)
         k = stop - c0
         right = augment(c0, stop, _buffer("run", k * (d + 2))[: k * (d + 2)].reshape(k, d + 2))
-        dist = dists(right, _buffer("dist", k * len(part))[: k * len(part)].reshape(k, -1))
+        dist = _buffer("dist", k * len(groups))[: k * len(groups)].reshape(k, -1)
+        dist = dists(right, cmat, dist)
         blocks = _Blocks(left, right, torch, _LEAF_Y, k)
         total = np.zeros(m)
-        for rows, r_b, b in groups:
-            cols = np.flatnonzero(dist[:, b] <= r_b)
+        for g, (rows, _, r_g) in enumerate(groups):
+            cols = np.flatnonzero(dist[:, g] <= r_g)
             if len(cols):
                 total[rows] += blocks.sums(rows, cols)[0]
         return total

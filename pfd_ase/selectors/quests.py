@@ -73,7 +73,8 @@ def _as_matrix(x: np.ndarray, name: str) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (environments, features) array, got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
+    # one pass without a mask array; nan/inf anywhere make the sum non-finite
+    if not np.isfinite(np.add.reduce(arr, axis=None)) and not np.isfinite(arr).all():
         raise ValueError(f"{name} contains nan or inf")
     return arr
 
