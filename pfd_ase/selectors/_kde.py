@@ -68,8 +68,8 @@ TAIL = -math.log(REL_TOL)
 DH_INF = 1074.0 * math.log(2.0)  # -log of the smallest positive float64: dH beyond is +inf
 _TINY = 1e-300  # plain sums at or below this are redone as shifted log-sum-exp
 _BLOCK = 1024  # rows/columns of a dense block in the brute-force engine
-_LEAF_SELF = 256  # points per ball, Y is X
-_COLS_SELF = 512  # columns per GEMM block, Y is X (256 x 512 float64: 1 MB, one L2)
+_LEAF_SELF = 512  # points per ball, Y is X (larger blocks pay more than tighter balls)
+_COLS_SELF = 1024  # columns per GEMM block, Y is X (512 x 1024 float64: 4 MB)
 _TASK_SELF = 4  # balls per task, Y is X
 _LEAF_X = 256  # points per ball of X, Y is not X
 _ROWS_X = 1024  # rows of Y per GEMM block, Y is not X
@@ -558,7 +558,7 @@ def _cross_row_balls(
     sizes = np.diff(part.start)
     rho = np.sqrt(_sqnorm(part.points - np.repeat(part.centre, sizes, axis=0)))
     torch, threads = _engine(float(m) * n, threads)
-    step = _COLS_SELF * max(2, -(-n // (_ROW_TASKS * _COLS_SELF)))  # tasks: whatever the threads
+    step = 512 * max(2, -(-n // (_ROW_TASKS * 512)))  # _ROW_TASKS runs, whatever the threads
     runs = range(0, n, step)
 
     def augment(c0: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
