@@ -193,7 +193,7 @@ def _default_threads() -> int:
 
 
 THREADS = _default_threads()  # worker threads of the pruned engine
-_USE_TORCH: bool | None = None  # torch's exp: None = when it pays (see _engine); True / False
+_USE_TORCH: bool | None = None  # torch blocks: None = when it pays (see _engine); True / False
 _TORCH_MIN_PAIRS = 2e9  # pairs from which importing torch (~1.5 s) pays for itself
 _SERIAL_MAX_PAIRS = 2e6  # pairs up to which numpy-only sums run in the calling thread
 
@@ -294,8 +294,8 @@ def _workers(threads: int, torch):
     """``map(work, tasks)`` on ``threads`` worker threads (0: in the calling thread).
 
     Results come in task order, so the sums they are reduced into, in that order, do not depend
-    on the number of threads. numpy's GEMM, exp and sums and torch's exp release the GIL. torch
-    would also run each exp on an OpenMP team of its own: the workers set torch to one thread
+    on the number of threads. numpy's and torch's GEMM, exp and sums release the GIL. torch
+    would also run each op on an OpenMP team of its own: the workers set torch to one thread
     (per thread, but the call also sets torch's process-wide default), and torch's thread count
     is restored on exit.
     """
