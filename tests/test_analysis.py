@@ -46,6 +46,18 @@ def test_sw_phonons_match_reference(sw_bands):
     np.testing.assert_allclose(sw_bands["special_qpoints"]["L"], [0.5, 0.5, 0.5])
 
 
+def test_calculator_factory_gives_the_same_phonons(sw_bands):
+    made = []
+
+    def factory():
+        made.append(make_labeler("sw"))
+        return made[-1]
+
+    bands = phonon_bands(bulk("Si", "diamond", a=5.431), factory)
+    assert len(made) == bands["n_displacements"] + 1  # a fresh one per supercell (+ residual)
+    np.testing.assert_allclose(bands["frequencies_THz"], sw_bands["frequencies_THz"], atol=1e-10)
+
+
 def test_phonon_result_layout(sw_bands):
     r = json.loads(json.dumps(sw_bands))  # JSON-safe
     assert r["labels"] == ["Γ", "X", "U|K", "Γ", "L"]

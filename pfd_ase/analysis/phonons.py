@@ -62,9 +62,14 @@ def _to_ase(cell: Any) -> Atoms:
 
 
 def _forces(atoms: Atoms, calc: Any) -> np.ndarray:
+    """Forces with ``calc``, or with a fresh calculator from ``calc()`` when it is a factory."""
     work = atoms.copy()
-    work.calc = calc
+    work.calc = calc() if _is_factory(calc) else calc
     return np.array(work.get_forces(), dtype=float)
+
+
+def _is_factory(calc: Any) -> bool:
+    return callable(calc) and not hasattr(calc, "get_property")
 
 
 def _qpoint_frequencies(phonon: Any) -> np.ndarray:
@@ -137,7 +142,10 @@ def phonon_bands(
     primitive
         The primitive cell (never modified). Its reciprocal basis defines the q-points.
     calc
-        Any ASE calculator; it is attached to copies of the displaced supercells.
+        Any ASE calculator, attached to copies of the supercells in turn; or a zero-argument
+        callable returning a fresh calculator for each supercell, for calculators that keep
+        state between structures (GPAW fixes the symmetry of the first structure it sees and
+        refuses a displaced one unless ``symmetry="off"``).
     supercell
         Supercell repeats ``(n1, n2, n3)`` or a 3×3 supercell matrix.
     displacement_A
