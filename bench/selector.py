@@ -170,7 +170,9 @@ class Table:
 
 
 def kernel_rows(table: Table, name: str, x: np.ndarray, y: np.ndarray, rng) -> None:
-    n, m = len(x), len(y)
+    n = len(x)
+    # the brute force of H once (minutes), the fast H the median of 3 and each dH the median
+    # of 5 (the first run, with memory tracing, included): this VM's speed drifts by 10-20 %
     slow, t_bw, t_bc, m_b = measure(lambda: quests.entropy_bruteforce(x, H), memory=True)
     fast, t_fw, t_fc, m_f = measure_median(lambda: quests.entropy(x, H), 3)
     frac = pairs_in_range(x, x, True, rng)
@@ -183,14 +185,20 @@ def kernel_rows(table: Table, name: str, x: np.ndarray, y: np.ndarray, rng) -> N
         f"{m_b:.2f} / {m_f:.2f}",
         f"{frac:.2f}",
     )
-    # short timings: median of 5 runs (the first, with memory tracing, included); the brute
-    # force of H once, the fast H median of 3 (this VM's speed drifts by 10-20 % over minutes)
-    slow, t_bw, t_bc, m_b = measure_median(lambda: quests.delta_entropy_bruteforce(y, x, H), 5)
-    fast, t_fw, t_fc, m_f = measure_median(lambda: quests.delta_entropy(y, x, H), 5)
+    dh_row(table, name, x, y, 5, rng)
+
+
+def dh_row(table: Table, name: str, x: np.ndarray, y: np.ndarray, repeats: int, rng=None) -> None:
+    """dH of y against x, brute force and fast, medians of ``repeats`` runs."""
+    m, n = len(y), len(x)
+    slow, t_bw, t_bc, m_b = measure_median(
+        lambda: quests.delta_entropy_bruteforce(y, x, H), repeats
+    )
+    fast, t_fw, t_fc, m_f = measure_median(lambda: quests.delta_entropy(y, x, H), repeats)
     ok = np.isfinite(slow)
     err = np.abs(fast[ok] - slow[ok]).max()
     same_inf = np.array_equal(ok, np.isfinite(fast))
-    frac = pairs_in_range(y, x, False, rng)
+    frac = "-" if rng is None else f"{pairs_in_range(y, x, False, rng):.2f}"
     table.add(
         f"dH, {name}, {m} vs {n}",
         f"{t_bw:.2f} / {t_bc:.2f}",
@@ -198,7 +206,7 @@ def kernel_rows(table: Table, name: str, x: np.ndarray, y: np.ndarray, rng) -> N
         f"{t_bw / t_fw:.1f}x / {t_bc / t_fc:.1f}x",
         f"max diff {err:.1e}, same infs: {same_inf}",
         f"{m_b:.2f} / {m_f:.2f}",
-        f"{frac:.2f}",
+        frac,
     )
 
 
@@ -208,6 +216,11 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=1_000, help="test environments for dH")
     parser.add_argument("--n-diverse", type=int, default=20_000, help="si-diverse size")
     parser.add_argument("--quick", action="store_true", help="divide all sizes by 5")
+    parser.add_argument(
+        "--dh-scan",
+        action="store_true",
+        help="only dH of 1e3, 3e3 and 1e4 test rows against the si-pfd reference (medians of 3)",
+    )
     args = parser.parse_args()
     scale = 5 if args.quick else 1
     n, n_test, n_div = args.n // scale, args.n_test // scale, args.n_diverse // scale
@@ -248,6 +261,12 @@ def main() -> None:
         "-",
         "-",
     )
+    if args.dh_scan:
+        for m in (1_000, 3_000, 10_000):
+            y = quests.descriptors(si_pfd(m // scale, seed=2))[: m // scale]
+            dh_row(table, "si-pfd", x, y, 3)
+        table.show()
+        return
     y = quests.descriptors(si_pfd(n_test, seed=2))[:n_test]
     kernel_rows(table, "si-pfd", x, y, rng)
 

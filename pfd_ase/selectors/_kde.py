@@ -553,7 +553,7 @@ def _cross_row_balls(
     m, n = len(y), len(x)
     d = x.shape[1]
     s = -0.5 / (h * h)
-    part = BallPartition(y, _LEAF_Y)
+    part = BallPartition(y, _leaf_y(m))
     left = _augmented(part.points, s, True)
     sizes = np.diff(part.start)
     rho = np.sqrt(_sqnorm(part.points - np.repeat(part.centre, sizes, axis=0)))
@@ -610,7 +610,7 @@ def _cross_row_balls(
         right = augment(c0, stop, _buffer("run", k * (d + 2))[: k * (d + 2)].reshape(k, d + 2))
         dist = _buffer("dist", k * len(groups))[: k * len(groups)].reshape(k, -1)
         dist = dists(right, cmat, dist)
-        blocks = _Blocks(left, right, torch, _LEAF_Y, k)
+        blocks = _Blocks(left, right, torch, _leaf_y(m), k)
         total = np.zeros(m)
         for g, (rows, _, r_g) in enumerate(groups):
             cols = np.flatnonzero(dist[:, g] <= r_g)
@@ -630,6 +630,11 @@ def _cross_row_balls(
     out = np.empty(m)
     out[part.order] = _log_or_redo(total, exponents)
     return out
+
+
+def _leaf_y(m: int) -> int:
+    """Rows per ball of Y: ``_LEAF_Y``, up to 4x as many for many rows (fewer, larger calls)."""
+    return int(min(4 * _LEAF_Y, max(_LEAF_Y, m // 16)))
 
 
 def _split(cnt: np.ndarray, overhead: float, most: int = 2) -> list[int]:
