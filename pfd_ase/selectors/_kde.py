@@ -371,17 +371,27 @@ class BallPartition:
         return [range(g, min(g + size, len(self))) for g in range(0, len(self), size)]
 
 
-def _augmented(x: np.ndarray, s: float, left: bool) -> np.ndarray:
+def _augmented(
+    x: np.ndarray,
+    s: float,
+    left: bool,
+    centre: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Rows ``[-2s x, s|x|^2, 1]`` (left) or ``[x, 1, s|x|^2]`` (right): their products are
-    the exponents ``s |y - x|^2``."""
+    the exponents ``s |y - x|^2``. ``centre``: use ``x - centre``; ``out``: (n, d + 2) buffer."""
     n, d = x.shape
-    out = np.empty((n, d + 2))
-    sn = s * _sqnorm(x)
+    out = np.empty((n, d + 2)) if out is None else out
+    xs = out[:, :d]
+    if centre is None:
+        xs[...] = x
+    else:
+        np.subtract(x, centre, out=xs)
+    sn = s * _sqnorm(xs)
     if left:
-        np.multiply(x, -2.0 * s, out=out[:, :d])
+        xs *= -2.0 * s
         out[:, d], out[:, d + 1] = sn, 1.0
     else:
-        out[:, :d] = x
         out[:, d], out[:, d + 1] = 1.0, sn
     return out
 
@@ -561,13 +571,6 @@ def _cross_row_balls(
     step = 512 * max(2, -(-n // (_ROW_TASKS * 512)))  # _ROW_TASKS runs, whatever the threads
     runs = range(0, n, step)
 
-    def augment(c0: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Rows ``[x - mu, 1, s |x - mu|^2]`` of x[c0:stop]."""
-        out = np.empty((stop - c0, d + 2)) if out is None else out
-        np.subtract(x[c0:stop], mu, out=out[:, :d])
-        out[:, d], out[:, d + 1] = 1.0, s * _sqnorm(out[:, :d])
-        return out
-
     def centres_matrix(c: np.ndarray) -> np.ndarray:
         """``[x - mu, 1, s|x - mu|^2] @ cmat = |x - mu - c|^2`` for each centre c."""
         cmat = np.empty((d + 2, len(c)))
@@ -581,7 +584,7 @@ def _cross_row_balls(
 
     # lower bounds of the row sums, and the row groups of each ball
     stride = max(1, n // _SAMPLE)
-    sample = _augmented(x[::stride] - mu, s, False)
+    sample = _augmented(x[::stride], s, False, centre=mu)
     sample_d = np.sort(dists(sample, centres_matrix(part.centre)), axis=0)
     if torch is None:
         log_lower = _lse_rows(left @ sample.T)
@@ -607,7 +610,8 @@ def _cross_row_balls(
     def work(c0: int) -> np.ndarray:
         stop = min(c0 + step, n)
         k = stop - c0
-        right = augment(c0, stop, _buffer("run", k * (d + 2))[: k * (d + 2)].reshape(k, d + 2))
+        right = _buffer("run", k * (d + 2))[: k * (d + 2)].reshape(k, d + 2)
+        right = _augmented(x[c0:stop], s, False, centre=mu, out=right)
         dist = _buffer("dist", k * len(groups))[: k * len(groups)].reshape(k, -1)
         dist = dists(right, cmat, dist)
         blocks = _Blocks(left, right, torch, _leaf_y(m), k)
@@ -625,7 +629,7 @@ def _cross_row_balls(
 
     def exponents(rows):
         for c0 in range(0, n, _COLS_SELF):
-            yield left[rows] @ augment(c0, min(c0 + _COLS_SELF, n)).T
+            yield left[rows] @ _augmented(x[c0 : c0 + _COLS_SELF], s, False, centre=mu).T
 
     out = np.empty(m)
     out[part.order] = _log_or_redo(total, exponents)
