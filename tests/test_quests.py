@@ -307,17 +307,21 @@ def test_pruning_keeps_every_term_above_the_tolerance(monkeypatch):
     for rows in (y, np.repeat(y, 700, axis=0)):  # more rows than points: balls of x
         dh = quests.delta_entropy(rows, x, H)[0]
         assert abs(dh - kept) < 2e-15 or abs(dh - exact) < 2e-15
-    monkeypatch.setattr(_kde, "_ALL_PAIRS_ROWS", 0)  # pruned, a single row: balls of y
+    monkeypatch.setattr(_kde, "_ALL_PAIRS_ROWS", 0)  # pruned, a single row: cells of x
     dh = quests.delta_entropy(y, x, H)[0]
     assert abs(dh - kept) < 2e-15 or abs(dh - exact) < 2e-15
 
 
-def test_row_groups_split_where_it_saves_pairs():
-    # rows sorted by reach; cnt = points each row must visit
-    assert _kde._split(np.array([10.0] * 8), overhead=1.0) == [8]
-    assert _kde._split(np.array([1.0] * 7 + [1000.0]), overhead=1.0) == [7, 8]
-    assert _kde._split(np.array([1.0] * 7 + [1000.0]), overhead=1e4) == [8]  # calls cost more
-    assert _kde._split(np.array([1.0, 1, 10, 10, 100, 1000]), overhead=0.0, most=4) == [2, 4, 5, 6]
+def test_kmeans_centres_are_deterministic_and_never_nan():
+    rng = np.random.default_rng(0)
+    blobs = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], dtype=np.float32)
+    z = np.repeat(blobs, 100, axis=0) + rng.normal(0.0, 0.1, (300, 2)).astype(np.float32)
+    c = _kde._kmeans(z, 3)
+    np.testing.assert_allclose(c, blobs, atol=0.05)  # each centre on its blob's mean
+    assert np.array_equal(c, _kde._kmeans(z, 3))
+    # more centres than distinct points: the spare centres keep their places, no nan
+    c = _kde._kmeans(np.repeat(blobs, 4, axis=0), 6)
+    assert np.isfinite(c).all() and {tuple(v) for v in c} == {tuple(v) for v in blobs}
 
 
 # ----------------------------------------------------------------------------- engine
@@ -334,7 +338,10 @@ def small_blocks(monkeypatch):
         ("_LEAF_X", 48),
         ("_ROWS_X", 70),
         ("_TASK_X", 2),
-        ("_LEAF_Y", 16),
+        ("_CELL", 40),
+        ("_KMEANS_SAMPLE", 300),
+        ("_ASSIGN_CHUNK", 37),
+        ("_ROW_TASKS", 7),
         ("_SAMPLE", 64),
     ]:
         monkeypatch.setattr(_kde, name, value)

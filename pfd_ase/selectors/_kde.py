@@ -19,10 +19,11 @@ distance to the ball centre); everything else is skipped. Three layouts:
 * ``Y is X`` (H): each ball with itself first (these sums, >= 1 with the self term, are the
   lower bounds), then with the later points within ``max(R_i, R_j)``: each pair once, adding to
   both sums (the kernel is symmetric).
-* fewer rows than points (dH of test environments against a large reference): balls of Y's
-  rows; L_a is the exact sum over a strided sample of X. X is read once, a run at a time,
-  centred on the fly; each ball's rows are split in up to two groups by reach so that a few
-  rows needing far points do not make the whole ball visit them.
+* fewer rows than points (dH of test environments against a large reference): cells of X
+  (Voronoi cells of k-means centres, ~``_CELL`` points each, assigned in a float32 sketch)
+  visit the rows; L_a is the exact sum over a strided sample of X. A cell with centre c and
+  exact radius r_c visits the rows with ``|y_a - c| <= r_c + R_a``: each row is tested on its
+  own, and the GEMM blocks (rows x the cell's points) stay large.
 * more rows than points: balls of X visit the rows of Y; L_a is the term of the nearest x,
   whose distance is at most ``u_a = min_b (|y_a - c_b| + r_b)``.
 * under ``_ALL_PAIRS_ROWS`` rows: every pair.
@@ -60,6 +61,7 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 
@@ -75,9 +77,11 @@ _LEAF_X = 256  # points per ball of X, Y is not X
 _ROWS_X = 1024  # rows of Y per GEMM block, Y is not X
 _TASK_X = 8  # balls per task, Y is not X
 _SKETCH = 16  # principal axes on which the balls are cut
-_LEAF_Y = 128  # rows per ball of Y, Y is not X and has few rows
-_GROUP_COST = 5000.0  # pairs that the calls of one more GEMM block cost, in time
-_ROW_TASKS = 32  # runs of X, Y has fewer rows than X has points
+_CELL = 400  # points per cell of X, Y has fewer rows than X has points
+_CELL_SKETCH = 8  # principal axes on which points are assigned to cells
+_KMEANS_SAMPLE = 4096  # points of X from which the cell centres are found
+_ASSIGN_CHUNK = 1024  # points assigned to cells at a time (keeps the distances in cache)
+_ROW_TASKS = 32  # runs of X (assignment) and of cells (sums), Y has fewer rows than X
 _SAMPLE = 2048  # points of X whose exact sums bound the sums of Y's rows from below
 _ALL_PAIRS_ROWS = 64  # below this many rows of Y every pair is visited
 
@@ -226,20 +230,21 @@ def _engine(pairs: float, threads: int | None):
 _LOCAL = threading.local()
 
 
-def _buffer(key: str, size: int, torch=None):
-    """A flat float64 buffer of at least ``size`` values, kept per thread and reused.
+def _buffer(key: str, size: int, torch=None, dtype=np.float64):
+    """A flat buffer of ``size`` values (float64, or ``dtype`` with numpy), kept per thread and
+    reused (grown when too small).
 
     Fresh large arrays cost their page faults on first touch (~1 ms per MB on a VM), as much as
     the arithmetic on them; a worker thread reuses its buffers across tasks.
     """
     bufs = _LOCAL.__dict__.setdefault("bufs", {})
-    key = (key, torch is not None)
+    key = (key, torch is not None, np.dtype(dtype).char)
     buf = bufs.get(key)
     if buf is None or len(buf) < size:
-        size = max(size, 2 * len(buf) if buf is not None else 0)
-        buf = np.empty(size) if torch is None else torch.empty(size, dtype=torch.float64)
+        grown = max(size, 2 * len(buf) if buf is not None else 0)
+        buf = np.empty(grown, dtype) if torch is None else torch.empty(grown, dtype=torch.float64)
         bufs[key] = buf
-    return buf
+    return buf[:size]
 
 
 class _Blocks:
@@ -425,7 +430,7 @@ def log_kernel_sum_pruned(
     if m < _ALL_PAIRS_ROWS:
         return _cross_all(y - mu, x - mu, h, threads)
     if m <= n:
-        return _cross_row_balls(y - mu, x, mu, h, threads)
+        return _cross_cells(y - mu, x, mu, h, threads)
     return _cross_sums(y - mu, x - mu, h, threads)
 
 
@@ -548,128 +553,116 @@ def _cross_sums(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> 
     return _log_or_redo(total, exponents)
 
 
-def _cross_row_balls(
+def _cross_cells(
     y: np.ndarray, x: np.ndarray, mu: np.ndarray, h: float, threads: int | None
 ) -> np.ndarray:
-    """log sum_j K(y_a, x_j - mu) for at most as many rows as points: balls of y visit the x.
+    """log sum_j K(y_a, x_j - mu) for at most as many rows as points: cells of x visit the rows.
 
-    ``y`` is centred, ``x`` is not (it is read once, a run at a time, and centred on the fly).
+    ``y`` is centred, ``x`` is not (each cell's points are gathered and centred on the fly).
     The exact sums of the rows over a strided sample of x bound their full sums from below and
-    give each row a radius R_a (:func:`_reach`). Each ball's rows are split in up to two groups
-    by ``|y_a - c_b| + R_a`` (the split that the sample says visits fewest pairs), so a few rows
-    that need far points do not make the whole ball visit them; a group g with centroid c_g
-    visits the x within ``max_a (|y_a - c_g| + R_a)`` of c_g. A task is a run of x.
+    give each row a radius R_a (:func:`_reach`). x is cut into Voronoi cells of about ``_CELL``
+    points: centres by k-means on a sample, sketched (float32) on its ``_CELL_SKETCH`` principal
+    axes, and each point assigned to the nearest centre in the sketch. The cells only have to
+    be compact: a cell's radius r_c about its centre c (lifted back to full space) is exact, and
+    the cell visits the rows with ``|y_a - c| <= r_c + R_a``. The lower bounds and the centres
+    are computed side by side; then the points are assigned, a run at a time; then a task is a
+    run of consecutive cells.
     """
     m, n = len(y), len(x)
     d = x.shape[1]
     s = -0.5 / (h * h)
-    part = BallPartition(y, _leaf_y(m))
-    left = _augmented(part.points, s, True)
-    sizes = np.diff(part.start)
-    rho = np.sqrt(_sqnorm(part.points - np.repeat(part.centre, sizes, axis=0)))
+    left = _augmented(y, s, True)
     torch, threads = _engine(float(m) * n, threads)
-    step = 512 * max(2, -(-n // (_ROW_TASKS * 512)))  # _ROW_TASKS runs, whatever the threads
-    runs = range(0, n, step)
-
-    def centres_matrix(c: np.ndarray) -> np.ndarray:
-        """``[x - mu, 1, s|x - mu|^2] @ cmat = |x - mu - c|^2`` for each centre c."""
-        cmat = np.empty((d + 2, len(c)))
-        cmat[:d], cmat[d], cmat[d + 1] = -2.0 * c.T, _sqnorm(c), 1.0 / s
-        return cmat
-
-    def dists(right: np.ndarray, cmat: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        d2 = np.matmul(right, cmat, out=out)
-        np.maximum(d2, 0.0, out=d2)
-        return np.sqrt(d2, out=d2)
-
-    # lower bounds of the row sums, and the row groups of each ball
     stride = max(1, n // _SAMPLE)
-    sample = _augmented(x[::stride], s, False, centre=mu)
-    sample_d = np.sort(dists(sample, centres_matrix(part.centre)), axis=0)
-    if torch is None:
-        log_lower = _lse_rows(left @ sample.T)
-    else:
-        log_lower = torch.logsumexp(torch.from_numpy(left) @ torch.from_numpy(sample).T, 1).numpy()
-    reach = _reach(log_lower, n, h)
-    need = rho + reach
-    groups = []  # (rows, centre, reach from it)
-    for b in range(len(part)):
-        lo = part.start[b]
-        order = np.argsort(need[lo : lo + sizes[b]])
-        v = need[lo : lo + sizes[b]][order]
-        cnt = np.searchsorted(sample_d[:, b], v, side="right") * (n / len(sample))
-        rows = lo + order
-        i = 0
-        for j in _split(cnt, _GROUP_COST * len(runs)):
-            g = np.sort(rows[i:j])
-            c = part.points[g].mean(axis=0)  # the group's own centre: its rows lie closer
-            groups.append((g, c, float((np.sqrt(_sqnorm(part.points[g] - c)) + reach[g]).max())))
-            i = j
-    cmat = centres_matrix(np.array([c for _, c, _ in groups]))
+    runs = _ROW_TASKS
 
-    def work(c0: int) -> np.ndarray:
-        stop = min(c0 + step, n)
-        k = stop - c0
-        right = _buffer("run", k * (d + 2))[: k * (d + 2)].reshape(k, d + 2)
-        right = _augmented(x[c0:stop], s, False, centre=mu, out=right)
-        dist = _buffer("dist", k * len(groups))[: k * len(groups)].reshape(k, -1)
-        dist = dists(right, cmat, dist)
-        blocks = _Blocks(left, right, torch, _leaf_y(m), k)
-        total = np.zeros(m)
-        for g, (rows, _, r_g) in enumerate(groups):
-            cols = np.flatnonzero(dist[:, g] <= r_g)
-            if len(cols):
-                total[rows] += blocks.sums(rows, cols)[0]
-        return total
+    def lower(rows: np.ndarray) -> np.ndarray:
+        """log of the rows' sums over the sample of x (a lower bound of their full sums)."""
+        sample = _augmented(x[::stride], s, False, centre=mu)
+        total = _Blocks(left, sample, torch, len(rows), len(sample)).sums(rows, slice(None))[0]
+        return _log_or_redo(total, lambda low: [left[rows[low]] @ sample.T])
 
-    total = np.zeros(m)
+    def centres() -> tuple[np.ndarray, np.ndarray]:
+        """Sketch axes (d, p) and cell centres (k, p), float32, centred on mu."""
+        pts = x[:: max(1, n // _KMEANS_SAMPLE)] - mu
+        axes = np.linalg.eigh(pts.T @ pts)[1][:, -min(_CELL_SKETCH, d) :]
+        k = max(1, min(n // _CELL, len(pts)))
+        return np.ascontiguousarray(axes), _kmeans((pts @ axes).astype(np.float32), k)
+
     with _workers(threads, torch) as pmap:
-        for part_total in pmap(work, runs):
+        halves = np.array_split(np.arange(m), 2)
+        jobs = [centres, partial(lower, halves[0]), partial(lower, halves[1])]
+        (axes, zc), low0, low1 = pmap(lambda job: job(), jobs)
+        reach = _reach(np.concatenate([low0, low1]), n, h)
+        p, k = axes.shape[1], len(zc)
+        cen = zc.astype(np.float64) @ axes.T  # full-space centres (centred on mu)
+        cen_n = _sqnorm(cen)
+        zc = zc + (mu @ axes).astype(np.float32)  # for the uncentred x
+        cmat = np.empty((p + 1, k), dtype=np.float32)  # [z, 1] @ cmat = |z - zc|^2 - |z|^2
+        cmat[:p], cmat[p] = -2.0 * zc.T, _sqnorm(zc)
+        labels = np.empty(n, dtype=np.int16 if k < 2**15 else np.int64)
+        step = -(-n // runs)
+
+        def assign(c0: int) -> None:
+            stop = min(c0 + step, n)
+            zx = x[c0:stop] @ axes
+            for a0 in range(0, stop - c0, _ASSIGN_CHUNK):
+                a1 = min(a0 + _ASSIGN_CHUNK, stop - c0)
+                z = _buffer("sketch", (a1 - a0) * (p + 1), dtype=np.float32).reshape(a1 - a0, -1)
+                z[:, :p], z[:, p] = zx[a0:a1], 1.0
+                dz = _buffer("to_centres", (a1 - a0) * k, dtype=np.float32).reshape(a1 - a0, k)
+                labels[c0 + a0 : c0 + a1] = np.argmin(np.matmul(z, cmat, out=dz), axis=1)
+
+        for _ in pmap(assign, range(0, n, step)):
+            pass
+        order = np.argsort(labels, kind="stable")
+        start = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=k))])
+        row_dists = _centre_dists(cen, cen_n, y)  # (k, m)
+        full = np.flatnonzero(start[1:] > start[:-1])
+        tasks = np.split(full, np.searchsorted(start[full + 1], np.arange(1, runs) * (n / runs)))
+
+        def work(cells: np.ndarray) -> np.ndarray:
+            total = np.zeros(m)
+            for c in cells:
+                idx = order[start[c] : start[c + 1]]
+                size = len(idx)
+                raw = np.take(x, idx, axis=0, out=_buffer("raw", size * d).reshape(size, d))
+                right = _augmented(
+                    raw, s, False, centre=mu, out=_buffer("cell", size * (d + 2)).reshape(size, -1)
+                )
+                r2 = (right[:, d + 1] / s - 2.0 * (right[:, :d] @ cen[c])).max() + cen_n[c]
+                rows = np.flatnonzero(row_dists[c] <= math.sqrt(max(r2, 0.0)) + reach)
+                if len(rows):
+                    blocks = _Blocks(left, right, torch, min(len(rows), _ROWS_X), size)
+                    for r0 in range(0, len(rows), _ROWS_X):
+                        part = rows[r0 : r0 + _ROWS_X]
+                        total[part] += blocks.sums(part, slice(None))[0]
+            return total
+
+        total = np.zeros(m)
+        for part_total in pmap(work, [t for t in tasks if len(t)]):
             total += part_total
 
     def exponents(rows):
         for c0 in range(0, n, _COLS_SELF):
             yield left[rows] @ _augmented(x[c0 : c0 + _COLS_SELF], s, False, centre=mu).T
 
-    out = np.empty(m)
-    out[part.order] = _log_or_redo(total, exponents)
-    return out
+    return _log_or_redo(total, exponents)
 
 
-def _leaf_y(m: int) -> int:
-    """Rows per ball of Y: ``_LEAF_Y``, up to 4x as many for many rows (fewer, larger calls)."""
-    return int(min(4 * _LEAF_Y, max(_LEAF_Y, m // 16)))
+def _kmeans(z: np.ndarray, k: int, iters: int = 4) -> np.ndarray:
+    """``k`` centres of the rows of z by Lloyd iterations from a strided subset (deterministic).
 
-
-def _split(cnt: np.ndarray, overhead: float, most: int = 2) -> list[int]:
-    """Ends of at most ``most`` consecutive groups of sorted rows, fewest visited pairs.
-
-    Row i (sorted by reach) visits ``cnt[i]`` points, ``cnt`` non-decreasing; a group of rows
-    visits, for each of its rows, the points of its last row, plus ``overhead`` pairs for the
-    calls it costs. Dynamic programming over the group ends.
+    A centre that loses all its points stays where it is (its cell may stay empty).
     """
-    k = len(cnt)
-    idx = np.arange(k + 1)
-    # best[j]: fewest pairs for the first j rows; cost of a group (i, j] is (j - i) cnt[j - 1]
-    best = np.full(k + 1, np.inf)
-    best[0] = 0.0
-    ends = []
-    cuts = []
-    for _ in range(most):
-        # new[j] = min_i best[i] + (j - i) cnt[j - 1] + overhead, for i < j
-        cand = best[None, :] + (idx[1:, None] - idx[None, :]) * cnt[:, None] + overhead
-        cand[np.triu_indices(k, 1, k + 1)] = np.inf  # i >= j is not a group
-        arg = np.argmin(cand, axis=1)
-        new = np.concatenate([[np.inf], cand[np.arange(k), arg]])
-        cuts.append(np.concatenate([[0], arg]))
-        best = new
-        ends.append(best)
-    g = int(np.argmin([e[k] for e in ends])) + 1  # number of groups
-    out, j = [], k
-    for level in range(g - 1, -1, -1):
-        out.append(j)
-        j = int(cuts[level][j])
-    return out[::-1]
+    c = z[np.linspace(0, len(z) - 1, k).astype(int)].copy()
+    for _ in range(iters):
+        lab = np.argmin(_sqnorm(c)[None, :] - 2.0 * (z @ c.T), axis=1)
+        cnt = np.bincount(lab, minlength=k)
+        keep = cnt > 0
+        for j in range(z.shape[1]):
+            c[keep, j] = np.bincount(lab, weights=z[:, j], minlength=k)[keep] / cnt[keep]
+    return c
 
 
 def _cross_all(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> np.ndarray:
