@@ -312,6 +312,17 @@ def test_pruning_keeps_every_term_above_the_tolerance(monkeypatch):
     assert abs(dh - kept) < 2e-15 or abs(dh - exact) < 2e-15
 
 
+def test_stairs_cut_the_rows_where_it_saves_pairs():
+    # rows sorted by the number of (farthest-first) points they need
+    assert _kde._stairs(np.array([10] * 8), overhead=1.0) == [8]
+    assert _kde._stairs(np.array([1] * 7 + [1000]), overhead=1.0) == [7, 8]
+    assert _kde._stairs(np.array([1] * 7 + [1000]), overhead=1e4) == [8]  # calls cost more
+    # greedy: 5 rows x 100 + 1 x 1000, then 4 x 10 + 1 x 100
+    assert _kde._stairs(np.array([1, 1, 10, 10, 100, 1000]), overhead=0.0) == [4, 5, 6]
+    assert _kde._stairs(np.array([1, 1, 10, 10, 100, 1000]), overhead=0.0, most=2) == [5, 6]
+    assert _kde._stairs(np.array([3]), overhead=0.0) == [1]
+
+
 def test_kmeans_centres_are_deterministic_and_never_nan():
     rng = np.random.default_rng(0)
     blobs = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], dtype=np.float32)

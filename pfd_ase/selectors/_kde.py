@@ -23,7 +23,9 @@ distance to the ball centre); everything else is skipped. Three layouts:
   (Voronoi cells of k-means centres, ~``_CELL`` points each, assigned in a float32 sketch)
   visit the rows; L_a is the exact sum over a strided sample of X. A cell with centre c and
   exact radius r_c visits the rows with ``|y_a - c| <= r_c + R_a``: each row is tested on its
-  own, and the GEMM blocks (rows x the cell's points) stay large.
+  own, and the GEMM blocks (rows x the cell's points) stay large. Within a cell, row a needs
+  only the points with ``|x - c| >= |y_a - c| - R_a``: with the points sorted farthest first,
+  a prefix; the rows are cut into up to three groups by the prefix they need.
 * more rows than points: balls of X visit the rows of Y; L_a is the term of the nearest x,
   whose distance is at most ``u_a = min_b (|y_a - c_b| + r_b)``.
 * under ``_ALL_PAIRS_ROWS`` rows: every pair.
@@ -77,7 +79,8 @@ _LEAF_X = 256  # points per ball of X, Y is not X
 _ROWS_X = 1024  # rows of Y per GEMM block, Y is not X
 _TASK_X = 8  # balls per task, Y is not X
 _SKETCH = 16  # principal axes on which the balls are cut
-_CELL = 400  # points per cell of X, Y has fewer rows than X has points
+_CELL = 800  # points per cell of X, Y has fewer rows than X has points
+_GROUP_COST = 5000.0  # pairs that one more GEMM call costs, in time
 _CELL_SKETCH = 8  # principal axes on which points are assigned to cells
 _KMEANS_SAMPLE = 4096  # points of X from which the cell centres are found
 _ASSIGN_CHUNK = 1024  # points assigned to cells at a time (keeps the distances in cache)
@@ -564,9 +567,10 @@ def _cross_cells(
     points: centres by k-means on a sample, sketched (float32) on its ``_CELL_SKETCH`` principal
     axes, and each point assigned to the nearest centre in the sketch. The cells only have to
     be compact: a cell's radius r_c about its centre c (lifted back to full space) is exact, and
-    the cell visits the rows with ``|y_a - c| <= r_c + R_a``. The lower bounds and the centres
-    are computed side by side; then the points are assigned, a run at a time; then a task is a
-    run of consecutive cells.
+    the cell visits the rows with ``|y_a - c| <= r_c + R_a``, each the prefix of its points
+    (sorted farthest first) with ``|x - c| >= |y_a - c| - R_a``, in up to three groups of rows
+    (:func:`_stairs`). The lower bounds and the centres are computed side by side; then the
+    points are assigned, a run at a time; then a task is a run of consecutive cells.
     """
     m, n = len(y), len(x)
     d = x.shape[1]
@@ -630,13 +634,26 @@ def _cross_cells(
                 right = _augmented(
                     raw, s, False, centre=mu, out=_buffer("cell", size * (d + 2)).reshape(size, -1)
                 )
-                r2 = (right[:, d + 1] / s - 2.0 * (right[:, :d] @ cen[c])).max() + cen_n[c]
-                rows = np.flatnonzero(row_dists[c] <= math.sqrt(max(r2, 0.0)) + reach)
-                if len(rows):
-                    blocks = _Blocks(left, right, torch, min(len(rows), _ROWS_X), size)
-                    for r0 in range(0, len(rows), _ROWS_X):
-                        part = rows[r0 : r0 + _ROWS_X]
-                        total[part] += blocks.sums(part, slice(None))[0]
+                dist = right[:, d + 1] / s - 2.0 * (right[:, :d] @ cen[c]) + cen_n[c]
+                np.sqrt(np.maximum(dist, 0.0, out=dist), out=dist)
+                rows = np.flatnonzero(row_dists[c] <= dist.max() + reach)
+                if not len(rows):
+                    continue
+                # farthest points first: row a needs those with |x - c| >= |y_a - c| - R_a
+                far = np.argsort(-dist)
+                right = np.take(
+                    right, far, axis=0, out=_buffer("sorted", right.size).reshape(size, -1)
+                )
+                cnt = np.searchsorted(-dist[far], reach[rows] - row_dists[c, rows], side="right")
+                by = np.argsort(cnt, kind="stable")
+                rows, cnt = rows[by], cnt[by]
+                blocks = _Blocks(left, right, torch, min(len(rows), _ROWS_X), size)
+                lo = 0
+                for hi in _stairs(cnt, _GROUP_COST):
+                    for r0 in range(lo, hi, _ROWS_X):
+                        part = rows[r0 : min(r0 + _ROWS_X, hi)]
+                        total[part] += blocks.sums(part, slice(0, cnt[hi - 1]))[0]
+                    lo = hi
             return total
 
         total = np.zeros(m)
@@ -648,6 +665,25 @@ def _cross_cells(
             yield left[rows] @ _augmented(x[c0 : c0 + _COLS_SELF], s, False, centre=mu).T
 
     return _log_or_redo(total, exponents)
+
+
+def _stairs(cnt: np.ndarray, overhead: float, most: int = 3) -> list[int]:
+    """Ends of at most ``most`` consecutive groups of rows, cutting where it saves most pairs.
+
+    Row i needs the first ``cnt[i]`` points (``cnt`` non-decreasing); a group of rows visits,
+    for each of its rows, the points of its last row, plus ``overhead`` pairs for one more call.
+    Greedy: the group of the fewest points is cut again while a cut saves more than it costs.
+    """
+    ends = [len(cnt)]
+    while len(ends) < most and ends[0] > 1:
+        j = ends[0]
+        i = np.arange(1, j)
+        cost = i * cnt[i - 1] + (j - i) * cnt[j - 1]
+        best = int(np.argmin(cost))
+        if cost[best] + overhead >= j * cnt[j - 1]:
+            break
+        ends.insert(0, best + 1)
+    return ends
 
 
 def _kmeans(z: np.ndarray, k: int, iters: int = 4) -> np.ndarray:
