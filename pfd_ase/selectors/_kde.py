@@ -275,7 +275,7 @@ class _Blocks:
         out = buf[: len(idx) * self.d]
         if self.torch is None:
             out = out.reshape(len(idx), self.d)
-            return np.take(a, idx, axis=0, out=out)
+            return np.take(a, idx, axis=0, out=out, mode="clip")  # in range: unbuffered
         out = out.view(len(idx), self.d)
         return self.torch.index_select(a, 0, self.torch.from_numpy(idx), out=out)
 
@@ -630,10 +630,9 @@ def _cross_cells(
             for c in cells:
                 idx = order[start[c] : start[c + 1]]
                 size = len(idx)
-                raw = np.take(x, idx, axis=0, out=_buffer("raw", size * d).reshape(size, d))
-                right = _augmented(
-                    raw, s, False, centre=mu, out=_buffer("cell", size * (d + 2)).reshape(size, -1)
-                )
+                right = _buffer("cell", size * (d + 2)).reshape(size, -1)
+                np.take(x, idx, axis=0, out=right[:, :d], mode="clip")  # in range: unbuffered
+                right = _augmented(right[:, :d], s, False, centre=mu, out=right)
                 dist = right[:, d + 1] / s - 2.0 * (right[:, :d] @ cen[c]) + cen_n[c]
                 np.sqrt(np.maximum(dist, 0.0, out=dist), out=dist)
                 rows = np.flatnonzero(row_dists[c] <= dist.max() + reach)
@@ -642,7 +641,11 @@ def _cross_cells(
                 # farthest points first: row a needs those with |x - c| >= |y_a - c| - R_a
                 far = np.argsort(-dist)
                 right = np.take(
-                    right, far, axis=0, out=_buffer("sorted", right.size).reshape(size, -1)
+                    right,
+                    far,
+                    axis=0,
+                    out=_buffer("sorted", right.size).reshape(size, -1),
+                    mode="clip",
                 )
                 cnt = np.searchsorted(-dist[far], reach[rows] - row_dists[c, rows], side="right")
                 by = np.argsort(cnt, kind="stable")
