@@ -120,6 +120,17 @@ def _log_or_redo(total: np.ndarray, exponents) -> np.ndarray:
     return out
 
 
+def _exponent_blocks(left: np.ndarray, n: int, right_cols):
+    """``exponents(rows)`` for :func:`_log_or_redo`: the blocks ``left[rows] @ right.T`` over
+    all n columns, ``_BLOCK`` at a time; ``right_cols(c0, c1)`` gives the right-hand rows."""
+
+    def exponents(rows: np.ndarray):
+        for c0 in range(0, n, _BLOCK):
+            yield left[rows] @ right_cols(c0, min(c0 + _BLOCK, n)).T
+
+    return exponents
+
+
 # --------------------------------------------------------------------------- brute force
 
 
@@ -549,11 +560,7 @@ def _cross_sums(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> 
         for part_total in pmap(work, groups):
             total += part_total
 
-    def exponents(rows):
-        for c0 in range(0, n, _COLS_SELF):
-            yield left[rows] @ right[c0 : c0 + _COLS_SELF].T
-
-    return _log_or_redo(total, exponents)
+    return _log_or_redo(total, _exponent_blocks(left, n, lambda c0, c1: right[c0:c1]))
 
 
 def _cross_cells(
@@ -663,11 +670,10 @@ def _cross_cells(
         for part_total in pmap(work, [t for t in tasks if len(t)]):
             total += part_total
 
-    def exponents(rows):
-        for c0 in range(0, n, _COLS_SELF):
-            yield left[rows] @ _augmented(x[c0 : c0 + _COLS_SELF], s, False, centre=mu).T
+    def right(c0: int, c1: int) -> np.ndarray:
+        return _augmented(x[c0:c1], s, False, centre=mu)
 
-    return _log_or_redo(total, exponents)
+    return _log_or_redo(total, _exponent_blocks(left, n, right))
 
 
 def _stairs(cnt: np.ndarray, overhead: float, most: int = 3) -> list[int]:
@@ -724,8 +730,4 @@ def _cross_all(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> n
         for part_total in pmap(work, range(0, n, step)):
             total += part_total
 
-    def exponents(rows):
-        for c0 in range(0, n, _COLS_SELF):
-            yield left[rows] @ right[c0 : c0 + _COLS_SELF].T
-
-    return _log_or_redo(total, exponents)
+    return _log_or_redo(total, _exponent_blocks(left, n, lambda c0, c1: right[c0:c1]))
