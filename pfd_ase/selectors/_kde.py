@@ -264,9 +264,10 @@ def _buffer(key: str, size: int, torch=None, dtype=np.float64):
 class _Blocks:
     """Kernel blocks ``exp(left[rows] @ right[cols].T)`` and their sums, in one task's buffers.
 
-    ``rows`` and ``cols`` are slices or index arrays (gathered into a buffer). With torch (one
-    thread per worker): its GEMM (MKL), SLEEF exp and sums on preallocated buffers, ~6 ns a pair
-    on one core; numpy's (OpenBLAS GEMM, exp) ~7.5-9 ns. Both agree to round-off (~1e-16).
+    ``rows`` x ``cols``: the largest block. ``sums`` takes slices or index arrays (gathered
+    into a buffer) of rows and columns. With torch (one thread per worker): its GEMM (MKL),
+    SLEEF exp and sums on preallocated buffers, ~6 ns a pair on one core; numpy's (OpenBLAS
+    GEMM, exp) ~7.5-9 ns. Both agree to round-off (~1e-16).
     """
 
     def __init__(self, left: np.ndarray, right: np.ndarray, torch, rows: int, cols: int):
@@ -277,13 +278,11 @@ class _Blocks:
         else:
             self.left, self.right = torch.from_numpy(left), torch.from_numpy(right)
         self.kbuf = _buffer("block", rows * cols, torch)
-        self.lbuf = _buffer("rows", rows * d, torch)
-        self.rbuf = _buffer("cols", cols * d, torch)
 
-    def _take(self, a, idx, buf):
+    def _take(self, a, idx, key: str):
         if isinstance(idx, slice):
             return a[idx]
-        out = buf[: len(idx) * self.d]
+        out = _buffer(key, len(idx) * self.d, self.torch)
         if self.torch is None:
             out = out.reshape(len(idx), self.d)
             return np.take(a, idx, axis=0, out=out, mode="clip")  # in range: unbuffered
@@ -292,8 +291,8 @@ class _Blocks:
 
     def sums(self, rows, cols, col_sums: bool = False, self_block: bool = False):
         """Row sums (and column sums) of the block; ``self_block``: its diagonal terms are 1."""
-        la = self._take(self.left, rows, self.lbuf)
-        rc = self._take(self.right, cols, self.rbuf)
+        la = self._take(self.left, rows, "rows")
+        rc = self._take(self.right, cols, "cols")
         r, c = la.shape[0], rc.shape[0]
         if self.torch is None:
             k = np.matmul(la, rc.T, out=self.kbuf[: r * c].reshape(r, c))
@@ -657,12 +656,14 @@ def _cross_cells(
                 cnt = np.searchsorted(-dist[far], reach[rows] - row_dists[c, rows], side="right")
                 by = np.argsort(cnt, kind="stable")
                 rows, cnt = rows[by], cnt[by]
-                blocks = _Blocks(left, right, torch, min(len(rows), _ROWS_X), size)
+                lrows = _buffer("cell_rows", len(rows) * (d + 2)).reshape(len(rows), -1)
+                np.take(left, rows, axis=0, out=lrows, mode="clip")  # gathered once a cell
+                blocks = _Blocks(lrows, right, torch, min(len(rows), _ROWS_X), size)
                 lo = 0
                 for hi in _stairs(cnt, _GROUP_COST):
                     for r0 in range(lo, hi, _ROWS_X):
-                        part = rows[r0 : min(r0 + _ROWS_X, hi)]
-                        total[part] += blocks.sums(part, slice(0, cnt[hi - 1]))[0]
+                        r1 = min(r0 + _ROWS_X, hi)
+                        total[rows[r0:r1]] += blocks.sums(slice(r0, r1), slice(0, cnt[hi - 1]))[0]
                     lo = hi
             return total
 
