@@ -81,6 +81,7 @@ _TASK_X = 8  # balls per task, Y is not X
 _SKETCH = 16  # principal axes on which the balls are cut
 _CELL = 800  # points per cell of X, Y has fewer rows than X has points
 _GROUP_COST = 5000.0  # pairs that one more GEMM call costs, in time
+_ROW_GROUPS = 3  # groups of rows (by the points they need) per cell
 _CELL_SKETCH = 8  # principal axes on which points are assigned to cells
 _KMEANS_SAMPLE = 4096  # points of X from which the cell centres are found
 _ASSIGN_CHUNK = 1024  # points assigned to cells at a time (keeps the distances in cache)
@@ -660,7 +661,7 @@ def _cross_cells(
                 np.take(left, rows, axis=0, out=lrows, mode="clip")  # gathered once a cell
                 blocks = _Blocks(lrows, right, torch, min(len(rows), _ROWS_X), size)
                 lo = 0
-                for hi in _stairs(cnt, _GROUP_COST):
+                for hi in _stairs(cnt, _GROUP_COST, _ROW_GROUPS):
                     for r0 in range(lo, hi, _ROWS_X):
                         r1 = min(r0 + _ROWS_X, hi)
                         total[rows[r0:r1]] += blocks.sums(slice(r0, r1), slice(0, cnt[hi - 1]))[0]
@@ -682,17 +683,20 @@ def _stairs(cnt: np.ndarray, overhead: float, most: int = 3) -> list[int]:
 
     Row i needs the first ``cnt[i]`` points (``cnt`` non-decreasing); a group of rows visits,
     for each of its rows, the points of its last row, plus ``overhead`` pairs for one more call.
-    Greedy: the group of the fewest points is cut again while a cut saves more than it costs.
+    Greedy: the cut that saves most pairs, in any group, while it saves more than it costs.
     """
     ends = [len(cnt)]
-    while len(ends) < most and ends[0] > 1:
-        j = ends[0]
-        i = np.arange(1, j)
-        cost = i * cnt[i - 1] + (j - i) * cnt[j - 1]
-        best = int(np.argmin(cost))
-        if cost[best] + overhead >= j * cnt[j - 1]:
+    while len(ends) < most:
+        best = (overhead, -1)  # (pairs saved, cut)
+        for lo, hi in zip([0, *ends[:-1]], ends, strict=True):
+            if hi - lo > 1:
+                i = np.arange(lo + 1, hi)
+                saved = (i - lo) * (cnt[hi - 1] - cnt[i - 1])
+                k = int(np.argmax(saved))
+                best = max(best, (float(saved[k]), int(i[k])))
+        if best[1] < 0:
             break
-        ends.insert(0, best + 1)
+        ends = sorted([*ends, best[1]])
     return ends
 
 
