@@ -36,9 +36,10 @@ are centred on the mean of a strided sample of X; self terms are set to exactly 
 round-off of an exponent is about ``1e-16 |s| max|x - mean|^2`` (~1e-13 for QUESTS
 descriptors).
 
-Threads. The work is split into tasks (a few balls, or a run of X) run on ``threads`` worker
-threads (``PFD_THREADS``, else ``min(2, os.cpu_count())``); each task sums into arrays of its
-own, reduced in task order, so the result does not depend on the number of threads. The blocks
+Threads. The work is split into tasks (a few balls, a run of X or a run of cells) run on
+``threads`` worker threads (``PFD_THREADS``, else ``min(2, os.cpu_count())``); each task sums
+into arrays of its own, reduced in task order, so the result does not depend on the number of
+threads. The blocks
 are computed with torch (MKL GEMM, SLEEF exp, on buffers each thread reuses: ~6.5 ns a pair on
 one core) when torch is already imported, or importable and the sums have over
 ``_TORCH_MIN_PAIRS`` pairs (importing torch takes ~1.5 s); with numpy otherwise (~7.5-9 ns a
