@@ -424,6 +424,29 @@ def test_threads_argument_and_environment(monkeypatch):
         assert _kde._default_threads() == max(1, min(2, os.cpu_count() or 1))
 
 
+def test_cells_visit_only_the_pairs_that_can_matter(small_blocks, monkeypatch):
+    """dH with fewer rows than points: on six tight clusters ~40 h apart, the cells of x visit
+    little more than the pairs within a cluster (1/6 of all), and the sums stay exact."""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(scale=40 * H, size=(6, 8))
+    x = centres[np.arange(1200) % 6] + rng.normal(scale=2 * H, size=(1200, 8))
+    y = centres[np.arange(300) % 6] + rng.normal(scale=2 * H, size=(300, 8))
+    visited = []
+    sums = _kde._Blocks.sums
+
+    def counting(self, rows, cols, col_sums=False, self_block=False):
+        out = sums(self, rows, cols, col_sums, self_block)
+        visited.append(len(out[0]) * len(range(*cols.indices(self.right.shape[0]))))
+        return out
+
+    monkeypatch.setattr(_kde._Blocks, "sums", counting)
+    fast = _kde.log_kernel_sum_pruned(y, x, H)
+    lower_bounds = len(y) * _kde._SAMPLE  # the sums over the sample come first
+    assert lower_bounds < sum(visited) - lower_bounds < 0.25 * len(x) * len(y)
+    exact = _kde.log_kernel_sum_blocked(y, x, H)  # within the contract: REL_TOL + round-off
+    np.testing.assert_allclose(fast, exact, rtol=0, atol=_kde.REL_TOL + 1e-12)
+
+
 @pytest.mark.parametrize("dim", [1, 3, 63])
 def test_pruned_engines_match_the_oracle_on_clustered_data(small_blocks, dim):
     """Every engine (H; dH with few rows, fewer rows than points, more rows than points) on

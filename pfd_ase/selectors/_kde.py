@@ -21,7 +21,7 @@ distance to the ball centre); everything else is skipped. Three layouts:
   both sums (the kernel is symmetric).
 * fewer rows than points (dH of test environments against a large reference): cells of X
   (Voronoi cells of k-means centres, ~``_CELL`` points each, assigned in a float32 sketch)
-  visit the rows; L_a is the exact sum over a strided sample of X. A cell with centre c and
+  visit the rows; L_a is the exact sum over a random sample of X. A cell with centre c and
   exact radius r_c visits the rows with ``|y_a - c| <= r_c + R_a``: each row is tested on its
   own, and the GEMM blocks (rows x the cell's points) stay large. Within a cell, row a needs
   only the points with ``|x - c| >= |y_a - c| - R_a``: with the points sorted farthest first,
@@ -570,7 +570,7 @@ def _cross_cells(
     """log sum_j K(y_a, x_j - mu) for at most as many rows as points: cells of x visit the rows.
 
     ``y`` is centred, ``x`` is not (each cell's points are gathered and centred on the fly).
-    The exact sums of the rows over a strided sample of x bound their full sums from below and
+    The exact sums of the rows over a sample of x bound their full sums from below and
     give each row a radius R_a (:func:`_reach`). x is cut into Voronoi cells of about ``_CELL``
     points: centres by k-means on a sample, sketched (float32) on its ``_CELL_SKETCH`` principal
     axes, and each point assigned to the nearest centre in the sketch. The cells only have to
@@ -585,18 +585,20 @@ def _cross_cells(
     s = -0.5 / (h * h)
     left = _augmented(y, s, True)
     torch, threads = _engine(float(m) * n, threads)
-    stride = max(1, n // _SAMPLE)
+    # fixed pseudo-random samples (a stride could alias with periodic data, e.g. MD frames):
+    # the first _SAMPLE points for the lower bounds, the first _KMEANS_SAMPLE for the centres
+    pick = np.random.default_rng(0).choice(n, min(n, max(_SAMPLE, _KMEANS_SAMPLE)), replace=False)
     runs = _ROW_TASKS
 
     def lower(rows: np.ndarray) -> np.ndarray:
         """log of the rows' sums over the sample of x (a lower bound of their full sums)."""
-        sample = _augmented(x[::stride], s, False, centre=mu)
+        sample = _augmented(x[np.sort(pick[:_SAMPLE])], s, False, centre=mu)
         total = _Blocks(left, sample, torch, len(rows), len(sample)).sums(rows, slice(None))[0]
         return _log_or_redo(total, lambda low: [left[rows[low]] @ sample.T])
 
     def centres() -> tuple[np.ndarray, np.ndarray]:
         """Sketch axes (d, p) and cell centres (k, p), float32, centred on mu."""
-        pts = x[:: max(1, n // _KMEANS_SAMPLE)] - mu
+        pts = x[np.sort(pick[:_KMEANS_SAMPLE])] - mu
         axes = np.linalg.eigh(pts.T @ pts)[1][:, -min(_CELL_SKETCH, d) :]
         k = max(1, min(n // _CELL, len(pts)))
         return np.ascontiguousarray(axes), _kmeans((pts @ axes).astype(np.float32), k)
