@@ -171,8 +171,8 @@ class Table:
 
 def kernel_rows(table: Table, name: str, x: np.ndarray, y: np.ndarray, rng) -> None:
     n = len(x)
-    # the brute force of H once (minutes), the fast H the median of 3 and each dH the median
-    # of 5 (the first run, with memory tracing, included): this VM's speed drifts by 10-20 %
+    # the brute force of H once (minutes), the fast H the median of 3 (the first run, with
+    # memory tracing, included): this VM's speed drifts by 10-40 %; dH: see dh_row
     slow, t_bw, t_bc, m_b = measure(lambda: quests.entropy_bruteforce(x, H), memory=True)
     fast, t_fw, t_fc, m_f = measure_median(lambda: quests.entropy(x, H), 3)
     frac = pairs_in_range(x, x, True, rng)
@@ -228,7 +228,7 @@ def main() -> None:
     parser.add_argument(
         "--dh-scan",
         action="store_true",
-        help="only dH of 1e3, 3e3 and 1e4 test rows against the si-pfd reference (medians of 3)",
+        help="only dH of 1e3, 3e3 and 1e4 test rows against the si-pfd reference (5 pairs each)",
     )
     args = parser.parse_args()
     scale = 5 if args.quick else 1

@@ -589,10 +589,10 @@ def _cross_cells(
     # the first _SAMPLE points for the lower bounds, the first _KMEANS_SAMPLE for the centres
     pick = np.random.default_rng(0).choice(n, min(n, max(_SAMPLE, _KMEANS_SAMPLE)), replace=False)
     runs = _ROW_TASKS
+    sample = _augmented(x[np.sort(pick[:_SAMPLE])], s, False, centre=mu)
 
     def lower(rows: np.ndarray) -> np.ndarray:
         """log of the rows' sums over the sample of x (a lower bound of their full sums)."""
-        sample = _augmented(x[np.sort(pick[:_SAMPLE])], s, False, centre=mu)
         total = _Blocks(left, sample, torch, len(rows), len(sample)).sums(rows, slice(None))[0]
         return _log_or_redo(total, lambda low: [left[rows[low]] @ sample.T])
 
@@ -610,7 +610,6 @@ def _cross_cells(
         reach = _reach(np.concatenate([low0, low1]), n, h)
         p, k = axes.shape[1], len(zc)
         cen = zc.astype(np.float64) @ axes.T  # full-space centres (centred on mu)
-        cen_n = _sqnorm(cen)
         zc = zc + (mu @ axes).astype(np.float32)  # for the uncentred x
         cmat = np.empty((p + 1, k), dtype=np.float32)  # [z, 1] @ cmat = |z - zc|^2 - |z|^2
         cmat[:p], cmat[p] = -2.0 * zc.T, _sqnorm(zc)
@@ -631,7 +630,7 @@ def _cross_cells(
             pass
         order = np.argsort(labels, kind="stable")
         start = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=k))])
-        row_dists = _centre_dists(cen, cen_n, y)  # (k, m)
+        row_dists = _centre_dists(cen, _sqnorm(cen), y)  # (k, m)
         full = np.flatnonzero(start[1:] > start[:-1])
         tasks = np.split(full, np.searchsorted(start[full + 1], np.arange(1, runs) * (n / runs)))
 
@@ -643,8 +642,7 @@ def _cross_cells(
                 right = _buffer("cell", size * (d + 2)).reshape(size, -1)
                 np.take(x, idx, axis=0, out=right[:, :d], mode="clip")  # in range: unbuffered
                 right = _augmented(right[:, :d], s, False, centre=mu, out=right)
-                dist = right[:, d + 1] / s - 2.0 * (right[:, :d] @ cen[c]) + cen_n[c]
-                np.sqrt(np.maximum(dist, 0.0, out=dist), out=dist)
+                dist = _centre_dists(right[:, :d], right[:, d + 1] / s, cen[c : c + 1])[:, 0]
                 rows = np.flatnonzero(row_dists[c] <= dist.max() + reach)
                 if not len(rows):
                     continue
