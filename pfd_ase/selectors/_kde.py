@@ -80,9 +80,9 @@ _LEAF_X = 256  # points per ball of X, Y is not X
 _ROWS_X = 1024  # rows of Y per GEMM block, Y is not X
 _TASK_X = 8  # balls per task, Y is not X
 _SKETCH = 16  # principal axes on which the balls are cut
-_CELL = 800  # points per cell of X, Y has fewer rows than X has points
+_CELL = 1600  # points per cell of X, Y has fewer rows than X has points
 _GROUP_COST = 5000.0  # pairs that one more GEMM call costs, in time
-_ROW_GROUPS = 3  # groups of rows (by the points they need) per cell
+_ROW_GROUPS = 4  # groups of rows (by the points they need) per cell
 _CELL_SKETCH = 8  # principal axes on which points are assigned to cells
 _KMEANS_SAMPLE = 4096  # points of X from which the cell centres are found
 _ASSIGN_CHUNK = 1024  # points assigned to cells at a time (keeps the distances in cache)
@@ -244,14 +244,18 @@ def _engine(pairs: float, threads: int | None):
 
 
 _LOCAL = threading.local()
+_SLOTS: list[dict] = []  # buffer sets of finished tasks, for the next tasks (of any call)
+_SLOTS_LOCK = threading.Lock()
 
 
 def _buffer(key: str, size: int, torch=None, dtype=np.float64):
-    """A flat buffer of ``size`` values (float64, or ``dtype`` with numpy), kept per thread and
-    reused (grown when too small).
+    """A flat buffer of ``size`` values (float64, or ``dtype`` with numpy), reused (grown when
+    too small).
 
     Fresh large arrays cost their page faults on first touch (~1 ms per MB on a VM), as much as
-    the arithmetic on them; a worker thread reuses its buffers across tasks.
+    the arithmetic on them. The calling thread keeps its own buffers; a task on the worker
+    threads borrows a set of buffers that outlives the call's pool (:func:`_workers`), so the
+    next call's tasks find them already touched.
     """
     bufs = _LOCAL.__dict__.setdefault("bufs", {})
     key = (key, torch is not None, np.dtype(dtype).char)
@@ -325,8 +329,19 @@ def _workers(threads: int, torch):
     prev = torch.get_num_threads() if torch is not None else 1
     init = (lambda: torch.set_num_threads(1)) if prev > 1 else None
     pool = ThreadPoolExecutor(threads, initializer=init)
+
+    def borrowing(work, task):
+        with _SLOTS_LOCK:
+            _LOCAL.bufs = _SLOTS.pop() if _SLOTS else {}
+        try:
+            return work(task)
+        finally:
+            with _SLOTS_LOCK:
+                _SLOTS.append(_LOCAL.bufs)
+                del _SLOTS[: -max(threads, 1)]  # as many sets as threads, no more
+
     try:
-        yield pool.map
+        yield lambda work, tasks: pool.map(partial(borrowing, work), tasks)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # on an error, queued tasks are dropped
         if prev > 1:
@@ -603,11 +618,14 @@ def _cross_cells(
         k = max(1, min(n // _CELL, len(pts)))
         return np.ascontiguousarray(axes), _kmeans((pts @ axes).astype(np.float32), k)
 
+    def call(job):
+        return job()
+
     with _workers(threads, torch) as pmap:
-        halves = np.array_split(np.arange(m), 2)
-        jobs = [centres, partial(lower, halves[0]), partial(lower, halves[1])]
-        (axes, zc), low0, low1 = pmap(lambda job: job(), jobs)
-        reach = _reach(np.concatenate([low0, low1]), n, h)
+        # the lower bounds (compute) share the pool with the centres, then the assignment
+        # (which reads all of x: memory): three parts, one beside the centres
+        parts = [partial(lower, rows) for rows in np.array_split(np.arange(m), 3)]
+        (axes, zc), low0 = pmap(call, [centres, parts[0]])
         p, k = axes.shape[1], len(zc)
         cen = zc.astype(np.float64) @ axes.T  # full-space centres (centred on mu)
         zc = zc + (mu @ axes).astype(np.float32)  # for the uncentred x
@@ -626,11 +644,13 @@ def _cross_cells(
                 dz = _buffer("to_centres", (a1 - a0) * k, dtype=np.float32).reshape(a1 - a0, k)
                 labels[c0 + a0 : c0 + a1] = np.argmin(np.matmul(z, cmat, out=dz), axis=1)
 
-        for _ in pmap(assign, range(0, n, step)):
-            pass
+        jobs = parts[1:] + [partial(assign, c0) for c0 in range(0, n, step)]
+        low1, low2 = list(pmap(call, jobs))[:2]
+        reach = _reach(np.concatenate([low0, low1, low2]), n, h)
         order = np.argsort(labels, kind="stable")
         start = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=k))])
-        row_dists = _centre_dists(cen, _sqnorm(cen), y)  # (k, m)
+        cen_norm = _sqnorm(cen)
+        row_dists = _centre_dists(cen, cen_norm, y)  # (k, m)
         full = np.flatnonzero(start[1:] > start[:-1])
         tasks = np.split(full, np.searchsorted(start[full + 1], np.arange(1, runs) * (n / runs)))
 
@@ -639,22 +659,24 @@ def _cross_cells(
             for c in cells:
                 idx = order[start[c] : start[c + 1]]
                 size = len(idx)
-                right = _buffer("cell", size * (d + 2)).reshape(size, -1)
-                np.take(x, idx, axis=0, out=right[:, :d], mode="clip")  # in range: unbuffered
-                right = _augmented(right[:, :d], s, False, centre=mu, out=right)
-                dist = _centre_dists(right[:, :d], right[:, d + 1] / s, cen[c : c + 1])[:, 0]
+                pts = _buffer("cell", size * d).reshape(size, d)  # contiguous: faster takes
+                np.take(x, idx, axis=0, out=pts, mode="clip")  # in range: unbuffered
+                np.subtract(pts, mu, out=pts)
+                norm = np.einsum("ij,ij->i", pts, pts, out=_buffer("norm", size))
+                dist = np.matmul(pts, -2.0 * cen[c], out=_buffer("dist", size))
+                dist += norm
+                dist += cen_norm[c]
+                np.sqrt(np.maximum(dist, 0.0, out=dist), out=dist)  # |x - c|
                 rows = np.flatnonzero(row_dists[c] <= dist.max() + reach)
                 if not len(rows):
                     continue
                 # farthest points first: row a needs those with |x - c| >= |y_a - c| - R_a
-                far = np.argsort(-dist)
-                right = np.take(
-                    right,
-                    far,
-                    axis=0,
-                    out=_buffer("sorted", right.size).reshape(size, -1),
-                    mode="clip",
-                )
+                far = np.argsort(dist)[::-1]
+                right = _buffer("sorted", size * (d + 2)).reshape(size, d + 2)
+                srt = np.take(pts, far, axis=0, out=_buffer("take", size * d).reshape(size, d))
+                right[:, :d] = srt  # a take into strided rows is slower than take + copy
+                right[:, d] = 1.0
+                np.multiply(norm[far], s, out=right[:, d + 1])
                 cnt = np.searchsorted(-dist[far], reach[rows] - row_dists[c, rows], side="right")
                 by = np.argsort(cnt, kind="stable")
                 rows, cnt = rows[by], cnt[by]
@@ -706,12 +728,18 @@ def _kmeans(z: np.ndarray, k: int, iters: int = 4) -> np.ndarray:
 
     A centre that loses all its points stays where it is (its cell may stay empty).
     """
-    c = z[np.linspace(0, len(z) - 1, k).astype(int)].copy()
+    n, p = z.shape
+    c = z[np.linspace(0, n - 1, k).astype(int)].copy()
+    za = np.empty((n, p + 1), z.dtype)  # [z, 1] @ cmat = |z - c|^2 - |z|^2
+    za[:, :p], za[:, p] = z, 1.0
+    cmat = np.empty((p + 1, k), z.dtype)
+    dist = np.empty((n, k), z.dtype)  # filled in place: fresh temporaries cost page faults
     for _ in range(iters):
-        lab = np.argmin(_sqnorm(c)[None, :] - 2.0 * (z @ c.T), axis=1)
+        cmat[:p], cmat[p] = -2.0 * c.T, _sqnorm(c)
+        lab = np.argmin(np.matmul(za, cmat, out=dist), axis=1)
         cnt = np.bincount(lab, minlength=k)
         keep = cnt > 0
-        for j in range(z.shape[1]):
+        for j in range(p):
             c[keep, j] = np.bincount(lab, weights=z[:, j], minlength=k)[keep] / cnt[keep]
     return c
 
