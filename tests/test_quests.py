@@ -392,6 +392,7 @@ def test_threads_do_not_change_the_sums(small_blocks, monkeypatch, case):
 def test_torch_exp_matches_numpy_exp(small_blocks, monkeypatch, case):
     torch = pytest.importorskip("torch")
     y, x = kernel_case(case, monkeypatch)
+    monkeypatch.setattr(_kde, "_FUSED", False)  # torch and numpy blocks everywhere
     threads_before = torch.get_num_threads()
     sums = {}
     for use in (True, False):
@@ -424,7 +425,15 @@ def test_threads_argument_and_environment(monkeypatch):
         assert _kde._default_threads() == max(1, min(2, os.cpu_count() or 1))
 
 
-def test_cells_visit_only_the_pairs_that_can_matter(small_blocks, monkeypatch):
+def fused_or_skip():
+    lib = _kde._fused()
+    if lib is None:
+        pytest.skip("the fused kernels are not built here (or the CPU lacks AVX2/FMA)")
+    return lib
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_cells_visit_only_the_pairs_that_can_matter(small_blocks, monkeypatch, fused):
     """dH with fewer rows than points: on six tight clusters ~40 h apart, the cells of x visit
     little more than the pairs within a cluster (1/6 of all), and the sums stay exact."""
     rng = np.random.default_rng(7)
@@ -440,11 +449,68 @@ def test_cells_visit_only_the_pairs_that_can_matter(small_blocks, monkeypatch):
         return out
 
     monkeypatch.setattr(_kde._Blocks, "sums", counting)
+    if fused:
+        lib = fused_or_skip()
+
+        class Counting:  # the library, counting the pairs of each call (8 per panel)
+            pfd_pack_cell = lib.pfd_pack_cell
+
+            @staticmethod
+            def pfd_cell_sums(*args):
+                visited.append(args[3] * args[5] * 8)
+                lib.pfd_cell_sums(*args)
+
+        monkeypatch.setattr(_kde, "_FUSED_LIB", [Counting])
+    else:
+        monkeypatch.setattr(_kde, "_FUSED", False)
     fast = _kde.log_kernel_sum_pruned(y, x, H)
     lower_bounds = len(y) * _kde._SAMPLE  # the sums over the sample come first
     assert lower_bounds < sum(visited) - lower_bounds < 0.25 * len(x) * len(y)
     exact = _kde.log_kernel_sum_blocked(y, x, H)  # within the contract: REL_TOL + round-off
     np.testing.assert_allclose(fast, exact, rtol=0, atol=_kde.REL_TOL + 1e-12)
+
+
+@pytest.mark.parametrize("case", ["dH pruned, few rows", "dH pruned, few rows, 3 dims"])
+def test_fused_kernels_match_the_torch_and_numpy_blocks(small_blocks, monkeypatch, case):
+    """The compiled kernels (packed panels, 4-row tiles and their remainders, padded panels,
+    the floor below which a panel is skipped) give the blocks' sums, and the oracle's."""
+    fused_or_skip()
+    y, x = kernel_case("dH pruned, few rows", monkeypatch)
+    if case.endswith("3 dims"):  # d + 2 = 5 columns: nothing is a multiple of 4 or 8
+        y, x = y[:, :3], x[:, :3]
+    for threads in (1, 2):
+        fast = _kde.log_kernel_sum_pruned(y, x, H, threads=threads)
+        monkeypatch.setattr(_kde, "_FUSED", False)
+        for use_torch in (True, False):
+            monkeypatch.setattr(_kde, "_USE_TORCH", use_torch)
+            blocks = _kde.log_kernel_sum_pruned(y, x, H, threads=threads)
+            assert np.abs(fast - blocks).max() <= 1e-12
+        monkeypatch.setattr(_kde, "_FUSED", None)
+    np.testing.assert_allclose(fast, _kde.log_kernel_sum_blocked(y, x, H), rtol=1e-12, atol=1e-10)
+
+
+def test_fused_exp_is_exp_to_round_off():
+    lib = fused_or_skip()
+    x = np.concatenate([-np.linspace(0.0, 708.0, 1_000_001), [-1e-300, -700.123456789]])
+    out = np.empty_like(x)
+    lib.pfd_exp(x.ctypes.data, out.ctypes.data, len(x))
+    ref = np.exp(x)
+    assert np.abs(out - ref).max() <= 3e-16 * ref.max()  # absolute near exp(0) = 1
+    assert (np.abs(out - ref) <= 2.5e-16 * ref).all()  # relative everywhere: ~1 ulp
+    far = -np.array([708.0001, 745.0, 746.0, 1e4, np.inf])  # flushed to 0 below e^-708
+    lib.pfd_exp(far.ctypes.data, out[:5].ctypes.data, 5)
+    assert (out[:5] == 0.0).all()
+
+
+def test_the_fused_kernels_are_built_where_they_can_be():
+    """On x86-64 Linux with AVX2 and FMA, the install (README) builds and loads the kernels."""
+    flags = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    if not ({"avx2", "fma"} <= set(flags.split()) and sys.platform == "linux"):
+        pytest.skip("not an x86-64 Linux machine with AVX2 and FMA")
+    assert _kde._fused() is not None
 
 
 @pytest.mark.parametrize("dim", [1, 3, 63])

@@ -57,6 +57,7 @@ the gain.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import sys
@@ -71,7 +72,8 @@ import numpy as np
 REL_TOL = 1e-11  # pruned terms add up to less than this fraction of each kernel sum
 TAIL = -math.log(REL_TOL)
 DH_INF = 1074.0 * math.log(2.0)  # -log of the smallest positive float64: dH beyond is +inf
-_TINY = 1e-300  # plain sums at or below this are redone as shifted log-sum-exp
+_TINY = 1e-280  # plain sums at or below this are redone as shifted log-sum-exp (the fused
+# kernels flush terms below e^-708 to 0: n of them stay below 1e-11 of such a sum up to n ~ 1e15)
 _BLOCK = 1024  # rows/columns of a dense block in the brute-force engine
 _LEAF_SELF = 512  # points per ball, Y is X (larger blocks pay more than tighter balls)
 _COLS_SELF = 1024  # columns per GEMM block, Y is X (512 x 1024 float64: 4 MB)
@@ -87,7 +89,7 @@ _CELL_SKETCH = 8  # principal axes on which points are assigned to cells
 _KMEANS_SAMPLE = 4096  # points of X from which the cell centres are found
 _ASSIGN_CHUNK = 1024  # points assigned to cells at a time (keeps the distances in cache)
 _ROW_TASKS = 32  # runs of X (assignment) and of cells (sums), Y has fewer rows than X
-_SAMPLE = 2048  # points of X whose exact sums bound the sums of Y's rows from below
+_SAMPLE = 1024  # points of X whose exact sums bound the sums of Y's rows from below
 _ALL_PAIRS_ROWS = 64  # below this many rows of Y every pair is visited
 
 
@@ -241,6 +243,44 @@ def _engine(pairs: float, threads: int | None):
     if torch is None:
         return None, (0 if pairs <= _SERIAL_MAX_PAIRS else threads)
     return torch, threads
+
+
+_FUSED: bool | None = None  # fused C kernels: None = when built and the CPU has AVX2 + FMA
+_FUSED_LIB: list = []  # the loaded library (or None), once looked for
+
+
+def _fused():
+    """The compiled kernels of ``_kde_fused.c`` (a ctypes library), or None.
+
+    None when :data:`_FUSED` is False, when the optional extension was not built (no C
+    compiler at install time, another architecture) or when this CPU lacks AVX2 and FMA.
+    """
+    if _FUSED is False:
+        return None
+    if not _FUSED_LIB:
+        lib = None
+        try:
+            from pfd_ase.selectors import _kde_fused
+
+            lib = ctypes.CDLL(_kde_fused.__file__)
+            if np.dtype(np.intp).itemsize != 8 or not lib.pfd_cpu_ok():
+                lib = None
+        except (ImportError, OSError, AttributeError):
+            lib = None
+        if lib is not None:
+            ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+            lib.pfd_cell_sums.argtypes = [ptr, i64, ptr, i64, ptr, i64, ptr, ptr]
+            lib.pfd_pack_cell.argtypes = [ptr, i64, ptr, i64, ptr, ptr, ptr]
+            lib.pfd_exp.argtypes = [ptr, ptr, i64]
+            for f in (lib.pfd_cell_sums, lib.pfd_pack_cell, lib.pfd_exp):
+                f.restype = None
+        _FUSED_LIB.append(lib)
+    return _FUSED_LIB[0]
+
+
+def _ptrs(*args):
+    """ctypes arguments: the data pointer of each array, other arguments unchanged."""
+    return [a.ctypes.data if isinstance(a, np.ndarray) else a for a in args]
 
 
 _LOCAL = threading.local()
@@ -600,11 +640,16 @@ def _cross_cells(
     s = -0.5 / (h * h)
     left = _augmented(y, s, True)
     torch, threads = _engine(float(m) * n, threads)
-    # fixed pseudo-random samples (a stride could alias with periodic data, e.g. MD frames):
-    # the first _SAMPLE points for the lower bounds, the first _KMEANS_SAMPLE for the centres
-    pick = np.random.default_rng(0).choice(n, min(n, max(_SAMPLE, _KMEANS_SAMPLE)), replace=False)
+    lib = _fused()
+    if lib is not None:
+        x, mu = np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(mu)
+    # a fixed pseudo-random sample (a stride could alias with periodic data, e.g. MD frames)
+    # for the centres; every few of its points for the lower bounds and the sketch axes
+    pick = np.sort(np.random.default_rng(0).choice(n, min(n, _KMEANS_SAMPLE), replace=False))
+    pts = np.take(x, pick, axis=0, out=_buffer("pick", len(pick) * d).reshape(-1, d), mode="clip")
+    pts -= mu
     runs = _ROW_TASKS
-    sample = _augmented(x[np.sort(pick[:_SAMPLE])], s, False, centre=mu)
+    sample = _augmented(pts[np.unique(np.linspace(0, len(pts) - 1, _SAMPLE).astype(int))], s, False)
 
     def lower(rows: np.ndarray) -> np.ndarray:
         """log of the rows' sums over the sample of x (a lower bound of their full sums)."""
@@ -613,8 +658,8 @@ def _cross_cells(
 
     def centres() -> tuple[np.ndarray, np.ndarray]:
         """Sketch axes (d, p) and cell centres (k, p), float32, centred on mu."""
-        pts = x[np.sort(pick[:_KMEANS_SAMPLE])] - mu
-        axes = np.linalg.eigh(pts.T @ pts)[1][:, -min(_CELL_SKETCH, d) :]
+        few = sample[:, :d]
+        axes = np.linalg.eigh(few.T @ few)[1][:, -min(_CELL_SKETCH, d) :]
         k = max(1, min(n // _CELL, len(pts)))
         return np.ascontiguousarray(axes), _kmeans((pts @ axes).astype(np.float32), k)
 
@@ -629,28 +674,46 @@ def _cross_cells(
         p, k = axes.shape[1], len(zc)
         cen = zc.astype(np.float64) @ axes.T  # full-space centres (centred on mu)
         zc = zc + (mu @ axes).astype(np.float32)  # for the uncentred x
+        axes32 = axes.astype(np.float32)
         cmat = np.empty((p + 1, k), dtype=np.float32)  # [z, 1] @ cmat = |z - zc|^2 - |z|^2
         cmat[:p], cmat[p] = -2.0 * zc.T, _sqnorm(zc)
+        cen_norm = _sqnorm(cen)
         labels = np.empty(n, dtype=np.int16 if k < 2**15 else np.int64)
+        norms, dists = np.empty(n), np.empty(n)  # |x - mu|^2 and |x - own centre|
         step = -(-n // runs)
 
         def assign(c0: int) -> None:
-            stop = min(c0 + step, n)
-            zx = x[c0:stop] @ axes
-            for a0 in range(0, stop - c0, _ASSIGN_CHUNK):
-                a1 = min(a0 + _ASSIGN_CHUNK, stop - c0)
-                z = _buffer("sketch", (a1 - a0) * (p + 1), dtype=np.float32).reshape(a1 - a0, -1)
-                z[:, :p], z[:, p] = zx[a0:a1], 1.0
-                dz = _buffer("to_centres", (a1 - a0) * k, dtype=np.float32).reshape(a1 - a0, k)
-                labels[c0 + a0 : c0 + a1] = np.argmin(np.matmul(z, cmat, out=dz), axis=1)
+            for a0 in range(c0, min(c0 + step, n), _ASSIGN_CHUNK):
+                a1 = min(a0 + _ASSIGN_CHUNK, c0 + step, n)
+                size = a1 - a0
+                xs = _buffer("x32", size * d, dtype=np.float32).reshape(size, d)
+                np.copyto(xs, x[a0:a1], casting="same_kind")  # float32 GEMMs: 2x faster
+                z = _buffer("sketch", size * (p + 1), dtype=np.float32).reshape(size, -1)
+                z[:, :p] = np.matmul(
+                    xs, axes32, out=_buffer("zx", size * p, dtype=np.float32).reshape(size, p)
+                )
+                z[:, p] = 1.0
+                dz = _buffer("to_centres", size * k, dtype=np.float32).reshape(size, k)
+                lab = labels[a0:a1] = np.argmin(np.matmul(z, cmat, out=dz), axis=1)
+                # exact |x - mu|^2 and |x - c|^2 while the chunk is in cache
+                xc = np.subtract(x[a0:a1], mu, out=_buffer("xc", size * d).reshape(size, d))
+                np.einsum("ij,ij->i", xc, xc, out=norms[a0:a1])
+                cl = _buffer("cl", size * d).reshape(size, d)
+                np.take(cen, lab, axis=0, out=cl, mode="clip")
+                dot = np.einsum("ij,ij->i", xc, cl, out=dists[a0:a1])
+                dot *= -2.0
+                dot += norms[a0:a1]
+                dot += cen_norm[lab]
+                np.sqrt(np.maximum(dot, 0.0, out=dot), out=dot)
 
         jobs = parts[1:] + [partial(assign, c0) for c0 in range(0, n, step)]
         low1, low2 = list(pmap(call, jobs))[:2]
         reach = _reach(np.concatenate([low0, low1, low2]), n, h)
         order = np.argsort(labels, kind="stable")
         start = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=k))])
-        cen_norm = _sqnorm(cen)
         row_dists = _centre_dists(cen, cen_norm, y)  # (k, m)
+        sn = s * norms  # the last augmented column of the points
+        floor = s * reach * reach  # exponents of the pairs beyond reach lie below
         full = np.flatnonzero(start[1:] > start[:-1])
         tasks = np.split(full, np.searchsorted(start[full + 1], np.arange(1, runs) * (n / runs)))
 
@@ -659,27 +722,34 @@ def _cross_cells(
             for c in cells:
                 idx = order[start[c] : start[c + 1]]
                 size = len(idx)
-                pts = _buffer("cell", size * d).reshape(size, d)  # contiguous: faster takes
-                np.take(x, idx, axis=0, out=pts, mode="clip")  # in range: unbuffered
-                np.subtract(pts, mu, out=pts)
-                norm = np.einsum("ij,ij->i", pts, pts, out=_buffer("norm", size))
-                dist = np.matmul(pts, -2.0 * cen[c], out=_buffer("dist", size))
-                dist += norm
-                dist += cen_norm[c]
-                np.sqrt(np.maximum(dist, 0.0, out=dist), out=dist)  # |x - c|
+                dist = dists[idx]
                 rows = np.flatnonzero(row_dists[c] <= dist.max() + reach)
                 if not len(rows):
                     continue
                 # farthest points first: row a needs those with |x - c| >= |y_a - c| - R_a
                 far = np.argsort(dist)[::-1]
-                right = _buffer("sorted", size * (d + 2)).reshape(size, d + 2)
-                srt = np.take(pts, far, axis=0, out=_buffer("take", size * d).reshape(size, d))
-                right[:, :d] = srt  # a take into strided rows is slower than take + copy
-                right[:, d] = 1.0
-                np.multiply(norm[far], s, out=right[:, d + 1])
-                cnt = np.searchsorted(-dist[far], reach[rows] - row_dists[c, rows], side="right")
+                idx, dist = idx[far], dist[far]
+                if lib is not None:  # panels of 8 points, (d + 2) x 8 each
+                    right = _buffer("panels", -(-size // 8) * 8 * (d + 2))
+                    lib.pfd_pack_cell(*_ptrs(x, d, idx, size, mu, sn, right))
+                else:
+                    pts = _buffer("cell", size * d).reshape(size, d)  # contiguous: faster takes
+                    np.take(x, idx, axis=0, out=pts, mode="clip")  # in range: unbuffered
+                    right = _buffer("sorted", size * (d + 2)).reshape(size, d + 2)
+                    np.subtract(pts, mu, out=right[:, :d])
+                    right[:, d] = 1.0
+                    right[:, d + 1] = sn[idx]
+                cnt = np.searchsorted(-dist, reach[rows] - row_dists[c, rows], side="right")
                 by = np.argsort(cnt, kind="stable")
                 rows, cnt = rows[by], cnt[by]
+                if lib is not None:  # row sums straight into total, row groups by _stairs
+                    lo = 0
+                    for hi in _stairs(cnt, _GROUP_COST, _ROW_GROUPS):
+                        panels = -(-int(cnt[hi - 1]) // 8)
+                        args = (left, d + 2, rows[lo:], hi - lo, right, panels, floor, total)
+                        lib.pfd_cell_sums(*_ptrs(*args))
+                        lo = hi
+                    continue
                 lrows = _buffer("cell_rows", len(rows) * (d + 2)).reshape(len(rows), -1)
                 np.take(left, rows, axis=0, out=lrows, mode="clip")  # gathered once a cell
                 blocks = _Blocks(lrows, right, torch, min(len(rows), _ROWS_X), size)
