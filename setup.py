@@ -9,6 +9,7 @@ setup(
             "pfd_ase.selectors._kde_fused",
             sources=["pfd_ase/selectors/_kde_fused.c"],
             extra_compile_args=["-O3"],
+            libraries=["m"],
             optional=True,
         )
     ]

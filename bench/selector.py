@@ -23,7 +23,9 @@ The pruned sums run on ``PFD_THREADS`` threads (default ``min(2, cores)``): the 
 speed-up needs that many free cores; the brute force is numpy on one thread, so the CPU-time
 ratio is the other half of the story. torch is imported before the timings (its import, ~1.5 s,
 is printed): every pfd_ase workflow has it loaded (its models are torch models), and the pruned
-sums then compute their blocks with it.
+sums then compute their blocks with it. dH with fewer test rows than reference points runs
+through the compiled kernels (``pfd_ase/selectors/_kde_fused.c``) when they are built;
+``--no-fused`` compares with the torch/numpy blocks.
 """
 
 from __future__ import annotations
@@ -226,11 +228,18 @@ def main() -> None:
     parser.add_argument("--n-diverse", type=int, default=20_000, help="si-diverse size")
     parser.add_argument("--quick", action="store_true", help="divide all sizes by 5")
     parser.add_argument(
+        "--no-fused",
+        action="store_true",
+        help="torch/numpy blocks instead of the compiled kernels (for a comparison)",
+    )
+    parser.add_argument(
         "--dh-scan",
         action="store_true",
         help="only dH of 1e3, 3e3 and 1e4 test rows against the si-pfd reference (5 pairs each)",
     )
     args = parser.parse_args()
+    if args.no_fused:
+        _kde._FUSED = False
     scale = 5 if args.quick else 1
     n, n_test, n_div = args.n // scale, args.n_test // scale, args.n_diverse // scale
     rng = np.random.default_rng(0)
@@ -245,7 +254,7 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"numpy {np.__version__}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
         f"pruned sums on {_kde.THREADS} threads (PFD_THREADS={os.environ.get('PFD_THREADS')}), "
-        f"{torch}"
+        f"{torch}, fused kernels for dH: {'yes' if _kde._fused() else 'no'}"
     )
     print(__doc__.split("Data:")[1].split('"pairs in range"')[0].rstrip())
     table = Table()

@@ -453,12 +453,12 @@ def test_cells_visit_only_the_pairs_that_can_matter(small_blocks, monkeypatch, f
         lib = fused_or_skip()
 
         class Counting:  # the library, counting the pairs of each call (8 per panel)
-            pfd_pack_cell = lib.pfd_pack_cell
+            pfd_pack_cell, pfd_centre_dists = lib.pfd_pack_cell, lib.pfd_centre_dists
 
             @staticmethod
-            def pfd_cell_sums(*args):
+            def pfd_block_sums(*args):
                 visited.append(args[3] * args[5] * 8)
-                lib.pfd_cell_sums(*args)
+                lib.pfd_block_sums(*args)
 
         monkeypatch.setattr(_kde, "_FUSED_LIB", [Counting])
     else:
@@ -470,14 +470,17 @@ def test_cells_visit_only_the_pairs_that_can_matter(small_blocks, monkeypatch, f
     np.testing.assert_allclose(fast, exact, rtol=0, atol=_kde.REL_TOL + 1e-12)
 
 
-@pytest.mark.parametrize("case", ["dH pruned, few rows", "dH pruned, few rows, 3 dims"])
+@pytest.mark.parametrize("case", ["H", "dH pruned, few rows", "dH pruned, few rows, 3 dims"])
 def test_fused_kernels_match_the_torch_and_numpy_blocks(small_blocks, monkeypatch, case):
     """The compiled kernels (packed panels, 4-row tiles and their remainders, padded panels,
-    the floor below which a panel is skipped) give the blocks' sums, and the oracle's."""
+    the floor below which a panel is skipped, column sums for H) give the blocks' sums, and
+    the oracle's."""
     fused_or_skip()
-    y, x = kernel_case("dH pruned, few rows", monkeypatch)
+    y, x = kernel_case(case.removesuffix(", 3 dims"), monkeypatch)
     if case.endswith("3 dims"):  # d + 2 = 5 columns: nothing is a multiple of 4 or 8
         y, x = y[:, :3], x[:, :3]
+    if case == "H":
+        y = x
     for threads in (1, 2):
         fast = _kde.log_kernel_sum_pruned(y, x, H, threads=threads)
         monkeypatch.setattr(_kde, "_FUSED", False)

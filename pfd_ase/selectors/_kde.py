@@ -20,12 +20,13 @@ distance to the ball centre); everything else is skipped. Three layouts:
   lower bounds), then with the later points within ``max(R_i, R_j)``: each pair once, adding to
   both sums (the kernel is symmetric).
 * fewer rows than points (dH of test environments against a large reference): cells of X
-  (Voronoi cells of k-means centres, ~``_CELL`` points each, assigned in a float32 sketch)
-  visit the rows; L_a is the exact sum over a random sample of X. A cell with centre c and
-  exact radius r_c visits the rows with ``|y_a - c| <= r_c + R_a``: each row is tested on its
-  own, and the GEMM blocks (rows x the cell's points) stay large. Within a cell, row a needs
-  only the points with ``|x - c| >= |y_a - c| - R_a``: with the points sorted farthest first,
-  a prefix; the rows are cut into up to three groups by the prefix they need.
+  (Voronoi cells of k-means centres, ~``_CELL`` points each, assigned in a float32 sketch;
+  each point's exact distance to its centre is computed as it is assigned) visit the rows;
+  L_a is the exact sum over a random sample of X. A cell with centre c and exact radius r_c
+  visits the rows with ``|y_a - c| <= r_c + R_a``: each row is tested on its own, and the
+  blocks (rows x the cell's points) stay large. Within a cell, row a needs only the points
+  with ``|x - c| >= |y_a - c| - R_a``: with the points sorted farthest first, a prefix; the
+  rows are cut into up to four groups by the prefix they need.
 * more rows than points: balls of X visit the rows of Y; L_a is the term of the nearest x,
   whose distance is at most ``u_a = min_b (|y_a - c_b| + r_b)``.
 * under ``_ALL_PAIRS_ROWS`` rows: every pair.
@@ -39,15 +40,26 @@ descriptors).
 Threads. The work is split into tasks (a few balls, a run of X or a run of cells) run on
 ``threads`` worker threads (``PFD_THREADS``, else ``min(2, os.cpu_count())``); each task sums
 into arrays of its own, reduced in task order, so the result does not depend on the number of
-threads. The blocks
-are computed with torch (MKL GEMM, SLEEF exp, on buffers each thread reuses: ~6.5 ns a pair on
-one core) when torch is already imported, or importable and the sums have over
-``_TORCH_MIN_PAIRS`` pairs (importing torch takes ~1.5 s); with numpy otherwise (~7.5-9 ns a
-pair; its exp alone is 5.5 ns a value against SLEEF's 2 on CPUs without AVX-512). BLAS should
-run one thread (``OPENBLAS_NUM_THREADS=1``), or the two levels of threads compete. torch would
-run each op on an OpenMP team of its own: the workers set torch to one thread, and torch's
-thread count (which that call also sets process-wide) is restored when the sums are done.
-Small sums (up to ``_SERIAL_MAX_PAIRS``) without torch run in the calling thread.
+threads. Tasks borrow sets of buffers that outlive the call (fresh large arrays cost their page
+faults, ~1 ms per MB on a VM).
+
+Blocks. Where the optional extension ``_kde_fused`` is built (``setup.py``, C with AVX2 and FMA,
+checked at run time) the cells of dH go through fused kernels (:func:`_fused`): the points of a
+cell are packed in panels of 8, and each 4-row x 8-point tile of exponents is accumulated in
+registers, exponentiated there (a Taylor exp within 2.3e-16 of the correctly rounded value;
+terms below e^-708 are flushed to 0, hence ``_TINY`` = 1e-280) and added to its rows' sums; no
+block is stored, and a tile whose exponents all lie below the rows' pruning floor
+``-R_a^2 / (2 h^2)`` is not exponentiated (those terms are within the bound above). ~4 ns a pair
+on one core, against ~6 for the blocks below. Otherwise, and for the other layouts, blocks are
+computed with torch (MKL GEMM, SLEEF exp, on reused buffers: ~6.5 ns a pair on one core) when
+torch is already imported, or importable and the sums have over ``_TORCH_MIN_PAIRS`` pairs
+(importing torch takes ~1.5 s); with numpy otherwise (~7.5-9 ns a pair; its exp alone is 5.5 ns
+a value against SLEEF's 2 on CPUs without AVX-512). BLAS should run one thread
+(``OPENBLAS_NUM_THREADS=1``), or the two levels of threads compete. torch would run each op on
+an OpenMP team of its own: the workers set torch to one thread, and torch's thread count (which
+that call also sets process-wide) is restored when the sums are done. Small sums (up to
+``_SERIAL_MAX_PAIRS``) without torch run in the calling thread. ctypes releases the GIL during
+the fused kernels, numpy and torch during their blocks.
 
 What pruning can gain is bounded by the data. For MD-like data of a few phases (one phase's
 environments lie within a few h of each other) about a third of all pairs lie within reach and
@@ -263,23 +275,26 @@ def _fused():
             from pfd_ase.selectors import _kde_fused
 
             lib = ctypes.CDLL(_kde_fused.__file__)
+            ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+            lib.pfd_block_sums.argtypes = [ptr, i64, ptr, i64, ptr, i64, ptr, ptr, i64, ptr]
+            lib.pfd_pack_cell.argtypes = [ptr, i64, ptr, i64, ptr, ptr, ptr]
+            lib.pfd_centre_dists.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr]
+            lib.pfd_exp.argtypes = [ptr, ptr, i64]
+            for name in ("pfd_block_sums", "pfd_pack_cell", "pfd_centre_dists", "pfd_exp"):
+                getattr(lib, name).restype = None
             if np.dtype(np.intp).itemsize != 8 or not lib.pfd_cpu_ok():
                 lib = None
-        except (ImportError, OSError, AttributeError):
+        except (ImportError, OSError, AttributeError):  # not built, or built from older sources
             lib = None
-        if lib is not None:
-            ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-            lib.pfd_cell_sums.argtypes = [ptr, i64, ptr, i64, ptr, i64, ptr, ptr]
-            lib.pfd_pack_cell.argtypes = [ptr, i64, ptr, i64, ptr, ptr, ptr]
-            lib.pfd_exp.argtypes = [ptr, ptr, i64]
-            for f in (lib.pfd_cell_sums, lib.pfd_pack_cell, lib.pfd_exp):
-                f.restype = None
         _FUSED_LIB.append(lib)
     return _FUSED_LIB[0]
 
 
 def _ptrs(*args):
-    """ctypes arguments: the data pointer of each array, other arguments unchanged."""
+    """ctypes arguments: the data pointer of each array (None: NULL), others unchanged.
+
+    The arrays must outlive the call that uses the pointers: name them, or keep them in a tuple.
+    """
     return [a.ctypes.data if isinstance(a, np.ndarray) else a for a in args]
 
 
@@ -539,6 +554,23 @@ def _self_sums(x: np.ndarray, h: float, threads: int | None) -> np.ndarray:
             [blocks.sums(part.rows(a), part.rows(a), self_block=True)[0] for a in balls]
         )
 
+    lib = _fused()
+    if lib is not None:
+        d = x.shape[1]
+        sn, zero = np.ascontiguousarray(right[:, d + 1]), np.zeros(d)
+
+    def fused(ra: slice, cols: np.ndarray, total: np.ndarray, first: int) -> None:
+        """The rows of ``ra`` with the points ``cols`` through the fused kernels."""
+        npanel = -(-len(cols) // 8)
+        panels = _buffer("panels", npanel * 8 * (d + 2))
+        lib.pfd_pack_cell(*_ptrs(xo, d, cols, len(cols), zero, sn, panels))
+        col_sums = _buffer("col_sums", npanel * 8)
+        col_sums[:] = 0.0
+        rows = np.arange(ra.start, ra.stop)
+        args = (left, d + 2, rows, len(rows), panels, npanel, None, total, first, col_sums)
+        lib.pfd_block_sums(*_ptrs(*args))
+        total[cols - first] += col_sums[: len(cols)]
+
     def work(balls: range) -> tuple[int, np.ndarray]:
         """Sums over the pairs of these balls with later points, for points ``first`` onwards."""
         blocks = _Blocks(left, right, torch, leaf, _COLS_SELF)
@@ -553,6 +585,9 @@ def _self_sums(x: np.ndarray, h: float, threads: int | None) -> np.ndarray:
             cand = np.flatnonzero(near) + ra.stop
             for c0 in range(0, len(cand), _COLS_SELF):
                 cols = cand[c0 : c0 + _COLS_SELF]
+                if lib is not None:
+                    fused(ra, cols, total, first)
+                    continue
                 rows_sum, cols_sum = blocks.sums(ra, cols, col_sums=True)
                 own += rows_sum
                 total[cols - first] += cols_sum
@@ -628,12 +663,14 @@ def _cross_cells(
     The exact sums of the rows over a sample of x bound their full sums from below and
     give each row a radius R_a (:func:`_reach`). x is cut into Voronoi cells of about ``_CELL``
     points: centres by k-means on a sample, sketched (float32) on its ``_CELL_SKETCH`` principal
-    axes, and each point assigned to the nearest centre in the sketch. The cells only have to
-    be compact: a cell's radius r_c about its centre c (lifted back to full space) is exact, and
-    the cell visits the rows with ``|y_a - c| <= r_c + R_a``, each the prefix of its points
-    (sorted farthest first) with ``|x - c| >= |y_a - c| - R_a``, in up to three groups of rows
-    (:func:`_stairs`). The lower bounds and the centres are computed side by side; then the
-    points are assigned, a run at a time; then a task is a run of consecutive cells.
+    axes, and each point assigned to the nearest centre in the sketch, its exact distance to
+    that centre (lifted back to full space) computed as it is assigned. The cells only have to
+    be compact: a cell's radius r_c is exact, and the cell visits the rows with
+    ``|y_a - c| <= r_c + R_a``, each the prefix of its points (sorted farthest first) with
+    ``|x - c| >= |y_a - c| - R_a``, in up to ``_ROW_GROUPS`` groups of rows (:func:`_stairs`),
+    through the fused kernels when built (:func:`_fused`), else in torch or numpy blocks. One
+    part of the lower bounds is computed beside the centres, the rest beside the assignment (a
+    run of points at a time); then a task is a run of consecutive cells.
     """
     m, n = len(y), len(x)
     d = x.shape[1]
@@ -650,10 +687,22 @@ def _cross_cells(
     pts -= mu
     runs = _ROW_TASKS
     sample = _augmented(pts[np.unique(np.linspace(0, len(pts) - 1, _SAMPLE).astype(int))], s, False)
+    if lib is not None:  # the sample in panels, for the fused kernels
+        ns = len(sample)
+        panels = np.empty(-(-ns // 8) * 8 * (d + 2))
+        coords, sample_sn = np.ascontiguousarray(sample[:, :d]), sample[:, d + 1].copy()
+        args = (coords, d, np.arange(ns), ns, np.zeros(d), sample_sn, panels)  # alive in the call
+        lib.pfd_pack_cell(*_ptrs(*args))
 
     def lower(rows: np.ndarray) -> np.ndarray:
         """log of the rows' sums over the sample of x (a lower bound of their full sums)."""
-        total = _Blocks(left, sample, torch, len(rows), len(sample)).sums(rows, slice(None))[0]
+        if lib is not None:  # rows: a range
+            total = np.zeros(len(rows))
+            off = rows[0] if len(rows) else 0
+            args = (left, d + 2, rows, len(rows), panels, -(-ns // 8), None, total, off)
+            lib.pfd_block_sums(*_ptrs(*args, None))
+        else:
+            total = _Blocks(left, sample, torch, len(rows), len(sample)).sums(rows, slice(None))[0]
         return _log_or_redo(total, lambda low: [left[rows[low]] @ sample.T])
 
     def centres() -> tuple[np.ndarray, np.ndarray]:
@@ -695,7 +744,20 @@ def _cross_cells(
                 z[:, p] = 1.0
                 dz = _buffer("to_centres", size * k, dtype=np.float32).reshape(size, k)
                 lab = labels[a0:a1] = np.argmin(np.matmul(z, cmat, out=dz), axis=1)
-                # exact |x - mu|^2 and |x - c|^2 while the chunk is in cache
+                # exact |x - mu|^2 and |x - c| while the chunk is in cache
+                if lib is not None:
+                    args = (
+                        x[a0:a1],
+                        d,
+                        size,
+                        mu,
+                        cen,
+                        lab.astype(np.int64),
+                        norms[a0:],
+                        dists[a0:],
+                    )
+                    lib.pfd_centre_dists(*_ptrs(*args))
+                    continue
                 xc = np.subtract(x[a0:a1], mu, out=_buffer("xc", size * d).reshape(size, d))
                 np.einsum("ij,ij->i", xc, xc, out=norms[a0:a1])
                 cl = _buffer("cl", size * d).reshape(size, d)
@@ -747,7 +809,7 @@ def _cross_cells(
                     for hi in _stairs(cnt, _GROUP_COST, _ROW_GROUPS):
                         panels = -(-int(cnt[hi - 1]) // 8)
                         args = (left, d + 2, rows[lo:], hi - lo, right, panels, floor, total)
-                        lib.pfd_cell_sums(*_ptrs(*args))
+                        lib.pfd_block_sums(*_ptrs(*args, 0, None))
                         lo = hi
                     continue
                 lrows = _buffer("cell_rows", len(rows) * (d + 2)).reshape(len(rows), -1)

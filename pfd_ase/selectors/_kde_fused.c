@@ -10,6 +10,7 @@
  * the augmented vectors of _kde._augmented: their dot product is the exponent s |y - x|^2.
  */
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -55,26 +56,34 @@ static inline PFD_AVX2 double hsum(__m256d v) {
 }
 
 /* the 8 terms of one row and one panel, unless all 8 exponents lie below the row's floor */
-#define PFD_ADD(S, A, B, F)                                                                  \
+#define PFD_ROW(S, A, B, F)                                                                  \
     if (_mm256_movemask_pd(                                                                  \
             _mm256_or_pd(_mm256_cmp_pd(A, F, _CMP_GE_OQ), _mm256_cmp_pd(B, F, _CMP_GE_OQ)))) \
         S = _mm256_add_pd(S, _mm256_add_pd(exp_pd(A), exp_pd(B)));
 
-/* out[rows[i]] += sum over the first npanel panels of exp(left[rows[i]] . P[p][:, j]).
-   A panel whose 8 exponents for a row all lie below floor[rows[i]] adds nothing (the caller's
-   pruning bound covers those terms). */
-PFD_AVX2 void pfd_cell_sums(const double *left, int64_t K, const int64_t *rows, int64_t m,
-                            const double *P, int64_t npanel, const double *floor,
-                            double *out) {
+/* Row sums (and column sums) of exp(left[rows[i]] . P[p][:, j]) over the first npanel panels:
+   out[rows[i] - row_off] += the row's sum; with cols (not NULL), cols[8 p + j] += the column's
+   sum over the m rows. With floor (not NULL, row sums only), a panel whose 8 exponents for a
+   row all lie below floor[rows[i]] adds nothing (the caller's pruning bound covers them). */
+PFD_AVX2 void pfd_block_sums(const double *left, int64_t K, const int64_t *rows, int64_t m,
+                             const double *P, int64_t npanel, const double *floor,
+                             double *out, int64_t row_off, double *cols) {
     const int64_t chunk = 48; /* panels kept in L2: 48 x 8 points x 65 x 8 B = 200 KB */
+    const __m256d none = _mm256_set1_pd(-INFINITY);
+    if (cols) floor = NULL;
     for (int64_t p0 = 0; p0 < npanel; p0 += chunk) {
         int64_t p1 = p0 + chunk < npanel ? p0 + chunk : npanel;
         int64_t i = 0;
         for (; i + 4 <= m; i += 4) {
             const double *l0 = left + rows[i] * K, *l1 = left + rows[i + 1] * K;
             const double *l2 = left + rows[i + 2] * K, *l3 = left + rows[i + 3] * K;
-            __m256d f0 = _mm256_set1_pd(floor[rows[i]]), f1 = _mm256_set1_pd(floor[rows[i + 1]]);
-            __m256d f2 = _mm256_set1_pd(floor[rows[i + 2]]), f3 = _mm256_set1_pd(floor[rows[i + 3]]);
+            __m256d f0 = none, f1 = none, f2 = none, f3 = none;
+            if (floor) {
+                f0 = _mm256_set1_pd(floor[rows[i]]);
+                f1 = _mm256_set1_pd(floor[rows[i + 1]]);
+                f2 = _mm256_set1_pd(floor[rows[i + 2]]);
+                f3 = _mm256_set1_pd(floor[rows[i + 3]]);
+            }
             __m256d s0 = _mm256_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
             for (int64_t p = p0; p < p1; p++) {
                 const double *pp = P + p * K * 8;
@@ -95,19 +104,34 @@ PFD_AVX2 void pfd_cell_sums(const double *left, int64_t K, const int64_t *rows, 
                     a30 = _mm256_fmadd_pd(y, x0, a30);
                     a31 = _mm256_fmadd_pd(y, x1, a31);
                 }
-                PFD_ADD(s0, a00, a01, f0)
-                PFD_ADD(s1, a10, a11, f1)
-                PFD_ADD(s2, a20, a21, f2)
-                PFD_ADD(s3, a30, a31, f3)
+                if (cols) {
+                    a00 = exp_pd(a00), a01 = exp_pd(a01), a10 = exp_pd(a10), a11 = exp_pd(a11);
+                    a20 = exp_pd(a20), a21 = exp_pd(a21), a30 = exp_pd(a30), a31 = exp_pd(a31);
+                    s0 = _mm256_add_pd(s0, _mm256_add_pd(a00, a01));
+                    s1 = _mm256_add_pd(s1, _mm256_add_pd(a10, a11));
+                    s2 = _mm256_add_pd(s2, _mm256_add_pd(a20, a21));
+                    s3 = _mm256_add_pd(s3, _mm256_add_pd(a30, a31));
+                    __m256d c0 = _mm256_add_pd(_mm256_add_pd(a00, a10), _mm256_add_pd(a20, a30));
+                    __m256d c1 = _mm256_add_pd(_mm256_add_pd(a01, a11), _mm256_add_pd(a21, a31));
+                    double *cp = cols + 8 * p;
+                    _mm256_storeu_pd(cp, _mm256_add_pd(_mm256_loadu_pd(cp), c0));
+                    _mm256_storeu_pd(cp + 4, _mm256_add_pd(_mm256_loadu_pd(cp + 4), c1));
+                    continue;
+                }
+                PFD_ROW(s0, a00, a01, f0)
+                PFD_ROW(s1, a10, a11, f1)
+                PFD_ROW(s2, a20, a21, f2)
+                PFD_ROW(s3, a30, a31, f3)
             }
-            out[rows[i]] += hsum(s0);
-            out[rows[i + 1]] += hsum(s1);
-            out[rows[i + 2]] += hsum(s2);
-            out[rows[i + 3]] += hsum(s3);
+            out[rows[i] - row_off] += hsum(s0);
+            out[rows[i + 1] - row_off] += hsum(s1);
+            out[rows[i + 2] - row_off] += hsum(s2);
+            out[rows[i + 3] - row_off] += hsum(s3);
         }
         for (; i < m; i++) {
             const double *l0 = left + rows[i] * K;
-            __m256d f0 = _mm256_set1_pd(floor[rows[i]]), s0 = _mm256_setzero_pd();
+            __m256d f0 = floor ? _mm256_set1_pd(floor[rows[i]]) : none;
+            __m256d s0 = _mm256_setzero_pd();
             for (int64_t p = p0; p < p1; p++) {
                 const double *pp = P + p * K * 8;
                 __m256d a00 = _mm256_setzero_pd(), a01 = a00;
@@ -116,9 +140,17 @@ PFD_AVX2 void pfd_cell_sums(const double *left, int64_t K, const int64_t *rows, 
                     a00 = _mm256_fmadd_pd(y, _mm256_loadu_pd(pp + 8 * k), a00);
                     a01 = _mm256_fmadd_pd(y, _mm256_loadu_pd(pp + 8 * k + 4), a01);
                 }
-                PFD_ADD(s0, a00, a01, f0)
+                if (cols) {
+                    a00 = exp_pd(a00), a01 = exp_pd(a01);
+                    s0 = _mm256_add_pd(s0, _mm256_add_pd(a00, a01));
+                    double *cp = cols + 8 * p;
+                    _mm256_storeu_pd(cp, _mm256_add_pd(_mm256_loadu_pd(cp), a00));
+                    _mm256_storeu_pd(cp + 4, _mm256_add_pd(_mm256_loadu_pd(cp + 4), a01));
+                    continue;
+                }
+                PFD_ROW(s0, a00, a01, f0)
             }
-            out[rows[i]] += hsum(s0);
+            out[rows[i] - row_off] += hsum(s0);
         }
     }
 }
@@ -164,6 +196,23 @@ void pfd_pack_cell(const double *x, int64_t d, const int64_t *idx, int64_t size,
                 pp[8 * (d + 1) + j] = -1e300;
             }
         }
+    }
+}
+
+/* For points x[0..n) (rows of d doubles) with nearest centres cen[label[i]]: sq[i] =
+   |x_i - mu|^2 and dist[i] = |x_i - mu - cen[label[i]]| (cen centred on mu). */
+void pfd_centre_dists(const double *x, int64_t d, int64_t n, const double *mu, const double *cen,
+                      const int64_t *label, double *sq, double *dist) {
+    for (int64_t i = 0; i < n; i++) {
+        const double *xi = x + i * d, *c = cen + label[i] * d;
+        double a = 0.0, b = 0.0;
+        for (int64_t k = 0; k < d; k++) {
+            double v = xi[k] - mu[k], w = v - c[k];
+            a += v * v;
+            b += w * w;
+        }
+        sq[i] = a;
+        dist[i] = sqrt(b);
     }
 }
 
