@@ -470,7 +470,9 @@ def test_cells_visit_only_the_pairs_that_can_matter(small_blocks, monkeypatch, f
     np.testing.assert_allclose(fast, exact, rtol=0, atol=_kde.REL_TOL + 1e-12)
 
 
-@pytest.mark.parametrize("case", ["H", "dH pruned, few rows", "dH pruned, few rows, 3 dims"])
+@pytest.mark.parametrize(
+    "case", ["H", "dH pruned, few rows", "dH pruned, few rows, 3 dims", "dH pruned, many rows"]
+)
 def test_fused_kernels_match_the_torch_and_numpy_blocks(small_blocks, monkeypatch, case):
     """The compiled kernels (packed panels, 4-row tiles and their remainders, padded panels,
     the floor below which a panel is skipped, column sums for H) give the blocks' sums, and

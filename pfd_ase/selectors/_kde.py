@@ -44,15 +44,17 @@ threads. Tasks borrow sets of buffers that outlive the call (fresh large arrays 
 faults, ~1 ms per MB on a VM).
 
 Blocks. Where the optional extension ``_kde_fused`` is built (``setup.py``, C with AVX2 and FMA,
-checked at run time) the cells of dH go through fused kernels (:func:`_fused`): the points of a
-cell are packed in panels of 8, and each 4-row x 8-point tile of exponents is accumulated in
+checked at run time) the sums go through fused kernels (:func:`_fused`; all but H's blocks of a
+ball with itself, whose self terms stay exactly 1): the points of a cell (or ball, or block of
+columns) are packed in panels of 8, and each 4-row x 8-point tile of exponents is accumulated in
 registers, exponentiated there (a Taylor exp within 2.3e-16 of the correctly rounded value;
 terms below e^-708 are flushed to 0, hence ``_TINY`` = 1e-280) and added to its rows' sums; no
 block is stored, and a tile whose exponents all lie below the rows' pruning floor
-``-R_a^2 / (2 h^2)`` is not exponentiated (those terms are within the bound above). ~4 ns a pair
-on one core, against ~6 for the blocks below. Otherwise, and for the other layouts, blocks are
-computed with torch (MKL GEMM, SLEEF exp, on reused buffers: ~6.5 ns a pair on one core) when
-torch is already imported, or importable and the sums have over ``_TORCH_MIN_PAIRS`` pairs
+``-R_a^2 / (2 h^2)`` is not exponentiated (dH only; those terms are within the bound above). ~4
+ns a pair on one core, against ~6 for the blocks below. Otherwise, and for every pair under
+``_ALL_PAIRS_ROWS`` rows, blocks are computed with torch (MKL GEMM, SLEEF exp, on reused
+buffers: ~6.5 ns a pair on one core) when torch is already imported, or importable and the
+sums have over ``_TORCH_MIN_PAIRS`` pairs
 (importing torch takes ~1.5 s); with numpy otherwise (~7.5-9 ns a pair; its exp alone is 5.5 ns
 a value against SLEEF's 2 on CPUs without AVX-512). BLAS should run one thread
 (``OPENBLAS_NUM_THREADS=1``), or the two levels of threads compete. torch would run each op on
@@ -630,6 +632,11 @@ def _cross_sums(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> 
     def bound(g: range) -> np.ndarray:
         return (dists(g) + part.radius[g.start : g.stop]).min(axis=1)
 
+    lib = _fused()
+    if lib is not None:  # the balls' points in panels of 8, for the fused kernels
+        d = x.shape[1]
+        coords, sn, zero = part.points, right[:, d + 1].copy(), np.zeros(d)
+
     def work(g: range) -> np.ndarray:
         blocks = _Blocks(left, right, torch, _ROWS_X, leaf)
         total = np.zeros(m)
@@ -637,6 +644,14 @@ def _cross_sums(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> 
         dc -= part.radius[g.start : g.stop]
         for b in g:
             cand = np.flatnonzero(dc[:, b - g.start] <= reach)
+            if lib is not None:
+                pts = np.arange(part.start[b], part.start[b + 1])
+                npanel = -(-len(pts) // 8)
+                panels = _buffer("panels", npanel * 8 * (d + 2))
+                lib.pfd_pack_cell(*_ptrs(coords, d, pts, len(pts), zero, sn, panels))
+                args = (left, d + 2, cand, len(cand), panels, npanel, floor, total, 0, None)
+                lib.pfd_block_sums(*_ptrs(*args))
+                continue
             for c0 in range(0, len(cand), _ROWS_X):
                 rows = cand[c0 : c0 + _ROWS_X]
                 total[rows] += blocks.sums(rows, part.rows(b))[0]
@@ -648,6 +663,7 @@ def _cross_sums(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> 
         for u in pmap(bound, groups):
             np.minimum(upper, u, out=upper)
         reach = np.sqrt(upper**2 + tail2)
+        floor = s * reach * reach  # exponents of the pairs beyond reach lie below
         for part_total in pmap(work, groups):
             total += part_total
 
