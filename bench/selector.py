@@ -23,9 +23,9 @@ The pruned sums run on ``PFD_THREADS`` threads (default ``min(2, cores)``): the 
 speed-up needs that many free cores; the brute force is numpy on one thread, so the CPU-time
 ratio is the other half of the story. torch is imported before the timings (its import, ~1.5 s,
 is printed): every pfd_ase workflow has it loaded (its models are torch models), and the pruned
-sums then compute their blocks with it. dH with fewer test rows than reference points runs
-through the compiled kernels (``pfd_ase/selectors/_kde_fused.c``) when they are built;
-``--no-fused`` compares with the torch/numpy blocks.
+sums then compute their blocks with it. Where the compiled kernels
+(``pfd_ase/selectors/_kde_fused.c``) are built, H and dH go through them instead (all but H's
+blocks of a ball with itself); ``--no-fused`` compares with the torch/numpy blocks.
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"numpy {np.__version__}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
         f"pruned sums on {_kde.THREADS} threads (PFD_THREADS={os.environ.get('PFD_THREADS')}), "
-        f"{torch}, fused kernels for dH: {'yes' if _kde._fused() else 'no'}"
+        f"{torch}, fused kernels: {'yes' if _kde._fused() else 'no'}"
     )
     print(__doc__.split("Data:")[1].split('"pairs in range"')[0].rstrip())
     table = Table()

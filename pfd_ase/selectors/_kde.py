@@ -300,6 +300,20 @@ def _ptrs(*args):
     return [a.ctypes.data if isinstance(a, np.ndarray) else a for a in args]
 
 
+def _panels(lib, x: np.ndarray, idx: np.ndarray, mu: np.ndarray, sn: np.ndarray, key=None):
+    """The points ``x[idx] - mu`` with their last augmented column ``sn[idx]``, packed in panels
+    of 8 for :func:`_fused`'s kernels: ``(panels, number of panels)``.
+
+    ``x`` is C-contiguous float64; ``key`` names a reused buffer (:func:`_buffer`), None a new
+    array.
+    """
+    npanel = -(-len(idx) // 8)
+    size = npanel * 8 * (x.shape[1] + 2)
+    out = np.empty(size) if key is None else _buffer(key, size)
+    lib.pfd_pack_cell(*_ptrs(x, x.shape[1], idx, len(idx), mu, sn, out))
+    return out, npanel
+
+
 _LOCAL = threading.local()
 _SLOTS: list[dict] = []  # buffer sets of finished tasks, for the next tasks (of any call)
 _SLOTS_LOCK = threading.Lock()
@@ -559,13 +573,11 @@ def _self_sums(x: np.ndarray, h: float, threads: int | None) -> np.ndarray:
     lib = _fused()
     if lib is not None:
         d = x.shape[1]
-        sn, zero = np.ascontiguousarray(right[:, d + 1]), np.zeros(d)
+        sn, zero = right[:, d + 1].copy(), np.zeros(d)
 
     def fused(ra: slice, cols: np.ndarray, total: np.ndarray, first: int) -> None:
         """The rows of ``ra`` with the points ``cols`` through the fused kernels."""
-        npanel = -(-len(cols) // 8)
-        panels = _buffer("panels", npanel * 8 * (d + 2))
-        lib.pfd_pack_cell(*_ptrs(xo, d, cols, len(cols), zero, sn, panels))
+        panels, npanel = _panels(lib, xo, cols, zero, sn, "panels")
         col_sums = _buffer("col_sums", npanel * 8)
         col_sums[:] = 0.0
         rows = np.arange(ra.start, ra.stop)
@@ -635,7 +647,7 @@ def _cross_sums(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> 
     lib = _fused()
     if lib is not None:  # the balls' points in panels of 8, for the fused kernels
         d = x.shape[1]
-        coords, sn, zero = part.points, right[:, d + 1].copy(), np.zeros(d)
+        sn, zero = right[:, d + 1].copy(), np.zeros(d)
 
     def work(g: range) -> np.ndarray:
         blocks = _Blocks(left, right, torch, _ROWS_X, leaf)
@@ -646,9 +658,7 @@ def _cross_sums(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> 
             cand = np.flatnonzero(dc[:, b - g.start] <= reach)
             if lib is not None:
                 pts = np.arange(part.start[b], part.start[b + 1])
-                npanel = -(-len(pts) // 8)
-                panels = _buffer("panels", npanel * 8 * (d + 2))
-                lib.pfd_pack_cell(*_ptrs(coords, d, pts, len(pts), zero, sn, panels))
+                panels, npanel = _panels(lib, part.points, pts, zero, sn, "panels")
                 args = (left, d + 2, cand, len(cand), panels, npanel, floor, total, 0, None)
                 lib.pfd_block_sums(*_ptrs(*args))
                 continue
@@ -704,18 +714,15 @@ def _cross_cells(
     runs = _ROW_TASKS
     sample = _augmented(pts[np.unique(np.linspace(0, len(pts) - 1, _SAMPLE).astype(int))], s, False)
     if lib is not None:  # the sample in panels, for the fused kernels
-        ns = len(sample)
-        panels = np.empty(-(-ns // 8) * 8 * (d + 2))
         coords, sample_sn = np.ascontiguousarray(sample[:, :d]), sample[:, d + 1].copy()
-        args = (coords, d, np.arange(ns), ns, np.zeros(d), sample_sn, panels)  # alive in the call
-        lib.pfd_pack_cell(*_ptrs(*args))
+        panels, npanel = _panels(lib, coords, np.arange(len(sample)), np.zeros(d), sample_sn)
 
     def lower(rows: np.ndarray) -> np.ndarray:
         """log of the rows' sums over the sample of x (a lower bound of their full sums)."""
         if lib is not None:  # rows: a range
             total = np.zeros(len(rows))
             off = rows[0] if len(rows) else 0
-            args = (left, d + 2, rows, len(rows), panels, -(-ns // 8), None, total, off)
+            args = (left, d + 2, rows, len(rows), panels, npanel, None, total, off)
             lib.pfd_block_sums(*_ptrs(*args, None))
         else:
             total = _Blocks(left, sample, torch, len(rows), len(sample)).sums(rows, slice(None))[0]
@@ -807,9 +814,8 @@ def _cross_cells(
                 # farthest points first: row a needs those with |x - c| >= |y_a - c| - R_a
                 far = np.argsort(dist)[::-1]
                 idx, dist = idx[far], dist[far]
-                if lib is not None:  # panels of 8 points, (d + 2) x 8 each
-                    right = _buffer("panels", -(-size // 8) * 8 * (d + 2))
-                    lib.pfd_pack_cell(*_ptrs(x, d, idx, size, mu, sn, right))
+                if lib is not None:
+                    right = _panels(lib, x, idx, mu, sn, "panels")[0]
                 else:
                     pts = _buffer("cell", size * d).reshape(size, d)  # contiguous: faster takes
                     np.take(x, idx, axis=0, out=pts, mode="clip")  # in range: unbuffered
