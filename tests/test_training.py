@@ -149,8 +149,31 @@ def test_training_resumes_after_kill(tmp_path):
     assert list((tmp_path / "train").glob("model.ckpt-*.pt")), "no checkpoint before the kill"
     record = json.loads((tmp_path / "train" / "pfd_train.json").read_text())
     assert not record["done"]
-    # rerun, now with few steps remaining: it restarts from the last checkpoint
+    # a kill while deepmd-kit writes a checkpoint leaves it cut short: plant one for certain
+    newest = max((tmp_path / "train").glob("model.ckpt-*.pt"), key=dp._checkpoint_step)
+    data = newest.read_bytes()
+    (tmp_path / "train" / "model.ckpt-395.pt").write_bytes(data[: len(data) // 2])
+    # rerun, now with few steps remaining: it restarts from the last complete checkpoint
     subprocess.run([sys.executable, "-c", script.replace("steps=400", "steps=20")], check=True)
     log = (tmp_path / "train" / "dp.log").read_text()
-    assert "--restart model.ckpt-" in log
+    assert "--restart model.ckpt-" in log and "model.ckpt-395" not in log
+    assert (tmp_path / "train" / "model.ckpt-395.pt.partial").exists()
     assert json.loads((tmp_path / "train" / "pfd_train.json").read_text())["done"]
+
+
+def test_latest_checkpoint_skips_one_cut_short(tmp_path):
+    torch = pytest.importorskip("torch")
+    for step in (5, 10):
+        torch.save({"step": step, "w": torch.arange(1000.0)}, tmp_path / f"model.ckpt-{step}.pt")
+    data = (tmp_path / "model.ckpt-10.pt").read_bytes()
+    (tmp_path / "model.ckpt-15.pt").write_bytes(data[:-100])  # killed while writing
+    (tmp_path / "model.ckpt-20.pt").write_bytes(b"")  # killed as it opened the file
+    assert dp._latest_checkpoint(tmp_path).name == "model.ckpt-10.pt"
+    assert torch.load(tmp_path / "model.ckpt-10.pt")["step"] == 10
+    assert sorted(p.name for p in tmp_path.glob("*.partial")) == [
+        "model.ckpt-15.pt.partial",
+        "model.ckpt-20.pt.partial",
+    ]
+    for p in tmp_path.glob("model.ckpt-*.pt"):
+        p.rename(p.with_name(p.name + ".partial"))
+    assert dp._latest_checkpoint(tmp_path) is None

@@ -450,9 +450,30 @@ def _checkpoint_step(path: Path) -> int:
     return int(path.stem.split("-")[-1].split(".")[0])
 
 
+def _complete(path: Path) -> bool:
+    """Whether a ``torch.save`` checkpoint was written to the end (its zip directory reads)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool(archive.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
+
+
 def _latest_checkpoint(workdir: Path) -> Path | None:
+    """Newest complete ``model.ckpt-<step>.pt`` in ``workdir``, or None.
+
+    A checkpoint cut short (the run was killed while deepmd-kit wrote it) cannot be
+    restarted from: it is renamed ``*.pt.partial`` and the one before it is used.
+    """
     ckpts = sorted(workdir.glob("model.ckpt-*.pt"), key=_checkpoint_step)
-    return ckpts[-1] if ckpts else None
+    while ckpts:
+        last = ckpts.pop()
+        if _complete(last):
+            return last
+        last.rename(last.with_name(last.name + ".partial"))
+    return None
 
 
 def train(
