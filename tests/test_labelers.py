@@ -83,6 +83,7 @@ def test_vasp_writes_supplement_incar_and_no_kpoints(tmp_path, vasp_env, monkeyp
     assert int(incar.pop("ISMEAR")) == 0
     assert float(incar.pop("SIGMA")) == 0.05
     assert incar.pop("LWAVE") == ".FALSE."
+    assert incar.pop("LCHARG") == ".FALSE."
     assert incar == {}
     assert not (directory / "KPOINTS").exists()
     assert (directory / "POTCAR").read_text() == (vasp_env / "potpaw_PBE/Si/POTCAR").read_text()

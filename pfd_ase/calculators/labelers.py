@@ -41,7 +41,8 @@ __all__ = [
 ]
 
 #: VASP settings of the PFD supplement: PBE, 500 eV, k-spacing 0.2 Å⁻¹ without Γ,
-#: EDIFF 1e-5 eV, Gaussian smearing of 0.05 eV.
+#: EDIFF 1e-5 eV, Gaussian smearing of 0.05 eV. No CHGCAR (ASE already skips the
+#: WAVECAR): a single point needs neither, and thousands of frames are labelled.
 VASP_DEFAULTS: dict[str, Any] = {
     "xc": "PBE",
     "encut": 500,
@@ -50,6 +51,7 @@ VASP_DEFAULTS: dict[str, Any] = {
     "ediff": 1e-5,
     "ismear": 0,
     "sigma": 0.05,
+    "lcharg": False,
 }
 
 #: GPAW settings for demos and tests on small cells: PBE plane waves at 350 eV,
