@@ -44,7 +44,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.spacegroup import crystal
 
-from pfd_ase.selectors import EntropySelector, RandomSelector, _kde, quests
+from pfd_ase.selectors import EntropySelector, RandomSelector, _kde_blocks, quests
 
 H = quests.DEFAULT_BANDWIDTH
 
@@ -149,7 +149,7 @@ def pairs_in_range(y: np.ndarray, x: np.ndarray, same: bool, rng: np.random.Gene
     rows = y[rng.choice(len(y), min(400, len(y)), replace=False)]
     sq = np.einsum("ij,ij->i", rows, rows)[:, None] + np.einsum("ij,ij->i", x, x)[None, :]
     d = np.sqrt(np.maximum(sq - 2 * rows @ x.T, 0.0))
-    tail2 = 2 * H * H * (_kde.TAIL + math.log(len(x)))
+    tail2 = 2 * H * H * (_kde_blocks.TAIL + math.log(len(x)))
     base = 0.0 if same else d.min(axis=1, keepdims=True) ** 2
     return float((d**2 <= base + tail2).mean())
 
@@ -239,7 +239,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.no_fused:
-        _kde._FUSED = False
+        _kde_blocks._FUSED = False
     scale = 5 if args.quick else 1
     n, n_test, n_div = args.n // scale, args.n_test // scale, args.n_diverse // scale
     rng = np.random.default_rng(0)
@@ -253,8 +253,9 @@ def main() -> None:
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"numpy {np.__version__}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
-        f"pruned sums on {_kde.THREADS} threads (PFD_THREADS={os.environ.get('PFD_THREADS')}), "
-        f"{torch}, fused kernels: {'yes' if _kde._fused() else 'no'}"
+        f"pruned sums on {_kde_blocks.THREADS} threads "
+        f"(PFD_THREADS={os.environ.get('PFD_THREADS')}), "
+        f"{torch}, fused kernels: {'yes' if _kde_blocks._fused() else 'no'}"
     )
     print(__doc__.split("Data:")[1].split('"pairs in range"')[0].rstrip())
     table = Table()

@@ -15,7 +15,7 @@ from ase.neighborlist import neighbor_list
 from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
 
-from pfd_ase.selectors import _kde, quests
+from pfd_ase.selectors import _kde, _kde_blocks, _kde_partition, quests
 
 H = 0.015
 
@@ -286,7 +286,7 @@ def test_entropy_curve_matches_prefix_entropies():
 def test_pruning_keeps_every_term_above_the_tolerance(monkeypatch):
     """Terms above REL_TOL of a sum survive the pruning, also across ball boundaries; what is
     dropped stays below REL_TOL of the sum."""
-    assert _kde.REL_TOL <= 1e-10  # the issue asks for |dH error| <= 1e-8
+    assert _kde_blocks.REL_TOL <= 1e-10  # the issue asks for |dH error| <= 1e-8
     # H: 600 points on a line, 7 h apart: each sees its neighbours with K = e^-24.5 ~ 2e-11
     n = 600
     x = np.zeros((n, 63))
@@ -327,11 +327,11 @@ def test_kmeans_centres_are_deterministic_and_never_nan():
     rng = np.random.default_rng(0)
     blobs = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], dtype=np.float32)
     z = np.repeat(blobs, 100, axis=0) + rng.normal(0.0, 0.1, (300, 2)).astype(np.float32)
-    c = _kde._kmeans(z, 3)
+    c = _kde_partition._kmeans(z, 3)
     np.testing.assert_allclose(c, blobs, atol=0.05)  # each centre on its blob's mean
-    assert np.array_equal(c, _kde._kmeans(z, 3))
+    assert np.array_equal(c, _kde_partition._kmeans(z, 3))
     # more centres than distinct points: the spare centres keep their places, no nan
-    c = _kde._kmeans(np.repeat(blobs, 4, axis=0), 6)
+    c = _kde_partition._kmeans(np.repeat(blobs, 4, axis=0), 6)
     assert np.isfinite(c).all() and {tuple(v) for v in c} == {tuple(v) for v in blobs}
 
 
@@ -341,8 +341,8 @@ def test_kmeans_centres_are_deterministic_and_never_nan():
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Pruned engine with many small balls, tasks and blocks, and worker threads at any size."""
+    monkeypatch.setattr(_kde_blocks, "_SERIAL_MAX_PAIRS", 0.0)
     for name, value in [
-        ("_SERIAL_MAX_PAIRS", 0.0),
         ("_LEAF_SELF", 64),
         ("_COLS_SELF", 100),
         ("_TASK_SELF", 1),
@@ -377,14 +377,14 @@ def kernel_case(case: str, monkeypatch) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("case", KERNEL_CASES)
 def test_threads_do_not_change_the_sums(small_blocks, monkeypatch, case):
     y, x = kernel_case(case, monkeypatch)
-    monkeypatch.setattr(_kde, "_USE_TORCH", False)
+    monkeypatch.setattr(_kde_blocks, "_USE_TORCH", False)
     one = _kde.log_kernel_sum_pruned(y, x, H, threads=1)
     for t in (2, 3):
         other = _kde.log_kernel_sum_pruned(y, x, H, threads=t)
         assert np.abs(other - one).max() <= 1e-12  # the same sums in the same order: equal
     oracle = _kde.log_kernel_sum_blocked(y, x, H)
     np.testing.assert_allclose(one, oracle, rtol=1e-12, atol=1e-10)
-    monkeypatch.setattr(_kde, "_SERIAL_MAX_PAIRS", 1e12)  # in the calling thread
+    monkeypatch.setattr(_kde_blocks, "_SERIAL_MAX_PAIRS", 1e12)  # in the calling thread
     assert np.abs(_kde.log_kernel_sum_pruned(y, x, H, threads=2) - one).max() <= 1e-12
 
 
@@ -392,19 +392,19 @@ def test_threads_do_not_change_the_sums(small_blocks, monkeypatch, case):
 def test_torch_exp_matches_numpy_exp(small_blocks, monkeypatch, case):
     torch = pytest.importorskip("torch")
     y, x = kernel_case(case, monkeypatch)
-    monkeypatch.setattr(_kde, "_FUSED", False)  # torch and numpy blocks everywhere
+    monkeypatch.setattr(_kde_blocks, "_FUSED", False)  # torch and numpy blocks everywhere
     threads_before = torch.get_num_threads()
     sums = {}
     for use in (True, False):
-        monkeypatch.setattr(_kde, "_USE_TORCH", use)
-        assert (_kde._engine(1e9, 2)[0] is torch) == use
+        monkeypatch.setattr(_kde_blocks, "_USE_TORCH", use)
+        assert (_kde_blocks._engine(1e9, 2)[0] is torch) == use
         sums[use] = _kde.log_kernel_sum_pruned(y, x, H, threads=2)
     assert np.abs(sums[True] - sums[False]).max() <= 1e-12
     assert torch.get_num_threads() == threads_before  # the workers' setting is undone
     # torch not importable: numpy's exp, the same sums
-    monkeypatch.setattr(_kde, "_USE_TORCH", True)
+    monkeypatch.setattr(_kde_blocks, "_USE_TORCH", True)
     monkeypatch.setitem(sys.modules, "torch", None)
-    assert _kde._engine(1e9, 2)[0] is None
+    assert _kde_blocks._engine(1e9, 2)[0] is None
     assert np.array_equal(_kde.log_kernel_sum_pruned(y, x, H, threads=2), sums[False])
 
 
@@ -417,16 +417,16 @@ def test_threads_argument_and_environment(monkeypatch):
     with pytest.raises(ValueError, match="threads"):
         quests.entropy(x, H, threads=0)
     monkeypatch.setenv("PFD_THREADS", "3")
-    assert _kde._default_threads() == 3
+    assert _kde_blocks._default_threads() == 3
     monkeypatch.delenv("PFD_THREADS")
-    assert _kde._default_threads() == max(1, min(2, os.cpu_count() or 1))
+    assert _kde_blocks._default_threads() == max(1, min(2, os.cpu_count() or 1))
     monkeypatch.setenv("PFD_THREADS", "two")
     with pytest.warns(UserWarning, match="PFD_THREADS"):
-        assert _kde._default_threads() == max(1, min(2, os.cpu_count() or 1))
+        assert _kde_blocks._default_threads() == max(1, min(2, os.cpu_count() or 1))
 
 
 def fused_or_skip():
-    lib = _kde._fused()
+    lib = _kde_blocks._fused()
     if lib is None:
         pytest.skip("the fused kernels are not built here (or the CPU lacks AVX2/FMA)")
     return lib
@@ -441,14 +441,14 @@ def test_cells_visit_only_the_pairs_that_can_matter(small_blocks, monkeypatch, f
     x = centres[np.arange(1200) % 6] + rng.normal(scale=2 * H, size=(1200, 8))
     y = centres[np.arange(300) % 6] + rng.normal(scale=2 * H, size=(300, 8))
     visited = []
-    sums = _kde._Blocks.sums
+    sums = _kde_blocks._Blocks.sums
 
     def counting(self, rows, cols, col_sums=False, self_block=False):
         out = sums(self, rows, cols, col_sums, self_block)
         visited.append(len(out[0]) * len(range(*cols.indices(self.right.shape[0]))))
         return out
 
-    monkeypatch.setattr(_kde._Blocks, "sums", counting)
+    monkeypatch.setattr(_kde_blocks._Blocks, "sums", counting)
     if fused:
         lib = fused_or_skip()
 
@@ -460,14 +460,14 @@ def test_cells_visit_only_the_pairs_that_can_matter(small_blocks, monkeypatch, f
                 visited.append(args[3] * args[5] * 8)
                 lib.pfd_block_sums(*args)
 
-        monkeypatch.setattr(_kde, "_FUSED_LIB", [Counting])
+        monkeypatch.setattr(_kde_blocks, "_FUSED_LIB", [Counting])
     else:
-        monkeypatch.setattr(_kde, "_FUSED", False)
+        monkeypatch.setattr(_kde_blocks, "_FUSED", False)
     fast = _kde.log_kernel_sum_pruned(y, x, H)
     lower_bounds = len(y) * _kde._SAMPLE  # the sums over the sample come first
     assert lower_bounds < sum(visited) - lower_bounds < 0.25 * len(x) * len(y)
     exact = _kde.log_kernel_sum_blocked(y, x, H)  # within the contract: REL_TOL + round-off
-    np.testing.assert_allclose(fast, exact, rtol=0, atol=_kde.REL_TOL + 1e-12)
+    np.testing.assert_allclose(fast, exact, rtol=0, atol=_kde_blocks.REL_TOL + 1e-12)
 
 
 @pytest.mark.parametrize(
@@ -483,12 +483,12 @@ def test_fused_kernels_match_the_torch_and_numpy_blocks(small_blocks, monkeypatc
         y, x = y[:, :3], x[:, :3]
     for threads in (1, 2):
         fast = _kde.log_kernel_sum_pruned(y, x, H, threads=threads)
-        monkeypatch.setattr(_kde, "_FUSED", False)
+        monkeypatch.setattr(_kde_blocks, "_FUSED", False)
         for use_torch in (True, False):
-            monkeypatch.setattr(_kde, "_USE_TORCH", use_torch)
+            monkeypatch.setattr(_kde_blocks, "_USE_TORCH", use_torch)
             blocks = _kde.log_kernel_sum_pruned(y, x, H, threads=threads)
             assert np.abs(fast - blocks).max() <= 1e-12
-        monkeypatch.setattr(_kde, "_FUSED", None)
+        monkeypatch.setattr(_kde_blocks, "_FUSED", None)
     np.testing.assert_allclose(fast, _kde.log_kernel_sum_blocked(y, x, H), rtol=1e-12, atol=1e-10)
 
 
@@ -513,7 +513,7 @@ def test_the_fused_kernels_are_built_where_they_can_be():
             flags = next((line for line in f if line.startswith("flags")), "")
     if not ({"avx2", "fma"} <= set(flags.split()) and sys.platform == "linux"):
         pytest.skip("not an x86-64 Linux machine with AVX2 and FMA")
-    assert _kde._fused() is not None
+    assert _kde_blocks._fused() is not None
 
 
 @pytest.mark.parametrize("dim", [1, 3, 63])

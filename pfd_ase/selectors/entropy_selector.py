@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from ase import Atoms
 
-from pfd_ase.selectors import _kde, quests
+from pfd_ase.selectors import _kde_blocks, quests
 from pfd_ase.selectors.base import as_frames, check_count, check_positive
 
 SCORES = ("sum", "mean", "max")
@@ -138,7 +138,7 @@ class EntropySelector:
         x_ref = self._descriptors(refs)[0] if refs else None
         x_cand, counts, starts = self._frames_layout(x_cand, n_atoms)
         log_sums = self._initial_sums(x_cand, x_ref)
-        return self._aggregate(_kde.cap(-log_sums), counts, starts)
+        return self._aggregate(_kde_blocks.cap(-log_sums), counts, starts)
 
     # ------------------------------------------------------------------ internals
 
@@ -199,7 +199,7 @@ class EntropySelector:
         self, log_sums: np.ndarray, counts: np.ndarray, starts: np.ndarray, left: np.ndarray
     ) -> np.ndarray:
         """Remaining frame indices, best first (see the class docstring)."""
-        score = self._aggregate(_kde.cap(-log_sums), counts, starts)
+        score = self._aggregate(_kde_blocks.cap(-log_sums), counts, starts)
         finite = self._aggregate(-log_sums, counts, starts)
         idx = np.flatnonzero(left)
         keys = (idx, -finite[idx], -(score[idx] == np.inf).astype(np.int8))

@@ -47,11 +47,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pfd_ase.selectors import _kde
+from pfd_ase.selectors import _kde, _kde_blocks
 from pfd_ase.selectors._descriptor import DEFAULT_CUTOFF, DEFAULT_K, descriptors, weight
 
 DEFAULT_BANDWIDTH = 0.015  # 1/Å, descriptor units
-DH_INF = _kde.DH_INF  # dH above this is +inf: the float64 kernel sum is zero
+DH_INF = _kde_blocks.DH_INF  # dH above this is +inf: the float64 kernel sum is zero
 
 __all__ = [
     "DEFAULT_BANDWIDTH",
@@ -158,7 +158,7 @@ def delta_entropy(
         ``(m,)`` float64, ``+inf`` where the float64 kernel sum is zero (beyond ``DH_INF``),
         never nan.
     """
-    return _kde.cap(-log_kernel_sum(y, x, h, threads=threads))
+    return _kde_blocks.cap(-log_kernel_sum(y, x, h, threads=threads))
 
 
 def delta_entropy_bruteforce(
@@ -166,7 +166,7 @@ def delta_entropy_bruteforce(
 ) -> np.ndarray:
     """:func:`delta_entropy` from every pair, in blocks (the O(mn) test oracle)."""
     y, x = _pair(y, x)
-    return _kde.cap(-_kde.log_kernel_sum_blocked(y, x, _check_h(h)))
+    return _kde_blocks.cap(-_kde.log_kernel_sum_blocked(y, x, _check_h(h)))
 
 
 def entropy_curve(blocks: Sequence[np.ndarray], h: float = DEFAULT_BANDWIDTH) -> np.ndarray:
