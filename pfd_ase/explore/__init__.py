@@ -1,0 +1,76 @@
+"""Exploration: ASE molecular-dynamics walkers over temperature × pressure × structure grids.
+
+:func:`explore` (or :meth:`ExploreTask.run`) starts one *walker* per combination of
+starting structure, temperature and pressure and runs them through a
+``concurrent.futures.Executor`` (in-process and serial when none is given). Walker
+``i`` enumerates the grid structure-major: ``for structure: for T: for P``. A
+pressure of ``None`` means NVT with the chosen ``thermostat`` (Langevin, Bussi,
+Nosé–Hoover chain); a number means NPT with the chosen ``barostat`` (ASE's
+isotropic MTK barostat with a Nosé–Hoover chain thermostat, or Berendsen).
+
+Walker ``i`` works in ``workdir/walker.{i:04d}``:
+
+``walker.json``
+    what the directory is for (the walker's settings), written when it starts;
+``traj.extxyz``
+    the sampled frames, appended (full precision) as the MD runs;
+``rejected.extxyz``
+    sampled frames rejected by the filters, and the state at which MD blew up;
+``md.log``
+    ASE's MD log, one line per sampled step;
+``done.json``
+    the completion record, written atomically when the walker ends (status
+    ``"finished"`` or ``"exploded"``);
+``failure.json``
+    exception and traceback when the MD raised for a reason other than a blow-up.
+
+A rerun with the same settings skips every walker with a completion record (a
+walker that crashed or failed starts again from step 0; MD is cheap next to the
+DFT that follows). Velocities come from ``np.random.default_rng(SeedSequence(seed,
+spawn_key=(i,)))``: one seed gives every walker its own reproducible stream,
+independent of the executor and of the global NumPy seed.
+
+Frames are sampled every ``sample_every`` steps: ``steps // sample_every`` frames
+per walker that runs to the end, plus the starting structure (step 0) when
+``include_initial``. They are unlabelled structures; ``atoms.info`` holds
+
+``pfd_walker``, ``pfd_structure_index``, ``pfd_step``, ``pfd_time_fs``
+    where the frame comes from;
+``pfd_temperature_K``, ``pfd_pressure_GPa`` (NPT only), ``pfd_ensemble``
+    the walker's conditions;
+``pfd_md_temperature_K``
+    the instantaneous kinetic temperature;
+``pfd_model_energy``, ``pfd_model_stress`` (and ``atoms.arrays["pfd_model_forces"]``)
+    the MD model's predictions, when its calculator computed them anyway;
+``pfd_max_force_devi``, ``pfd_energy_devi`` (and ``atoms.arrays["pfd_force_devi"]``)
+    the committee deviations of a committee :class:`~pfd_ase.calculators.PFDCalculator`.
+
+Blow-ups are detected with :mod:`pfd_ase.selectors.filters`: non-finite
+positions, energy or forces and cell limits at every step, too-close atoms every
+``check_every`` steps and on every sampled frame. A blown-up walker stops, records
+status ``"exploded"`` with the step and reason, and the others go on. Frames that
+fail only the optional ``max_force_eV_A`` limit are rejected but the walker goes on.
+Units: K, fs, GPa at the interface; eV, Å and ASE time inside.
+
+Modules: :mod:`.settings` (:class:`ExploreTask`, :class:`ExploreResult`), :mod:`.models` (how
+a walker gets its calculator), :mod:`.walker` (one walker's MD), :mod:`.driver`
+(:func:`explore`).
+"""
+
+from pfd_ase.explore.driver import explore
+from pfd_ase.explore.settings import (
+    BAROSTATS,
+    THERMOSTATS,
+    ExploreResult,
+    ExploreTask,
+    walker_dir,
+)
+
+__all__ = [
+    "BAROSTATS",
+    "THERMOSTATS",
+    "ExploreResult",
+    "ExploreTask",
+    "explore",
+    "walker_dir",
+]

@@ -1,0 +1,259 @@
+"""Settings and results of an exploration: :class:`ExploreTask`, :class:`ExploreResult`."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Any
+
+from ase import Atoms
+
+from pfd_ase.selectors.filters import (
+    FrameFilter,
+)
+
+#: NVT thermostats (walkers with pressure ``None``).
+THERMOSTATS: tuple[str, ...] = ("langevin", "bussi", "nose-hoover")
+#: NPT barostats (walkers with a pressure).
+BAROSTATS: tuple[str, ...] = ("mtk", "berendsen")
+_ALIASES = {
+    "nhc": "nose-hoover",
+    "nose-hoover-chain": "nose-hoover",
+    "nosehoover": "nose-hoover",
+    "isotropic-mtk": "mtk",
+    "npt-mtk": "mtk",
+    "npt-berendsen": "berendsen",
+}
+
+TASK_FILE = "walker.json"
+TRAJECTORY_FILE = "traj.extxyz"
+REJECTED_FILE = "rejected.extxyz"
+LOG_FILE = "md.log"
+DONE_FILE = "done.json"
+FAILURE_FILE = "failure.json"
+_FINISHED = ("finished", "exploded")
+
+
+def walker_dir(workdir: str | os.PathLike, index: int) -> Path:
+    """The directory of walker ``index`` under ``workdir``."""
+    return Path(workdir) / f"walker.{index:04d}"
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class ExploreTask:
+    """Settings of one exploration; validated on construction (``ValueError``).
+
+    Parameters
+    ----------
+    temperatures_K
+        Temperatures of the grid (K, > 0); a number means one temperature.
+    pressures_GPa
+        Pressures of the grid (GPa); ``None`` in the list is an NVT walker.
+    steps
+        MD steps per walker.
+    timestep_fs
+        MD time step (fs).
+    sample_every
+        A frame every this many steps (``<= steps``).
+    thermostat
+        NVT thermostat: ``"langevin"``, ``"bussi"`` or ``"nose-hoover"`` (chain).
+    barostat
+        NPT barostat: ``"mtk"`` (ASE ``IsotropicMTKNPT``) or ``"berendsen"``
+        (ASE ``NPTBerendsen``, isotropic).
+    seed
+        Seed of every walker's random stream (velocities, Langevin and Bussi noise).
+    tdamp_fs
+        Thermostat time constant (fs); default 100 time steps. Langevin uses the
+        friction ``1 / tdamp``.
+    pdamp_fs
+        Barostat time constant (fs); default 1000 time steps.
+    compressibility_per_GPa
+        Compressibility assumed by the Berendsen barostat (1/GPa).
+    include_initial
+        Also sample the starting structure (step 0).
+    check_every
+        Check for too-close atoms every this many steps (and on every sampled
+        frame); non-finite values and the cell are checked every step.
+    frame_filter
+        Limits of the blow-up checks and of the frame filter (a
+        :class:`~pfd_ase.selectors.filters.FrameFilter` or a dict of its fields).
+    """
+
+    temperatures_K: Sequence[float]
+    pressures_GPa: Sequence[float | None] = (None,)
+    steps: int = 2000
+    timestep_fs: float = 2.0
+    sample_every: int = 100
+    thermostat: str = "langevin"
+    barostat: str = "mtk"
+    seed: int = 0
+    tdamp_fs: float | None = None
+    pdamp_fs: float | None = None
+    compressibility_per_GPa: float = 0.01
+    include_initial: bool = False
+    check_every: int = 1
+    frame_filter: FrameFilter = field(default_factory=FrameFilter)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        temps = _as_tuple(self.temperatures_K)
+        if not temps:
+            raise ValueError("temperatures_K must not be empty")
+        set_(self, "temperatures_K", tuple(_positive(t, "temperatures_K", "K") for t in temps))
+        pressures = _as_tuple(self.pressures_GPa)
+        if not pressures:
+            raise ValueError("pressures_GPa must not be empty (use [None] for NVT)")
+        set_(self, "pressures_GPa", tuple(_pressure(p) for p in pressures))
+        set_(self, "steps", _count(self.steps, "steps"))
+        set_(self, "sample_every", _count(self.sample_every, "sample_every"))
+        set_(self, "check_every", _count(self.check_every, "check_every"))
+        if self.sample_every > self.steps:
+            raise ValueError(
+                f"sample_every ({self.sample_every}) must be <= steps ({self.steps}): "
+                "no frame would be sampled"
+            )
+        set_(self, "timestep_fs", _positive(self.timestep_fs, "timestep_fs", "fs"))
+        for name in ("tdamp_fs", "pdamp_fs"):
+            value = getattr(self, name)
+            if value is not None:
+                set_(self, name, _positive(value, name, "fs"))
+        set_(
+            self,
+            "compressibility_per_GPa",
+            _positive(self.compressibility_per_GPa, "compressibility_per_GPa", "1/GPa"),
+        )
+        set_(self, "thermostat", _choice(self.thermostat, THERMOSTATS, "thermostat"))
+        set_(self, "barostat", _choice(self.barostat, BAROSTATS, "barostat"))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, Integral) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        set_(self, "seed", int(self.seed))
+        set_(self, "include_initial", bool(self.include_initial))
+        flt = self.frame_filter
+        if isinstance(flt, Mapping):
+            flt = FrameFilter(**flt)
+        if not isinstance(flt, FrameFilter):
+            raise ValueError(f"frame_filter must be a FrameFilter or a dict, not {flt!r}")
+        set_(self, "frame_filter", flt)
+
+    @property
+    def frames_per_walker(self) -> int:
+        """Frames sampled by a walker that runs to the end (before filtering)."""
+        return self.steps // self.sample_every + int(self.include_initial)
+
+    def ensemble(self, pressure_GPa: float | None) -> str:
+        """Name of the ensemble of a walker at this pressure (``nvt-langevin``, ``npt-mtk``...)."""
+        return f"nvt-{self.thermostat}" if pressure_GPa is None else f"npt-{self.barostat}"
+
+    def grid(self, n_structures: int) -> list[tuple[int, float, float | None]]:
+        """``(structure_index, temperature_K, pressure_GPa)`` of every walker, in walker order."""
+        return [
+            (s, t, p)
+            for s in range(n_structures)
+            for t in self.temperatures_K
+            for p in self.pressures_GPa
+        ]
+
+    def run(
+        self,
+        structures: Atoms | Sequence[Atoms],
+        model: Any,
+        workdir: str | os.PathLike,
+        *,
+        executor: Executor | None = None,
+        progress: bool = True,
+    ) -> ExploreResult:
+        """Run this exploration; see :func:`explore`."""
+        from pfd_ase.explore.driver import explore
+
+        return explore(structures, model, workdir, self, executor=executor, progress=progress)
+
+
+def _as_tuple(value: Any) -> tuple:
+    if value is None or isinstance(value, str | Real):
+        return (value,)
+    return tuple(value)
+
+
+def _positive(value: Any, name: str, unit: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{name} must be a number ({unit}), got {value!r}")
+    out = float(value)
+    if not (out > 0 and math.isfinite(out)):
+        raise ValueError(f"{name} must be positive and finite ({unit}), got {value!r}")
+    return out
+
+
+def _pressure(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ValueError(f"pressures_GPa entries must be finite numbers or None, got {value!r}")
+    return float(value)
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _choice(value: Any, choices: tuple[str, ...], name: str) -> str:
+    key = value.strip().lower().replace("_", "-") if isinstance(value, str) else None
+    key = _ALIASES.get(key, key)
+    if key not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
+    return key
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class ExploreResult:
+    """Outcome of :func:`explore`.
+
+    Attributes
+    ----------
+    frames
+        Sampled frames that passed the filters, in walker order then step order
+        (read back from the trajectories, so fresh and cached runs agree bit for bit).
+    walkers
+        One record per walker, in walker order: ``index``, ``directory``,
+        ``structure_index``, ``temperature_K``, ``pressure_GPa``, ``ensemble``,
+        ``status`` (``"finished"``, ``"exploded"`` or ``"failed"``), ``steps_done``,
+        ``n_frames`` (kept frames), ``n_rejected``, ``wall_time_s``, ``cached``; an
+        exploded walker adds ``exploded_step`` and ``reason``, a failed one
+        ``exception``, ``message`` and ``traceback``.
+    rejected
+        ``{"walker", "step", "reason"}`` of every rejected frame, including the
+        state at which a walker blew up.
+    filter_counts
+        Rejected frames per reason kind (``non_finite``, ``cell``, ``too_close``,
+        ``max_force``).
+    n_cached
+        Walkers whose results came from a previous run.
+    """
+
+    frames: list[Atoms] = field(default_factory=list)
+    walkers: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    filter_counts: dict[str, int] = field(default_factory=dict)
+    n_cached: int = 0
+
+    @property
+    def exploded(self) -> list[dict[str, Any]]:
+        """Records of the walkers that blew up."""
+        return [w for w in self.walkers if w["status"] == "exploded"]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        """Records of the walkers whose MD raised an exception."""
+        return [w for w in self.walkers if w["status"] == "failed"]

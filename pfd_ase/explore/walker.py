@@ -1,0 +1,319 @@
+"""One MD walker in its directory: ensembles, blow-up checks, sampled frames."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from pfd_ase._io import write_json
+from pfd_ase.explore.models import _cache, _calculator, _Model
+from pfd_ase.explore.settings import (
+    DONE_FILE,
+    FAILURE_FILE,
+    LOG_FILE,
+    REJECTED_FILE,
+    TASK_FILE,
+    TRAJECTORY_FILE,
+    ExploreTask,
+)
+from pfd_ase.selectors.filters import (
+    check_finite,
+    check_max_force,
+    check_min_distance,
+)
+
+
+@dataclass
+class _Walker:
+    index: int
+    structure_index: int
+    structure: Atoms
+    temperature_K: float
+    pressure_GPa: float | None
+    ensemble: str
+    task: ExploreTask
+    model: _Model
+    directory: str
+    key: dict[str, Any]
+    progress: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "directory": self.directory,
+            "structure_index": self.structure_index,
+            "temperature_K": self.temperature_K,
+            "pressure_GPa": self.pressure_GPa,
+            "ensemble": self.ensemble,
+        }
+
+
+def _walker_key(task: ExploreTask, index: int, structure: Atoms, t, p, model: _Model) -> dict:
+    from pfd_ase.calculators.labelers import _jsonable
+    from pfd_ase.data import frame_fingerprint
+
+    settings = {f.name: getattr(task, f.name) for f in fields(task)}
+    settings.pop("temperatures_K")
+    settings.pop("pressures_GPa")
+    settings["frame_filter"] = asdict(task.frame_filter)
+    key = {
+        "index": index,
+        "structure": frame_fingerprint(structure),
+        "temperature_K": t,
+        "pressure_GPa": p,
+        "ensemble": task.ensemble(p),
+        "settings": settings,
+        "model": model.key,
+    }
+    return json.loads(json.dumps(_jsonable(key), sort_keys=True))
+
+
+def _run_walker(walker: _Walker) -> dict[str, Any]:
+    """Run one walker in its directory; return its record (also written to disk)."""
+    directory = Path(walker.directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in (DONE_FILE, FAILURE_FILE, TRAJECTORY_FILE, REJECTED_FILE, LOG_FILE):
+        (directory / name).unlink(missing_ok=True)
+    write_json(directory / TASK_FILE, {"key": walker.key, **walker.describe()})
+    start = time.perf_counter()
+    record = walker.describe()
+    try:
+        with _calculator(walker.model) as calc, np.errstate(all="ignore"):
+            record.update(_run_md(walker, calc, directory))
+    except Exception as exc:
+        _cache().clear()  # the next walker starts from a fresh calculator
+        record.update(_failure_fields(exc), status="failed")
+        record["wall_time_s"] = time.perf_counter() - start
+        _write_failure(directory, record)
+        return record
+    record["wall_time_s"] = time.perf_counter() - start
+    write_json(directory / DONE_FILE, {"key": walker.key, **record})
+    return record
+
+
+def _failure_fields(exc: BaseException) -> dict[str, Any]:
+    return {
+        "exception": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "steps_done": 0,
+        "n_frames": 0,
+        "n_rejected": 0,
+    }
+
+
+def _write_failure(directory: Path, record: dict[str, Any]) -> None:
+    try:
+        write_json(directory / FAILURE_FILE, record)
+    except OSError:  # the record in ExploreResult.walkers remains
+        pass
+
+
+def _start_atoms(structure: Atoms) -> Atoms:
+    """A clean copy of a starting structure: no calculator, labels or old momenta."""
+    atoms = structure.copy()
+    atoms.calc = None
+    atoms.info = {}
+    for key in list(atoms.arrays):
+        if key not in ("numbers", "positions", "masses", "tags"):
+            del atoms.arrays[key]
+    return atoms
+
+
+#: The ASE class behind each ensemble (module, name).
+_MD_CLASSES = {
+    "nvt-langevin": ("ase.md.langevin", "Langevin"),
+    "nvt-bussi": ("ase.md.bussi", "Bussi"),
+    "nvt-nose-hoover": ("ase.md.nose_hoover_chain", "NoseHooverChainNVT"),
+    "npt-mtk": ("ase.md.nose_hoover_chain", "IsotropicMTKNPT"),
+    "npt-berendsen": ("ase.md.nptberendsen", "NPTBerendsen"),
+}
+
+
+def _md_class(ensemble: str) -> type:
+    """The ASE dynamics class of an ensemble; ValueError if this ASE lacks it."""
+    import importlib
+
+    import ase
+
+    module, name = _MD_CLASSES[ensemble]
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise ValueError(
+            f"ensemble {ensemble!r} needs {module}.{name}, which ase {ase.__version__} lacks; "
+            "upgrade ase or choose another thermostat/barostat"
+        ) from None
+
+
+def _dynamics(atoms: Atoms, walker: _Walker, rng: np.random.Generator) -> Any:
+    from ase import units
+
+    task = walker.task
+    cls = _md_class(walker.ensemble)
+    dt = task.timestep_fs * units.fs
+    tdamp = (task.tdamp_fs or 100.0 * task.timestep_fs) * units.fs
+    pdamp = (task.pdamp_fs or 1000.0 * task.timestep_fs) * units.fs
+    temp = walker.temperature_K
+    if walker.ensemble == "nvt-langevin":
+        from ase.constraints import FixCom
+
+        if not atoms.constraints:  # ASE's advice instead of the deprecated fixcm=True
+            atoms.set_constraint(FixCom())
+        return cls(atoms, dt, temperature_K=temp, friction=1.0 / tdamp, fixcm=False, rng=rng)
+    if walker.ensemble == "nvt-bussi":
+        return cls(atoms, dt, temperature_K=temp, taut=tdamp, rng=rng)
+    if walker.ensemble == "nvt-nose-hoover":
+        return cls(atoms, dt, temperature_K=temp, tdamp=tdamp)
+    pressure_au = walker.pressure_GPa * units.GPa
+    if walker.ensemble == "npt-mtk":
+        return cls(atoms, dt, temperature_K=temp, pressure_au=pressure_au, tdamp=tdamp, pdamp=pdamp)
+    return cls(
+        atoms,
+        dt,
+        temperature_K=temp,
+        pressure_au=pressure_au,
+        taut=tdamp,
+        taup=pdamp,
+        compressibility_au=task.compressibility_per_GPa / units.GPa,
+    )
+
+
+def _run_md(walker: _Walker, calc: Any, directory: Path) -> dict[str, Any]:
+    from ase.md import velocitydistribution as vd
+
+    from pfd_ase.data import _write_frame
+
+    task, flt = walker.task, walker.task.frame_filter
+    rng = np.random.default_rng(np.random.SeedSequence(task.seed, spawn_key=(walker.index,)))
+    atoms = _start_atoms(walker.structure)
+    atoms.calc = calc
+    reference_cell = atoms.cell.array.copy()
+    thermalize = getattr(vd, "thermalize_momenta", None)  # ase >= 3.29
+    if thermalize is None:
+        thermalize = vd.MaxwellBoltzmannDistribution
+    thermalize(atoms, temperature_K=walker.temperature_K, rng=rng)
+    vd.Stationary(atoms)
+    dyn = _dynamics(atoms, walker, rng)
+
+    def state_reason(full: bool) -> str | None:
+        reason = check_finite(atoms) or flt.check_cell(atoms, reference_cell)
+        if reason is None and full:
+            reason = check_min_distance(atoms, flt.distance_factor, flt.safe_distances)
+        return reason
+
+    out: dict[str, Any] = {"status": "finished", "n_frames": 0, "n_rejected": 0}
+    rejected: list[dict[str, Any]] = []
+    bar = _progress_bar(walker.progress, task.steps, f"walker {walker.index}", leave=False)
+    with (
+        _closing(bar),
+        open(directory / TRAJECTORY_FILE, "w") as traj,
+        open(directory / REJECTED_FILE, "w") as rejects,
+        open(directory / LOG_FILE, "w") as log,
+    ):
+        from ase.md import MDLogger
+
+        dyn.attach(MDLogger(dyn, atoms, log), interval=task.sample_every)
+        steps = dyn.irun(task.steps)
+        started = False  # irun yields once for step 0, then after every step
+        while True:
+            try:
+                next(steps)
+            except StopIteration:
+                break
+            except Exception:  # the MD step raised: a blow-up if the state is unphysical
+                reason = state_reason(full=True)
+                if reason is None:
+                    raise
+                step, current = dyn.nsteps + int(started), False
+            else:
+                step, current, started = dyn.nsteps, True, True
+                sampled = step % task.sample_every == 0 and (step > 0 or task.include_initial)
+                reason = state_reason(full=sampled or step % task.check_every == 0)
+            out["steps_done"] = step
+            if reason is not None:
+                frame = _snapshot(atoms, walker, step, with_results=current)
+                frame.info["pfd_reject_reason"] = reason
+                _append(_write_frame, rejects, frame)
+                rejected.append({"walker": walker.index, "step": step, "reason": reason})
+                out.update(status="exploded", exploded_step=step, reason=reason)
+                break
+            if sampled:
+                frame = _snapshot(atoms, walker, step)
+                soft = check_max_force(frame, flt.max_force_eV_A)
+                if soft is None:
+                    _append(_write_frame, traj, frame)
+                    out["n_frames"] += 1
+                else:
+                    frame.info["pfd_reject_reason"] = soft
+                    _append(_write_frame, rejects, frame)
+                    rejected.append({"walker": walker.index, "step": step, "reason": soft})
+            if bar is not None and step > 0:
+                bar.update(1)
+    out["n_rejected"] = len(rejected)
+    out["rejected"] = rejected
+    return out
+
+
+@contextmanager
+def _closing(bar: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _append(write: Callable, fh: Any, frame: Atoms) -> None:
+    write(fh, frame)
+    fh.flush()
+
+
+def _snapshot(atoms: Atoms, walker: _Walker, step: int, with_results: bool = True) -> Atoms:
+    """The sampled frame: the structure, the walker's metadata and the model's cached results
+    (``with_results``: they belong to this state)."""
+    from pfd_ase.calculators.pfd import ENERGY_DEVI_KEY, FORCE_DEVI_KEY, MAX_FORCE_DEVI_KEY
+
+    frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    info = frame.info
+    info["pfd_walker"] = walker.index
+    info["pfd_structure_index"] = walker.structure_index
+    info["pfd_step"] = step
+    info["pfd_time_fs"] = step * walker.task.timestep_fs
+    info["pfd_temperature_K"] = walker.temperature_K
+    if walker.pressure_GPa is not None:
+        info["pfd_pressure_GPa"] = walker.pressure_GPa
+    info["pfd_ensemble"] = walker.ensemble
+    info["pfd_md_temperature_K"] = float(atoms.get_temperature())
+    results = (getattr(atoms.calc, "results", None) or {}) if with_results else {}
+    if "energy" in results:
+        info["pfd_model_energy"] = float(results["energy"])
+    if "stress" in results and atoms.pbc.all():
+        stress = np.asarray(results["stress"], dtype=float)
+        if stress.shape == (6,):
+            info["pfd_model_stress"] = stress.copy()
+    if "forces" in results:
+        frame.arrays["pfd_model_forces"] = np.array(results["forces"], dtype=float)
+    for key in (MAX_FORCE_DEVI_KEY, ENERGY_DEVI_KEY):
+        if with_results and key in atoms.info:
+            info[key] = float(atoms.info[key])
+    if with_results and FORCE_DEVI_KEY in atoms.arrays:
+        frame.arrays[FORCE_DEVI_KEY] = np.array(atoms.arrays[FORCE_DEVI_KEY], dtype=float)
+    return frame
+
+
+def _progress_bar(enabled: bool, total: int, desc: str, leave: bool = True) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=leave, unit="step" if not leave else "walker")
