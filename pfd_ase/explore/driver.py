@@ -32,10 +32,7 @@ from pfd_ase.explore.walker import (
     _walker_key,
     _write_failure,
 )
-from pfd_ase.selectors.filters import (
-    REASON_KINDS,
-    reason_kind,
-)
+from pfd_ase.selectors.filters import REASON_KINDS, reason_kind
 
 
 def explore(

@@ -13,9 +13,7 @@ from typing import Any
 
 from ase import Atoms
 
-from pfd_ase.selectors.filters import (
-    FrameFilter,
-)
+from pfd_ase.selectors.filters import FrameFilter
 
 #: NVT thermostats (walkers with pressure ``None``).
 THERMOSTATS: tuple[str, ...] = ("langevin", "bussi", "nose-hoover")

@@ -25,11 +25,7 @@ from pfd_ase.explore.settings import (
     TRAJECTORY_FILE,
     ExploreTask,
 )
-from pfd_ase.selectors.filters import (
-    check_finite,
-    check_max_force,
-    check_min_distance,
-)
+from pfd_ase.selectors.filters import check_finite, check_max_force, check_min_distance
 
 
 @dataclass
