@@ -22,7 +22,7 @@ import os
 import threading
 import traceback
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, Future, as_completed
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ from pfd_ase.calculators.labelers import (
     make_labeler,
 )
 from pfd_ase.data import read_frames, write_frames
+from pfd_ase.parallel import run_each
 
 __all__ = ["LabelResult", "label_frames", "task_dir"]
 
@@ -220,23 +221,12 @@ def _labeler_key(name: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _run_all(tasks: list[_Task], executor: Executor | None) -> Iterable[tuple[_Task, Any]]:
-    if executor is None:
-        for task in tasks:
-            yield task, _run_task(task)
-        return
-    futures: dict[Future, _Task] = {executor.submit(_run_task, task): task for task in tasks}
-    try:
-        for future in as_completed(futures):
-            task = futures[future]
-            try:
-                outcome = future.result()
-            except Exception as exc:  # the executor itself failed (pickling, dead worker)
-                outcome = _failure(task, exc, attempts=1)
-                _write_failure(task, outcome)
-            yield task, outcome
-    finally:
-        for future in futures:
-            future.cancel()
+    def executor_failed(task: _Task, exc: Exception) -> dict[str, Any]:
+        outcome = _failure(task, exc, attempts=1)
+        _write_failure(task, outcome)
+        return outcome
+
+    return run_each(_run_task, tasks, executor, executor_failed)
 
 
 # --------------------------------------------------------------------------- one task

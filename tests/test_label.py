@@ -149,6 +149,26 @@ def test_process_pool_with_a_calculator_object_and_failures(tmp_path):
     assert sorted(_calls(log)) == sorted(f"cu-{i:02d}" for i in range(5))
 
 
+def test_a_lost_worker_is_recorded_as_a_failure(tmp_path):
+    from concurrent.futures import Executor, Future
+
+    class LosesFrameOne(Executor):
+        def submit(self, fn, /, task):
+            future: Future = Future()
+            if task.index == 1:
+                future.set_exception(BrokenPipeError("worker lost"))
+            else:
+                future.set_result(fn(task))
+            return future
+
+    result = label_frames(cu_frames(3), "emt", tmp_path, executor=LosesFrameOne())
+    assert [f.info["pfd_frame_id"] for f in result.frames] == ["cu-00", "cu-02"]
+    (failure,) = result.failures
+    assert failure["frame_id"] == "cu-01" and failure["exception"] == "BrokenPipeError"
+    on_disk = json.loads((tmp_path / "task.000001" / "failure.json").read_text())
+    assert on_disk == failure
+
+
 # --------------------------------------------------------------------------- failures, reruns
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, Future, as_completed
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from pfd_ase.explore.walker import (
     _walker_key,
     _write_failure,
 )
+from pfd_ase.parallel import run_each
 from pfd_ase.selectors.filters import REASON_KINDS, reason_kind
 
 
@@ -172,30 +173,20 @@ def _read_finished(walker: _Walker) -> dict[str, Any] | None | bool:
 def _run_all(
     walkers: list[_Walker], executor: Executor | None, progress: bool
 ) -> Iterator[tuple[int, dict[str, Any]]]:
+    def executor_failed(walker: _Walker, exc: Exception) -> dict[str, Any]:
+        record = {**walker.describe(), **_failure_fields(exc), "status": "failed"}
+        _write_failure(Path(walker.directory), record)
+        return record
+
+    if executor is None:  # in this process: the walkers show their own step bars
+        for walker in walkers:
+            walker.progress = progress
     bar = _progress_bar(progress and bool(walkers), len(walkers), "explore")
     try:
-        if executor is None:
-            for walker in walkers:
-                walker.progress = progress
-                yield walker.index, _run_walker(walker)
-                if bar is not None:
-                    bar.update(1)
-            return
-        futures: dict[Future, _Walker] = {executor.submit(_run_walker, w): w for w in walkers}
-        try:
-            for future in as_completed(futures):
-                walker = futures[future]
-                try:
-                    record = future.result()
-                except Exception as exc:  # the executor failed (pickling, a dead worker)
-                    record = {**walker.describe(), **_failure_fields(exc), "status": "failed"}
-                    _write_failure(Path(walker.directory), record)
-                if bar is not None:
-                    bar.update(1)
-                yield walker.index, record
-        finally:
-            for future in futures:
-                future.cancel()
+        for walker, record in run_each(_run_walker, walkers, executor, executor_failed):
+            if bar is not None:
+                bar.update(1)
+            yield walker.index, record
     finally:
         if bar is not None:
             bar.close()
