@@ -337,6 +337,30 @@ def test_process_pool_gives_the_same_frames_as_serial(tmp_path):
     assert [f.info["pfd_walker"] for f in parallel.frames] == [0, 0, 1, 1]
 
 
+def test_a_lost_worker_is_recorded_and_the_other_walkers_kept(tmp_path):
+    from concurrent.futures import Executor, Future
+
+    class LosesWalkerOne(Executor):
+        def submit(self, fn, /, walker):
+            future: Future = Future()
+            if walker.index == 1:
+                future.set_exception(BrokenPipeError("worker lost"))
+            else:
+                future.set_result(fn(walker))
+            return future
+
+    settings = dict(temperatures_K=[300, 600, 900], steps=10, sample_every=5, progress=False)
+    result = explore(cu(), "emt", tmp_path, executor=LosesWalkerOne(), **settings)
+    assert [w["status"] for w in result.walkers] == ["finished", "failed", "finished"]
+    assert [f.info["pfd_walker"] for f in result.frames] == [0, 0, 2, 2]
+    lost = result.failed[0]
+    assert lost["exception"] == "BrokenPipeError" and lost["temperature_K"] == 600
+    assert read_json(walker_dir(tmp_path, 1) / "failure.json")["message"] == "worker lost"
+    # a rerun runs the lost walker again and keeps the two finished ones
+    again = explore(cu(), "emt", tmp_path, **settings)
+    assert again.n_cached == 2 and [w["status"] for w in again.walkers] == ["finished"] * 3
+
+
 def test_rerun_skips_finished_walkers(tmp_path):
     calc = CountingEMT()
     settings = dict(temperatures_K=[300, 600], steps=10, sample_every=5, progress=False)
