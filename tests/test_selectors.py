@@ -212,6 +212,22 @@ def test_random_selector_reproducible_and_seeded():
         RandomSelector(n_target=0)
 
 
+def test_constructors_follow_the_issue_signature():
+    """``(chunk_size=10, n_target=..., ...)``: positional in that order, n_target required."""
+    cands = [dimer(2.0 + 0.05 * i) for i in range(6)]
+    ref = [dimer(2.0)]
+    by_position = EntropySelector(2, 3, 0.015, 4, 5.0, "max")
+    by_name = EntropySelector(chunk_size=2, n_target=3, k=4, score="max")
+    assert repr(by_position) == repr(by_name)
+    assert by_position.select(cands, ref) == by_name.select(cands, ref)
+    assert RandomSelector(4, 3, 7).select(cands) == RandomSelector(n_target=3, seed=7).select(cands)
+    for cls in (EntropySelector, RandomSelector):
+        with pytest.raises(TypeError, match="needs n_target"):
+            cls(chunk_size=5)
+        with pytest.raises(ValueError, match="chunk_size"):
+            cls(chunk_size=0, n_target=2)
+
+
 # ----------------------------------------------------------------------------- Fig. S1 plot
 
 

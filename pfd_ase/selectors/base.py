@@ -12,6 +12,7 @@ from ase import Atoms
 class Selector(Protocol):
     """Picks frames from candidates; ``select`` returns indices into ``candidates`` in order."""
 
+    chunk_size: int
     n_target: int
 
     def select(

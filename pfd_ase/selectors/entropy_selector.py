@@ -42,10 +42,10 @@ class EntropySelector:
 
     Parameters
     ----------
-    n_target
-        Number of frames to select (>= 1).
     chunk_size
         Frames taken per round (>= 1).
+    n_target
+        Number of frames to select (>= 1); required.
     h
         Gaussian bandwidth, descriptor units (1/Å).
     k, cutoff
@@ -56,14 +56,15 @@ class EntropySelector:
 
     def __init__(
         self,
-        *,
-        n_target: int,
         chunk_size: int = 10,
+        n_target: int | None = None,
         h: float = quests.DEFAULT_BANDWIDTH,
         k: int = quests.DEFAULT_K,
         cutoff: float = quests.DEFAULT_CUTOFF,
         score: str = "sum",
     ):
+        if n_target is None:
+            raise TypeError("EntropySelector needs n_target, the number of frames to select")
         self.n_target = check_count(n_target, "n_target")
         self.chunk_size = check_count(chunk_size, "chunk_size")
         self.h = check_positive(h, "h", "1/Å")
@@ -75,7 +76,7 @@ class EntropySelector:
 
     def __repr__(self) -> str:
         return (
-            f"EntropySelector(n_target={self.n_target}, chunk_size={self.chunk_size}, "
+            f"EntropySelector(chunk_size={self.chunk_size}, n_target={self.n_target}, "
             f"h={self.h}, k={self.k}, cutoff={self.cutoff}, score={self.score!r})"
         )
 

@@ -18,19 +18,28 @@ class RandomSelector:
 
     Parameters
     ----------
+    chunk_size
+        Frames per round (>= 1), as for :class:`~pfd_ase.selectors.EntropySelector`: drawing
+        round by round without replacement is the same draw, so it does not change the result.
     n_target
-        Number of frames to select (>= 1); fewer if there are fewer candidates.
+        Number of frames to select (>= 1, required); fewer if there are fewer candidates.
     seed
         Anything ``np.random.default_rng`` accepts; None draws fresh entropy from the OS.
     """
 
-    def __init__(self, *, n_target: int, seed: int | None = 0):
+    def __init__(self, chunk_size: int = 10, n_target: int | None = None, seed: int | None = 0):
+        if n_target is None:
+            raise TypeError("RandomSelector needs n_target, the number of frames to select")
+        self.chunk_size = check_count(chunk_size, "chunk_size")
         self.n_target = check_count(n_target, "n_target")
         np.random.default_rng(seed)  # reject an invalid seed here, not at select time
         self.seed = seed
 
     def __repr__(self) -> str:
-        return f"RandomSelector(n_target={self.n_target}, seed={self.seed!r})"
+        return (
+            f"RandomSelector(chunk_size={self.chunk_size}, n_target={self.n_target}, "
+            f"seed={self.seed!r})"
+        )
 
     def select(
         self, candidates: Sequence[Atoms], reference: Sequence[Atoms] | None = None
