@@ -177,3 +177,23 @@ def test_plot_vacancy_bars(tmp_path):
     }
     out = plot_vacancy_bars(results, tmp_path / "vac.png", title="Si")
     assert out.exists() and out.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("gpaw") is None, reason="no gpaw")
+def test_phonons_refuse_one_gpaw_object_that_keeps_its_symmetry(monkeypatch):
+    from gpaw import GPAW
+
+    from pfd_ase.analysis import phonons
+
+    def no_calculation(*args):
+        raise AssertionError("a force was computed before the check")
+
+    monkeypatch.setattr(phonons, "_forces", no_calculation)
+    pw = {"mode": {"name": "pw", "ecut": 200.0}, "txt": None}
+    with pytest.raises(ValueError, match='symmetry="off"'):
+        phonon_bands(bulk("Si"), GPAW(**pw), supercell=(2, 2, 2))
+    for ok in ("off", {"point_group": False}):
+        phonons._check_shared_calculator(GPAW(symmetry=ok, **pw))
+    phonons._check_shared_calculator(lambda: GPAW(**pw))  # a factory: fresh each time
+    with pytest.raises(AssertionError, match="before the check"):  # accepted: goes on to work
+        phonon_bands(bulk("Si"), GPAW(symmetry="off", **pw), supercell=(2, 2, 2))

@@ -72,6 +72,29 @@ def _is_factory(calc: Any) -> bool:
     return callable(calc) and not hasattr(calc, "get_property")
 
 
+def _check_shared_calculator(calc: Any) -> None:
+    """Refuse, before any calculation, one GPAW object that keeps point-group symmetry.
+
+    GPAW fixes the symmetry of the first structure it sees and raises for a displaced one,
+    which would only show after the DFT of the undisplaced supercell.
+    """
+    if _is_factory(calc) or not type(calc).__module__.startswith("gpaw"):
+        return
+    params = getattr(calc, "parameters", None)
+    sym = getattr(params, "symmetry", None)  # GPAW >= 24: a Symmetry object
+    if sym is None and isinstance(params, dict):
+        sym = params.get("symmetry")  # older GPAW: the keyword as given
+    if sym == "off" or getattr(sym, "point_group", None) is False:
+        return
+    if isinstance(sym, dict) and sym.get("point_group") is False:
+        return
+    raise ValueError(
+        'one GPAW calculator for all supercells needs symmetry="off" (GPAW refuses a displaced '
+        "structure that breaks the symmetry it found first); or pass a function that returns "
+        "a fresh calculator"
+    )
+
+
 def _qpoint_frequencies(phonon: Any) -> np.ndarray:
     """Frequencies of the last ``run_qpoints`` (phonopy 4 property, older dict API)."""
     result = getattr(phonon, "qpoints", None)
@@ -145,7 +168,8 @@ def phonon_bands(
         Any ASE calculator, attached to copies of the supercells in turn; or a zero-argument
         callable returning a fresh calculator for each supercell, for calculators that keep
         state between structures (GPAW fixes the symmetry of the first structure it sees and
-        refuses a displaced one unless ``symmetry="off"``).
+        refuses a displaced one unless ``symmetry="off"``: one GPAW object without it is
+        refused with a ``ValueError`` before any calculation).
     supercell
         Supercell repeats ``(n1, n2, n3)`` or a 3×3 supercell matrix.
     displacement_A
@@ -183,6 +207,7 @@ def phonon_bands(
         raise ValueError("npoints must be at least 2")
     if displacement_A <= 0:
         raise ValueError("displacement_A must be positive")
+    _check_shared_calculator(calc)
     smat = np.asarray(supercell, dtype=int)
     if smat.shape == (3,):
         smat = np.diag(smat)
