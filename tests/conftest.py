@@ -131,3 +131,21 @@ def si_frames(n: int, seed: int, labeler: str = "sw", a: float = 5.43, displacem
         atoms.calc = SinglePointCalculator(atoms, **results)
         frames.append(atoms)
     return frames
+
+
+class LosingExecutor:
+    """An executor that runs each call at once, except that calls on items for which
+    ``lost(item)`` is true fail as a lost worker would (``BrokenPipeError``)."""
+
+    def __init__(self, lost):
+        self.lost = lost
+
+    def submit(self, fn, /, item):
+        from concurrent.futures import Future
+
+        future = Future()
+        if self.lost(item):
+            future.set_exception(BrokenPipeError("worker lost"))
+        else:
+            future.set_result(fn(item))
+        return future

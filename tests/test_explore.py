@@ -338,19 +338,11 @@ def test_process_pool_gives_the_same_frames_as_serial(tmp_path):
 
 
 def test_a_lost_worker_is_recorded_and_the_other_walkers_kept(tmp_path):
-    from concurrent.futures import Executor, Future
+    from conftest import LosingExecutor
 
-    class LosesWalkerOne(Executor):
-        def submit(self, fn, /, walker):
-            future: Future = Future()
-            if walker.index == 1:
-                future.set_exception(BrokenPipeError("worker lost"))
-            else:
-                future.set_result(fn(walker))
-            return future
-
+    loses_walker_one = LosingExecutor(lambda walker: walker.index == 1)
     settings = dict(temperatures_K=[300, 600, 900], steps=10, sample_every=5, progress=False)
-    result = explore(cu(), "emt", tmp_path, executor=LosesWalkerOne(), **settings)
+    result = explore(cu(), "emt", tmp_path, executor=loses_walker_one, **settings)
     assert [w["status"] for w in result.walkers] == ["finished", "failed", "finished"]
     assert [f.info["pfd_walker"] for f in result.frames] == [0, 0, 2, 2]
     lost = result.failed[0]

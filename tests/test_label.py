@@ -150,18 +150,10 @@ def test_process_pool_with_a_calculator_object_and_failures(tmp_path):
 
 
 def test_a_lost_worker_is_recorded_as_a_failure(tmp_path):
-    from concurrent.futures import Executor, Future
+    from conftest import LosingExecutor
 
-    class LosesFrameOne(Executor):
-        def submit(self, fn, /, task):
-            future: Future = Future()
-            if task.index == 1:
-                future.set_exception(BrokenPipeError("worker lost"))
-            else:
-                future.set_result(fn(task))
-            return future
-
-    result = label_frames(cu_frames(3), "emt", tmp_path, executor=LosesFrameOne())
+    loses_frame_one = LosingExecutor(lambda task: task.index == 1)
+    result = label_frames(cu_frames(3), "emt", tmp_path, executor=loses_frame_one)
     assert [f.info["pfd_frame_id"] for f in result.frames] == ["cu-00", "cu-02"]
     (failure,) = result.failures
     assert failure["frame_id"] == "cu-01" and failure["exception"] == "BrokenPipeError"
