@@ -247,19 +247,18 @@ def _self_sums(x: np.ndarray, h: float, threads: int | None) -> np.ndarray:
         d = x.shape[1]
         sn, zero = right[:, d + 1].copy(), np.zeros(d)
 
-    def fused(ra: slice, cols: np.ndarray, total: np.ndarray, first: int) -> None:
-        """The rows of ``ra`` with the points ``cols`` through the fused kernels."""
+    def fused(rows: np.ndarray, cols: np.ndarray, total: np.ndarray, first: int) -> None:
+        """The points ``rows`` with the points ``cols`` through the fused kernels."""
         panels, npanel = _panels(lib, xo, cols, zero, sn, "panels")
         col_sums = _buffer("col_sums", npanel * 8)
         col_sums[:] = 0.0
-        rows = np.arange(ra.start, ra.stop)
         args = (left, d + 2, rows, len(rows), panels, npanel, None, total, first, col_sums)
         lib.pfd_block_sums(*_ptrs(*args))
         total[cols - first] += col_sums[: len(cols)]
 
     def work(balls: range) -> tuple[int, np.ndarray]:
         """Sums over the pairs of these balls with later points, for points ``first`` onwards."""
-        blocks = _Blocks(left, right, torch, leaf, _COLS_SELF)
+        blocks = None if lib is not None else _Blocks(left, right, torch, leaf, _COLS_SELF)
         first = part.start[balls.start]
         total = np.zeros(n - first)
         dc = _centre_dists(xo[first:], xno[first:], part.centre[balls.start : balls.stop])
@@ -269,10 +268,11 @@ def _self_sums(x: np.ndarray, h: float, threads: int | None) -> np.ndarray:
             gap = dc[ra.stop - first :, a - balls.start] - part.radius[a]
             near = gap <= np.maximum(ball_reach[a], reach[ra.stop :])
             cand = np.flatnonzero(near) + ra.stop
+            rows = np.arange(ra.start, ra.stop) if lib is not None else None
             for c0 in range(0, len(cand), _COLS_SELF):
                 cols = cand[c0 : c0 + _COLS_SELF]
                 if lib is not None:
-                    fused(ra, cols, total, first)
+                    fused(rows, cols, total, first)
                     continue
                 rows_sum, cols_sum = blocks.sums(ra, cols, col_sums=True)
                 own += rows_sum
@@ -322,7 +322,7 @@ def _cross_sums(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> 
         sn, zero = right[:, d + 1].copy(), np.zeros(d)
 
     def work(g: range) -> np.ndarray:
-        blocks = _Blocks(left, right, torch, _ROWS_X, leaf)
+        blocks = None if lib is not None else _Blocks(left, right, torch, _ROWS_X, leaf)
         total = np.zeros(m)
         dc = dists(g)
         dc -= part.radius[g.start : g.stop]
