@@ -135,10 +135,11 @@ def si_frames(n: int, seed: int, labeler: str = "sw", a: float = 5.43, displacem
 
 class LosingExecutor:
     """An executor that runs each call at once, except that calls on items for which
-    ``lost(item)`` is true fail as a lost worker would (``BrokenPipeError``)."""
+    ``lost(item)`` is true fail as a lost worker would (``BrokenPipeError``) and calls on
+    items for which ``pending(item)`` is true never start. Keeps its futures in order."""
 
-    def __init__(self, lost):
-        self.lost = lost
+    def __init__(self, lost, pending=lambda item: False):
+        self.lost, self.pending, self.futures = lost, pending, []
 
     def submit(self, fn, /, item):
         from concurrent.futures import Future
@@ -146,6 +147,7 @@ class LosingExecutor:
         future = Future()
         if self.lost(item):
             future.set_exception(BrokenPipeError("worker lost"))
-        else:
+        elif not self.pending(item):
             future.set_result(fn(item))
+        self.futures.append(future)
         return future

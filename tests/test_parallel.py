@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 from pfd_ase.parallel import run_each
+
+from conftest import LosingExecutor
 
 
 def _square(x: int) -> int:
     return x * x
-
-
-class _Flaky(Executor):
-    """Runs each call at once, except that calls on ``dead`` items fail as a lost worker
-    would, and calls on ``pending`` items never start."""
-
-    def __init__(self, dead=(), pending=()):
-        self.dead, self.pending, self.futures = set(dead), set(pending), []
-
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        future: Future = Future()
-        if args[0] in self.dead:
-            future.set_exception(RuntimeError(f"worker running {args[0]} died"))
-        elif args[0] not in self.pending:
-            future.set_result(fn(*args, **kwargs))
-        self.futures.append(future)
-        return future
 
 
 def _record(item: int, exc: Exception) -> str:
@@ -37,14 +22,14 @@ def test_serial_runs_in_order_in_this_process():
 
 
 def test_executor_results_and_a_lost_worker_recorded():
-    out = dict(run_each(_square, [1, 2, 3], _Flaky(dead={2}), _record))
-    assert out == {1: 1, 2: "failed: worker running 2 died", 3: 9}
+    out = dict(run_each(_square, [1, 2, 3], LosingExecutor(lambda x: x == 2), _record))
+    assert out == {1: 1, 2: "failed: worker lost", 3: 9}
     with ThreadPoolExecutor(2) as pool:
         assert dict(run_each(_square, range(6), pool, _record)) == {i: i * i for i in range(6)}
 
 
 def test_stopping_early_cancels_the_calls_not_started():
-    executor = _Flaky(pending={2, 3})
+    executor = LosingExecutor(lambda x: False, pending=lambda x: x in (2, 3))
     results = run_each(_square, [1, 2, 3], executor, _record)
     assert next(results) == (1, 1)
     results.close()  # the caller stops (an error, Ctrl-C)
