@@ -1,16 +1,32 @@
 """Run directory state: completion records of steps, the labelled dataset, the run summary.
 
 Every step writes its outputs first and its completion record last (atomically), so after a
-crash or ``kill -9`` anywhere a rerun skips exactly the steps that finished. Labelled frames
-are merged into ``data/labelled.extxyz`` (atomic rewrite, no duplicates) right after each
-labelling step, and each labelling task keeps its own result file, so none is ever lost.
+crash or ``kill -9`` anywhere a rerun skips exactly the steps that finished.
+
+A step's record is keyed by what the step depends on: :meth:`RunState.run_step` takes the
+step's ``inputs`` (a JSON-able dict: its configuration section, seeds, and the identities of
+the models and frames it consumes) and stores them with their hash (:func:`inputs_hash`).
+A rerun with other inputs does not reuse the record: it says which inputs changed (logger
+``pfd_ase.workflow``, level WARNING), removes the step's old ``outputs`` and redoes the step.
+Since each step's inputs include the identities of what earlier steps produced, exactly the
+steps that depend on a changed setting are redone. A step that was interrupted is resumed
+with its partial outputs only when its inputs are the same (a marker in
+``state/started/`` remembers them); otherwise its outputs are removed first.
+
+Records written by older versions carry no inputs: they are trusted (reused) and the
+current inputs are written into them (``"inputs_adopted": true``), so that later changes are
+detected; a step run without ``inputs`` reuses any record, as before.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import platform
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -18,9 +34,21 @@ from typing import Any
 from ase import Atoms
 
 from pfd_ase._io import read_json, write_json
-from pfd_ase.data import append_frames, read_frames
+from pfd_ase.data import append_frames, merge_frames, read_frames, write_frames
+
+__all__ = [
+    "RunState",
+    "changed_inputs",
+    "canonical_inputs",
+    "inputs_hash",
+    "package_versions",
+    "run_status",
+]
+
+logger = logging.getLogger("pfd_ase.workflow")
 
 _PACKAGES = ("pfd_ase", "ase", "numpy", "deepmd-kit", "torch", "chgnet", "gpaw", "phonopy")
+_STARTED = "started"
 
 
 def package_versions() -> dict[str, str | None]:
@@ -34,19 +62,96 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def _jsonable_config(config: dict[str, Any]) -> dict[str, Any]:
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, set | frozenset):
+        return sorted(obj)
+    raise TypeError(f"step inputs must be JSON-able; got a {type(obj).__name__}: {obj!r}")
+
+
+def canonical_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``inputs`` as plain JSON data (tuples become lists, paths strings, numpy numbers floats).
+
+    Raises
+    ------
+    TypeError
+        A value that has no JSON form.
+    """
+    return json.loads(json.dumps(dict(inputs), sort_keys=True, default=_json_default))
+
+
+def inputs_hash(inputs: Mapping[str, Any]) -> str:
+    """Stable hash of a step's inputs: sha256 of their canonical JSON (sorted keys)."""
+    text = json.dumps(
+        canonical_inputs(inputs), sort_keys=True, separators=(",", ":"), ensure_ascii=True
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def changed_inputs(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the entries that differ between two input dicts (lists compare whole)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out: list[str] = []
+        for key in list(old) + [k for k in new if k not in old]:
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old or key not in new:
+                out.append(name)
+            else:
+                out.extend(changed_inputs(old[key], new[key], name))
+        return out
+    return [] if old == new else [prefix or "<inputs>"]
+
+
+def _describe(name: str, old: Any, new: Any) -> str:
+    def get(tree: Any) -> Any:
+        for part in name.split("."):
+            if not isinstance(tree, Mapping) or part not in tree:
+                return "<unset>"
+            tree = tree[part]
+        return tree
+
+    def short(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True, default=str)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    return f"{name}: {short(get(old))} -> {short(get(new))}"
+
+
+def _jsonable_config(config: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(config)
     if not isinstance(out.get("labeler"), dict):
         from pfd_ase.calculators.labelers import labeler_info
 
         out["labeler"] = labeler_info(out["labeler"])
+    structures = out.get("structures")
+    if isinstance(structures, Mapping) and any(isinstance(s, Atoms) for s in structures.values()):
+        out["structures"] = {
+            name: ({"atoms": spec.get_chemical_formula()} if isinstance(spec, Atoms) else spec)
+            for name, spec in structures.items()
+        }
     return out
 
 
 class RunState:
-    """The state of one run directory."""
+    """The state of one run directory.
 
-    def __init__(self, workdir: str | Path, config: dict[str, Any] | None = None) -> None:
+    Parameters
+    ----------
+    workdir
+        The run directory (created on the first write).
+    config
+        The run's configuration; recorded in ``summary.json`` with the seed and the
+        package versions (the settings that produced each step are in its record).
+    """
+
+    def __init__(self, workdir: str | Path, config: Mapping[str, Any] | None = None) -> None:
         self.workdir = Path(workdir).resolve()
         self.state_dir = self.workdir / "state"
         self.summary_path = self.workdir / "summary.json"
@@ -66,28 +171,111 @@ class RunState:
 
     # -- steps ---------------------------------------------------------------------------
     def record_path(self, key: str) -> Path:
+        """Path of the completion record of step ``key``."""
         return self.state_dir / f"{key}.json"
+
+    def started_path(self, key: str) -> Path:
+        """Path of the marker of a started (not yet finished) step ``key``."""
+        return self.state_dir / _STARTED / f"{key}.json"
 
     def done(self, key: str) -> dict[str, Any] | None:
         """The completion record of step ``key``, or None if it has not finished."""
         path = self.record_path(key)
         return read_json(path) if path.exists() else None
 
-    def run_step(self, key: str, func: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Run ``func`` unless step ``key`` already finished; return its (JSON) record."""
+    def run_step(
+        self,
+        key: str,
+        func: Callable[[], Mapping[str, Any]],
+        inputs: Mapping[str, Any] | None = None,
+        outputs: Iterable[str | Path] = (),
+    ) -> dict[str, Any]:
+        """Run ``func`` unless step ``key`` already finished with the same inputs.
+
+        Parameters
+        ----------
+        key
+            Name of the step (also the name of its record, ``state/<key>.json``).
+        func
+            Does the work; returns the step's JSON-able record (a dict).
+        inputs
+            What the step depends on (JSON-able): its configuration section, seeds, the
+            identities of the models and frames it consumes. Stored in the record with
+            their hash (``inputs``, ``inputs_hash``); a record with another hash is not
+            reused. ``None``: any record of ``key`` is reused.
+        outputs
+            Files or folders the step writes; removed before the step is redone with
+            other inputs (so that no result of the old inputs is mistaken for a new one).
+
+        Returns
+        -------
+        dict
+            The record: what ``func`` returned plus ``wall_s``, ``finished_at`` (Unix
+            time) and, with ``inputs``, ``inputs`` and ``inputs_hash``.
+        """
+        new = None if inputs is None else canonical_inputs(inputs)
+        digest = None if new is None else inputs_hash(new)
         record = self.done(key)
         if record is not None:
-            if self.summary["steps"].get(key) != record:  # e.g. summary.json was lost
-                self.summary["steps"][key] = record
-                self.save_summary()
-            return record
+            if digest is None or record.get("inputs_hash") == digest:
+                return self._reuse(key, record)
+            if "inputs_hash" not in record:  # an older version's record: trust it
+                record.update(inputs=new, inputs_hash=digest, inputs_adopted=True)
+                write_json(self.record_path(key), record)
+                logger.info("step %s: record of an older version adopted for these inputs", key)
+                return self._reuse(key, record)
+            self._redo(key, record.get("inputs") or {}, new, outputs, "finished")
+        elif digest is not None:
+            started = self.started_path(key)
+            if started.exists():
+                marker = read_json(started)
+                if marker.get("inputs_hash") != digest:
+                    self._redo(key, marker.get("inputs") or {}, new, outputs, "interrupted")
+        if digest is not None:
+            write_json(self.started_path(key), {"inputs": new, "inputs_hash": digest})
         t0 = time.perf_counter()
         record = dict(func())
         record["wall_s"] = round(time.perf_counter() - t0, 3)
+        record["finished_at"] = time.time()
+        if digest is not None:
+            record.update(inputs=new, inputs_hash=digest)
         write_json(self.record_path(key), record)
+        self.summary["steps"].pop(key, None)  # redone steps move to the end: run order
         self.summary["steps"][key] = record
         self.save_summary()
+        if digest is not None:
+            self.started_path(key).unlink(missing_ok=True)
         return record
+
+    def _reuse(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
+        if self.summary["steps"].get(key) != record:  # e.g. summary.json was lost
+            self.summary["steps"][key] = record
+            self.save_summary()
+        return record
+
+    def _redo(
+        self,
+        key: str,
+        old: Mapping[str, Any],
+        new: Mapping[str, Any],
+        outputs: Iterable[str | Path],
+        what: str,
+    ) -> None:
+        changes = [_describe(name, old, new) for name in changed_inputs(old, new)]
+        logger.warning(
+            "step %s: inputs changed since it %s (%s); redoing it",
+            key,
+            what,
+            "; ".join(changes) or "unknown",
+        )
+        for path in outputs:
+            path = Path(path)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        self.record_path(key).unlink(missing_ok=True)
+        self.summary["steps"].pop(key, None)
 
     def save_summary(self, **updates: Any) -> None:
         """Update and atomically rewrite ``summary.json``."""
@@ -104,19 +292,54 @@ class RunState:
         """Merge frames into the dataset; return its new size."""
         return len(append_frames(self.dataset_path, frames))
 
+    def set_dataset(self, sources: Sequence[str | Path]) -> int:
+        """Make the dataset the merge of the labelled-frame files ``sources`` (in order).
+
+        Frames whose structure appeared in an earlier file are dropped (as
+        :meth:`add_labelled` does); the file is rewritten only when it changes.
+        Returns the dataset's size.
+        """
+        frames = merge_frames(*(read_frames(p, missing_ok=True) for p in sources))
+        if _frames_key(frames) != _frames_key(self.dataset()):
+            write_frames(self.dataset_path, frames)
+        return len(frames)
+
+
+def _frames_key(frames: Sequence[Atoms]) -> list[tuple[str, str | None, float | None]]:
+    from pfd_ase.data import frame_fingerprint
+
+    out = []
+    for atoms in frames:
+        results = getattr(atoms.calc, "results", None) or {}
+        energy = results.get("energy")
+        out.append(
+            (
+                frame_fingerprint(atoms),
+                atoms.info.get("pfd_frame_id"),
+                None if energy is None else float(energy),
+            )
+        )
+    return out
+
 
 def run_status(workdir: str | Path) -> dict[str, Any]:
-    """What a run directory holds: finished steps, dataset size, models, last update."""
+    """What a run directory holds: finished steps (in run order), dataset size, models."""
     workdir = Path(workdir)
     summary_path = workdir / "summary.json"
     if not summary_path.exists():
         raise FileNotFoundError(f"{workdir} is not a pfd_ase run directory (no summary.json)")
     summary = read_json(summary_path)
-    steps = sorted(p.stem for p in (workdir / "state").glob("*.json"))
+    order: list[tuple[float, str]] = []
+    for path in (workdir / "state").glob("*.json"):
+        try:
+            finished = float(read_json(path).get("finished_at") or path.stat().st_mtime)
+        except (OSError, ValueError, AttributeError):
+            finished = path.stat().st_mtime
+        order.append((finished, path.stem))
     dataset = workdir / "data" / "labelled.extxyz"
     return {
         "workdir": str(workdir),
-        "finished_steps": steps,
+        "finished_steps": [key for _, key in sorted(order)],
         "n_labelled": len(read_frames(dataset, missing_ok=True)),
         "teacher": summary.get("teacher"),
         "student": summary.get("student"),
