@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,9 @@ from ase.build import bulk
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from pfd_ase.calculators.backends import _is_chgnet_file, load_backend
-from pfd_ase.calculators.chgnet import GPA_PER_EV_A3, is_pretrained_name, load_chgnet_model
+from pfd_ase.calculators.backends import load_backend
+from pfd_ase.calculators.chgnet import GPA_PER_EV_A3, load_chgnet_model
+from pfd_ase.models import chgnet_pretrained_version, resolve_model
 
 pytest.importorskip("chgnet")
 torch = pytest.importorskip("torch")
@@ -55,19 +55,22 @@ def sw_frames():
 
 
 # --------------------------------------------------------------------------- names, errors
-def test_pretrained_names_dispatch_to_chgnet():
-    for name in (
-        "chgnet",
-        "CHGNet",
-        "CHGNet-0.3.0",
-        "chgnet-r2scan",
-        "model.pth.tar",
-        "m.chgnet.pt",
-    ):
-        assert _is_chgnet_file(Path(name)), name
+def test_pretrained_names_dispatch_to_chgnet(tmp_path):
+    for name in ("chgnet", "CHGNet", "CHGNet-0.3.0", "chgnet-r2scan"):
+        spec = resolve_model(name)
+        assert spec.kind == "chgnet" and spec.path is None and spec.name.startswith("CHGNet-")
+    for name in ("model.pth.tar", "m.chgnet.pt"):
+        (tmp_path / name).write_bytes(b"")
+        assert resolve_model(tmp_path / name).kind == "chgnet", name
     for name in ("model.pt", "frozen.pth", "chgnet-9.9", "0.3.0", "dir/chgnet"):
-        assert not _is_chgnet_file(Path(name)), name
-    assert is_pretrained_name("CHGNet-0.3.0") and not is_pretrained_name("SevenNet-0")
+        assert chgnet_pretrained_version(name) is None, name
+    (tmp_path / "frozen.pth").write_bytes(b"")
+    assert resolve_model(tmp_path / "frozen.pth").kind == "deepmd"
+    for name in ("chgnet-9.9", "0.3.0", "dir/chgnet"):
+        with pytest.raises(FileNotFoundError):
+            resolve_model(name)
+    assert chgnet_pretrained_version("CHGNet-0.3.0") == "0.3.0"
+    assert chgnet_pretrained_version("SevenNet-0") is None
     with pytest.raises(ValueError, match="single energy head"):
         load_backend("chgnet", head="sw")
     with pytest.raises(FileNotFoundError, match="no CHGNet checkpoint"):

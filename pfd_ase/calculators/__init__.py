@@ -9,7 +9,9 @@ from typing import Any
 
 _EXPORTS = {
     "PFDCalculator": "pfd_ase.calculators.pfd",
-    "list_heads": "pfd_ase.calculators.backends",
+    "list_heads": "pfd_ase.models",
+    "resolve_model": "pfd_ase.models",
+    "ModelSpec": "pfd_ase.models",
     "make_labeler": "pfd_ase.calculators.labelers",
     "labeler_info": "pfd_ase.calculators.labelers",
     "check_vasp_setup": "pfd_ase.calculators.labelers",

@@ -8,62 +8,18 @@ imported only when a model of that kind is loaded.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from ase import Atoms
 
+from pfd_ase.calculators.prediction import ModelBackend, Prediction
+from pfd_ase.models import ModelSpec, resolve_model
 
-@dataclass
-class Prediction:
-    """One model's prediction for one structure."""
-
-    energy: float
-    forces: np.ndarray
-    energies: np.ndarray | None
-    virial: np.ndarray | None = None
-
-
-class ModelBackend(Protocol):
-    """What PFDCalculator needs from a model."""
-
-    type_map: list[str]
-
-    def evaluate(self, atoms: Atoms, atomic: bool = True) -> Prediction: ...
+__all__ = ["DeepmdBackend", "ModelBackend", "Prediction", "load_backend"]
 
 
 def _missing(extra: str, exc: ImportError) -> ImportError:
     return ImportError(f"{exc}. Install the optional dependency: pip install 'pfd_ase[{extra}]'")
-
-
-def list_heads(path: str | os.PathLike) -> list[str]:
-    """Branches of a deepmd-kit checkpoint (``[]`` for a single-task model or a frozen model)."""
-    path = Path(path)
-    if path.suffix != ".pt":
-        return []
-    params = _checkpoint_params(path)
-    return list(params.get("model_dict", {}))
-
-
-def _checkpoint_params(path: Path) -> dict:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - torch is a deepmd dependency
-        raise _missing("deepmd", exc) from exc
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    state = state.get("model", state)
-    return state["_extra_state"]["model_params"]
-
-
-def _alias_map(model_dict: dict) -> dict[str, str]:
-    """Map every head name and alias (lower-cased) to its head."""
-    out = {}
-    for name, params in model_dict.items():
-        for alias in [name, *params.get("model_branch_alias", [])]:
-            out.setdefault(alias.lower(), name)
-    return out
 
 
 class DeepmdBackend:
@@ -72,33 +28,20 @@ class DeepmdBackend:
     Parameters
     ----------
     path
-        Model file.
+        Model file, deepmd-kit pre-trained name or :class:`~pfd_ase.models.ModelSpec`.
     head
         Branch of a multi-task checkpoint (name or alias, case-insensitive).
     """
 
-    def __init__(self, path: str | os.PathLike, head: str | None = None) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"model file not found: {self.path}")
-        if self.path.suffix not in (".pt", ".pth"):
-            raise ValueError(f"not a deepmd-kit PyTorch model (.pt or .pth): {self.path}")
-        heads = list_heads(self.path)
-        if heads:
-            aliases = _alias_map(_checkpoint_params(self.path)["model_dict"])
-            if head is None:
-                raise ValueError(
-                    f"{self.path} is a multi-task model: choose a head with head=...; "
-                    f"available heads: {heads}"
-                )
-            if head.lower() not in aliases:
-                raise ValueError(f"no head named {head!r} in {self.path}; available heads: {heads}")
-            head = aliases[head.lower()]
-        elif head is not None:
-            raise ValueError(
-                f"{self.path} is a single-task model (it has no heads); do not pass head={head!r}"
-            )
-        self.head = head
+    def __init__(self, path: str | os.PathLike | ModelSpec, head: str | None = None) -> None:
+        spec = resolve_model(path, head=head, fetch=True)
+        if spec.kind != "deepmd":
+            raise ValueError(f"not a deepmd-kit PyTorch model (.pt or .pth): {spec.source}")
+        if spec.head is not None and spec.head.upper() == "RANDOM":
+            raise ValueError("head='RANDOM' applies to fine-tuning only, not to evaluation")
+        self.spec = spec
+        self.path = spec.path
+        self.head = head = spec.head
         try:
             from deepmd.infer import DeepPot
         except ImportError as exc:
@@ -121,31 +64,14 @@ class DeepmdBackend:
         )
 
 
-def load_backend(path: str | os.PathLike, head: str | None = None) -> ModelBackend:
-    """Load a model file with the right back-end, chosen from its name and contents.
+def load_backend(model: str | os.PathLike | ModelSpec, head: str | None = None) -> ModelBackend:
+    """Load a model (a file, a pre-trained name or a :class:`~pfd_ase.models.ModelSpec`).
 
-    Besides files, the names of the pre-trained CHGNet models shipped with the ``chgnet``
-    wheel are accepted: ``"chgnet"`` (= ``"CHGNet-0.3.0"``), ``"CHGNet-0.2.0"``,
-    ``"CHGNet-r2scan"``.
+    The kind of model is decided by :func:`pfd_ase.models.resolve_model` alone.
     """
-    path = Path(path)
-    if path.suffix in (".pt", ".pth") and not _is_chgnet_file(path):
-        return DeepmdBackend(path, head=head)
-    if _is_chgnet_file(path):
+    spec = resolve_model(model, head=head, fetch=True)
+    if spec.kind == "chgnet":
         from pfd_ase.calculators.chgnet import CHGNetBackend
 
-        return CHGNetBackend(path, head=head)
-    raise ValueError(
-        f"cannot tell which kind of model {path} is: expected a deepmd-kit .pt/.pth file, "
-        "a CHGNet checkpoint (*.pth.tar, *.chgnet.pt) or a pre-trained CHGNet name "
-        "('chgnet', 'CHGNet-0.3.0')"
-    )
-
-
-def _is_chgnet_file(path: Path) -> bool:
-    """A CHGNet checkpoint file name, or the name of a pre-trained CHGNet."""
-    if path.name.endswith(".pth.tar") or path.name.endswith(".chgnet.pt"):
-        return True
-    from pfd_ase.calculators.chgnet import is_pretrained_name  # light: no chgnet import
-
-    return is_pretrained_name(path)
+        return CHGNetBackend(spec)
+    return DeepmdBackend(spec)

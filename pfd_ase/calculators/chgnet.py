@@ -25,7 +25,13 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from pfd_ase.calculators.backends import Prediction
+from pfd_ase.calculators.prediction import Prediction
+from pfd_ase.models import (
+    CHGNET_PRETRAINED_VERSIONS,
+    ModelSpec,
+    chgnet_pretrained_version,
+    resolve_model,
+)
 
 __all__ = [
     "CHGNET_MAX_Z",
@@ -33,9 +39,7 @@ __all__ = [
     "CHGNetBackend",
     "atoms_to_structure",
     "chgnet_version",
-    "is_pretrained_name",
     "load_chgnet_model",
-    "pretrained_version",
 ]
 
 #: CHGNet's own conversion factor from eV/Å³ to GPa (``chgnet.model.model``), so that
@@ -43,34 +47,8 @@ __all__ = [
 GPA_PER_EV_A3 = 160.21766208
 #: Heaviest element CHGNet embeds (its composition model and atom embedding span Z = 1..94).
 CHGNET_MAX_Z = 94
-#: Pre-trained versions shipped inside the ``chgnet`` wheel.
-PRETRAINED_VERSIONS = ("0.3.0", "0.2.0", "r2scan")
-_DEFAULT_VERSION = "0.3.0"
 #: Vacuum added around a non-periodic structure (Å) beyond CHGNet's 6 Å atom-graph cutoff.
 _VACUUM_MARGIN = 2.0
-
-
-def pretrained_version(name: str | os.PathLike) -> str | None:
-    """The pre-trained CHGNet version a name refers to, or ``None``.
-
-    ``"chgnet"`` is the default version (0.3.0); ``"CHGNet-<version>"`` (any case) names a
-    version shipped in the wheel (``0.3.0``, ``0.2.0``, ``r2scan``). A path that exists
-    as a file is never a name.
-    """
-    text = os.fspath(name)
-    if Path(text).is_file() or Path(text).name != text:
-        return None
-    key = text.strip().lower()
-    if key == "chgnet":
-        return _DEFAULT_VERSION
-    if key.startswith("chgnet-") and key[len("chgnet-") :] in PRETRAINED_VERSIONS:
-        return key[len("chgnet-") :]
-    return None
-
-
-def is_pretrained_name(name: str | os.PathLike) -> bool:
-    """Whether ``name`` names a pre-trained CHGNet (see :func:`pretrained_version`)."""
-    return pretrained_version(name) is not None
 
 
 def _import_chgnet() -> Any:
@@ -108,9 +86,11 @@ def load_chgnet_model(model: str | os.PathLike, use_device: str | None = None) -
     import torch
     from chgnet.utils import determine_device
 
+    if isinstance(model, ModelSpec):
+        model = model.path if model.path is not None else str(model.name)
     text = os.fspath(model)
-    version = pretrained_version(text)
-    if version is None and not Path(text).is_file() and text in PRETRAINED_VERSIONS:
+    version = chgnet_pretrained_version(text)
+    if version is None and not Path(text).is_file() and text in CHGNET_PRETRAINED_VERSIONS:
         version = text
     # CHGNet prints "CHGNet vX initialized with N parameters" on every construction, and
     # its random initialisation (overwritten by the weights) draws from torch's global RNG.
@@ -122,7 +102,7 @@ def load_chgnet_model(model: str | os.PathLike, use_device: str | None = None) -
             if not path.is_file():
                 raise FileNotFoundError(
                     f"no CHGNet checkpoint at {path} (pre-trained names: 'chgnet', "
-                    f"{', '.join(repr('CHGNet-' + v) for v in PRETRAINED_VERSIONS)})"
+                    f"{', '.join(repr('CHGNet-' + v) for v in CHGNET_PRETRAINED_VERSIONS)})"
                 )
             state = torch.load(path, map_location="cpu", weights_only=False)
             if not isinstance(state, dict):
@@ -191,16 +171,19 @@ class CHGNetBackend:
     """
 
     def __init__(
-        self, path: str | os.PathLike, head: str | None = None, use_device: str | None = None
+        self,
+        path: str | os.PathLike | ModelSpec,
+        head: str | None = None,
+        use_device: str | None = None,
     ) -> None:
-        if head is not None:
-            raise ValueError(
-                f"CHGNet models have a single energy head; do not pass head={head!r} ({path})"
-            )
-        self.path = Path(path)
+        spec = resolve_model(path, head=head)
+        if spec.kind != "chgnet":
+            raise ValueError(f"not a CHGNet model: {spec.source}")
+        self.spec = spec
+        self.path = spec.path if spec.path is not None else Path(spec.source)
         self.head = None
-        self.pretrained = pretrained_version(path)
-        self.model = load_chgnet_model(path, use_device=use_device)
+        self.pretrained = spec.name.split("-", 1)[1] if spec.name else None
+        self.model = load_chgnet_model(spec, use_device=use_device)
         self.device = next(self.model.parameters()).device
         self.version = self.model.version
         self.type_map: list[str] = list(chemical_symbols[1 : CHGNET_MAX_Z + 1])

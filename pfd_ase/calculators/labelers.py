@@ -316,16 +316,21 @@ def _make_sw(directory: Any, overrides: dict[str, Any]) -> Any:
 def _make_chgnet(directory: Any, overrides: dict[str, Any]) -> Any:
     _require("chgnet", "chgnet")
     from ase import units
-    from chgnet.model import CHGNet
     from chgnet.model.dynamics import CHGNetCalculator
+
+    from pfd_ase.calculators.chgnet import load_chgnet_model
+    from pfd_ase.models import CHGNET_PRETRAINED_VERSIONS, resolve_model
 
     params = dict(overrides)
     model = params.pop("model", _CHGNET_DEFAULT_MODEL)
     use_device = params.pop("use_device", None)
-    if isinstance(model, str) and Path(model).is_file():
-        loaded = CHGNet.from_file(model)
-    elif isinstance(model, str):
-        loaded = CHGNet.load(model_name=model, use_device=use_device, verbose=False)
+    spec = None
+    if isinstance(model, str | os.PathLike):
+        bare_version = str(model) in CHGNET_PRETRAINED_VERSIONS and not Path(model).is_file()
+        spec = resolve_model(f"CHGNet-{model}" if bare_version else model)
+        if spec.kind != "chgnet":
+            raise ValueError(f"the chgnet labeler needs a CHGNet model, not {model!r}")
+        loaded = load_chgnet_model(spec, use_device=use_device)
     else:
         loaded, model = model, type(model).__name__
     # CHGNet predicts stress in GPa; the calculator multiplies by stress_weight (units.GPa
@@ -338,6 +343,8 @@ def _make_chgnet(directory: Any, overrides: dict[str, Any]) -> Any:
     if directory is not None:
         calc.directory = str(directory)
     settings = {"model": model, "model_version": calc.version, "chgnet": _version("chgnet")}
+    if spec is not None:
+        settings["identity"] = spec.identity
     settings.update({k: v for k, v in params.items() if k != "stress_weight"})
     return _tag(calc, "chgnet", settings)
 

@@ -12,12 +12,14 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from pfd_ase.calculators.backends import ModelBackend, load_backend
+from pfd_ase.models import ModelSpec, resolve_model
 
 #: Keys under which committee statistics are stored on the Atoms object
 #: (``atoms.arrays`` / ``atoms.info``), so that ``ase.io.write(..., format="extxyz")`` keeps them.
 FORCE_DEVI_KEY = "pfd_force_devi"
 MAX_FORCE_DEVI_KEY = "pfd_max_force_devi"
 ENERGY_DEVI_KEY = "pfd_energy_devi"
+ENERGY_DEVI_PER_ATOM_KEY = "pfd_energy_devi_per_atom"
 
 
 class PFDCalculator(Calculator):
@@ -26,8 +28,10 @@ class PFDCalculator(Calculator):
     Parameters
     ----------
     model
-        Path to a model (deepmd-kit frozen ``.pth`` or checkpoint ``.pt``, or a
-        fine-tuned CHGNet checkpoint), or a sequence of paths for a committee.
+        A model: a deepmd-kit frozen ``.pth`` or checkpoint ``.pt``, a CHGNet checkpoint,
+        a pre-trained name (``"chgnet"``, ``"DPA-3.1-3M"``...) or a
+        :class:`~pfd_ase.models.ModelSpec` (see :func:`pfd_ase.models.resolve_model`);
+        or a sequence of those for a committee.
     head
         Branch of a multi-task model. Required when the model has several heads;
         a wrong or missing head raises a ``ValueError`` listing the available heads.
@@ -40,28 +44,44 @@ class PFDCalculator(Calculator):
     ``stress`` (Voigt ``xx yy zz yz xz xy``, eV/Å³; periodic cells only),
     ``energies`` (per-atom energies, eV; computed only when asked for, as deepmd-kit's
     per-atom outputs cost 2-3× the time of the others). With several models the results are
-    the committee mean, and the per-atom force deviation
-    ``sqrt(<|F_m - <F>|²>)`` (eV/Å), its maximum and the energy deviation are
-    stored in ``results`` (``force_devi``, ``max_force_devi``, ``energy_devi``)
-    and on the atoms (``atoms.arrays["pfd_force_devi"]``,
-    ``atoms.info["pfd_max_force_devi"]``, ``atoms.info["pfd_energy_devi"]``).
+    the committee mean, and deviations are stored in ``results`` and on the atoms:
+
+    - ``force_devi`` (``atoms.arrays["pfd_force_devi"]``): per atom
+      ``sqrt(<|F_m - <F>|²>_m)`` in eV/Å, the mean over the M members (population
+      convention, divided by M), as deepmd-kit's ``model_devi``;
+    - ``max_force_devi`` (``atoms.info["pfd_max_force_devi"]``): its maximum over atoms;
+    - ``energy_devi`` (``atoms.info["pfd_energy_devi"]``): the population standard
+      deviation (divided by M) of the members' **total** energies, in eV; it grows with
+      the number of atoms;
+    - ``energy_devi_per_atom`` (``atoms.info["pfd_energy_devi_per_atom"]``): the same
+      divided by the number of atoms (eV/atom), comparable between cell sizes.
+
+    ``parameters`` records every member's :meth:`~pfd_ase.models.ModelSpec.to_dict`
+    (kind, path, name, head, content-hash identity), so frames labelled by a
+    ``PFDCalculator`` carry the teacher's identity.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+    name = "pfd"
 
     def __init__(
         self,
-        model: str | os.PathLike | Sequence[str | os.PathLike],
+        model: str | os.PathLike | ModelSpec | Sequence[str | os.PathLike | ModelSpec],
         head: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        paths = [model] if isinstance(model, (str, os.PathLike)) else list(model)
-        if not paths:
+        single = isinstance(model, str | os.PathLike | ModelSpec)
+        models = [model] if single else list(model)
+        if not models:
             raise ValueError("PFDCalculator needs at least one model")
-        self.model_paths = [Path(p) for p in paths]
+        self.specs = [resolve_model(m, head=head, fetch=True) for m in models]
+        self.model_paths = [
+            s.path if s.path is not None else Path(str(s.name or s.source)) for s in self.specs
+        ]
         self.head = head
-        self.backends: list[ModelBackend] = [load_backend(p, head=head) for p in self.model_paths]
+        self.backends: list[ModelBackend] = [load_backend(s) for s in self.specs]
+        self.parameters["models"] = [s.to_dict() for s in self.specs]
         maps = {tuple(b.type_map) for b in self.backends}
         # Committee members may have different type maps; an element must be known to all.
         self._known = set.intersection(*(set(b.type_map) for b in self.backends))
@@ -112,8 +132,10 @@ class PFDCalculator(Calculator):
             self.results["force_devi"] = devi
             self.results["max_force_devi"] = float(devi.max()) if len(devi) else 0.0
             self.results["energy_devi"] = float(energy.std())
+            self.results["energy_devi_per_atom"] = float(energy.std()) / max(len(atoms), 1)
             # Also on the caller's atoms, where extxyz writers keep them.
             if caller is not None:
                 caller.arrays[FORCE_DEVI_KEY] = devi.copy()
                 caller.info[MAX_FORCE_DEVI_KEY] = self.results["max_force_devi"]
                 caller.info[ENERGY_DEVI_KEY] = self.results["energy_devi"]
+                caller.info[ENERGY_DEVI_PER_ATOM_KEY] = self.results["energy_devi_per_atom"]

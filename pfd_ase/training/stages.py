@@ -17,10 +17,8 @@ from typing import Any
 from ase import Atoms
 
 from pfd_ase.data import split_frames, to_deepmd
+from pfd_ase.models import RANDOM_HEAD, checkpoint_params, resolve_model
 from pfd_ase.training import deepmd as dp
-
-#: fitting-net choice meaning "a freshly initialised fitting net" (deepmd-kit's ``RANDOM``)
-RANDOM_HEAD = "RANDOM"
 
 
 @dataclass
@@ -58,32 +56,16 @@ def _systems(
 
 
 def resolve_base_model(name_or_path: str | os.PathLike) -> Path:
-    """A pre-trained model file: a path as is, or a deepmd-kit registry name (e.g. ``DPA-3.1-3M``).
+    """A pre-trained deepmd-kit model file: a path as is, or a registry name (``DPA-3.1-3M``).
 
-    Registry names are downloaded by deepmd-kit into its cache; offline this fails with a
-    ``RuntimeError`` that says to download the checkpoint elsewhere and pass its path.
+    Resolved by :func:`pfd_ase.models.resolve_model`; registry names are downloaded by
+    deepmd-kit into its cache, which offline fails with a ``RuntimeError`` that says to
+    download the checkpoint elsewhere and pass its path.
     """
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    try:
-        from deepmd.pretrained.download import resolve_model_path
-        from deepmd.pretrained.registry import available_model_names
-    except ImportError as exc:  # pragma: no cover - deepmd-kit missing
-        raise ImportError(f"{exc}. Install: pip install 'pfd_ase[deepmd]'") from exc
-    names = available_model_names()
-    if str(name_or_path) not in names:
-        raise ValueError(
-            f"{name_or_path!r} is neither an existing model file nor a deepmd-kit pre-trained "
-            f"model name ({', '.join(names)})"
-        )
-    try:
-        return Path(resolve_model_path(str(name_or_path)))
-    except Exception as exc:
-        raise RuntimeError(
-            f"could not download pre-trained model {name_or_path!r} ({exc}). Without network "
-            "access, fetch the checkpoint on another machine and pass its path instead."
-        ) from exc
+    spec = resolve_model(name_or_path, fetch=True)
+    if spec.kind != "deepmd" or spec.path is None:
+        raise ValueError(f"{name_or_path!r} is not a deepmd-kit model: use finetune_chgnet")
+    return spec.path
 
 
 def finetune(
@@ -123,7 +105,7 @@ def finetune(
     """
     workdir = Path(workdir)
     base = resolve_base_model(base_model)
-    _check_head(base, head)
+    resolve_model(base, head=head)  # a wrong head fails here, before any training
     type_map = list(type_map or type_map_of(frames))
     train, valid = _systems(frames, valid_frames, workdir, type_map, seed)
     model = {"type_map": type_map, "descriptor": {}, "fitting_net": {}}
@@ -150,23 +132,8 @@ def finetune(
     return TrainResult(workdir, ckpt, model_path, info={"base_model": str(base), "head": head})
 
 
-def _check_head(base: Path, head: str | None) -> None:
-    """Fail before training when ``head`` is not a branch of ``base``."""
-    from pfd_ase.calculators.backends import _alias_map, _checkpoint_params, list_heads
-
-    if head is None or head.upper() == RANDOM_HEAD:
-        return
-    heads = list_heads(base)
-    if not heads:
-        raise ValueError(f"{base} is a single-task model; use head=None (or 'RANDOM')")
-    if head.lower() not in _alias_map(_checkpoint_params(base)["model_dict"]):
-        raise ValueError(f"no head named {head!r} in {base}; available heads: {heads}")
-
-
 def _checkpoint_model_params(path: str | os.PathLike) -> dict[str, Any]:
-    from pfd_ase.calculators.backends import _checkpoint_params
-
-    params = dict(_checkpoint_params(Path(path)))
+    params = dict(checkpoint_params(path))
     for key in ("resuming", "_comment"):
         params.pop(key, None)
     return params

@@ -1,0 +1,339 @@
+"""Which model is this? One answer for the whole package: :func:`resolve_model`.
+
+Every place that takes a model (``PFDCalculator``, the labelers, fine-tuning, the run
+configuration, exploration, caches of validation results) calls :func:`resolve_model`
+and gets a :class:`ModelSpec`: the kind of model (``"deepmd"`` or ``"chgnet"``), its file,
+its head, its type map and a stable identity (a content hash) for caches and provenance.
+
+Accepted forms
+--------------
+- a deepmd-kit PyTorch model file: a frozen ``.pth`` or a checkpoint ``.pt`` (single- or
+  multi-task; a multi-task checkpoint needs ``head``, a branch name or alias, any case);
+- a CHGNet checkpoint file: ``*.pth.tar`` (CHGNet ``Trainer.save``) or ``*.chgnet.pt``;
+- the name of a pre-trained CHGNet shipped in the ``chgnet`` wheel: ``"chgnet"``
+  (= ``"CHGNet-0.3.0"``), ``"CHGNet-0.2.0"``, ``"CHGNet-r2scan"`` (any case);
+- the name of a deepmd-kit pre-trained model (``"DPA-3.1-3M"``...), resolved through
+  deepmd-kit's model cache (a download, which fails offline with a clear message).
+
+Nothing heavy is imported here: torch only to read a checkpoint's parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CHGNET_PRETRAINED_VERSIONS",
+    "RANDOM_HEAD",
+    "ModelNotFoundError",
+    "ModelSpec",
+    "checkpoint_params",
+    "chgnet_pretrained_version",
+    "deepmd_registry_names",
+    "head_aliases",
+    "list_heads",
+    "resolve_model",
+]
+
+#: Pre-trained CHGNet versions shipped inside the ``chgnet`` wheel.
+CHGNET_PRETRAINED_VERSIONS = ("0.3.0", "0.2.0", "r2scan")
+_CHGNET_DEFAULT_VERSION = "0.3.0"
+#: Head name that asks fine-tuning for a freshly initialised fitting net (deepmd-kit's own).
+RANDOM_HEAD = "RANDOM"
+_CHGNET_SUFFIXES = (".pth.tar", ".chgnet.pt")
+_HASH_CHUNK = 1 << 20
+
+
+def _missing(extra: str, exc: ImportError) -> ImportError:
+    return ImportError(f"{exc}. Install the optional dependency: pip install 'pfd_ase[{extra}]'")
+
+
+class ModelNotFoundError(FileNotFoundError, ValueError):
+    """No model file at that path and no pre-trained model of that name."""
+
+
+# --------------------------------------------------------------------------- names
+def chgnet_pretrained_version(name: str | os.PathLike) -> str | None:
+    """The pre-trained CHGNet version a name refers to, or ``None``.
+
+    ``"chgnet"`` is the default version (0.3.0); ``"CHGNet-<version>"`` (any case) names a
+    version shipped in the wheel. A path that exists as a file, or that has a directory
+    part, is never a name.
+    """
+    text = os.fspath(name)
+    if Path(text).is_file() or Path(text).name != text:
+        return None
+    key = text.strip().lower()
+    if key == "chgnet":
+        return _CHGNET_DEFAULT_VERSION
+    if key.startswith("chgnet-") and key[len("chgnet-") :] in CHGNET_PRETRAINED_VERSIONS:
+        return key[len("chgnet-") :]
+    return None
+
+
+def deepmd_registry_names() -> list[str]:
+    """Names of deepmd-kit's pre-trained models (``[]`` when deepmd-kit is not installed)."""
+    try:
+        from deepmd.pretrained.registry import available_model_names
+    except ImportError:
+        return []
+    return list(available_model_names())
+
+
+# --------------------------------------------------------------------------- checkpoints
+def checkpoint_params(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``model_params`` stored in a deepmd-kit PyTorch checkpoint (``.pt``)."""
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is a deepmd dependency
+        raise _missing("deepmd", exc) from exc
+    state = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    state = state.get("model", state)
+    return state["_extra_state"]["model_params"]
+
+
+def list_heads(path: str | os.PathLike) -> list[str]:
+    """Branches of a deepmd-kit checkpoint (``[]`` for a single-task model or a frozen model)."""
+    if Path(path).suffix != ".pt" or _is_chgnet_file_name(Path(path)):
+        return []
+    return list(checkpoint_params(path).get("model_dict", {}))
+
+
+def head_aliases(params: dict[str, Any]) -> dict[str, str]:
+    """Map every head name and alias (lower-cased) of checkpoint ``params`` to its head."""
+    out: dict[str, str] = {}
+    for name, branch in params.get("model_dict", {}).items():
+        for alias in [name, *branch.get("model_branch_alias", [])]:
+            out.setdefault(alias.lower(), name)
+    return out
+
+
+def _is_chgnet_file_name(path: Path) -> bool:
+    return any(path.name.endswith(s) for s in _CHGNET_SUFFIXES)
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _chgnet_package_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chgnet")
+    except PackageNotFoundError:
+        return None
+
+
+# --------------------------------------------------------------------------- the spec
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model: what it is, where it is, which head.
+
+    Attributes
+    ----------
+    kind
+        ``"deepmd"`` or ``"chgnet"``.
+    source
+        What the caller passed (a path or a name).
+    path
+        The model file (``None`` for a pre-trained CHGNet, whose weights ship in its wheel,
+        and for a deepmd-kit registry name not fetched yet).
+    name
+        Canonical pre-trained name (``"CHGNet-0.3.0"``, ``"DPA-3.1-3M"``), else ``None``.
+    head
+        Canonical head of a multi-task checkpoint, ``"RANDOM"`` (fine-tuning with a fresh
+        fitting net), or ``None``.
+    heads
+        All heads of a multi-task checkpoint (empty otherwise).
+    """
+
+    kind: str
+    source: str
+    path: Path | None = None
+    name: str | None = None
+    head: str | None = None
+    heads: tuple[str, ...] = field(default=())
+
+    @cached_property
+    def type_map(self) -> tuple[str, ...] | None:
+        """Elements the model knows (``None`` when it cannot be read without fetching it)."""
+        if self.kind == "chgnet":
+            from ase.data import chemical_symbols
+
+            return tuple(chemical_symbols[1:95])  # CHGNet embeds Z = 1..94
+        if self.path is None:
+            return None
+        if self.path.suffix == ".pt":
+            params = checkpoint_params(self.path)
+            if self.heads:
+                shared = params.get("shared_dict", {})
+                branch = params["model_dict"].get(self.head or "", {})
+                tm = branch.get("type_map")
+                if isinstance(tm, str):  # a key into shared_dict
+                    tm = shared.get(tm)
+                tm = tm if isinstance(tm, list) else shared.get("type_map_all")
+            else:
+                tm = params.get("type_map")
+            return tuple(tm) if isinstance(tm, list) else None
+        try:
+            import torch
+        except ImportError as exc:  # pragma: no cover
+            raise _missing("deepmd", exc) from exc
+        return tuple(torch.jit.load(str(self.path), map_location="cpu").get_type_map())
+
+    @cached_property
+    def identity(self) -> str:
+        """Stable identity for caches and provenance: kind, content hash (or name) and head.
+
+        Two specs of the same file content and head have the same identity wherever the
+        file lies; a retrained model at the same path gets a new one.
+        """
+        if self.path is not None:
+            what = f"sha256={_file_hash(self.path)}"
+        elif self.kind == "chgnet":
+            what = f"{self.name}@chgnet-{_chgnet_package_version()}"
+        else:
+            what = f"{self.name}"
+        return f"{self.kind}:{what}:head={self.head}"
+
+    @property
+    def is_pretrained(self) -> bool:
+        """Whether the model was named (a pre-trained model) rather than given as a file."""
+        return self.name is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe provenance record: kind, path, name, head, identity."""
+        return {
+            "kind": self.kind,
+            "path": str(self.path) if self.path is not None else None,
+            "name": self.name,
+            "head": self.head,
+            "identity": self.identity,
+        }
+
+    def fetch(self) -> ModelSpec:
+        """This spec with ``path`` set: a deepmd-kit registry model fetched into its cache.
+
+        Raises ``RuntimeError`` offline, with what to do instead.
+        """
+        if self.path is not None or self.kind != "deepmd":
+            return self
+        try:
+            from deepmd.pretrained.download import resolve_model_path
+        except ImportError as exc:  # pragma: no cover - deepmd-kit missing
+            raise _missing("deepmd", exc) from exc
+        try:
+            path = Path(resolve_model_path(str(self.name)))
+        except Exception as exc:
+            raise RuntimeError(
+                f"could not download pre-trained model {self.name!r} ({exc}). Without network "
+                "access, fetch the checkpoint on another machine and pass its path instead."
+            ) from exc
+        spec = resolve_model(path, head=self.head)
+        return ModelSpec(spec.kind, self.source, spec.path, self.name, spec.head, spec.heads)
+
+
+def resolve_model(
+    model: str | os.PathLike | ModelSpec, head: str | None = None, *, fetch: bool = False
+) -> ModelSpec:
+    """Resolve a model path or name into a :class:`ModelSpec`, checking the head.
+
+    Parameters
+    ----------
+    model
+        A model file, a pre-trained name (see the module docstring) or a spec.
+    head
+        Branch of a multi-task deepmd-kit checkpoint (name or alias, any case). Required
+        for a multi-task checkpoint; ``"RANDOM"`` (fine-tuning only) asks for a fresh
+        fitting net; must be ``None`` for frozen deepmd-kit models and CHGNet.
+    fetch
+        Fetch a deepmd-kit registry model now (a download) so that ``path`` is set;
+        otherwise its ``path`` stays ``None`` until :meth:`ModelSpec.fetch`.
+
+    Raises
+    ------
+    ModelNotFoundError
+        (a ``FileNotFoundError`` and a ``ValueError``) no such file and no such name.
+    ValueError
+        An unknown name or file kind, or a head the model lacks (the message lists the
+        heads), or a head given for a model without heads.
+    """
+    if isinstance(model, ModelSpec):
+        if head is None or head == model.head:
+            return model.fetch() if fetch else model
+        model = model.path if model.path is not None else (model.name or model.source)
+    source = os.fspath(model)
+    path = Path(source)
+
+    version = chgnet_pretrained_version(source)
+    if version is not None:
+        _no_head(head, f"CHGNet-{version}", "CHGNet models have a single energy head")
+        return ModelSpec("chgnet", source, None, f"CHGNet-{version}")
+
+    if path.is_file():
+        if _is_chgnet_file_name(path):
+            _no_head(head, path, "CHGNet models have a single energy head")
+            return ModelSpec("chgnet", source, path)
+        if path.suffix == ".pth":
+            _no_head(head, path, f"{path} is a single-task model (it has no heads)")
+            return ModelSpec("deepmd", source, path)
+        if path.suffix == ".pt":
+            return _deepmd_checkpoint(source, path, head)
+        raise ValueError(
+            f"cannot tell which kind of model {path} is: expected a deepmd-kit .pt/.pth file, "
+            "a CHGNet checkpoint (*.pth.tar, *.chgnet.pt) or a pre-trained model name"
+        )
+
+    names = deepmd_registry_names()
+    if source in names:
+        if head is not None and head.upper() == RANDOM_HEAD:
+            head = RANDOM_HEAD
+        spec = ModelSpec("deepmd", source, None, source, head)
+        return spec.fetch() if fetch else spec
+    if _is_chgnet_file_name(path):
+        raise ModelNotFoundError(
+            f"no CHGNet checkpoint at {path} (pre-trained names: 'chgnet', "
+            f"{', '.join(repr('CHGNet-' + v) for v in CHGNET_PRETRAINED_VERSIONS)})"
+        )
+    if path.name != source:
+        raise ModelNotFoundError(f"model file not found: {path}")
+    known = ["chgnet", *(f"CHGNet-{v}" for v in CHGNET_PRETRAINED_VERSIONS), *names]
+    raise ModelNotFoundError(
+        f"{source!r} is neither an existing model file nor a pre-trained model name "
+        f"({', '.join(known)})"
+    )
+
+
+def _no_head(head: str | None, what: Any, why: str) -> None:
+    if head is not None:
+        raise ValueError(f"{why}; do not pass head={head!r} ({what})")
+
+
+def _deepmd_checkpoint(source: str, path: Path, head: str | None) -> ModelSpec:
+    params = checkpoint_params(path)
+    heads = tuple(params.get("model_dict", {}))
+    if head is not None and head.upper() == RANDOM_HEAD:
+        return ModelSpec("deepmd", source, path, None, RANDOM_HEAD, heads)
+    if not heads:
+        why = f"{path} is a single-task model (it has no heads; 'RANDOM' fine-tunes)"
+        _no_head(head, path, why)
+        return ModelSpec("deepmd", source, path)
+    if head is None:
+        raise ValueError(
+            f"{path} is a multi-task model: choose a head with head=...; "
+            f"available heads: {list(heads)}"
+        )
+    aliases = head_aliases(params)
+    if head.lower() not in aliases:
+        raise ValueError(f"no head named {head!r} in {path}; available heads: {list(heads)}")
+    return ModelSpec("deepmd", source, path, None, aliases[head.lower()], heads)
