@@ -5,25 +5,31 @@
 ``workdir/task.{i:06d}``:
 
 ``task.json``
-    what the directory is for (frame id, labeler), written when the task starts;
+    the task record, written when the task starts: its key, frame id and labeler;
 ``labelled.extxyz``
-    the labelled frame, written atomically when the calculation finishes;
+    the labelled frame: the done record, written atomically when the calculation
+    finishes;
 ``failure.json``
-    frame id, exception type and text and traceback of a failed calculation.
+    frame id, exception type and text, traceback, attempts and cause of a failed
+    calculation.
 
-A rerun with the same frames and labeler skips every finished task, so a crash
-never loses nor repeats a finished calculation; failed tasks are tried again.
+A frame's key (:func:`pfd_ase.tasks.task_key`) hashes the frame's structure
+(:func:`~pfd_ase.data.frame_fingerprint`: atomic numbers, positions, cell, pbc, bit for
+bit) and the labeler (name and options, or the object's name and settings). A rerun
+with the same frames and labeler skips every finished task, so a crash never loses nor
+repeats a finished calculation; failed tasks are tried again. Existing records follow
+the rule of :mod:`pfd_ase.tasks`: a finished result under another key (other frames,
+another labeler) stops the run before any calculation (``ValueError``: use a fresh
+workdir); one that cannot be read is moved aside to ``labelled.extxyz.stale`` with a
+warning and the frame is labelled again.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
-import traceback
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,17 +37,22 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from pfd_ase._io import read_json, write_json
-from pfd_ase.calculators.labelers import (
-    _canonical_name,
-    _jsonable,
-    check_labeler,
-    is_calculator,
-    labeler_info,
-    make_labeler,
+from pfd_ase._io import read_json
+from pfd_ase.calculators.labelers import labeler_info
+from pfd_ase.data import frame_fingerprint, read_frames, write_frames
+from pfd_ase.tasks import (
+    CalculatorSpec,
+    calculator,
+    calculator_spec,
+    clear_calculators,
+    failure_record,
+    numbered_dir,
+    run_each,
+    split_finished,
+    start_task,
+    task_key,
+    write_failure,
 )
-from pfd_ase.data import read_frames, write_frames
-from pfd_ase.parallel import run_each
 
 __all__ = ["LabelResult", "label_frames", "task_dir"]
 
@@ -50,6 +61,7 @@ TASK_FILE = "task.json"
 FAILURE_FILE = "failure.json"
 _PROPERTIES = ("energy", "forces", "stress")
 _POSITION_TOL = 1e-6  # Å; a labeler that moves atoms further than this is an error
+_MISMATCH = "finished results for other frames or another labeler"
 
 
 @dataclass
@@ -62,7 +74,8 @@ class LabelResult:
         Labelled frames of the successful tasks, in input order.
     failures
         One record per failed frame: ``index``, ``frame_id``, ``task_dir``,
-        ``exception`` (type name), ``message``, ``traceback``, ``attempts``.
+        ``exception`` (type name), ``message``, ``traceback``, ``attempts``, ``cause``
+        (see :func:`pfd_ase.tasks.failure_record`).
     n_cached
         How many frames came from a previous run instead of a new calculation.
     """
@@ -77,17 +90,21 @@ class _Task:
     index: int
     frame_id: str
     frame: Atoms
-    labeler: Any  # a name, or a calculator object
-    overrides: dict[str, Any]
+    spec: CalculatorSpec
     directory: str
     properties: tuple[str, ...]
     retries: int
-    key: dict[str, Any]
+    key: str
 
 
 def task_dir(workdir: str | os.PathLike, index: int) -> Path:
     """The directory of frame ``index`` under ``workdir``."""
-    return Path(workdir) / f"task.{index:06d}"
+    return numbered_dir(workdir, "task", index, 6)
+
+
+def _frame_key(frame: Atoms, spec: CalculatorSpec) -> str:
+    """The task key of labelling ``frame`` with ``spec`` (see the module docstring)."""
+    return task_key({"frame": frame_fingerprint(frame), "labeler": spec.description})
 
 
 def label_frames(
@@ -108,10 +125,11 @@ def label_frames(
         (default: its index).
     labeler
         A name known to :func:`~pfd_ase.calculators.labelers.make_labeler`, a
-        ``(name, overrides)`` pair, or a calculator object. Names travel to
-        worker processes as names, so process pools work with any labeler; an
-        object must be picklable for them (it is sent with every task) and must
-        not be given to a thread pool (the threads would share it).
+        ``(name, overrides)`` pair, or a calculator object (see
+        :func:`pfd_ase.tasks.calculator_spec`). Names travel to worker processes as
+        names, so process pools work with any labeler; an object must be picklable
+        for them (it is sent with every task) and must not be given to a thread pool
+        (the threads would share it).
     workdir
         Run directory; frame ``i`` works in ``workdir/task.{i:06d}``.
     executor
@@ -136,10 +154,17 @@ def label_frames(
     ------
     ValueError
         Unknown labeler or property, or a task directory that holds a finished
-        result for another frame or labeler.
+        result for another frame or labeler
+        (:class:`~pfd_ase.tasks.MismatchedTaskError`).
     LabelerSetupError
         The labeler cannot run (e.g. no VASP command or POTCARs): raised before
         the first calculation (not when every frame is already labelled).
+
+    Warns
+    -----
+    StaleRecordWarning
+        A finished result that cannot be read was moved aside; the frame is labelled
+        again.
     """
     frames = list(frames)
     for i, atoms in enumerate(frames):
@@ -151,82 +176,47 @@ def label_frames(
         raise ValueError(f"unknown properties {sorted(unknown)}; choose from {_PROPERTIES}")
     if retries < 0:
         raise ValueError("retries must be >= 0")
-    name, overrides = _split_spec(labeler)
-    key = _labeler_key(name, overrides)
+    spec = calculator_spec(labeler, kinds=("labeler", "object"), what="labeler")
 
     workdir = Path(workdir)
-    result = LabelResult()
-    done: dict[int, Atoms] = {}
-    tasks: list[_Task] = []
-    stale: list[str] = []
-    for i, atoms in enumerate(frames):
-        frame_id = str(atoms.info.get("pfd_frame_id", i))
-        directory = task_dir(workdir, i)
-        cached = _read_finished(directory, atoms, key)
-        if cached is False:
-            stale.append(directory.name)
-        elif cached is not None:
-            cached.info["pfd_frame_id"] = frame_id
-            done[i] = cached
-        else:
-            tasks.append(
-                _Task(i, frame_id, atoms, name, overrides, str(directory), properties, retries, key)
-            )
-    if stale:
-        raise ValueError(
-            f"{workdir} holds finished results for other frames or another labeler in "
-            f"{', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}; use a fresh workdir"
+    tasks = [
+        _Task(
+            index=i,
+            frame_id=str(atoms.info.get("pfd_frame_id", i)),
+            frame=atoms,
+            spec=spec,
+            directory=str(task_dir(workdir, i)),
+            properties=properties,
+            retries=retries,
+            key=_frame_key(atoms, spec),
         )
-    result.n_cached = len(done)
-    if tasks:  # everything is checked before the first calculation starts
-        symbols = {s for task in tasks for s in task.frame.get_chemical_symbols()}
-        check_labeler(name, symbols, overrides)
+        for i, atoms in enumerate(frames)
+    ]
+    done, todo = split_finished(tasks, RESULT_FILE, _read_finished, workdir=workdir, what=_MISMATCH)
+    for i, cached in done.items():
+        cached.info["pfd_frame_id"] = tasks[i].frame_id
+    result = LabelResult(n_cached=len(done))
+    if todo:  # everything is checked before the first calculation starts
+        spec.check({s for task in todo for s in task.frame.get_chemical_symbols()})
 
     failures: dict[int, dict[str, Any]] = {}
     try:
-        for task, outcome in _run_all(tasks, executor):
+        for task, outcome in run_each(_run_task, todo, executor, _executor_failed):
             if isinstance(outcome, Atoms):
                 done[task.index] = outcome
             else:
                 failures[task.index] = outcome
     finally:
-        _built().clear()  # do not keep a model alive in this process after the run
+        clear_calculators()  # do not keep a model alive in this process after the run
     result.frames = [done[i] for i in sorted(done)]
     result.failures = [failures[i] for i in sorted(failures)]
     return result
 
 
-# --------------------------------------------------------------------------- scheduling
-
-
-def _split_spec(labeler: Any) -> tuple[Any, dict[str, Any]]:
-    if isinstance(labeler, str):
-        return labeler, {}
-    if isinstance(labeler, tuple) and len(labeler) == 2 and isinstance(labeler[0], str):
-        overrides = dict(labeler[1] or {})
-        overrides.pop("directory", None)  # each task sets its own
-        return labeler[0], overrides
-    if is_calculator(labeler):
-        return labeler, {}
-    raise TypeError(
-        "labeler must be a name, a (name, overrides) pair or a calculator object, "
-        f"not {type(labeler).__name__}"
-    )
-
-
-def _labeler_key(name: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(name, str):
-        return {"name": _canonical_name(name), "overrides": _jsonable(dict(overrides))}
-    return {"object": labeler_info(name)}
-
-
-def _run_all(tasks: list[_Task], executor: Executor | None) -> Iterable[tuple[_Task, Any]]:
-    def executor_failed(task: _Task, exc: Exception) -> dict[str, Any]:
-        outcome = _failure(task, exc, attempts=1)
-        _write_failure(task, outcome)
-        return outcome
-
-    return run_each(_run_task, tasks, executor, executor_failed)
+def _read_finished(directory: Path) -> tuple[Any, Atoms]:
+    """Key and labelled frame of a finished task (any exception: unreadable)."""
+    key = read_json(directory / TASK_FILE)["key"]
+    return key, read_frames(directory / RESULT_FILE)[0]
 
 
 # --------------------------------------------------------------------------- one task
@@ -234,91 +224,47 @@ def _run_all(tasks: list[_Task], executor: Executor | None) -> Iterable[tuple[_T
 
 def _run_task(task: _Task) -> Atoms | dict[str, Any]:
     """Label one frame in its directory; return the frame as stored, or a failure record."""
-    directory = Path(task.directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / FAILURE_FILE).unlink(missing_ok=True)
-    write_json(
-        directory / TASK_FILE,
-        {"index": task.index, "frame_id": task.frame_id, "labeler": task.key},
+    directory = start_task(
+        task.directory,
+        TASK_FILE,
+        task.key,
+        {"index": task.index, "frame_id": task.frame_id, "labeler": task.spec.description},
     )
     attempts = 0
     while True:
         attempts += 1
         try:
-            with _calculator(task, directory) as calc, _single_threaded_blas(calc):
+            with calculator(task.spec, directory) as calc:
                 labelled = _label(task.frame, calc, task.properties)
             break
         except Exception as exc:
-            _built().clear()  # a retry starts from a fresh calculator
+            clear_calculators()  # a retry starts from a fresh calculator
             if attempts > task.retries:
                 failure = _failure(task, exc, attempts)
-                _write_failure(task, failure)
+                write_failure(directory, failure)
                 return failure
     labelled.info["pfd_frame_id"] = task.frame_id
     path = directory / RESULT_FILE
-    _write_extxyz(path, labelled)
-    stored = _read_extxyz(path)
+    write_frames(path, [labelled])  # the done record: atomic, full precision, last
+    stored = read_frames(path)[0]
     stored.info["pfd_frame_id"] = task.frame_id
     return stored
 
 
-# labelers without files or state between calculations: built once per process (and
-# thread) and reused, as loading CHGNet costs more than a call; only the last is kept
-_REUSABLE = frozenset({"emt", "tersoff", "sw", "chgnet"})
-_LOCAL = threading.local()
+def _executor_failed(task: _Task, exc: Exception) -> dict[str, Any]:
+    """The failure record of a task the executor lost (pickling, a dead worker)."""
+    failure = _failure(task, exc, attempts=1)
+    write_failure(task.directory, failure)
+    return failure
 
 
-def _built() -> dict[str, Any]:
-    if not hasattr(_LOCAL, "built"):
-        _LOCAL.built = {}
-    return _LOCAL.built
-
-
-@contextmanager
-def _calculator(task: _Task, directory: Path) -> Iterator[Any]:
-    """The task's calculator working in ``directory`` (an object gets its directory back)."""
-    if isinstance(task.labeler, str):
-        name = _canonical_name(task.labeler)
-        try:  # only plain settings identify a calculator safely
-            cache_key = json.dumps([name, task.overrides], sort_keys=True)
-        except TypeError:
-            cache_key = None
-        if name not in _REUSABLE or cache_key is None:
-            yield make_labeler(name, directory=directory, **task.overrides)
-            return
-        built = _built()
-        if cache_key not in built:
-            built.clear()
-            built[cache_key] = make_labeler(name, **task.overrides)
-        calc = built[cache_key]
-    else:
-        calc = task.labeler
-    if callable(getattr(calc, "reset", None)):
-        calc.reset()
-    if not hasattr(calc, "directory"):
-        yield calc
-        return
-    previous = calc.directory
-    calc.directory = str(directory)
-    try:
-        yield calc
-    finally:
-        calc.directory = previous
-
-
-@contextmanager
-def _single_threaded_blas(calc: Any) -> Iterator[None]:
-    """GPAW is about 8x slower with threaded OpenBLAS on 2 cores: run it with one BLAS thread."""
-    if "gpaw" not in type(calc).__module__:
-        yield
-        return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+def _failure(task: _Task, exc: BaseException, attempts: int) -> dict[str, Any]:
+    return {
+        "index": task.index,
+        "frame_id": task.frame_id,
+        "task_dir": task.directory,
+        **failure_record(exc, attempts),
+    }
 
 
 def _label(frame: Atoms, calc: Any, properties: tuple[str, ...]) -> Atoms:
@@ -382,56 +328,3 @@ def _clean_copy(frame: Atoms) -> Atoms:
         if key in all_properties:
             del out.arrays[key]
     return out
-
-
-def _failure(task: _Task, exc: BaseException, attempts: int) -> dict[str, Any]:
-    return {
-        "index": task.index,
-        "frame_id": task.frame_id,
-        "task_dir": task.directory,
-        "exception": type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-        "attempts": attempts,
-    }
-
-
-def _write_failure(task: _Task, failure: dict[str, Any]) -> None:
-    try:
-        write_json(Path(task.directory) / FAILURE_FILE, failure)
-    except OSError:  # the record in LabelResult.failures remains
-        pass
-
-
-# --------------------------------------------------------------------------- files
-
-
-def _write_extxyz(path: Path, atoms: Atoms) -> None:
-    write_frames(path, [atoms])  # atomic, full precision
-
-
-def _read_extxyz(path: Path) -> Atoms:
-    return read_frames(path)[0]
-
-
-def _read_finished(directory: Path, frame: Atoms, key: dict[str, Any]) -> Atoms | None | bool:
-    """The finished result for ``frame`` in ``directory``; None if there is none,
-    False if the directory holds a result for another frame or labeler."""
-    path = directory / RESULT_FILE
-    if not path.exists():
-        return None
-    try:
-        record = read_json(directory / TASK_FILE)
-        stored = _read_extxyz(path)
-    except (OSError, ValueError):
-        return False
-    if json.dumps(record.get("labeler"), sort_keys=True) != json.dumps(key, sort_keys=True):
-        return False
-    same = (
-        len(stored) == len(frame)
-        and np.array_equal(stored.numbers, frame.numbers)
-        and np.array_equal(stored.pbc, frame.pbc)
-        and np.allclose(stored.cell[:], frame.cell[:], rtol=0, atol=_POSITION_TOL)
-        and np.allclose(stored.positions, frame.positions, rtol=0, atol=_POSITION_TOL)
-    )
-    return stored if same else False

@@ -1,21 +1,24 @@
 """Executors for labelling and exploration: serial, local processes, Dask, Slurm (submitit).
 
 Every stage takes a ``concurrent.futures.Executor`` (``None`` = serial, in-process);
-:func:`make_executor` builds one from a small specification.
+:func:`make_executor` builds one from a small specification. The loop that runs tasks
+through an executor is :func:`pfd_ase.tasks.run_each` (also importable from here).
 """
 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
+from pfd_ase.tasks import run_each
+
+__all__ = ["KINDS", "SubmititExecutor", "make_executor", "run_each"]
+
+#: Executor kinds of :func:`make_executor`.
 KINDS = ("serial", "process", "dask", "slurm")
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 @contextmanager
@@ -59,37 +62,6 @@ def make_executor(spec: Mapping[str, Any] | None = None) -> Iterator[Executor | 
         yield SubmititExecutor(spec.get("folder", "slurm_logs"), **dict(spec.get("slurm", {})))
     else:
         raise ValueError(f"unknown executor kind {kind!r}; known: {', '.join(KINDS)}")
-
-
-def run_each(
-    func: Callable[[T], R],
-    items: Iterable[T],
-    executor: Executor | None,
-    on_error: Callable[[T, Exception], R],
-) -> Iterator[tuple[T, R]]:
-    """``(item, func(item))`` for every item: in order in this process when ``executor`` is
-    None, else as the submitted calls complete.
-
-    ``func`` records its own failures; an exception from the executor itself (pickling, a
-    dead worker) becomes ``on_error(item, exc)``. Calls not yet started are cancelled when
-    the caller stops early (an error, a ``KeyboardInterrupt``).
-    """
-    if executor is None:
-        for item in items:
-            yield item, func(item)
-        return
-    futures: dict[Future, T] = {executor.submit(func, item): item for item in items}
-    try:
-        for future in as_completed(futures):
-            item = futures[future]
-            try:
-                result = future.result()
-            except Exception as exc:
-                result = on_error(item, exc)
-            yield item, result
-    finally:
-        for future in futures:
-            future.cancel()
 
 
 class SubmititExecutor(Executor):

@@ -269,7 +269,7 @@ def test_extxyz_round_trip_of_metadata(tmp_path):
 
 
 def test_stateless_labeler_is_built_once_per_run(tmp_path, monkeypatch):
-    import pfd_ase.label as label
+    import pfd_ase.tasks as tasks
     from pfd_ase.calculators.labelers import make_labeler
 
     built = []
@@ -278,7 +278,7 @@ def test_stateless_labeler_is_built_once_per_run(tmp_path, monkeypatch):
         built.append(name)
         return make_labeler(name, directory=directory, **overrides)
 
-    monkeypatch.setattr(label, "make_labeler", counting)
+    monkeypatch.setattr(tasks, "make_labeler", counting)
     label_frames(cu_frames(3), "emt", tmp_path / "a")
     label_frames(cu_frames(3, seed=1), "emt", tmp_path / "b")
     assert built == ["emt", "emt"]  # once per run, not once per frame

@@ -1,10 +1,11 @@
-"""run_each: serial order, executor failures recorded, pending calls cancelled on early stop."""
+"""The executor loop (pfd_ase.tasks.run_each): serial order, executor failures recorded, pending
+calls cancelled on early stop."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from pfd_ase.parallel import run_each
+from pfd_ase.tasks import run_each
 
 from conftest import LosingExecutor
 
