@@ -11,7 +11,8 @@ isotropic MTK barostat with a Nosé–Hoover chain thermostat, or Berendsen).
 Walker ``i`` works in ``workdir/walker.{i:04d}``:
 
 ``walker.json``
-    what the directory is for (the walker's settings), written when it starts;
+    the task record: the walker's key, conditions and definition, written when it
+    starts;
 ``traj.extxyz``
     the sampled frames, appended (full precision) as the MD runs;
 ``rejected.extxyz``
@@ -19,14 +20,20 @@ Walker ``i`` works in ``workdir/walker.{i:04d}``:
 ``md.log``
     ASE's MD log, one line per sampled step;
 ``done.json``
-    the completion record, written atomically when the walker ends (status
-    ``"finished"`` or ``"exploded"``);
+    the done record, written atomically when the walker ends (its key and record,
+    status ``"finished"`` or ``"exploded"``);
 ``failure.json``
-    exception and traceback when the MD raised for a reason other than a blow-up.
+    exception, traceback, attempts and cause when the MD raised for a reason other
+    than a blow-up.
 
-A rerun with the same settings skips every walker with a completion record (a
-walker that crashed or failed starts again from step 0; MD is cheap next to the
-DFT that follows). Velocities come from ``np.random.default_rng(SeedSequence(seed,
+A walker's key (:func:`pfd_ase.tasks.task_key`) hashes its starting structure, its
+conditions, every setting that changes its MD and the model. A rerun with the same
+settings skips every walker with a done record (a walker that crashed or failed starts
+again from step 0; MD is cheap next to the DFT that follows). Existing records follow
+the rule of :mod:`pfd_ase.tasks`: a done record under another key (other settings)
+stops the run before any MD (``ValueError``: use a fresh workdir); one that cannot be
+read or is incomplete is moved aside to ``done.json.stale`` with a warning and the
+walker runs again. Velocities come from ``np.random.default_rng(SeedSequence(seed,
 spawn_key=(i,)))``: one seed gives every walker its own reproducible stream,
 independent of the executor and of the global NumPy seed.
 
@@ -52,19 +59,15 @@ status ``"exploded"`` with the step and reason, and the others go on. Frames tha
 fail only the optional ``max_force_eV_A`` limit are rejected but the walker goes on.
 Units: K, fs, GPa at the interface; eV, Å and ASE time inside.
 
-Modules: :mod:`.settings` (:class:`ExploreTask`, :class:`ExploreResult`), :mod:`.models` (how
-a walker gets its calculator), :mod:`.walker` (one walker's MD), :mod:`.driver`
-(:func:`explore`).
+Modules, each importing (at run time) only those after it: :mod:`.settings` (:class:`ExploreTask`,
+:func:`explore`), :mod:`.driver` (running the walkers, skipping finished ones, gathering
+frames), :mod:`.walker` (one walker's MD), :mod:`.results` (walker directories, file
+names, :class:`ExploreResult`); task directories, keys, records, the model spec and the
+executor loop come from :mod:`pfd_ase.tasks`.
 """
 
-from pfd_ase.explore.driver import explore
-from pfd_ase.explore.settings import (
-    BAROSTATS,
-    THERMOSTATS,
-    ExploreResult,
-    ExploreTask,
-    walker_dir,
-)
+from pfd_ase.explore.results import ExploreResult, walker_dir
+from pfd_ase.explore.settings import BAROSTATS, THERMOSTATS, ExploreTask, explore
 
 __all__ = [
     "BAROSTATS",

@@ -2,129 +2,100 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ase import Atoms
 
 from pfd_ase._io import read_json
-from pfd_ase.explore.models import _cache, _parse_model
-from pfd_ase.explore.settings import (
-    _FINISHED,
+from pfd_ase.data import read_frames
+from pfd_ase.explore.results import (
     DONE_FILE,
+    FINISHED,
     TRAJECTORY_FILE,
     ExploreResult,
-    ExploreTask,
     walker_dir,
 )
 from pfd_ase.explore.walker import (
-    _failure_fields,
-    _md_class,
-    _progress_bar,
-    _run_walker,
-    _start_atoms,
-    _Walker,
-    _walker_key,
-    _write_failure,
+    Walker,
+    md_class,
+    progress_bar,
+    run_walker,
+    start_atoms,
+    walker_definition,
+    walker_failure,
 )
-from pfd_ase.parallel import run_each
 from pfd_ase.selectors.filters import REASON_KINDS, reason_kind
+from pfd_ase.tasks import (
+    calculator_spec,
+    clear_calculators,
+    run_each,
+    split_finished,
+    task_key,
+    write_failure,
+)
+
+if TYPE_CHECKING:  # type hints only: settings imports this module, never the reverse
+    from pfd_ase.explore.settings import ExploreTask
+
+__all__ = ["run_exploration"]
+
+_MISMATCH = "finished walkers of other settings"
 
 
-def explore(
+def run_exploration(
+    task: ExploreTask,
     structures: Atoms | Sequence[Atoms],
     model: Any,
     workdir: str | os.PathLike,
-    task: ExploreTask | None = None,
     *,
     executor: Executor | None = None,
     progress: bool = True,
-    **settings: Any,
 ) -> ExploreResult:
-    """Run MD walkers over a temperature × pressure × structure grid and sample frames.
+    """Run the exploration ``task``; see :func:`pfd_ase.explore.explore`.
 
-    Parameters
-    ----------
-    structures
-        Starting structures (one ``Atoms`` or a sequence). NPT needs fully periodic
-        cells; every structure must pass the frame filter.
-    model
-        The MD model: a labeler name (``"sw"``, ``"emt"``...) or ``(name, options)``
-        for :func:`~pfd_ase.calculators.make_labeler`; ``("pfd", {"model": path,
-        "head": ...})`` for a :class:`~pfd_ase.calculators.PFDCalculator` (``model``
-        may be a list of paths: a committee); a zero-argument callable returning a
-        calculator; or a calculator object. Names, pairs and module-level callables
-        travel to worker processes and are built there once per process; an object
-        is pickled with every walker for a process pool, and must not be given to a
-        thread pool (the threads would share it).
-    workdir
-        Run directory; walker ``i`` works in ``workdir/walker.{i:04d}``.
-    task
-        The settings; default ``ExploreTask(**settings)``.
-    executor
-        Any ``concurrent.futures.Executor``; ``None`` runs the walkers serially in
-        this process.
-    progress
-        Show progress bars (walkers; and steps when serial).
-    **settings
-        :class:`ExploreTask` fields when no ``task`` is given.
-
-    Returns
-    -------
-    ExploreResult
-
-    Raises
-    ------
-    ValueError
-        Bad settings or structures, unknown model name, a starting structure that
-        fails the filter, or a workdir holding finished walkers of other settings;
-        all raised before any MD runs.
+    Everything is checked (ensembles, structures, model, existing walker directories)
+    before the first walker starts.
     """
-    if task is not None and settings:
-        raise TypeError("give either an ExploreTask or settings, not both")
-    if task is None:
-        task = ExploreTask(**settings)
-    if not isinstance(task, ExploreTask):
-        raise TypeError(f"task must be an ExploreTask, not {type(task).__name__}")
     for ensemble in {task.ensemble(p) for p in task.pressures_GPa}:
-        _md_class(ensemble)
+        md_class(ensemble)
     structures = _check_structures(structures, task)
-    symbols = {s for atoms in structures for s in atoms.get_chemical_symbols()}
-    spec = _parse_model(model, symbols)
+    spec = calculator_spec(model, what="model")
+    spec.check({s for atoms in structures for s in atoms.get_chemical_symbols()})
 
     workdir = Path(workdir)
-    walkers: list[_Walker] = []
+    walkers: list[Walker] = []
     for index, (s, t, p) in enumerate(task.grid(len(structures))):
-        key = _walker_key(task, index, structures[s], t, p, spec)
-        directory = str(walker_dir(workdir, index))
+        definition = walker_definition(task, index, structures[s], t, p, spec)
         walkers.append(
-            _Walker(index, s, structures[s], t, p, task.ensemble(p), task, spec, directory, key)
+            Walker(
+                index=index,
+                structure_index=s,
+                structure=structures[s],
+                temperature_K=t,
+                pressure_GPa=p,
+                ensemble=task.ensemble(p),
+                task=task,
+                model=spec,
+                directory=str(walker_dir(workdir, index)),
+                key=task_key(definition),
+                definition=definition,
+            )
         )
-
-    records: dict[int, dict[str, Any]] = {}
-    stale = []
-    for walker in walkers:
-        cached = _read_finished(walker)
-        if cached is False:
-            stale.append(Path(walker.directory).name)
-        elif cached is not None:
-            records[walker.index] = cached
-    if stale:
-        raise ValueError(
-            f"{workdir} holds finished walkers of other settings in {', '.join(stale[:5])}"
-            f"{' ...' if len(stale) > 5 else ''}; use a fresh workdir"
-        )
+    records, todo = split_finished(
+        walkers, DONE_FILE, _read_done, workdir=workdir, what=_MISMATCH, check=_check_done
+    )
     cached = set(records)
-    todo = [w for w in walkers if w.index not in cached]
+    for i in cached:
+        records[i]["directory"] = walkers[i].directory
     try:
         records.update(_run_all(todo, executor, progress))
     finally:
-        _cache().clear()  # do not keep a model alive in this process after the run
+        clear_calculators()  # do not keep a model alive in this process after the run
     return _collect(walkers, records, cached)
 
 
@@ -145,45 +116,43 @@ def _check_structures(structures: Any, task: ExploreTask) -> list[Atoms]:
         if npt and task.barostat == "mtk" and atoms.constraints:
             raise ValueError(f"structure {i} has constraints: the MTK barostat does not allow them")
         with np.errstate(all="ignore"):
-            reason = task.frame_filter.check(_start_atoms(atoms))
+            reason = task.frame_filter.check(start_atoms(atoms))
         if reason is not None:
             raise ValueError(f"starting structure {i} fails the frame filter: {reason}")
     return structures
 
 
-def _read_finished(walker: _Walker) -> dict[str, Any] | None | bool:
-    """The completion record of a finished walker; None if unfinished, False if stale."""
-    directory = Path(walker.directory)
-    done = directory / DONE_FILE
-    if not done.exists():
-        return None
-    try:
-        record = read_json(done)
-    except (OSError, ValueError):
-        return None  # an unreadable record: run again
-    if json.dumps(record.get("key"), sort_keys=True) != json.dumps(walker.key, sort_keys=True):
-        return False
-    if record.get("status") not in _FINISHED or not (directory / TRAJECTORY_FILE).exists():
-        return None
-    record.pop("key", None)
-    record["directory"] = walker.directory
-    return record
+def _read_done(directory: Path) -> tuple[str, dict[str, Any]]:
+    """Key and record of a walker's done record (any exception: unreadable)."""
+    record = read_json(directory / DONE_FILE)
+    key = record.pop("key")
+    if isinstance(key, dict):  # written before keys were hashed: the whole definition
+        key = task_key(key)
+    return key, record
+
+
+def _check_done(directory: Path, record: dict[str, Any]) -> None:
+    """A done record with the right key is complete: a final status and a trajectory."""
+    if record.get("status") not in FINISHED:
+        raise ValueError(f"status {record.get('status')!r} is not one of {FINISHED}")
+    if not (directory / TRAJECTORY_FILE).exists():
+        raise FileNotFoundError(f"no {TRAJECTORY_FILE}")
 
 
 def _run_all(
-    walkers: list[_Walker], executor: Executor | None, progress: bool
+    walkers: list[Walker], executor: Executor | None, progress: bool
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    def executor_failed(walker: _Walker, exc: Exception) -> dict[str, Any]:
-        record = {**walker.describe(), **_failure_fields(exc), "status": "failed"}
-        _write_failure(Path(walker.directory), record)
+    def executor_failed(walker: Walker, exc: Exception) -> dict[str, Any]:
+        record = walker_failure(walker, exc)
+        write_failure(walker.directory, record)
         return record
 
     if executor is None:  # in this process: the walkers show their own step bars
         for walker in walkers:
             walker.progress = progress
-    bar = _progress_bar(progress and bool(walkers), len(walkers), "explore")
+    bar = progress_bar(progress and bool(walkers), len(walkers), "explore")
     try:
-        for walker, record in run_each(_run_walker, walkers, executor, executor_failed):
+        for walker, record in run_each(run_walker, walkers, executor, executor_failed):
             if bar is not None:
                 bar.update(1)
             yield walker.index, record
@@ -193,16 +162,14 @@ def _run_all(
 
 
 def _collect(
-    walkers: list[_Walker], records: dict[int, dict[str, Any]], cached: set[int]
+    walkers: list[Walker], records: dict[int, dict[str, Any]], cached: set[int]
 ) -> ExploreResult:
-    from pfd_ase.data import read_frames
-
     result = ExploreResult(filter_counts={kind: 0 for kind in REASON_KINDS}, n_cached=len(cached))
     for walker in walkers:
         record = dict(records[walker.index])
         record["cached"] = walker.index in cached
         rejected = record.pop("rejected", [])
-        if record["status"] in _FINISHED:
+        if record["status"] in FINISHED:
             result.frames.extend(
                 read_frames(Path(walker.directory) / TRAJECTORY_FILE, missing_ok=True)
             )

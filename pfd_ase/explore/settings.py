@@ -1,4 +1,8 @@
-"""Settings and results of an exploration: :class:`ExploreTask`, :class:`ExploreResult`."""
+"""The entry points of an exploration: its settings :class:`ExploreTask` and :func:`explore`.
+
+Running it is :func:`pfd_ase.explore.driver.run_exploration`; this module imports the
+driver, which needs nothing from here at run time (no import cycle).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,15 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from numbers import Integral, Real
-from pathlib import Path
 from typing import Any
 
 from ase import Atoms
 
+from pfd_ase.explore.driver import run_exploration
+from pfd_ase.explore.results import ExploreResult
 from pfd_ase.selectors.filters import FrameFilter
+
+__all__ = ["BAROSTATS", "THERMOSTATS", "ExploreTask", "explore"]
 
 #: NVT thermostats (walkers with pressure ``None``).
 THERMOSTATS: tuple[str, ...] = ("langevin", "bussi", "nose-hoover")
@@ -27,20 +34,6 @@ _ALIASES = {
     "npt-mtk": "mtk",
     "npt-berendsen": "berendsen",
 }
-
-TASK_FILE = "walker.json"
-TRAJECTORY_FILE = "traj.extxyz"
-REJECTED_FILE = "rejected.extxyz"
-LOG_FILE = "md.log"
-DONE_FILE = "done.json"
-FAILURE_FILE = "failure.json"
-_FINISHED = ("finished", "exploded")
-
-
-def walker_dir(workdir: str | os.PathLike, index: int) -> Path:
-    """The directory of walker ``index`` under ``workdir``."""
-    return Path(workdir) / f"walker.{index:04d}"
-
 
 # --------------------------------------------------------------------------- settings
 
@@ -169,9 +162,9 @@ class ExploreTask:
         progress: bool = True,
     ) -> ExploreResult:
         """Run this exploration; see :func:`explore`."""
-        from pfd_ase.explore.driver import explore
-
-        return explore(structures, model, workdir, self, executor=executor, progress=progress)
+        return run_exploration(
+            self, structures, model, workdir, executor=executor, progress=progress
+        )
 
 
 def _as_tuple(value: Any) -> tuple:
@@ -211,47 +204,68 @@ def _choice(value: Any, choices: tuple[str, ...], name: str) -> str:
     return key
 
 
-# --------------------------------------------------------------------------- results
+# --------------------------------------------------------------------------- entry point
 
 
-@dataclass
-class ExploreResult:
-    """Outcome of :func:`explore`.
+def explore(
+    structures: Atoms | Sequence[Atoms],
+    model: Any,
+    workdir: str | os.PathLike,
+    task: ExploreTask | None = None,
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+    **settings: Any,
+) -> ExploreResult:
+    """Run MD walkers over a temperature × pressure × structure grid and sample frames.
 
-    Attributes
+    Parameters
     ----------
-    frames
-        Sampled frames that passed the filters, in walker order then step order
-        (read back from the trajectories, so fresh and cached runs agree bit for bit).
-    walkers
-        One record per walker, in walker order: ``index``, ``directory``,
-        ``structure_index``, ``temperature_K``, ``pressure_GPa``, ``ensemble``,
-        ``status`` (``"finished"``, ``"exploded"`` or ``"failed"``), ``steps_done``,
-        ``n_frames`` (kept frames), ``n_rejected``, ``wall_time_s``, ``cached``; an
-        exploded walker adds ``exploded_step`` and ``reason``, a failed one
-        ``exception``, ``message`` and ``traceback``.
-    rejected
-        ``{"walker", "step", "reason"}`` of every rejected frame, including the
-        state at which a walker blew up.
-    filter_counts
-        Rejected frames per reason kind (``non_finite``, ``cell``, ``too_close``,
-        ``max_force``).
-    n_cached
-        Walkers whose results came from a previous run.
+    structures
+        Starting structures (one ``Atoms`` or a sequence). NPT needs fully periodic
+        cells; every structure must pass the frame filter.
+    model
+        The MD model: a labeler name (``"sw"``, ``"emt"``...) or ``(name, options)``
+        for :func:`~pfd_ase.calculators.make_labeler`; ``("pfd", {"model": path,
+        "head": ...})`` for a :class:`~pfd_ase.calculators.PFDCalculator` (``model``
+        may be a list of paths: a committee); a zero-argument callable returning a
+        calculator; or a calculator object. Names, pairs and module-level callables
+        travel to worker processes and are built there once per process; an object
+        is pickled with every walker for a process pool, and must not be given to a
+        thread pool (the threads would share it).
+    workdir
+        Run directory; walker ``i`` works in ``workdir/walker.{i:04d}``.
+    task
+        The settings; default ``ExploreTask(**settings)``.
+    executor
+        Any ``concurrent.futures.Executor``; ``None`` runs the walkers serially in
+        this process.
+    progress
+        Show progress bars (walkers; and steps when serial).
+    **settings
+        :class:`ExploreTask` fields when no ``task`` is given.
+
+    Returns
+    -------
+    ExploreResult
+
+    Raises
+    ------
+    ValueError
+        Bad settings or structures, unknown model name, a starting structure that
+        fails the filter, or a workdir holding finished walkers of other settings
+        (:class:`~pfd_ase.tasks.MismatchedTaskError`); all raised before any MD runs.
+
+    Warns
+    -----
+    StaleRecordWarning
+        A walker's ``done.json`` that cannot be read or is incomplete was moved aside to
+        ``done.json.stale``; the walker runs again.
     """
-
-    frames: list[Atoms] = field(default_factory=list)
-    walkers: list[dict[str, Any]] = field(default_factory=list)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    filter_counts: dict[str, int] = field(default_factory=dict)
-    n_cached: int = 0
-
-    @property
-    def exploded(self) -> list[dict[str, Any]]:
-        """Records of the walkers that blew up."""
-        return [w for w in self.walkers if w["status"] == "exploded"]
-
-    @property
-    def failed(self) -> list[dict[str, Any]]:
-        """Records of the walkers whose MD raised an exception."""
-        return [w for w in self.walkers if w["status"] == "failed"]
+    if task is not None and settings:
+        raise TypeError("give either an ExploreTask or settings, not both")
+    if task is None:
+        task = ExploreTask(**settings)
+    if not isinstance(task, ExploreTask):
+        raise TypeError(f"task must be an ExploreTask, not {type(task).__name__}")
+    return task.run(structures, model, workdir, executor=executor, progress=progress)

@@ -2,34 +2,71 @@
 
 from __future__ import annotations
 
-import json
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ase import Atoms
 
-from pfd_ase._io import write_json
-from pfd_ase.explore.models import _cache, _calculator, _Model
-from pfd_ase.explore.settings import (
+from pfd_ase.explore.results import (
     DONE_FILE,
-    FAILURE_FILE,
     LOG_FILE,
     REJECTED_FILE,
     TASK_FILE,
     TRAJECTORY_FILE,
-    ExploreTask,
 )
 from pfd_ase.selectors.filters import check_finite, check_max_force, check_min_distance
+from pfd_ase.tasks import (
+    CalculatorSpec,
+    calculator,
+    canonical_definition,
+    clear_calculators,
+    failure_record,
+    start_task,
+    write_done,
+    write_failure,
+)
+
+if TYPE_CHECKING:  # type hints only: settings imports the driver, which imports this module
+    from pfd_ase.explore.settings import ExploreTask
+
+__all__ = [
+    "Walker",
+    "md_class",
+    "progress_bar",
+    "run_walker",
+    "start_atoms",
+    "walker_definition",
+    "walker_failure",
+]
 
 
 @dataclass
-class _Walker:
+class Walker:
+    """One walker of an exploration: its conditions, model and directory (picklable).
+
+    Attributes
+    ----------
+    index, structure_index, structure, temperature_K, pressure_GPa, ensemble
+        Position in the grid and conditions.
+    task
+        The exploration's settings.
+    model
+        How the walker gets its calculator.
+    directory
+        The walker's directory.
+    key
+        The task key (:func:`pfd_ase.tasks.task_key` of ``definition``).
+    definition
+        What defines the walker (:func:`walker_definition`), written to its task record.
+    progress
+        Show a progress bar of the steps (serial runs).
+    """
+
     index: int
     structure_index: int
     structure: Atoms
@@ -37,12 +74,14 @@ class _Walker:
     pressure_GPa: float | None
     ensemble: str
     task: ExploreTask
-    model: _Model
+    model: CalculatorSpec
     directory: str
-    key: dict[str, Any]
+    key: str
+    definition: dict[str, Any]
     progress: bool = False
 
     def describe(self) -> dict[str, Any]:
+        """The fields that start every walker record."""
         return {
             "index": self.index,
             "directory": self.directory,
@@ -53,68 +92,73 @@ class _Walker:
         }
 
 
-def _walker_key(task: ExploreTask, index: int, structure: Atoms, t, p, model: _Model) -> dict:
-    from pfd_ase.calculators.labelers import _jsonable
+def walker_definition(
+    task: ExploreTask,
+    index: int,
+    structure: Atoms,
+    temperature_K: float,
+    pressure_GPa: float | None,
+    model: CalculatorSpec,
+) -> dict[str, Any]:
+    """What defines walker ``index`` (in canonical JSON form): its structure's
+    fingerprint, conditions, every setting that changes its MD (the grid aside) and the
+    model's description."""
     from pfd_ase.data import frame_fingerprint
 
     settings = {f.name: getattr(task, f.name) for f in fields(task)}
     settings.pop("temperatures_K")
     settings.pop("pressures_GPa")
     settings["frame_filter"] = asdict(task.frame_filter)
-    key = {
+    definition = {
         "index": index,
         "structure": frame_fingerprint(structure),
-        "temperature_K": t,
-        "pressure_GPa": p,
-        "ensemble": task.ensemble(p),
+        "temperature_K": temperature_K,
+        "pressure_GPa": pressure_GPa,
+        "ensemble": task.ensemble(pressure_GPa),
         "settings": settings,
-        "model": model.key,
+        "model": model.description,
     }
-    return json.loads(json.dumps(_jsonable(key), sort_keys=True))
+    return canonical_definition(definition)
 
 
-def _run_walker(walker: _Walker) -> dict[str, Any]:
+def run_walker(walker: Walker) -> dict[str, Any]:
     """Run one walker in its directory; return its record (also written to disk)."""
-    directory = Path(walker.directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in (DONE_FILE, FAILURE_FILE, TRAJECTORY_FILE, REJECTED_FILE, LOG_FILE):
-        (directory / name).unlink(missing_ok=True)
-    write_json(directory / TASK_FILE, {"key": walker.key, **walker.describe()})
+    directory = start_task(
+        walker.directory,
+        TASK_FILE,
+        walker.key,
+        {**walker.describe(), "definition": walker.definition},
+        clear=(DONE_FILE, TRAJECTORY_FILE, REJECTED_FILE, LOG_FILE),
+    )
     start = time.perf_counter()
     record = walker.describe()
     try:
-        with _calculator(walker.model) as calc, np.errstate(all="ignore"):
+        with calculator(walker.model) as calc, np.errstate(all="ignore"):
             record.update(_run_md(walker, calc, directory))
     except Exception as exc:
-        _cache().clear()  # the next walker starts from a fresh calculator
-        record.update(_failure_fields(exc), status="failed")
+        clear_calculators()  # the next walker starts from a fresh calculator
+        record = walker_failure(walker, exc)
         record["wall_time_s"] = time.perf_counter() - start
-        _write_failure(directory, record)
+        write_failure(directory, record)
         return record
     record["wall_time_s"] = time.perf_counter() - start
-    write_json(directory / DONE_FILE, {"key": walker.key, **record})
+    write_done(directory, DONE_FILE, walker.key, record)
     return record
 
 
-def _failure_fields(exc: BaseException) -> dict[str, Any]:
+def walker_failure(walker: Walker, exc: BaseException) -> dict[str, Any]:
+    """The record of a walker whose MD raised ``exc`` (or that the executor lost)."""
     return {
-        "exception": type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        **walker.describe(),
+        **failure_record(exc),
+        "status": "failed",
         "steps_done": 0,
         "n_frames": 0,
         "n_rejected": 0,
     }
 
 
-def _write_failure(directory: Path, record: dict[str, Any]) -> None:
-    try:
-        write_json(directory / FAILURE_FILE, record)
-    except OSError:  # the record in ExploreResult.walkers remains
-        pass
-
-
-def _start_atoms(structure: Atoms) -> Atoms:
+def start_atoms(structure: Atoms) -> Atoms:
     """A clean copy of a starting structure: no calculator, labels or old momenta."""
     atoms = structure.copy()
     atoms.calc = None
@@ -135,7 +179,7 @@ _MD_CLASSES = {
 }
 
 
-def _md_class(ensemble: str) -> type:
+def md_class(ensemble: str) -> type:
     """The ASE dynamics class of an ensemble; ValueError if this ASE lacks it."""
     import importlib
 
@@ -151,11 +195,11 @@ def _md_class(ensemble: str) -> type:
         ) from None
 
 
-def _dynamics(atoms: Atoms, walker: _Walker, rng: np.random.Generator) -> Any:
+def _dynamics(atoms: Atoms, walker: Walker, rng: np.random.Generator) -> Any:
     from ase import units
 
     task = walker.task
-    cls = _md_class(walker.ensemble)
+    cls = md_class(walker.ensemble)
     dt = task.timestep_fs * units.fs
     tdamp = (task.tdamp_fs or 100.0 * task.timestep_fs) * units.fs
     pdamp = (task.pdamp_fs or 1000.0 * task.timestep_fs) * units.fs
@@ -184,14 +228,14 @@ def _dynamics(atoms: Atoms, walker: _Walker, rng: np.random.Generator) -> Any:
     )
 
 
-def _run_md(walker: _Walker, calc: Any, directory: Path) -> dict[str, Any]:
+def _run_md(walker: Walker, calc: Any, directory: Path) -> dict[str, Any]:
     from ase.md import velocitydistribution as vd
 
     from pfd_ase.data import _write_frame
 
     task, flt = walker.task, walker.task.frame_filter
     rng = np.random.default_rng(np.random.SeedSequence(task.seed, spawn_key=(walker.index,)))
-    atoms = _start_atoms(walker.structure)
+    atoms = start_atoms(walker.structure)
     atoms.calc = calc
     reference_cell = atoms.cell.array.copy()
     thermalize = getattr(vd, "thermalize_momenta", None)  # ase >= 3.29
@@ -209,7 +253,7 @@ def _run_md(walker: _Walker, calc: Any, directory: Path) -> dict[str, Any]:
 
     out: dict[str, Any] = {"status": "finished", "n_frames": 0, "n_rejected": 0}
     rejected: list[dict[str, Any]] = []
-    bar = _progress_bar(walker.progress, task.steps, f"walker {walker.index}", leave=False)
+    bar = progress_bar(walker.progress, task.steps, f"walker {walker.index}", leave=False)
     with (
         _closing(bar),
         open(directory / TRAJECTORY_FILE, "w") as traj,
@@ -274,7 +318,7 @@ def _append(write: Callable, fh: Any, frame: Atoms) -> None:
     fh.flush()
 
 
-def _snapshot(atoms: Atoms, walker: _Walker, step: int, with_results: bool = True) -> Atoms:
+def _snapshot(atoms: Atoms, walker: Walker, step: int, with_results: bool = True) -> Atoms:
     """The sampled frame: the structure, the walker's metadata and the model's cached results
     (``with_results``: they belong to this state)."""
     from pfd_ase.calculators.pfd import ENERGY_DEVI_KEY, FORCE_DEVI_KEY, MAX_FORCE_DEVI_KEY
@@ -307,7 +351,7 @@ def _snapshot(atoms: Atoms, walker: _Walker, step: int, with_results: bool = Tru
     return frame
 
 
-def _progress_bar(enabled: bool, total: int, desc: str, leave: bool = True) -> Any:
+def progress_bar(enabled: bool, total: int, desc: str, leave: bool = True) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
