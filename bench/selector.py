@@ -5,14 +5,17 @@
 
 Data: MD-like Si, generated here with ASE and seeded (no files, no network):
 
-* ``si-pfd``: the phases of the Si example of the PFD supplement (Table S1): diamond, hexagonal
-  diamond, beta-Sn, fcc, bcc, hcp and diamond with a vacancy (45-180 atoms per cell). Thermal
-  motion at ~500 K as independent Gaussian displacements (sigma 0.1 Å per Cartesian component),
-  two pressures (0.001 GPa, 1 GPa as a -0.34 % isotropic strain) and NPT-like cell noise
-  (0.5 % symmetric strain). Environments of one phase lie within a few h of each other: this
-  is what a PFD candidate pool looks like, and it is dense for the kernel.
+* ``si-pfd``: the phases of the Si example of the PFD supplement (Table S1, structures from
+  :mod:`pfd_ase.materials`): diamond, hexagonal diamond, beta-Sn, fcc, bcc, hcp and diamond
+  with a vacancy (45-180 atoms per cell). Thermal motion at ~500 K as independent Gaussian
+  displacements (sigma 0.1 Å per Cartesian component), two pressures (0.001 GPa, 1 GPa as a
+  -0.34 % isotropic strain) and NPT-like cell noise (symmetric strain, 0.5 % standard
+  deviation), noise by :func:`pfd_ase.structures.perturb`. Environments of one phase lie
+  within a few h of each other: this is what a PFD candidate pool looks like, and it is
+  dense for the kernel.
 * ``si-diverse``: the same phases plus a (001) slab (pbc T, T, F) and an isolated cluster, at
-  300 to 1500 K (sigma = 0.075 sqrt(T / 300 K) Å) with random strains up to 3 %.
+  300 to 1500 K (sigma = 0.075 sqrt(T / 300 K) Å) with random strains up to 3 % (periodic
+  cells only, as :func:`pfd_ase.structures.perturb` does).
 
 "pairs in range" is the fraction of (y, x) pairs, sampled, whose kernel term can matter at the
 engine's tolerance, i.e. within ``h sqrt(2 (TAIL + log n))`` (plus, for dH, the nearest
@@ -41,39 +44,34 @@ from collections.abc import Callable
 
 import numpy as np
 from ase import Atoms
-from ase.build import bulk
-from ase.spacegroup import crystal
 
+from pfd_ase.materials import silicon
 from pfd_ase.selectors import EntropySelector, RandomSelector, _kde_blocks, quests
+from pfd_ase.structures import perturb
 
 H = quests.DEFAULT_BANDWIDTH
+#: NPT-like cell noise of ``si-pfd``: each strain component uniform in ±0.87 % (0.5 % standard
+#: deviation).
+NPT_STRAIN = 0.005 * math.sqrt(3)
 
 
 # ----------------------------------------------------------------------------- data
 
 
+#: Phases of Table S1 and their supercells (45-180 atoms), from :mod:`pfd_ase.materials`.
+SI_PFD_CELLS = {
+    "diamond": 2,
+    "hex_diamond": (3, 3, 2),
+    "beta_sn": (3, 3, 5),
+    "fcc": 3,
+    "bcc": 4,
+    "hcp": (4, 4, 3),
+    "diamond_vacancy": 2,
+}
+
+
 def si_phases() -> dict[str, Atoms]:
-    dia = bulk("Si", "diamond", a=5.431, cubic=True) * (2, 2, 2)
-    vac = dia.copy()
-    del vac[0]
-    beta_sn = crystal(
-        "Si", [(0, 0, 0)], spacegroup=141, setting=1, cellpar=[4.686, 4.686, 2.585, 90, 90, 90]
-    )
-    return {
-        "diamond": dia,
-        "hex-diamond": bulk("SiSi", "wurtzite", a=3.84, c=6.34) * (3, 3, 2),
-        "beta-Sn": beta_sn * (3, 3, 5),
-        "fcc": bulk("Si", "fcc", a=3.87, cubic=True) * (3, 3, 3),
-        "bcc": bulk("Si", "bcc", a=3.09, cubic=True) * (4, 4, 4),
-        "hcp": bulk("Si", "hcp", a=2.74, c=4.47) * (4, 4, 3),
-        "diamond+vacancy": vac,
-    }
-
-
-def _strained(atoms: Atoms, eps: np.ndarray) -> Atoms:
-    out = atoms.copy()
-    out.set_cell(out.cell @ (np.eye(3) + eps), scale_atoms=True)
-    return out
+    return {name: silicon(name, size) for name, size in SI_PFD_CELLS.items()}
 
 
 def si_pfd(n_env: int, seed: int) -> list[Atoms]:
@@ -83,13 +81,11 @@ def si_pfd(n_env: int, seed: int) -> list[Atoms]:
     frames: list[Atoms] = []
     total = 0
     while total < n_env:
-        base = phases[len(frames) % len(phases)]
-        noise = rng.normal(0.0, 0.005, (3, 3))
+        base = phases[len(frames) % len(phases)].copy()
         pressure = (0.0, -0.0034)[(len(frames) // len(phases)) % 2]
-        atoms = _strained(base, (noise + noise.T) / 2 + pressure * np.eye(3))
-        atoms.positions += rng.normal(0.0, 0.1, atoms.positions.shape)
-        frames.append(atoms)
-        total += len(atoms)
+        base.set_cell(base.cell * (1 + pressure), scale_atoms=True)
+        frames += perturb(base, 1, rng, cell_strain=NPT_STRAIN, displacement_A=0.1)
+        total += len(frames[-1])
     return frames
 
 
@@ -108,11 +104,8 @@ def si_diverse(n_env: int, seed: int) -> list[Atoms]:
     while total < n_env:
         base = phases[len(frames) % len(phases)]
         sigma = 0.075 * math.sqrt(rng.choice([300, 600, 900, 1200, 1500]) / 300)
-        eps = rng.uniform(-0.03, 0.03, (3, 3))
-        atoms = _strained(base, (eps + eps.T) / 2)
-        atoms.positions += rng.normal(0.0, sigma, atoms.positions.shape)
-        frames.append(atoms)
-        total += len(atoms)
+        frames += perturb(base, 1, rng, cell_strain=0.03, displacement_A=sigma)
+        total += len(frames[-1])
     return frames
 
 

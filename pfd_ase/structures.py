@@ -50,9 +50,31 @@ def perturb(
     cell_strain: float = 0.03,
     displacement_A: float = 0.1,
 ) -> list[Atoms]:
-    """``n`` copies of ``atoms`` with a random symmetric cell strain (each component uniform
-    in ``±cell_strain``) and Gaussian atomic displacements (standard deviation
-    ``displacement_A``, Å)."""
+    """``n`` randomly strained and displaced copies of ``atoms`` (the one perturbation of the
+    package: the workflow's initial data, the recipes and the benchmarks use it).
+
+    Parameters
+    ----------
+    atoms
+        The structure (never modified).
+    n
+        Number of copies.
+    rng
+        The random generator; its draws, per copy: a 3×3 uniform strain (only for a fully
+        periodic cell), then the N×3 displacements. The same generator state gives the same
+        copies.
+    cell_strain
+        Each component of the strain ε is uniform in ``±cell_strain``; the cell becomes
+        ``cell @ (I + (ε + εᵀ)/2)``, atoms scaled with it. Skipped unless ``atoms.pbc`` is
+        all true.
+    displacement_A
+        Standard deviation of the Gaussian displacement of each Cartesian coordinate, Å.
+
+    Returns
+    -------
+    list of Atoms
+        The copies (``atoms``' calculator, if any, is not attached to them).
+    """
     if n < 0 or cell_strain < 0 or displacement_A < 0:
         raise ValueError("n, cell_strain and displacement_A must be non-negative")
     out = []

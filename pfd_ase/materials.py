@@ -1,0 +1,185 @@
+"""Phase data of the materials the recipes and benchmarks use: structures by name and size.
+
+Silicon (the PFD supplement's Si study, Table S1): :data:`SILICON_LATTICE` holds the lattice
+parameters, :func:`silicon_phases` the conventional cells of the seven crystal phases and
+:func:`silicon` any of them, or diamond with a vacancy, repeated to a given size.
+:data:`SILICON_VACANCY_SUPERCELLS` gives the supercells of the paper's vacancy calculations.
+
+Units: Å.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+__all__ = [
+    "SILICON_LATTICE",
+    "SILICON_PHASES",
+    "SILICON_STRUCTURES",
+    "SILICON_VACANCY_SUPERCELLS",
+    "silicon",
+    "silicon_phases",
+    "supercell",
+]
+
+#: Lattice parameters (Å; near experiment / PBE at zero pressure; diamond at the
+#: Stillinger-Weber minimum 5.431 Å; ``x`` is BC8's internal coordinate).
+SILICON_LATTICE: dict[str, dict[str, float]] = {
+    "diamond": {"a": 5.431},
+    "hex_diamond": {"a": 3.84, "c": 6.34},
+    "fcc": {"a": 3.87},
+    "bcc": {"a": 3.08},
+    "hcp": {"a": 2.73, "c": 4.50},
+    "beta_sn": {"a": 4.81, "c": 2.65},
+    "bc8": {"a": 6.64, "x": 0.1003},
+}
+
+#: The crystal phases, in the order of :func:`silicon_phases`.
+SILICON_PHASES: tuple[str, ...] = tuple(SILICON_LATTICE)
+
+#: Every name :func:`silicon` builds: the phases and ``diamond_vacancy``.
+SILICON_STRUCTURES: tuple[str, ...] = (*SILICON_PHASES, "diamond_vacancy")
+
+#: Supercell of each phase's conventional cell (a 3×3 matrix or repeats) for vacancy
+#: calculations: ``"full"`` with the paper's atom counts (diamond 32, BC8 128, β-Sn 64,
+#: FCC 108, hex-diamond 108, HCP 64; BCC 54, not in the paper), ``"quick"`` with 8–32 atoms.
+SILICON_VACANCY_SUPERCELLS: dict[str, dict[str, Any]] = {
+    "full": {
+        # 32 atoms: the body-centred-cubic shaped supercell of the 8-atom cube (4 cubes)
+        "diamond": [[-1, 1, 1], [1, -1, 1], [1, 1, -1]],
+        "bc8": (2, 2, 2),
+        "beta_sn": (2, 2, 4),
+        "fcc": (3, 3, 3),
+        "hex_diamond": (3, 3, 3),
+        "hcp": (4, 4, 2),
+        "bcc": (3, 3, 3),
+    },
+    "quick": {
+        "diamond": (1, 1, 1),
+        "bc8": (1, 1, 1),
+        "beta_sn": (1, 1, 4),
+        "fcc": (2, 2, 2),
+        "hex_diamond": (2, 2, 1),
+        "hcp": (2, 2, 2),
+        "bcc": (2, 2, 2),
+    },
+}
+
+
+def _conventional_cell(name: str) -> Atoms:
+    from ase.build import bulk
+    from ase.spacegroup import crystal
+
+    lat = SILICON_LATTICE[name]
+    if name in ("diamond", "fcc", "bcc"):
+        atoms = bulk("Si", name, a=lat["a"], cubic=True)
+    elif name == "hcp":
+        atoms = bulk("Si", "hcp", a=lat["a"], c=lat["c"])
+    elif name == "hex_diamond":
+        cellpar = [lat["a"]] * 2 + [lat["c"], 90, 90, 120]
+        atoms = crystal("Si", [(1 / 3, 2 / 3, 1 / 16)], spacegroup=194, cellpar=cellpar)
+    elif name == "beta_sn":
+        cellpar = [lat["a"]] * 2 + [lat["c"], 90, 90, 90]
+        atoms = crystal("Si", [(0.0, 0.0, 0.0)], spacegroup=141, cellpar=cellpar)
+    else:  # bc8
+        cellpar = [lat["a"]] * 3 + [90, 90, 90]
+        atoms = crystal("Si", [(lat["x"],) * 3], spacegroup=206, cellpar=cellpar)
+    # a plain Atoms: no spacegroup info or other builder metadata
+    return Atoms(
+        atoms.get_chemical_symbols(),
+        cell=atoms.cell,
+        scaled_positions=atoms.get_scaled_positions(),
+        pbc=True,
+    )
+
+
+def silicon_phases(names: Iterable[str] | None = None) -> dict[str, Atoms]:
+    """The Si phases of the PFD silicon study as conventional cells.
+
+    Parameters
+    ----------
+    names
+        Phases to build (default: all of :data:`SILICON_PHASES`, in that order).
+
+    Returns
+    -------
+    dict
+        ``diamond`` (8 atoms, Fd-3m, 227), ``hex_diamond`` (lonsdaleite, 4 atoms,
+        P6₃/mmc, 194), ``fcc`` (4 atoms, 225), ``bcc`` (2 atoms, 229), ``hcp`` (2 atoms,
+        194), ``beta_sn`` (4 atoms, I4₁/amd, 141), ``bc8`` (16 atoms, Ia-3, 206), with the
+        lattice parameters of :data:`SILICON_LATTICE`.
+    """
+    names = SILICON_PHASES if names is None else tuple(names)
+    unknown = [n for n in names if n not in SILICON_LATTICE]
+    if unknown:
+        raise ValueError(f"unknown Si phases {unknown}; known: {list(SILICON_PHASES)}")
+    return {name: _conventional_cell(name) for name in names}
+
+
+def supercell(atoms: Atoms, size: int | Sequence[int] | Sequence[Sequence[int]] = 1) -> Atoms:
+    """A supercell of ``atoms`` (never modified): ``n`` (n×n×n), three repeats or a 3×3 matrix.
+
+    Returns
+    -------
+    Atoms
+        A new object without a calculator.
+    """
+    from ase.build import make_supercell
+
+    spec = np.asarray(size, dtype=int)
+    if spec.shape == ():
+        spec = np.full(3, int(spec))
+    if spec.shape == (3,):
+        if np.any(spec < 1):
+            raise ValueError(f"repeats must be positive, got {size}")
+        out = atoms.repeat(tuple(int(n) for n in spec))
+    elif spec.shape == (3, 3):
+        out = make_supercell(atoms, spec)
+    else:
+        raise ValueError(f"size must be an integer, three repeats or a 3×3 matrix, got {size}")
+    out.calc = None
+    return out
+
+
+def silicon(
+    name: str,
+    size: int | Sequence[int] | Sequence[Sequence[int]] = 1,
+    primitive: bool = False,
+) -> Atoms:
+    """One Si structure by name: a phase of :func:`silicon_phases`, or ``diamond_vacancy``.
+
+    Parameters
+    ----------
+    name
+        One of :data:`SILICON_STRUCTURES`.
+    size
+        Supercell of the conventional cell (see :func:`supercell`), or of the primitive
+        cell with ``primitive``. ``diamond_vacancy`` is the diamond supercell of that size
+        with its first atom removed (7 atoms at size 1, 63 at size 2).
+    primitive
+        Start from the primitive cell (:func:`ase.build.bulk`'s, e.g. 2 atoms for diamond);
+        for ``diamond``, ``fcc`` and ``bcc`` (the other phases' cells differ from the
+        conventional ones only by centring, not built here).
+
+    Returns
+    -------
+    Atoms
+        Periodic, without a calculator.
+    """
+    if name not in SILICON_STRUCTURES:
+        raise ValueError(f"unknown Si structure {name!r}; known: {list(SILICON_STRUCTURES)}")
+    if primitive:
+        from ase.build import bulk
+
+        if name not in ("diamond", "fcc", "bcc"):
+            raise ValueError(f"no primitive cell built for {name!r}: diamond, fcc or bcc")
+        return supercell(bulk("Si", name, a=SILICON_LATTICE[name]["a"]), size)
+    if name == "diamond_vacancy":
+        atoms = supercell(_conventional_cell("diamond"), size)
+        del atoms[0]
+        return atoms
+    return supercell(_conventional_cell(name), size)
