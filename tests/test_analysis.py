@@ -11,11 +11,11 @@ from ase.build import bulk
 from pfd_ase.analysis.phonons import phonon_bands, plot_phonon_bands
 from pfd_ase.analysis.vacancy import (
     plot_vacancy_bars,
-    silicon_phases,
     vacancy_formation_energy,
     vacancy_supercells,
 )
 from pfd_ase.calculators.labelers import make_labeler
+from pfd_ase.materials import silicon_phases
 
 pytest.importorskip("phonopy")
 pytest.importorskip("matscipy")
@@ -197,3 +197,127 @@ def test_phonons_refuse_one_gpaw_object_that_keeps_its_symmetry(monkeypatch):
     phonons._check_shared_calculator(lambda: GPAW(**pw))  # a factory: fresh each time
     with pytest.raises(AssertionError, match="before the check"):  # accepted: goes on to work
         phonon_bands(bulk("Si"), GPAW(symmetry="off", **pw), supercell=(2, 2, 2))
+
+
+def test_vacancy_flags_mark_values_that_are_not_results():
+    from pfd_ase.analysis.vacancy import vacancy_flags
+
+    ok = {"E_f_eV": 3.2, "converged": True}
+    assert vacancy_flags(ok) == [] and vacancy_flags(ok, ["diamond"], "diamond") == []
+    assert vacancy_flags({"E_f_eV": -14.5, "converged": True}) == ["unphysical"]
+    assert vacancy_flags({"E_f_eV": 12.0, "converged": False}) == ["unphysical", "not converged"]
+    assert vacancy_flags({"E_f_eV": float("nan")}) == ["unphysical"]
+    assert vacancy_flags(ok, ["diamond", "hex_diamond"], "bc8") == ["extrapolation"]
+
+
+def test_report_prints_flagged_vacancy_energies_as_not_results(tmp_path):
+    from pfd_ase.analysis.report import write_report
+
+    summary = {
+        "errors": {"teacher_vs_dft": {"force_rmse": 0.05, "energy_rmse": 0.002, "n_frames": 9}},
+        "phonons": {"DFT": {"special_points": {"Gamma": [0.0, 0.0, 0.0, 15.1, 15.1, 15.1]}}},
+        "vacancy_formation_eV": {"PF": {"diamond": 3.61, "bc8": -14.5}},
+        "vacancy_flags": {"PF": {"diamond": [], "bc8": ["unphysical", "extrapolation"]}},
+    }
+    plot_vacancy_bars(
+        summary["vacancy_formation_eV"], tmp_path / "vacancies.png", flagged={"PF": ["bc8"]}
+    )
+    text = write_report(tmp_path, summary, "Si").read_text()
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert "diamond 3.61 eV," in text and "Γ optical 15.10 THz" in text
+    assert "bc8 -14.50 eV (not a result: unphysical, extrapolation)" in text
+    assert "(0, 10) eV" in text and "![vacancies](vacancies.png)" in text
+
+
+def test_compare_phonons_and_vacancies_reuse_steps(sw, tmp_path):
+    from pfd_ase.analysis.validate import Subject, compare_phonons, compare_vacancies
+    from pfd_ase.materials import silicon
+
+    made, stored = [], {}
+
+    def step(key, func, inputs):
+        if stored.get(key, (None,))[0] != inputs:
+            stored[key] = (inputs, func())
+        return stored[key][1]
+
+    def subject(trained_on=None):
+        return Subject(lambda: made.append(1) or sw, {"model": "sw"}, trained_on)
+
+    subjects = {"DFT": subject(), "PF": subject(["diamond"])}
+    prim = silicon("diamond", primitive=True)
+    kwargs = {"step": step, "plot": tmp_path / "ph.png"}
+    bands = compare_phonons(prim, subjects, {"DFT": (3, 3, 3), "PF": (2, 2, 2)}, **kwargs)
+    assert bands["DFT"]["supercell"] == [[3, 0, 0], [0, 3, 0], [0, 0, 3]]
+    assert bands["PF"]["supercell"][0] == [2, 0, 0] and (tmp_path / "ph.png").exists()
+    assert max(bands["DFT"]["special_points"]["Gamma"]) == pytest.approx(SW_GAMMA_OPTICAL, abs=0.1)
+    assert stored["phonons_PF"][0] == {"model": "sw", "supercell": (2, 2, 2)}
+    again = compare_phonons(prim, subjects, {"DFT": (3, 3, 3), "PF": (2, 2, 2)}, **kwargs)
+    assert again == bands and len(made) == 2  # no calculator asked for again
+
+    cells = vacancy_supercells(silicon_phases(["diamond", "bcc"]), quick=True)
+    out = compare_vacancies(
+        cells, subjects, silicon("diamond"), step=step, plot=tmp_path / "v.png", max_steps=20
+    )
+    assert list(out["vacancy_formation_eV"]["PF"]) == ["diamond", "bcc"]
+    assert stored["vacancies_PF"][0] == {
+        "model": "sw",
+        "max_steps": 20,
+        "phases": ["diamond", "bcc"],
+    }
+    e_f = out["vacancy_formation_eV"]["DFT"]["diamond"]
+    assert 0 < e_f < 10 and out["vacancy_details"]["DFT"]["diamond"]["reference"] == "mu"
+    assert out["vacancy_flags"]["DFT"]["diamond"] == []
+    assert "extrapolation" in out["vacancy_flags"]["PF"]["bcc"]
+    assert "extrapolation" not in out["vacancy_flags"]["DFT"]["bcc"]  # the labeler: no check
+    assert (tmp_path / "v.png").exists()
+
+
+def test_vacancy_series_uses_one_chemical_potential(sw):
+    from pfd_ase.analysis.vacancy import vacancy_series
+    from pfd_ase.materials import silicon
+
+    cells = {"diamond": silicon("diamond"), "fcc": silicon("fcc", 2)}
+    series = vacancy_series(cells, sw, reference=silicon("diamond"), relax=False)
+    diamond = silicon("diamond")
+    diamond.calc = sw
+    mu = diamond.get_potential_energy() / 8
+    for phase, cell in cells.items():
+        alone = vacancy_formation_energy(cell, sw, mu_eV=mu, relax=False)
+        assert series[phase] == alone
+    own = vacancy_series(cells, sw, relax=False)
+    assert own["fcc"]["reference"] == "bulk"
+
+
+def test_entropy_curve_and_plot(tmp_path):
+    from pfd_ase.analysis.validate import entropy_curve, plot_entropy
+
+    summary = {
+        "steps": {
+            "init.label": {"dataset_entropy": 1.0},
+            "ft.stage1.000.label": {"dataset_entropy": 2.5},
+            "ft.stage1.000.train": {},
+            "ft.stage2.000.label": {"dataset_entropy": 3.0},
+        }
+    }
+    curve = entropy_curve(summary)
+    assert curve == [("ft.stage1.000", 2.5), ("ft.stage2.000", 3.0)]
+    assert plot_entropy(curve, tmp_path / "e.png").exists()
+    assert plot_entropy([], tmp_path / "none.png") is None
+
+
+def test_phonon_labeler_settings():
+    from pfd_ase.analysis.phonons import SHARED_LABELER_SETTINGS, phonon_labeler
+
+    calc = phonon_labeler("sw")
+    assert calc.pfd_labeler["name"] == "sw"
+    assert SHARED_LABELER_SETTINGS["gpaw"] == {"symmetry": "off"}
+    if __import__("importlib").util.find_spec("gpaw") is None:
+        return
+    from pfd_ase.analysis import phonons
+
+    phonons._check_shared_calculator(
+        phonon_labeler("gpaw", mode={"name": "pw", "ecut": 200}, txt=None)
+    )
+    kept = phonon_labeler("GPAW", symmetry={"point_group": True}, txt=None)
+    with pytest.raises(ValueError, match='symmetry="off"'):
+        phonons._check_shared_calculator(kept)  # the user's setting wins, and is refused

@@ -1,29 +1,53 @@
 """pfd_ase.analysis: validation and applications of trained models.
 
 - :mod:`pfd_ase.analysis.phonons`: phonon dispersions by finite displacements with phonopy
-  (:func:`phonon_bands`, :func:`plot_phonon_bands`).
-- :mod:`pfd_ase.analysis.vacancy`: vacancy formation energies and the Si phases
-  (:func:`vacancy_formation_energy`, :func:`silicon_phases`, :func:`vacancy_supercells`,
+  (:func:`phonon_bands`, :func:`plot_phonon_bands`, :func:`phonon_labeler`).
+- :mod:`pfd_ase.analysis.vacancy`: vacancy formation energies (:func:`vacancy_formation_energy`,
+  :func:`vacancy_series`, :func:`vacancy_supercells`, :func:`vacancy_flags`,
   :func:`plot_vacancy_bars`).
+- :mod:`pfd_ase.analysis.validate`: models compared with each other and the labeler, for
+  any recipe (:func:`model_errors`, :func:`compare_phonons`, :func:`compare_vacancies`,
+  :func:`entropy_curve`, :func:`plot_entropy`).
+- :mod:`pfd_ase.analysis.report`: the report folder (:func:`write_report`).
 
-phonopy and matplotlib are imported only when used.
+The structures (Si phases) are in :mod:`pfd_ase.materials`. phonopy and matplotlib are
+imported only when used.
 """
 
 from __future__ import annotations
 
-from pfd_ase.analysis.phonons import phonon_bands, plot_phonon_bands
+from pfd_ase.analysis.phonons import phonon_bands, phonon_labeler, plot_phonon_bands
+from pfd_ase.analysis.report import write_report
 from pfd_ase.analysis.vacancy import (
     plot_vacancy_bars,
-    silicon_phases,
+    vacancy_flags,
     vacancy_formation_energy,
+    vacancy_series,
     vacancy_supercells,
+)
+from pfd_ase.analysis.validate import (
+    Subject,
+    compare_phonons,
+    compare_vacancies,
+    entropy_curve,
+    model_errors,
+    plot_entropy,
 )
 
 __all__ = [
+    "Subject",
+    "compare_phonons",
+    "compare_vacancies",
+    "entropy_curve",
+    "model_errors",
     "phonon_bands",
+    "phonon_labeler",
+    "plot_entropy",
     "plot_phonon_bands",
     "plot_vacancy_bars",
-    "silicon_phases",
+    "vacancy_flags",
     "vacancy_formation_energy",
+    "vacancy_series",
     "vacancy_supercells",
+    "write_report",
 ]

@@ -20,13 +20,24 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-__all__ = ["FCC_PATH", "phonon_bands", "plot_phonon_bands"]
+__all__ = [
+    "FCC_PATH",
+    "SHARED_LABELER_SETTINGS",
+    "phonon_bands",
+    "phonon_labeler",
+    "plot_phonon_bands",
+]
 
 #: Standard path for diamond / FCC silicon in ASE's special-point letters
 #: (``G`` is Γ, ``,`` a discontinuity): Γ–X–U|K–Γ–L.
 FCC_PATH = "GXU,KGL"
 
 _SPECIAL_KEYS = {"Gamma": "G", "X": "X", "L": "L"}
+
+#: Labeler settings that let one calculator object compute every supercell of a phonon
+#: calculation: GPAW fixes the point-group symmetry of the first structure it sees and
+#: refuses a displaced one that breaks it (``SymmetryBrokenError``).
+SHARED_LABELER_SETTINGS: dict[str, dict[str, Any]] = {"gpaw": {"symmetry": "off"}}
 
 
 def _require_phonopy() -> Any:
@@ -70,6 +81,29 @@ def _forces(atoms: Atoms, calc: Any) -> np.ndarray:
 
 def _is_factory(calc: Any) -> bool:
     return callable(calc) and not hasattr(calc, "get_property")
+
+
+def phonon_labeler(name: str, directory: str | os.PathLike | None = None, **overrides: Any) -> Any:
+    """A labeler (:func:`pfd_ase.calculators.make_labeler`) that :func:`phonon_bands` can share.
+
+    Parameters
+    ----------
+    name
+        A labeler name (``"gpaw"``, ``"vasp"``, ``"sw"`` ...).
+    directory
+        Its working directory.
+    **overrides
+        Its settings; they win over :data:`SHARED_LABELER_SETTINGS` (GPAW: ``symmetry="off"``).
+
+    Returns
+    -------
+    Any
+        An ASE calculator.
+    """
+    from pfd_ase.calculators import make_labeler
+
+    settings = {**SHARED_LABELER_SETTINGS.get(name.strip().lower(), {}), **overrides}
+    return make_labeler(name, directory=directory, **settings)
 
 
 def _check_shared_calculator(calc: Any) -> None:
@@ -277,15 +311,6 @@ def phonon_bands(
     }
 
 
-def _figure_tools() -> tuple[Any, Any]:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("plots need matplotlib: pip install 'pfd_ase[analysis]'") from exc
-    return Figure, FigureCanvasAgg
-
-
 _STYLES = [("-", "C0"), ("--", "C3"), (":", "C2"), ("-.", "C1"), ((0, (5, 1, 1, 1)), "C4")]
 
 
@@ -301,9 +326,9 @@ def plot_phonon_bands(
     """
     if not results:
         raise ValueError("nothing to plot")
-    Figure, FigureCanvasAgg = _figure_tools()
-    fig = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(fig)
+    from pfd_ase.analysis.report import new_figure
+
+    fig = new_figure((7, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     ref = next(iter(results.values()))
     ref_ticks = np.asarray(ref["label_distances"], float)

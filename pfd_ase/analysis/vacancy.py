@@ -1,11 +1,13 @@
-"""Vacancy formation energies, silicon phases and their vacancy supercells.
+"""Vacancy formation energies: one supercell, a series of phases, and checks of the results.
 
 :func:`vacancy_formation_energy` relaxes a vacancy in a supercell with any ASE calculator
 and returns E_f = E_vac − (N−1)/N · E_bulk, or E_f = E_vac − E_bulk + μ with a chemical
 potential μ (e.g. diamond Si's energy per atom as the reference for every Si phase).
-:func:`silicon_phases` builds the seven Si phases of the PFD silicon study and
-:func:`vacancy_supercells` their supercells (the paper's sizes, or small ones for quick
-runs). :func:`plot_vacancy_bars` draws a grouped bar chart per phase and model.
+:func:`vacancy_series` does it for several phases with one calculator,
+:func:`vacancy_supercells` builds their supercells (the paper's Si sizes from
+:mod:`pfd_ase.materials`, or small ones for quick runs), :func:`vacancy_flags` says why a
+value should not be read as a result (unphysical, unconverged, extrapolated) and
+:func:`plot_vacancy_bars` draws a grouped bar chart per phase and model.
 
 Units: eV and Å.
 """
@@ -13,7 +15,7 @@ Units: eV and Å.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,126 +23,54 @@ import numpy as np
 from ase import Atoms
 
 __all__ = [
-    "SILICON_LATTICE",
-    "VACANCY_REPEATS",
+    "PHYSICAL_FORMATION_ENERGY_EV",
     "plot_vacancy_bars",
-    "silicon_phases",
+    "vacancy_flags",
     "vacancy_formation_energy",
+    "vacancy_series",
     "vacancy_supercells",
 ]
 
-#: Lattice parameters used by :func:`silicon_phases` (Å; near experiment / PBE at zero
-#: pressure; diamond at the Stillinger-Weber minimum 5.431 Å).
-SILICON_LATTICE: dict[str, dict[str, float]] = {
-    "diamond": {"a": 5.431},
-    "hex_diamond": {"a": 3.84, "c": 6.34},
-    "fcc": {"a": 3.87},
-    "bcc": {"a": 3.08},
-    "hcp": {"a": 2.73, "c": 4.50},
-    "beta_sn": {"a": 4.81, "c": 2.65},
-    "bc8": {"a": 6.64, "x": 0.1003},
-}
-
-#: Supercell of each phase's cell from :func:`silicon_phases`: a 3×3 matrix or repeats,
-#: ``"full"`` with the paper's atom counts (diamond 32, BC8 128, β-Sn 64, FCC 108,
-#: hex-diamond 108, HCP 64; BCC 54, not in the paper) and ``"quick"`` with 8–32 atoms.
-VACANCY_REPEATS: dict[str, dict[str, Any]] = {
-    "full": {
-        # 32 atoms: the body-centred-cubic shaped supercell of the 8-atom cube (4 cubes)
-        "diamond": [[-1, 1, 1], [1, -1, 1], [1, 1, -1]],
-        "bc8": (2, 2, 2),
-        "beta_sn": (2, 2, 4),
-        "fcc": (3, 3, 3),
-        "hex_diamond": (3, 3, 3),
-        "hcp": (4, 4, 2),
-        "bcc": (3, 3, 3),
-    },
-    "quick": {
-        "diamond": (1, 1, 1),
-        "bc8": (1, 1, 1),
-        "beta_sn": (1, 1, 4),
-        "fcc": (2, 2, 2),
-        "hex_diamond": (2, 2, 1),
-        "hcp": (2, 2, 2),
-        "bcc": (2, 2, 2),
-    },
-}
+#: Range (eV) outside which a vacancy formation energy is flagged as unphysical: a negative
+#: one means the model prefers the defective crystal, above 10 eV no known solid.
+PHYSICAL_FORMATION_ENERGY_EV: tuple[float, float] = (0.0, 10.0)
 
 
-def silicon_phases() -> dict[str, Atoms]:
-    """The Si phases of the PFD silicon study as conventional cells.
+def vacancy_supercells(
+    phases: Mapping[str, Atoms],
+    quick: bool = False,
+    sizes: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Atoms]:
+    """Perfect supercells for vacancy calculations, one per phase in ``phases``.
+
+    Parameters
+    ----------
+    phases
+        Conventional cells by phase name (e.g. :func:`pfd_ase.materials.silicon_phases`).
+    quick
+        Take the ``"quick"`` sizes (8–32 atoms) instead of ``"full"`` ones.
+    sizes
+        ``{"full": {phase: size}, "quick": {...}}``, each size as in
+        :func:`pfd_ase.materials.supercell`; default
+        :data:`pfd_ase.materials.SILICON_VACANCY_SUPERCELLS` (the paper's Si sizes). Phases
+        it lacks are repeated until every perpendicular cell height is at least 10 Å (7 Å
+        with ``quick``).
 
     Returns
     -------
     dict
-        ``diamond`` (8 atoms, Fd-3m, 227), ``hex_diamond`` (lonsdaleite, 4 atoms,
-        P6₃/mmc, 194), ``fcc`` (4 atoms, 225), ``bcc`` (2 atoms, 229), ``hcp`` (2 atoms,
-        194), ``beta_sn`` (4 atoms, I4₁/amd, 141), ``bc8`` (16 atoms, Ia-3, 206), with the
-        lattice parameters of :data:`SILICON_LATTICE`.
+        Phase name to supercell (new objects, no calculator).
     """
-    from ase.build import bulk
-    from ase.spacegroup import crystal
+    from pfd_ase.materials import SILICON_VACANCY_SUPERCELLS, supercell
 
-    lat = SILICON_LATTICE
-    phases = {
-        "diamond": bulk("Si", "diamond", a=lat["diamond"]["a"], cubic=True),
-        "hex_diamond": crystal(
-            "Si",
-            [(1 / 3, 2 / 3, 1 / 16)],
-            spacegroup=194,
-            cellpar=[lat["hex_diamond"]["a"]] * 2 + [lat["hex_diamond"]["c"], 90, 90, 120],
-        ),
-        "fcc": bulk("Si", "fcc", a=lat["fcc"]["a"], cubic=True),
-        "bcc": bulk("Si", "bcc", a=lat["bcc"]["a"], cubic=True),
-        "hcp": bulk("Si", "hcp", a=lat["hcp"]["a"], c=lat["hcp"]["c"]),
-        "beta_sn": crystal(
-            "Si",
-            [(0.0, 0.0, 0.0)],
-            spacegroup=141,
-            cellpar=[lat["beta_sn"]["a"]] * 2 + [lat["beta_sn"]["c"], 90, 90, 90],
-        ),
-        "bc8": crystal(
-            "Si",
-            [(lat["bc8"]["x"],) * 3],
-            spacegroup=206,
-            cellpar=[lat["bc8"]["a"]] * 3 + [90, 90, 90],
-        ),
-    }
-    out = {}
-    for name, atoms in phases.items():
-        clean = Atoms(
-            atoms.get_chemical_symbols(),
-            cell=atoms.cell,
-            scaled_positions=atoms.get_scaled_positions(),
-            pbc=True,
-        )
-        out[name] = clean
-    return out
-
-
-def vacancy_supercells(phases: Mapping[str, Atoms], quick: bool = False) -> dict[str, Atoms]:
-    """Perfect supercells for vacancy calculations, one per phase in ``phases``.
-
-    Phases named as in :func:`silicon_phases` get :data:`VACANCY_REPEATS` (the paper's
-    sizes, or 8–32 atoms with ``quick``); other phases are repeated until every
-    perpendicular cell height is at least 10 Å (7 Å with ``quick``).
-    """
-    from ase.build import make_supercell
-
-    table = VACANCY_REPEATS["quick" if quick else "full"]
+    table = (SILICON_VACANCY_SUPERCELLS if sizes is None else sizes)["quick" if quick else "full"]
     out = {}
     for name, atoms in phases.items():
         spec = table.get(name)
         if spec is None:
             heights = 1.0 / np.linalg.norm(np.linalg.inv(np.array(atoms.cell)), axis=0)
             spec = tuple(int(n) for n in np.maximum(1, np.ceil((7.0 if quick else 10.0) / heights)))
-        spec_arr = np.asarray(spec, dtype=int)
-        if spec_arr.shape == (3,):
-            sc = atoms.repeat(tuple(int(n) for n in spec_arr))
-        else:
-            sc = make_supercell(atoms, spec_arr)
-        sc.calc = None
-        out[name] = sc
+        out[name] = supercell(atoms, spec)
     return out
 
 
@@ -254,39 +184,134 @@ def vacancy_formation_energy(
     }
 
 
+def vacancy_series(
+    cells: Mapping[str, Atoms],
+    calc: Any,
+    reference: Atoms | None = None,
+    **kwargs: Any,
+) -> dict[str, dict[str, Any]]:
+    """:func:`vacancy_formation_energy` of each supercell in ``cells`` with one calculator.
+
+    Parameters
+    ----------
+    cells
+        Perfect supercells by phase name (e.g. from :func:`vacancy_supercells`).
+    calc
+        Any ASE calculator.
+    reference
+        A structure whose energy per atom (unrelaxed, with ``calc``) is the chemical
+        potential μ of every phase, e.g. diamond Si; ``None``: each phase's own bulk.
+    **kwargs
+        Passed to :func:`vacancy_formation_energy` (``max_steps``, ``fmax_eV_A`` ...).
+
+    Returns
+    -------
+    dict
+        Phase name to the :func:`vacancy_formation_energy` result, in the order of ``cells``.
+    """
+    mu = None
+    if reference is not None:
+        ref = reference.copy()
+        ref.calc = calc
+        mu = ref.get_potential_energy() / len(ref)
+    return {
+        phase: vacancy_formation_energy(cell, calc, mu_eV=mu, **kwargs)
+        for phase, cell in cells.items()
+    }
+
+
+def vacancy_flags(
+    result: Mapping[str, Any],
+    trained_on: Collection[str] | None = None,
+    phase: str | None = None,
+    physical_range_eV: tuple[float, float] = PHYSICAL_FORMATION_ENERGY_EV,
+) -> list[str]:
+    """Reasons not to read a vacancy formation energy as a result (empty: none found).
+
+    Parameters
+    ----------
+    result
+        A :func:`vacancy_formation_energy` result (``E_f_eV``, ``converged``).
+    trained_on
+        The structures the model was trained on; with ``phase``, a phase outside them is
+        flagged as an extrapolation. ``None``: not checked (e.g. for the DFT reference).
+    phase
+        The phase of ``result``.
+    physical_range_eV
+        E_f outside ``(low, high)`` (or not finite) is flagged as unphysical.
+
+    Returns
+    -------
+    list of str
+        ``"unphysical"``, ``"not converged"``, ``"extrapolation"``, in that order.
+    """
+    flags = []
+    e_f = result.get("E_f_eV")
+    low, high = physical_range_eV
+    if e_f is None or not np.isfinite(e_f) or not low < e_f < high:
+        flags.append("unphysical")
+    if not result.get("converged", True):
+        flags.append("not converged")
+    if trained_on is not None and phase is not None and phase not in trained_on:
+        flags.append("extrapolation")
+    return flags
+
+
 def plot_vacancy_bars(
     results: Mapping[str, Mapping[str, float]],
     path: str | os.PathLike,
     title: str | None = None,
+    flagged: Mapping[str, Collection[str]] | None = None,
 ) -> Path:
     """Grouped bar chart of vacancy formation energies: phases on x, one bar per model.
 
-    ``results`` maps model → phase → E_f (eV), e.g. ``{"PF": {"diamond": 3.6, ...},
-    "PFD": {...}, "DFT": {...}}``; a phase a model lacks leaves a gap. Returns the path.
+    Parameters
+    ----------
+    results
+        Model → phase → E_f (eV), e.g. ``{"PF": {"diamond": 3.6, ...}, "PFD": {...},
+        "DFT": {...}}``; a phase a model lacks leaves a gap.
+    path
+        The PNG to write.
+    title
+        Figure title.
+    flagged
+        Model → phases whose values are not results (see :func:`vacancy_flags`): drawn
+        hatched and pale.
+
+    Returns
+    -------
+    Path
+        ``path``.
     """
-    from pfd_ase.analysis.phonons import _figure_tools
+    from pfd_ase.analysis.report import new_figure
 
     if not results:
         raise ValueError("nothing to plot")
-    Figure, FigureCanvasAgg = _figure_tools()
     phases: list[str] = []
     for per_model in results.values():
         for phase in per_model:
             if phase not in phases:
                 phases.append(phase)
-    fig = Figure(figsize=(max(5.0, 1.1 * len(phases) + 2), 4))
-    FigureCanvasAgg(fig)
+    fig = new_figure((max(5.0, 1.1 * len(phases) + 2), 4))
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(phases))
     width = 0.8 / len(results)
     for i, (model, per_model) in enumerate(results.items()):
         values = [per_model.get(p, np.nan) for p in phases]
         values = [np.nan if v is None else float(v) for v in values]
-        ax.bar(x + (i - (len(results) - 1) / 2) * width, values, width, label=model, color=f"C{i}")
+        bars = ax.bar(
+            x + (i - (len(results) - 1) / 2) * width, values, width, label=model, color=f"C{i}"
+        )
+        for bar, phase in zip(bars, phases, strict=True):
+            if phase in (flagged or {}).get(model, ()):
+                bar.set_hatch("//")
+                bar.set_alpha(0.4)
     ax.set_xticks(x)
     ax.set_xticklabels(phases)
     ax.axhline(0.0, color="0.5", linewidth=0.6)
     ax.set_ylabel("Vacancy formation energy (eV)")
+    if any((flagged or {}).values()):
+        ax.text(0.01, 0.01, "hatched: flagged, not a result", transform=ax.transAxes, fontsize=7)
     if title:
         ax.set_title(title)
     ax.legend(frameon=False)

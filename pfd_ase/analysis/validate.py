@@ -1,0 +1,253 @@
+"""Validation of trained models against each other and the labeler, for any recipe.
+
+- :func:`model_errors`: energy/force/virial errors and parity plots of models on labelled
+  frames (teacher vs DFT, student vs DFT, student vs teacher ...).
+- :func:`compare_phonons`: phonon dispersions of one crystal with several models and the
+  labeler, one figure.
+- :func:`compare_vacancies`: vacancy formation energies of several phases with several
+  models, each value checked by :func:`pfd_ase.analysis.vacancy.vacancy_flags`, one figure.
+- :func:`entropy_curve` and :func:`plot_entropy`: the dataset entropy per fine-tune
+  iteration of a run (supplement Fig. S1).
+
+Each model or labeler is a :class:`Subject`: how to get its calculator (only called when a
+result must be computed) and a JSON-safe identity. The expensive results go through a
+``step(key, func, inputs)`` callable, e.g. a run directory's resumable steps, so that a
+rerun repeats only what is missing or what changed inputs (another model file, labeler
+setting or supercell) invalidate; the default :func:`run_directly` computes everything.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ase import Atoms
+
+__all__ = [
+    "Step",
+    "Subject",
+    "compare_phonons",
+    "compare_vacancies",
+    "entropy_curve",
+    "model_errors",
+    "plot_entropy",
+    "run_directly",
+]
+
+#: ``step(key, func, inputs)``: the result of ``func()`` (a JSON-safe dict) for step ``key``,
+#: computed again only when ``inputs`` (JSON-safe) differ from the stored ones.
+Step = Callable[[str, Callable[[], dict[str, Any]], Mapping[str, Any]], dict[str, Any]]
+
+
+def run_directly(
+    key: str, func: Callable[[], dict[str, Any]], inputs: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A :data:`Step` that stores nothing: ``func()``."""
+    return func()
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A model or labeler to validate.
+
+    Attributes
+    ----------
+    calculator
+        Zero-argument callable returning its ASE calculator; called only when a result is
+        missing (loading a model or starting DFT costs time).
+    identity
+        JSON-safe: what makes its results valid (model file hash, labeler settings).
+    trained_on
+        Names of the structures it was trained on (results on others are extrapolations),
+        or ``None`` when that does not apply (the labeler).
+    """
+
+    calculator: Callable[[], Any]
+    identity: Mapping[str, Any]
+    trained_on: Collection[str] | None = None
+
+
+def model_errors(
+    sets: Mapping[str, tuple[Any, Sequence[Atoms]]], folder: str | os.PathLike | None = None
+) -> dict[str, dict[str, Any]]:
+    """Errors of models on labelled frames, with a parity plot per pair.
+
+    Parameters
+    ----------
+    sets
+        Name (e.g. ``"teacher_vs_dft"``) → (model path or ASE calculator, labelled frames).
+    folder
+        Where ``parity_<name>.png`` go (none drawn when ``None``).
+
+    Returns
+    -------
+    dict
+        Name → :func:`pfd_ase.training.evaluate.evaluate` errors without the per-frame
+        records.
+    """
+    from pfd_ase.training.evaluate import evaluate, parity_plot
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, (model, frames) in sets.items():
+        result = evaluate(model, frames, return_predictions=True)
+        if folder is not None:
+            path = Path(folder) / f"parity_{name}.png"
+            parity_plot(frames, result, path, title=name.replace("_", " "))
+        out[name] = {k: v for k, v in result.items() if k not in ("frames", "predictions")}
+    return out
+
+
+def compare_phonons(
+    primitive: Atoms,
+    subjects: Mapping[str, Subject],
+    supercell: Sequence[int] | Mapping[str, Sequence[int]] = (3, 3, 3),
+    *,
+    step: Step = run_directly,
+    plot: str | os.PathLike | None = None,
+    title: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Phonon dispersions of ``primitive`` with each subject (:func:`phonon_bands`).
+
+    Parameters
+    ----------
+    primitive
+        The primitive cell.
+    subjects
+        Name (``"DFT"``, ``"PF"``, ``"PFD"`` ...) → :class:`Subject`. A DFT labeler shared
+        by all supercells needs :func:`pfd_ase.analysis.phonons.phonon_labeler`'s settings.
+    supercell
+        Repeats for every subject, or name → repeats (e.g. a smaller one for DFT).
+    step
+        Runs ``phonons_<name>`` with inputs ``{**identity, "supercell": ...}``.
+    plot
+        PNG of all dispersions (none when ``None``).
+    title
+        Its title.
+
+    Returns
+    -------
+    dict
+        Name → :func:`pfd_ase.analysis.phonons.phonon_bands` result.
+    """
+    from pfd_ase.analysis.phonons import phonon_bands, plot_phonon_bands
+
+    out = {}
+    for name, subject in subjects.items():
+        sc = supercell[name] if isinstance(supercell, Mapping) else supercell
+        out[name] = step(
+            f"phonons_{name}",
+            lambda subject=subject, sc=sc: phonon_bands(primitive, subject.calculator(), sc),
+            {**subject.identity, "supercell": tuple(sc)},
+        )
+    if plot is not None and out:
+        plot_phonon_bands(out, plot, title=title)
+    return out
+
+
+def compare_vacancies(
+    cells: Mapping[str, Atoms],
+    subjects: Mapping[str, Subject],
+    reference: Atoms | None = None,
+    *,
+    step: Step = run_directly,
+    plot: str | os.PathLike | None = None,
+    title: str | None = None,
+    **kwargs: Any,
+) -> dict[str, dict[str, Any]]:
+    """Vacancy formation energies of each phase with each subject, checked and plotted.
+
+    Parameters
+    ----------
+    cells
+        Perfect supercells by phase name (:func:`pfd_ase.analysis.vacancy_supercells`).
+    subjects
+        Name → :class:`Subject`.
+    reference
+        Structure whose energy per atom is the chemical potential (e.g. diamond Si), see
+        :func:`pfd_ase.analysis.vacancy.vacancy_series`.
+    step
+        Runs ``vacancies_<name>`` with inputs ``{**identity, **kwargs, "phases": [...]}``.
+    plot
+        PNG bar chart, flagged values hatched (none when ``None``).
+    title
+        Its title.
+    **kwargs
+        Passed to :func:`pfd_ase.analysis.vacancy.vacancy_formation_energy`
+        (``max_steps`` ...).
+
+    Returns
+    -------
+    dict
+        ``vacancy_formation_eV`` (name → phase → E_f), ``vacancy_details`` (name → phase →
+        full result) and ``vacancy_flags`` (name → phase → reasons it is not a result,
+        see :func:`pfd_ase.analysis.vacancy.vacancy_flags`).
+    """
+    from pfd_ase.analysis.vacancy import plot_vacancy_bars, vacancy_flags, vacancy_series
+
+    details: dict[str, dict[str, Any]] = {}
+    for name, subject in subjects.items():
+        record = step(
+            f"vacancies_{name}",
+            lambda subject=subject: vacancy_series(
+                cells, subject.calculator(), reference, **kwargs
+            ),
+            {**subject.identity, **kwargs, "phases": list(cells)},
+        )
+        details[name] = {phase: record[phase] for phase in cells}  # stored JSON sorts keys
+    energies = {n: {p: r["E_f_eV"] for p, r in d.items()} for n, d in details.items()}
+    flags = {
+        name: {p: vacancy_flags(r, subjects[name].trained_on, p) for p, r in d.items()}
+        for name, d in details.items()
+    }
+    if plot is not None and energies:
+        flagged = {n: [p for p, f in per.items() if f] for n, per in flags.items()}
+        plot_vacancy_bars(energies, plot, title=title, flagged=flagged)
+    return {"vacancy_formation_eV": energies, "vacancy_details": details, "vacancy_flags": flags}
+
+
+def entropy_curve(summary: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """(step, dataset entropy) after every fine-tune labelling step of a run, in run order.
+
+    Parameters
+    ----------
+    summary
+        A run's summary (``pfd_ase.workflow.run``'s result or ``summary.json``).
+
+    Returns
+    -------
+    list of tuple
+        ``("ft.<stage>.<iteration>", entropy in nats)``.
+    """
+    return [
+        (key.removesuffix(".label"), rec["dataset_entropy"])
+        for key, rec in summary["steps"].items()
+        if key.startswith("ft.") and key.endswith(".label") and rec.get("dataset_entropy")
+    ]
+
+
+def plot_entropy(curve: Sequence[tuple[str, float]], path: str | os.PathLike) -> Path | None:
+    """Dataset entropy vs fine-tune iteration (supplement Fig. S1 analogue).
+
+    Returns
+    -------
+    Path or None
+        ``path``, or ``None`` (nothing drawn) for an empty curve.
+    """
+    from pfd_ase.analysis.report import new_figure
+
+    if not curve:
+        return None
+    fig = new_figure((6, 4))
+    ax = fig.add_subplot()
+    ax.plot(range(1, len(curve) + 1), [v for _, v in curve], "o-")
+    ax.set_xticks(range(1, len(curve) + 1), [k for k, _ in curve], rotation=30, fontsize=7)
+    ax.set_ylabel("entropy of the labelled set (nats)")
+    ax.set_title("QUESTS entropy of the training set per iteration")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
