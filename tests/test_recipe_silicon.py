@@ -111,7 +111,11 @@ def test_quick_recipe_with_classical_labeler(tmp_path):
 
 
 def test_validation_results_are_reused_until_the_model_changes(tmp_path):
-    from pfd_ase.recipes._base import cached, model_key
+    from pfd_ase.models import resolve_model
+    from pfd_ase.recipes._base import validation_step
+
+    def model_key(path):
+        return {"model": resolve_model(path).identity}
 
     model = tmp_path / "model.pth"
     model.write_bytes(b"weights")
@@ -121,12 +125,13 @@ def test_validation_results_are_reused_until_the_model_changes(tmp_path):
         calls.append(1)
         return {"Gamma": [0.0, 15.5]}
 
-    store = tmp_path / "phonons_PF.json"
-    first = cached(store, {**model_key(model), "supercell": (3, 3, 3)}, compute)
-    again = cached(store, {**model_key(model), "supercell": (3, 3, 3)}, compute)
+    store = validation_step(tmp_path / "run")  # steps validate.<key> of the run directory
+    first = store("phonons_PF", compute, {**model_key(model), "supercell": (3, 3, 3)})
+    again = store("phonons_PF", compute, {**model_key(model), "supercell": (3, 3, 3)})
     assert first == again == {"Gamma": [0.0, 15.5]} and len(calls) == 1
-    cached(store, {**model_key(model), "supercell": (2, 2, 2)}, compute)
+    store("phonons_PF", compute, {**model_key(model), "supercell": (2, 2, 2)})
     assert len(calls) == 2
     model.write_bytes(b"retrained weights")  # another model under the same name
-    cached(store, {**model_key(model), "supercell": (2, 2, 2)}, compute)
+    store("phonons_PF", compute, {**model_key(model), "supercell": (2, 2, 2)})
     assert len(calls) == 3
+    assert (tmp_path / "run" / "state" / "validate.phonons_PF.json").exists()

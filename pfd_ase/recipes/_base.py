@@ -1,9 +1,17 @@
-"""Shared recipe machinery: write structures into the run directory, run the workflow,
-validate the models, write the report folder."""
+"""Shared recipe machinery: presets, structures for the workflow, validation and report.
+
+A recipe is config → :func:`pfd_ase.workflow.run` → :func:`validate_run` → report; this
+module holds what every recipe needs for that: :func:`deep_update` (presets merged with
+user overrides), :func:`structure_specs`, the resumable validation steps
+(:func:`validation_step`, :func:`model_subject`), and :func:`recipe_parser` for the
+command line.
+"""
 
 from __future__ import annotations
 
+import argparse
 import copy
+import functools
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -11,13 +19,16 @@ from typing import Any
 
 from ase import Atoms
 
-from pfd_ase._io import read_json, write_json
-from pfd_ase.data import read_frames, write_frames
+from pfd_ase.analysis.validate import Step, Subject
+from pfd_ase.data import write_frames
+
+#: Labelers cheap enough for vacancy relaxations and 3×3×3 phonons in any preset.
+CLASSICAL = ("sw", "tersoff", "emt")
 
 
-def deep_update(base: dict[str, Any], updates: Mapping[str, Any] | None) -> dict[str, Any]:
+def deep_update(base: Mapping[str, Any], updates: Mapping[str, Any] | None) -> dict[str, Any]:
     """Recursively merge ``updates`` into a copy of ``base`` (user overrides win)."""
-    out = copy.deepcopy(base)
+    out = copy.deepcopy(dict(base))
     for key, value in (updates or {}).items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
             out[key] = deep_update(out[key], value)
@@ -26,28 +37,34 @@ def deep_update(base: dict[str, Any], updates: Mapping[str, Any] | None) -> dict
     return out
 
 
-def cached(path: Path, key: Mapping[str, Any], compute: Callable[[], Any]) -> Any:
-    """Result stored in ``path`` for ``key`` (JSON-safe), else ``compute()`` stored there.
+def validation_step(workdir: str | Path) -> Step:
+    """The :data:`~pfd_ase.analysis.validate.Step` of a run directory: its resumable steps.
 
-    Lets an interrupted validation resume without repeating finished DFT or model work; a
-    different key (another model file, labeler setting or supercell) recomputes.
+    Each result is the step ``validate.<key>`` of :meth:`RunState.run_step
+    <pfd_ase.workflow.state.RunState.run_step>` (record ``state/validate.<key>.json``), redone
+    when its inputs (model identity, labeler settings, supercell ...) change.
     """
-    key = json.loads(json.dumps(key, default=str))
-    if path.exists():
-        record = read_json(path)
-        if record.get("key") == key:
-            return record["result"]
-    result = compute()
-    write_json(path, {"key": key, "result": result})
-    return result
+    from pfd_ase.workflow.state import RunState
+
+    state = RunState(workdir)
+
+    def step(key: str, func: Callable[[], Any], inputs: Mapping[str, Any]) -> Any:
+        return state.run_step(f"validate.{key}", lambda: {"result": func()}, inputs)["result"]
+
+    return step
 
 
-def model_key(model: str | Path) -> dict[str, Any]:
-    """Identity of a model file for :func:`cached`: path, size and modification time."""
-    if str(model) == "chgnet":
-        return {"model": "chgnet"}
-    stat = Path(model).stat()
-    return {"model": str(Path(model).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+def model_subject(model: str, trained_on: list[str] | None = None) -> Subject:
+    """A trained model (path or pre-trained name) to validate, loaded on first use.
+
+    Its identity is :func:`pfd_ase.models.resolve_model`'s (a content hash): a retrained
+    model at the same path redoes its validation steps.
+    """
+    from pfd_ase.calculators import PFDCalculator
+    from pfd_ase.models import resolve_model
+
+    identity = {"model": resolve_model(model).identity}
+    return Subject(functools.cache(lambda: PFDCalculator(model)), identity, trained_on)
 
 
 def structure_specs(structures: Mapping[str, Atoms], folder: Path) -> dict[str, dict]:
@@ -60,73 +77,144 @@ def structure_specs(structures: Mapping[str, Atoms], folder: Path) -> dict[str, 
     return specs
 
 
-def entropy_curve(summary: Mapping[str, Any]) -> list[tuple[str, float]]:
-    """(step, dataset entropy) after every fine-tune labelling step, in run order."""
-    return [
-        (key.removesuffix(".label"), rec["dataset_entropy"])
-        for key, rec in summary["steps"].items()
-        if key.startswith("ft.") and key.endswith(".label") and rec.get("dataset_entropy")
-    ]
+def trained_structures(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Structures each model of a run learnt from: ``PF`` (initial data and fine-tune
+    stages) and ``PFD`` (the teacher-labelled exploration of distillation)."""
+    teacher = list(config["init"]["structures"] or config["structures"])
+    for stage in config["finetune"]["stages"]:
+        teacher += [s for s in stage["structures"] if s not in teacher]
+    return {"PF": teacher, "PFD": list(config["distill"]["explore"]["structures"])}
 
 
-def plot_entropy(curve: list[tuple[str, float]], path: Path) -> Path | None:
-    """Dataset entropy vs fine-tune iteration (supplement Fig. S1 analogue)."""
-    if not curve:
-        return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def validate_run(
+    config: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    title: str,
+    preset: Mapping[str, Any],
+    phonons: Mapping[str, Any],
+    vacancies: Mapping[str, Any],
+    **info: Any,
+) -> dict[str, Any]:
+    """Validate a finished run and write its report folder (``workdir/report``).
 
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(range(1, len(curve) + 1), [v for _, v in curve], "o-")
-    ax.set_xticks(range(1, len(curve) + 1), [k for k, _ in curve], rotation=30, fontsize=7)
-    ax.set_ylabel("entropy of the labelled set (nats)")
-    ax.set_title("QUESTS entropy of the training set per iteration")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    Errors (teacher and student vs DFT, student vs teacher) with parity plots, the entropy
+    curve, phonons (DFT, PF, PFD) and vacancy formation energies (PF, PFD, and the labeler
+    when it is classical), each resumable in ``workdir/validation``.
 
+    Parameters
+    ----------
+    config
+        The recipe's workflow configuration.
+    summary
+        The run's summary (``teacher``, ``student``, ``steps``).
+    title
+        The report's heading.
+    preset
+        ``dft_phonon_supercell`` (a classical labeler always gets 3×3×3) and
+        ``vacancy_max_steps``.
+    phonons
+        ``{"primitive": Atoms, "title": str}``.
+    vacancies
+        ``{"cells": {phase: Atoms}, "reference": Atoms, "title": str}``.
+    **info
+        Recorded at the top of the results (e.g. ``quick``).
 
-def parity_plots(run_dir: Path, teacher: str, student: str | None, report: Path) -> dict:
-    """Errors and parity plots: teacher vs DFT, student vs DFT, student vs teacher."""
-    from pfd_ase.training.evaluate import evaluate, parity_plot
+    Returns
+    -------
+    dict
+        The JSON-safe results, as in ``report/summary.json``.
+    """
+    from pfd_ase.analysis.phonons import phonon_labeler
+    from pfd_ase.analysis.report import write_report
+    from pfd_ase.analysis.validate import (
+        compare_phonons,
+        compare_vacancies,
+        entropy_curve,
+        model_errors,
+        plot_entropy,
+    )
+    from pfd_ase.calculators import labeler_info
+    from pfd_ase.data import read_frames
 
-    data = read_frames(run_dir / "data" / "labelled.extxyz")
-    out: dict[str, Any] = {}
-    pairs = [("teacher_vs_dft", teacher, data)]
+    workdir = Path(config["workdir"])
+    report, folder = workdir / "report", workdir / "validation"
+    report.mkdir(parents=True, exist_ok=True)
+    teacher, student = summary["teacher"], summary.get("student")
+    data = read_frames(workdir / "data" / "labelled.extxyz")
+    sets = {"teacher_vs_dft": (teacher, data)}
     if student:
-        pairs.append(("student_vs_dft", student, data))
-        teacher_labelled = run_dir / "distill" / "teacher_labelled.extxyz"
+        sets["student_vs_dft"] = (student, data)
+        teacher_labelled = workdir / "distill" / "teacher_labelled.extxyz"
         if teacher_labelled.exists():
-            pairs.append(("student_vs_teacher", student, read_frames(teacher_labelled)))
-    for name, model, frames in pairs:
-        result = evaluate(model, frames, return_predictions=True)
-        parity_plot(frames, result, report / f"parity_{name}.png", title=name.replace("_", " "))
-        out[name] = {k: v for k, v in result.items() if k not in ("frames", "predictions")}
-    return out
+            sets["student_vs_teacher"] = (student, read_frames(teacher_labelled))
+    result: dict[str, Any] = {"teacher": teacher, "student": student, **info}
+    result["labeler"] = config["labeler"]["name"]
+    result["base_model"] = config["base_model"]["path"]
+    result["errors"] = model_errors(sets, report)
+    result["entropy_per_iteration"] = entropy_curve(summary)
+    plot_entropy(result["entropy_per_iteration"], report / "entropy.png")
+
+    trained = trained_structures(config)
+    models = {"PF": model_subject(teacher, trained["PF"])}
+    if student:
+        models["PFD"] = model_subject(student, trained["PFD"])
+    name, overrides = config["labeler"]["name"], config["labeler"]["overrides"]
+    reference = phonon_labeler(name, folder / "labeler", **overrides)
+    dft = {"DFT": Subject(lambda: reference, {"labeler": labeler_info(reference)})}
+    cheap = name in CLASSICAL
+    step = validation_step(workdir)
+    bands = compare_phonons(
+        phonons["primitive"],
+        {**dft, **models},
+        {
+            "DFT": (3, 3, 3) if cheap else preset["dft_phonon_supercell"],
+            **dict.fromkeys(models, (3, 3, 3)),
+        },
+        step=step,
+        plot=report / "phonons.png",
+        title=phonons["title"],
+    )
+    result["phonons"] = {
+        k: {"special_points": v["special_points"], "supercell": v["supercell"]}
+        for k, v in bands.items()
+    }
+    result |= compare_vacancies(
+        vacancies["cells"],
+        {**models, **(dft if cheap else {})},
+        vacancies["reference"],
+        step=step,
+        plot=report / "vacancies.png",
+        title=vacancies["title"],
+        max_steps=preset["vacancy_max_steps"],
+    )
+    result["run_summary"] = str(workdir / "summary.json")
+    write_report(report, result, title)
+    return result
 
 
-def write_report(report: Path, summary: dict[str, Any], title: str) -> Path:
-    """``summary.json`` plus a short ``report.md`` linking the figures."""
-    write_json(report / "summary.json", summary)
-    lines = [f"# {title}", ""]
-    val = summary.get("errors", {})
-    for name, res in val.items():
-        lines.append(
-            f"- **{name.replace('_', ' ')}**: force RMSE {res.get('force_rmse', float('nan')):.4f}"
-            f" eV/Å, energy RMSE {res.get('energy_rmse', float('nan')):.4f} eV/atom"
-            f" ({res.get('n_frames')} frames)"
-        )
-    for key, res in summary.get("phonons", {}).items():
-        gamma = res["special_points"]["Gamma"]
-        lines.append(f"- phonons {key}: Γ optical {max(gamma):.2f} THz")
-    for model, phases in summary.get("vacancy_formation_eV", {}).items():
-        lines.append(
-            f"- vacancy E_f ({model}): " + ", ".join(f"{p} {e:.2f} eV" for p, e in phases.items())
-        )
-    lines.append("")
-    for png in sorted(report.glob("*.png")):
-        lines.append(f"![{png.stem}]({png.name})")
-    (report / "report.md").write_text("\n".join(lines) + "\n")
-    return report / "report.md"
+def recipe_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """The command line every workflow recipe shares (``--quick``, ``--labeler`` ...)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workdir", default=f"runs/{prog.rsplit('.', 1)[-1]}")
+    parser.add_argument("--quick", action="store_true", help="laptop-sized settings")
+    parser.add_argument("--labeler", default="gpaw", help="gpaw (default), vasp, sw, tersoff")
+    parser.add_argument("--labeler-overrides", default="{}", help="JSON, e.g. '{\"encut\": 520}'")
+    parser.add_argument(
+        "--base-model",
+        default="chgnet",
+        help="'chgnet' (default, offline), a deepmd-kit .pt, or a registry name",
+    )
+    parser.add_argument("--head", default=None, help="branch of a multi-task base model")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overrides", default="{}", help="JSON merged into the workflow config")
+    return parser
+
+
+def parsed_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, Any]:
+    """:func:`recipe_parser`'s arguments as keyword arguments of a recipe's run function."""
+    args = vars(parser.parse_args(argv))
+    for key in ("labeler_overrides", "overrides"):
+        args[key] = json.loads(args[key])
+    return args

@@ -2,7 +2,8 @@
 
 ``python -m pfd_ase.recipes.demo --help``. With no options it runs offline on a laptop
 (GPAW labels 8-atom cells, a tiny DPA-2 trains for a few hundred steps, Langevin MD
-runs with the trained model as an ASE calculator) and writes ``summary.json``.
+runs with the trained model as an ASE calculator) and writes ``summary.json`` and
+``report.md``.
 """
 
 from __future__ import annotations
@@ -13,28 +14,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ase import units
-from ase.build import bulk
-from ase.io import Trajectory
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import thermalize_momenta
-
-from pfd_ase._io import write_json
-from pfd_ase.data import split_frames, to_deepmd, write_frames
-from pfd_ase.label import label_frames
+from ase import Atoms
 
 
-def perturbed_silicon(n_frames: int, seed: int, strain: float = 0.02, displacement_A=0.05):
-    """Randomly strained and displaced 8-atom diamond Si cells (``default_rng(seed)``)."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for i in range(n_frames):
-        atoms = bulk("Si", "diamond", a=5.43, cubic=True)
-        eps = rng.uniform(-strain, strain, (3, 3))
-        atoms.set_cell(atoms.cell.array @ (np.eye(3) + (eps + eps.T) / 2), scale_atoms=True)
-        atoms.positions += rng.normal(0.0, displacement_A, atoms.positions.shape)
+def perturbed_silicon(
+    n_frames: int, seed: int, strain: float = 0.02, displacement_A: float = 0.05
+) -> list[Atoms]:
+    """Randomly strained and displaced 8-atom diamond Si cells (``default_rng(seed)``).
+
+    See :func:`pfd_ase.structures.perturb`; frames are named ``init-000``, ``init-001`` ...
+    """
+    from pfd_ase.materials import silicon
+    from pfd_ase.structures import perturb
+
+    frames = perturb(
+        silicon("diamond"), n_frames, np.random.default_rng(seed), strain, displacement_A
+    )
+    for i, atoms in enumerate(frames):
         atoms.info["pfd_frame_id"] = f"init-{i:03d}"
-        frames.append(atoms)
     return frames
 
 
@@ -49,20 +46,24 @@ def run_demo(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the demo; return (and write to ``workdir/summary.json``) its summary."""
+    from pfd_ase.analysis.report import write_report
+    from pfd_ase.analysis.validate import model_errors
     from pfd_ase.calculators import PFDCalculator
+    from pfd_ase.data import split_frames, to_deepmd, write_frames
+    from pfd_ase.label import label_frames
     from pfd_ase.training import deepmd as dp
 
     workdir = Path(workdir)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
+    # run: label perturbed cells, train a tiny model on them
     result = label_frames(perturbed_silicon(n_frames, seed), labeler, workdir / "label")
     frames = result.frames
     if len(frames) < 2:
         raise RuntimeError(f"only {len(frames)} frames labelled; failures: {result.failures}")
     write_frames(workdir / "data" / "labelled.extxyz", frames)
     timings["label_s"] = time.perf_counter() - t0
-
     train, valid = split_frames(frames, val_fraction=0.25, seed=seed)
     train_sys = to_deepmd(train, workdir / "data" / "train", ["Si"])
     valid_sys = to_deepmd(valid, workdir / "data" / "valid", ["Si"])
@@ -74,15 +75,46 @@ def run_demo(
     model = dp.freeze(workdir / "train", "model.pth")
     timings["train_s"] = time.perf_counter() - t1
 
+    # validate: errors on the held-out frames, MD with the model as an ASE calculator
     calc = PFDCalculator(model)
-    errors = []
-    for atoms in valid:
-        pred = calc.get_forces(atoms.copy())
-        errors.append(pred - atoms.get_forces())
-    force_rmse = float(np.sqrt(np.mean(np.concatenate(errors) ** 2)))
-
+    errors = model_errors({"model_vs_dft": (calc, valid)}, workdir)
     t2 = time.perf_counter()
-    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(2)
+    atoms = md_run(calc, workdir / "md.traj", md_steps, temperature_K, timestep_fs, seed)
+    timings["md_s"] = time.perf_counter() - t2
+    timings["total_s"] = time.perf_counter() - t0
+
+    # report
+    summary = {
+        "labeler": labeler,
+        "n_labelled": len(frames),
+        "n_failed": len(result.failures),
+        "n_train": len(train),
+        "n_valid": len(valid),
+        "model": str(model),
+        "valid_force_rmse_eV_per_A": errors["model_vs_dft"]["force_rmse"],
+        "errors": errors,
+        "md_steps": md_steps,
+        "md_final_temperature_K": float(atoms.get_temperature()),
+        "md_ms_per_step": 1000 * timings["md_s"] / max(md_steps, 1),
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "seed": seed,
+    }
+    write_report(workdir, summary, "PFD demo")
+    return summary
+
+
+def md_run(
+    calc: Any, path: Path, steps: int, temperature_K: float, timestep_fs: float, seed: int
+) -> Atoms:
+    """Langevin MD of 64-atom diamond Si with ``calc``, a frame every 10 steps in ``path``."""
+    from ase import units
+    from ase.io import Trajectory
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import thermalize_momenta
+
+    from pfd_ase.materials import silicon
+
+    atoms = silicon("diamond", 2)
     atoms.calc = calc
     rng = np.random.default_rng(seed)
     thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
@@ -94,29 +126,10 @@ def run_demo(
         fixcm=False,
         rng=rng,
     )
-    traj = Trajectory(workdir / "md.traj", "w", atoms)
-    dyn.attach(traj.write, interval=10)
-    dyn.run(md_steps)
-    traj.close()
-    timings["md_s"] = time.perf_counter() - t2
-    timings["total_s"] = time.perf_counter() - t0
-
-    summary = {
-        "labeler": labeler,
-        "n_labelled": len(frames),
-        "n_failed": len(result.failures),
-        "n_train": len(train),
-        "n_valid": len(valid),
-        "model": str(model),
-        "valid_force_rmse_eV_per_A": force_rmse,
-        "md_steps": md_steps,
-        "md_final_temperature_K": float(atoms.get_temperature()),
-        "md_ms_per_step": 1000 * timings["md_s"] / max(md_steps, 1),
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "seed": seed,
-    }
-    write_json(workdir / "summary.json", summary)
-    return summary
+    with Trajectory(path, "w", atoms) as traj:
+        dyn.attach(traj.write, interval=10)
+        dyn.run(steps)
+    return atoms
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -1,0 +1,129 @@
+"""Phase data (pfd_ase.materials) and the one seeded perturbation (pfd_ase.structures.perturb)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from pfd_ase.materials import (
+    SILICON_PHASES,
+    SILICON_STRUCTURES,
+    silicon,
+    silicon_phases,
+    supercell,
+)
+from pfd_ase.structures import perturb
+
+SPACEGROUPS = {
+    "diamond": 227,
+    "hex_diamond": 194,
+    "fcc": 225,
+    "bcc": 229,
+    "hcp": 194,
+    "beta_sn": 141,
+    "bc8": 206,
+}
+ATOMS_PER_CELL = {
+    "diamond": 8,
+    "hex_diamond": 4,
+    "fcc": 4,
+    "bcc": 2,
+    "hcp": 2,
+    "beta_sn": 4,
+    "bc8": 16,
+    "diamond_vacancy": 7,
+}
+
+
+def _spacegroup(atoms) -> int:
+    spglib = pytest.importorskip("spglib")
+    cell = (np.array(atoms.cell), atoms.get_scaled_positions(), atoms.numbers)
+    return spglib.get_symmetry_dataset(cell, symprec=1e-3).number
+
+
+@pytest.mark.parametrize("name", SILICON_PHASES)
+@pytest.mark.parametrize("size", [1, (2, 1, 3)])
+def test_silicon_phases_by_name_and_size(name, size):
+    atoms = silicon(name, size)
+    assert _spacegroup(atoms) == SPACEGROUPS[name]
+    assert len(atoms) == ATOMS_PER_CELL[name] * int(np.prod(np.broadcast_to(size, 3)))
+    assert atoms.pbc.all() and atoms.calc is None and set(atoms.symbols) == {"Si"}
+
+
+def test_diamond_vacancy_and_primitive_cells():
+    assert set(SILICON_STRUCTURES) == {*SPACEGROUPS, "diamond_vacancy"}
+    assert len(silicon("diamond_vacancy")) == 7 and len(silicon("diamond_vacancy", 2)) == 63
+    vac = silicon("diamond_vacancy", 2)
+    np.testing.assert_allclose(vac.cell.array, silicon("diamond", 2).cell.array)
+    assert _spacegroup(vac) != 227  # the vacancy breaks the diamond symmetry
+    for name, n in (("diamond", 2), ("fcc", 1), ("bcc", 1)):
+        prim = silicon(name, primitive=True)
+        assert len(prim) == n and _spacegroup(prim) == SPACEGROUPS[name]
+        per_atom = prim.get_volume() / len(prim)
+        assert per_atom == pytest.approx(silicon(name).get_volume() / ATOMS_PER_CELL[name])
+    with pytest.raises(ValueError, match="primitive"):
+        silicon("bc8", primitive=True)
+    with pytest.raises(ValueError, match="unknown Si structure"):
+        silicon("wurtzite")
+    with pytest.raises(ValueError, match="unknown Si phases"):
+        silicon_phases(["diamond", "clathrate"])
+
+
+def test_supercell_sizes_and_matrices():
+    cube = silicon("diamond")
+    assert len(supercell(cube, 2)) == 64 and len(supercell(cube, (1, 1, 2))) == 16
+    bcc_shaped = supercell(cube, [[-1, 1, 1], [1, -1, 1], [1, 1, -1]])
+    assert len(bcc_shaped) == 32 and _spacegroup(bcc_shaped) == 227
+    with pytest.raises(ValueError):
+        supercell(cube, (1, 0, 1))
+    with pytest.raises(ValueError):
+        supercell(cube, (1, 2))
+    assert len(silicon_phases(["bc8", "fcc"])) == 2
+
+
+def test_perturb_is_seeded_and_deterministic():
+    atoms = silicon("diamond")
+    before = atoms.copy()
+    a = perturb(atoms, 3, np.random.default_rng(7), cell_strain=0.03, displacement_A=0.05)
+    b = perturb(atoms, 3, np.random.default_rng(7), cell_strain=0.03, displacement_A=0.05)
+    c = perturb(atoms, 3, np.random.default_rng(8), cell_strain=0.03, displacement_A=0.05)
+    assert atoms == before
+    for x, y, z in zip(a, b, c, strict=True):
+        np.testing.assert_array_equal(x.positions, y.positions)
+        np.testing.assert_array_equal(x.cell.array, y.cell.array)
+        assert not np.allclose(x.positions, z.positions)
+    assert len({tuple(x.positions.ravel()) for x in a}) == 3  # the copies differ
+    # draw order, per copy: the 3x3 uniform strain, then the Nx3 displacements
+    rng = np.random.default_rng(7)
+    for copy in a:
+        eps = rng.uniform(-0.03, 0.03, (3, 3))
+        strained = atoms.copy()
+        strained.set_cell(atoms.cell.array @ (np.eye(3) + (eps + eps.T) / 2), scale_atoms=True)
+        np.testing.assert_array_equal(copy.cell.array, strained.cell.array)
+        displaced = strained.positions + rng.normal(0.0, 0.05, atoms.positions.shape)
+        np.testing.assert_array_equal(copy.positions, displaced)
+    strain = np.linalg.solve(atoms.cell.array, a[0].cell.array) - np.eye(3)
+    assert np.abs(strain).max() <= 0.03 and np.allclose(strain, strain.T)
+
+
+def test_perturb_strains_only_periodic_cells():
+    cluster = bulk("Si", "diamond", a=5.431, cubic=True)
+    cluster.pbc = False
+    (moved,) = perturb(cluster, 1, np.random.default_rng(0), 0.03, 0.1)
+    np.testing.assert_array_equal(moved.cell.array, cluster.cell.array)
+    shift = moved.positions - cluster.positions
+    assert 0.05 < shift.std() < 0.2
+    assert perturb(cluster, 0, np.random.default_rng(0)) == []
+    with pytest.raises(ValueError):
+        perturb(cluster, 1, np.random.default_rng(0), cell_strain=-0.1)
+
+
+def test_demo_frames_are_perturbed_silicon():
+    from pfd_ase.recipes.demo import perturbed_silicon
+
+    frames = perturbed_silicon(2, seed=5)
+    again = perturb(silicon("diamond"), 2, np.random.default_rng(5), 0.02, 0.05)
+    for f, g in zip(frames, again, strict=True):
+        np.testing.assert_array_equal(f.positions, g.positions)
+    assert [f.info["pfd_frame_id"] for f in frames] == ["init-000", "init-001"]
