@@ -327,11 +327,11 @@ def test_kmeans_centres_are_deterministic_and_never_nan():
     rng = np.random.default_rng(0)
     blobs = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], dtype=np.float32)
     z = np.repeat(blobs, 100, axis=0) + rng.normal(0.0, 0.1, (300, 2)).astype(np.float32)
-    c = _kde_partition._kmeans(z, 3)
+    c = _kde_partition.kmeans(z, 3)
     np.testing.assert_allclose(c, blobs, atol=0.05)  # each centre on its blob's mean
-    assert np.array_equal(c, _kde_partition._kmeans(z, 3))
+    assert np.array_equal(c, _kde_partition.kmeans(z, 3))
     # more centres than distinct points: the spare centres keep their places, no nan
-    c = _kde_partition._kmeans(np.repeat(blobs, 4, axis=0), 6)
+    c = _kde_partition.kmeans(np.repeat(blobs, 4, axis=0), 6)
     assert np.isfinite(c).all() and {tuple(v) for v in c} == {tuple(v) for v in blobs}
 
 
@@ -397,14 +397,14 @@ def test_torch_exp_matches_numpy_exp(small_blocks, monkeypatch, case):
     sums = {}
     for use in (True, False):
         monkeypatch.setattr(_kde_blocks, "_USE_TORCH", use)
-        assert (_kde_blocks._engine(1e9, 2)[0] is torch) == use
+        assert (_kde_blocks.choose_engine(1e9, 2)[0] is torch) == use
         sums[use] = _kde.log_kernel_sum_pruned(y, x, H, threads=2)
     assert np.abs(sums[True] - sums[False]).max() <= 1e-12
     assert torch.get_num_threads() == threads_before  # the workers' setting is undone
     # torch not importable: numpy's exp, the same sums
     monkeypatch.setattr(_kde_blocks, "_USE_TORCH", True)
     monkeypatch.setitem(sys.modules, "torch", None)
-    assert _kde_blocks._engine(1e9, 2)[0] is None
+    assert _kde_blocks.choose_engine(1e9, 2)[0] is None
     assert np.array_equal(_kde.log_kernel_sum_pruned(y, x, H, threads=2), sums[False])
 
 
@@ -426,7 +426,7 @@ def test_threads_argument_and_environment(monkeypatch):
 
 
 def fused_or_skip():
-    lib = _kde_blocks._fused()
+    lib = _kde_blocks.fused_kernels()
     if lib is None:
         pytest.skip("the fused kernels are not built here (or the CPU lacks AVX2/FMA)")
     return lib
@@ -441,14 +441,14 @@ def test_cells_visit_only_the_pairs_that_can_matter(small_blocks, monkeypatch, f
     x = centres[np.arange(1200) % 6] + rng.normal(scale=2 * H, size=(1200, 8))
     y = centres[np.arange(300) % 6] + rng.normal(scale=2 * H, size=(300, 8))
     visited = []
-    sums = _kde_blocks._Blocks.sums
+    sums = _kde_blocks.BlockGather.sums
 
     def counting(self, rows, cols, col_sums=False, self_block=False):
         out = sums(self, rows, cols, col_sums, self_block)
         visited.append(len(out[0]) * len(range(*cols.indices(self.right.shape[0]))))
         return out
 
-    monkeypatch.setattr(_kde_blocks._Blocks, "sums", counting)
+    monkeypatch.setattr(_kde_blocks.BlockGather, "sums", counting)
     if fused:
         lib = fused_or_skip()
 
@@ -513,7 +513,7 @@ def test_the_fused_kernels_are_built_where_they_can_be():
             flags = next((line for line in f if line.startswith("flags")), "")
     if not ({"avx2", "fma"} <= set(flags.split()) and sys.platform == "linux"):
         pytest.skip("not an x86-64 Linux machine with AVX2 and FMA")
-    assert _kde_blocks._fused() is not None
+    assert _kde_blocks.fused_kernels() is not None
 
 
 @pytest.mark.parametrize("dim", [1, 3, 63])

@@ -128,7 +128,7 @@ def is_calculator(obj: Any) -> bool:
 
 
 def _tag(calc: Any, name: str, settings: Mapping[str, Any]) -> Any:
-    calc.pfd_labeler = {"name": name, "settings": _jsonable(dict(settings))}
+    calc.pfd_labeler = {"name": name, "settings": jsonable(dict(settings))}
     return calc
 
 
@@ -416,7 +416,7 @@ def labeler_info(calc: Any) -> dict[str, Any]:
     """
     tagged = getattr(calc, "pfd_labeler", None)
     if isinstance(tagged, Mapping) and "name" in tagged:
-        return {"name": str(tagged["name"]), "settings": _jsonable(tagged.get("settings", {}))}
+        return {"name": str(tagged["name"]), "settings": jsonable(tagged.get("settings", {}))}
     name = getattr(calc, "name", None)
     if not isinstance(name, str) or not name:
         name = type(calc).__name__
@@ -428,10 +428,10 @@ def labeler_info(calc: Any) -> dict[str, Any]:
             settings = {}
     if not isinstance(settings, Mapping):
         settings = {}
-    return {"name": name, "settings": _jsonable(dict(settings))}
+    return {"name": name, "settings": jsonable(dict(settings))}
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """A JSON-safe copy: numpy to Python, objects to ``todict()`` or their class name."""
     import numpy as np
 
@@ -442,20 +442,20 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, str):
         return obj.replace("\\", "/").replace('"', "'")
     if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
+        return jsonable(obj.item())
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, os.PathLike):
-        return _jsonable(os.fspath(obj))
+        return jsonable(os.fspath(obj))
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple | set | frozenset):
         items = sorted(obj, key=repr) if isinstance(obj, set | frozenset) else obj
-        return [_jsonable(v) for v in items]
+        return [jsonable(v) for v in items]
     todict = getattr(obj, "todict", None)
     if callable(todict):
         try:
-            return _jsonable(todict())
+            return jsonable(todict())
         except Exception:
             pass
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
@@ -468,3 +468,6 @@ def _version(dist: str) -> str | None:
         return version(dist)
     except PackageNotFoundError:
         return None
+
+
+_jsonable = jsonable  # transitional alias: callers move to the public name

@@ -44,24 +44,23 @@ threads. Tasks borrow sets of buffers that outlive the call (fresh large arrays 
 faults, ~1 ms per MB on a VM).
 
 Blocks. Where the optional extension ``_kde_fused`` is built (``setup.py``, C with AVX2 and FMA,
-checked at run time) the sums go through fused kernels (:func:`_fused`; all but H's blocks of a
-ball with itself, whose self terms stay exactly 1): the points of a cell (or ball, or block of
+checked at run time) the sums go through fused kernels (:func:`fused_kernels`; all but H's blocks
+of a ball with itself, whose self terms stay exactly 1): the points of a cell (or ball, or block of
 columns) are packed in panels of 8, and each 4-row x 8-point tile of exponents is accumulated in
-registers, exponentiated there (a Taylor exp within 2.3e-16 of the correctly rounded value;
-terms below e^-708 are flushed to 0, hence ``_TINY`` = 1e-280) and added to its rows' sums; no
-block is stored, and a tile whose exponents all lie below the rows' pruning floor
-``-R_a^2 / (2 h^2)`` is not exponentiated (dH only; those terms are within the bound above). ~4
-ns a pair on one core, against ~6 for the blocks below. Otherwise, and for every pair under
-``_ALL_PAIRS_ROWS`` rows, blocks are computed with torch (MKL GEMM, SLEEF exp, on reused
-buffers: ~6.5 ns a pair on one core) when torch is already imported, or importable and the
-sums have over ``_TORCH_MIN_PAIRS`` pairs
-(importing torch takes ~1.5 s); with numpy otherwise (~7.5-9 ns a pair; its exp alone is 5.5 ns
-a value against SLEEF's 2 on CPUs without AVX-512). BLAS should run one thread
-(``OPENBLAS_NUM_THREADS=1``), or the two levels of threads compete. torch would run each op on
-an OpenMP team of its own: the workers set torch to one thread, and torch's thread count (which
-that call also sets process-wide) is restored when the sums are done. Small sums (up to
-``_SERIAL_MAX_PAIRS``) without torch run in the calling thread. ctypes releases the GIL during
-the fused kernels, numpy and torch during their blocks.
+registers, exponentiated there (a Taylor exp within 2.3e-16 of the correctly rounded value; terms
+below e^-708 are flushed to 0, hence ``_TINY`` = 1e-280) and added to its rows' sums; no block is
+stored, and a tile whose exponents all lie below the rows' pruning floor ``-R_a^2 / (2 h^2)`` is
+not exponentiated (dH only; those terms are within the bound above). ~4 ns a pair on one core,
+against ~6 for the blocks below. Otherwise, and for every pair under ``_ALL_PAIRS_ROWS`` rows,
+blocks are computed with torch (MKL GEMM, SLEEF exp, on reused buffers: ~6.5 ns a pair on one core)
+when torch is already imported, or importable and the sums have over ``_TORCH_MIN_PAIRS`` pairs
+(importing torch takes ~1.5 s); with numpy otherwise (~7.5-9 ns a pair; its exp alone is 5.5 ns a
+value against SLEEF's 2 on CPUs without AVX-512). BLAS should run one thread
+(``OPENBLAS_NUM_THREADS=1``), or the two levels of threads compete. torch would run each op on an
+OpenMP team of its own: the workers set torch to one thread, and torch's thread count (which that
+call also sets process-wide) is restored when the sums are done. Small sums (up to
+``_SERIAL_MAX_PAIRS``) without torch run in the calling thread. ctypes releases the GIL during the
+fused kernels, numpy and torch during their blocks.
 
 What pruning can gain is bounded by the data. For MD-like data of a few phases (one phase's
 environments lie within a few h of each other) about a third of all pairs lie within reach and
@@ -81,22 +80,22 @@ from functools import partial
 import numpy as np
 
 from pfd_ase.selectors._kde_blocks import (
-    _BLOCK,
+    BLOCK,
     TAIL,
-    _augmented,
-    _Blocks,
-    _buffer,
-    _centre_dists,
-    _engine,
-    _exponent_blocks,
-    _fused,
-    _log_or_redo,
-    _panels,
-    _ptrs,
-    _sqnorm,
-    _workers,
+    BlockGather,
+    augmented_points,
+    centre_dists,
+    choose_engine,
+    exponent_blocks,
+    fused_kernels,
+    log_or_redo,
+    pack_panels,
+    ptrs,
+    scratch_buffer,
+    sqnorm,
+    worker_pool,
 )
-from pfd_ase.selectors._kde_partition import BallPartition, _kmeans
+from pfd_ase.selectors._kde_partition import BallPartition, kmeans
 
 _LEAF_SELF = 512  # points per ball, Y is X (larger blocks pay more than tighter balls)
 _COLS_SELF = 1024  # columns per GEMM block, Y is X (512 x 1024 float64: 4 MB)
@@ -119,7 +118,7 @@ _ALL_PAIRS_ROWS = 64  # below this many rows of Y every pair is visited
 
 
 def log_kernel_sum_blocked(
-    y: np.ndarray, x: np.ndarray, h: float, block: int = _BLOCK
+    y: np.ndarray, x: np.ndarray, h: float, block: int = BLOCK
 ) -> np.ndarray:
     """``log sum_j K(y_a, x_j)`` for every row of y over every row of x (no pruning)."""
     m, n = len(y), len(x)
@@ -129,7 +128,7 @@ def log_kernel_sum_blocked(
     mu = x.mean(axis=0)
     x = x - mu
     y = x if same else y - mu
-    yn, xn = _sqnorm(y), _sqnorm(x)
+    yn, xn = sqnorm(y), sqnorm(x)
     s = -0.5 / (h * h)
 
     def exponents(ys, yns, a0=-1):
@@ -151,14 +150,14 @@ def log_kernel_sum_blocked(
         for k in exponents(ys, yns, a0 if same else -1):
             np.exp(k, out=k)
             total += k.sum(axis=1)
-        out[a0 : a0 + block] = _log_or_redo(
+        out[a0 : a0 + block] = log_or_redo(
             total, lambda rows, ys=ys, yns=yns: exponents(ys[rows], yns[rows])
         )
     return out
 
 
 def pair_sums(
-    y: np.ndarray, x: np.ndarray, h: float, block: int = _BLOCK
+    y: np.ndarray, x: np.ndarray, h: float, block: int = BLOCK
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row sums ``sum_j K(y_a, x_j)`` and column sums ``sum_a K(y_a, x_j)``, plain float64.
 
@@ -169,7 +168,7 @@ def pair_sums(
     if len(y) == 0 or len(x) == 0:
         return rows, cols
     same = y is x
-    left, right = _augmented(y, s, True), _augmented(x, s, False)
+    left, right = augmented_points(y, s, True), augmented_points(x, s, False)
     for a0 in range(0, len(y), block):
         for b0 in range(0, len(x), block):
             k = left[a0 : a0 + block] @ right[b0 : b0 + block].T
@@ -229,39 +228,39 @@ def _self_sums(x: np.ndarray, h: float, threads: int | None) -> np.ndarray:
     s = -0.5 / (h * h)
     part = BallPartition(x, _LEAF_SELF)
     xo = part.points
-    xno = _sqnorm(xo)
-    left, right = _augmented(xo, s, True), _augmented(xo, s, False)
-    torch, threads = _engine(0.5 * n * n, threads)
+    xno = sqnorm(xo)
+    left, right = augmented_points(xo, s, True), augmented_points(xo, s, False)
+    torch, threads = choose_engine(0.5 * n * n, threads)
     groups = part.groups(_TASK_SELF)
     leaf = int(np.diff(part.start).max())
 
     def own(balls: range) -> np.ndarray:
         """Sums over the pairs within each ball (symmetric blocks: row sums suffice)."""
-        blocks = _Blocks(left, right, torch, leaf, leaf)
+        blocks = BlockGather(left, right, torch, leaf, leaf)
         return np.concatenate(
             [blocks.sums(part.rows(a), part.rows(a), self_block=True)[0] for a in balls]
         )
 
-    lib = _fused()
+    lib = fused_kernels()
     if lib is not None:
         d = x.shape[1]
         sn, zero = right[:, d + 1].copy(), np.zeros(d)
 
     def fused(rows: np.ndarray, cols: np.ndarray, total: np.ndarray, first: int) -> None:
         """The points ``rows`` with the points ``cols`` through the fused kernels."""
-        panels, npanel = _panels(lib, xo, cols, zero, sn, "panels")
-        col_sums = _buffer("col_sums", npanel * 8)
+        panels, npanel = pack_panels(lib, xo, cols, zero, sn, "panels")
+        col_sums = scratch_buffer("col_sums", npanel * 8)
         col_sums[:] = 0.0
         args = (left, d + 2, rows, len(rows), panels, npanel, None, total, first, col_sums)
-        lib.pfd_block_sums(*_ptrs(*args))
+        lib.pfd_block_sums(*ptrs(*args))
         total[cols - first] += col_sums[: len(cols)]
 
     def work(balls: range) -> tuple[int, np.ndarray]:
         """Sums over the pairs of these balls with later points, for points ``first`` onwards."""
-        blocks = None if lib is not None else _Blocks(left, right, torch, leaf, _COLS_SELF)
+        blocks = None if lib is not None else BlockGather(left, right, torch, leaf, _COLS_SELF)
         first = part.start[balls.start]
         total = np.zeros(n - first)
-        dc = _centre_dists(xo[first:], xno[first:], part.centre[balls.start : balls.stop])
+        dc = centre_dists(xo[first:], xno[first:], part.centre[balls.start : balls.stop])
         for a in balls:
             ra = part.rows(a)
             own = total[ra.start - first : ra.stop - first]
@@ -280,7 +279,7 @@ def _self_sums(x: np.ndarray, h: float, threads: int | None) -> np.ndarray:
         return first, total
 
     total = np.zeros(n)
-    with _workers(threads, torch) as pmap:
+    with worker_pool(threads, torch) as pmap:
         for g, sums in zip(groups, pmap(own, groups), strict=True):
             total[part.start[g.start] : part.start[g.stop]] = sums
         reach = _reach(np.log(total), n, h)
@@ -304,25 +303,25 @@ def _cross_sums(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> 
     s = -0.5 / (h * h)
     tail2 = 2.0 * h * h * (TAIL + math.log(n))
     part = BallPartition(x, _LEAF_X)
-    left, right = _augmented(y, s, True), _augmented(part.points, s, False)
-    yn = _sqnorm(y)
+    left, right = augmented_points(y, s, True), augmented_points(part.points, s, False)
+    yn = sqnorm(y)
     groups = part.groups(_TASK_X)
-    torch, threads = _engine(float(m) * n, threads)
+    torch, threads = choose_engine(float(m) * n, threads)
     leaf = int(np.diff(part.start).max())
 
     def dists(g: range) -> np.ndarray:
-        return _centre_dists(y, yn, part.centre[g.start : g.stop])
+        return centre_dists(y, yn, part.centre[g.start : g.stop])
 
     def bound(g: range) -> np.ndarray:
         return (dists(g) + part.radius[g.start : g.stop]).min(axis=1)
 
-    lib = _fused()
+    lib = fused_kernels()
     if lib is not None:  # the balls' points in panels of 8, for the fused kernels
         d = x.shape[1]
         sn, zero = right[:, d + 1].copy(), np.zeros(d)
 
     def work(g: range) -> np.ndarray:
-        blocks = None if lib is not None else _Blocks(left, right, torch, _ROWS_X, leaf)
+        blocks = None if lib is not None else BlockGather(left, right, torch, _ROWS_X, leaf)
         total = np.zeros(m)
         dc = dists(g)
         dc -= part.radius[g.start : g.stop]
@@ -330,9 +329,9 @@ def _cross_sums(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> 
             cand = np.flatnonzero(dc[:, b - g.start] <= reach)
             if lib is not None:
                 pts = np.arange(part.start[b], part.start[b + 1])
-                panels, npanel = _panels(lib, part.points, pts, zero, sn, "panels")
+                panels, npanel = pack_panels(lib, part.points, pts, zero, sn, "panels")
                 args = (left, d + 2, cand, len(cand), panels, npanel, floor, total, 0, None)
-                lib.pfd_block_sums(*_ptrs(*args))
+                lib.pfd_block_sums(*ptrs(*args))
                 continue
             for c0 in range(0, len(cand), _ROWS_X):
                 rows = cand[c0 : c0 + _ROWS_X]
@@ -341,7 +340,7 @@ def _cross_sums(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> 
 
     upper = np.full(m, np.inf)
     total = np.zeros(m)
-    with _workers(threads, torch) as pmap:
+    with worker_pool(threads, torch) as pmap:
         for u in pmap(bound, groups):
             np.minimum(upper, u, out=upper)
         reach = np.sqrt(upper**2 + tail2)
@@ -349,7 +348,7 @@ def _cross_sums(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> 
         for part_total in pmap(work, groups):
             total += part_total
 
-    return _log_or_redo(total, _exponent_blocks(left, n, lambda c0, c1: right[c0:c1]))
+    return log_or_redo(total, exponent_blocks(left, n, lambda c0, c1: right[c0:c1]))
 
 
 def _cross_cells(
@@ -366,28 +365,32 @@ def _cross_cells(
     be compact: a cell's radius r_c is exact, and the cell visits the rows with
     ``|y_a - c| <= r_c + R_a``, each the prefix of its points (sorted farthest first) with
     ``|x - c| >= |y_a - c| - R_a``, in up to ``_ROW_GROUPS`` groups of rows (:func:`_stairs`),
-    through the fused kernels when built (:func:`_fused`), else in torch or numpy blocks. One
+    through the fused kernels when built (:func:`fused_kernels`), else in torch or numpy blocks. One
     part of the lower bounds is computed beside the centres, the rest beside the assignment (a
     run of points at a time); then a task is a run of consecutive cells.
     """
     m, n = len(y), len(x)
     d = x.shape[1]
     s = -0.5 / (h * h)
-    left = _augmented(y, s, True)
-    torch, threads = _engine(float(m) * n, threads)
-    lib = _fused()
+    left = augmented_points(y, s, True)
+    torch, threads = choose_engine(float(m) * n, threads)
+    lib = fused_kernels()
     if lib is not None:
         x, mu = np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(mu)
     # a fixed pseudo-random sample (a stride could alias with periodic data, e.g. MD frames)
     # for the centres; every few of its points for the lower bounds and the sketch axes
     pick = np.sort(np.random.default_rng(0).choice(n, min(n, _KMEANS_SAMPLE), replace=False))
-    pts = np.take(x, pick, axis=0, out=_buffer("pick", len(pick) * d).reshape(-1, d), mode="clip")
+    pts = np.take(
+        x, pick, axis=0, out=scratch_buffer("pick", len(pick) * d).reshape(-1, d), mode="clip"
+    )
     pts -= mu
     runs = _ROW_TASKS
-    sample = _augmented(pts[np.unique(np.linspace(0, len(pts) - 1, _SAMPLE).astype(int))], s, False)
+    sample = augmented_points(
+        pts[np.unique(np.linspace(0, len(pts) - 1, _SAMPLE).astype(int))], s, False
+    )
     if lib is not None:  # the sample in panels, for the fused kernels
         coords, sample_sn = np.ascontiguousarray(sample[:, :d]), sample[:, d + 1].copy()
-        panels, npanel = _panels(lib, coords, np.arange(len(sample)), np.zeros(d), sample_sn)
+        panels, npanel = pack_panels(lib, coords, np.arange(len(sample)), np.zeros(d), sample_sn)
 
     def lower(rows: np.ndarray) -> np.ndarray:
         """log of the rows' sums over the sample of x (a lower bound of their full sums)."""
@@ -395,22 +398,24 @@ def _cross_cells(
             total = np.zeros(len(rows))
             off = rows[0] if len(rows) else 0
             args = (left, d + 2, rows, len(rows), panels, npanel, None, total, off)
-            lib.pfd_block_sums(*_ptrs(*args, None))
+            lib.pfd_block_sums(*ptrs(*args, None))
         else:
-            total = _Blocks(left, sample, torch, len(rows), len(sample)).sums(rows, slice(None))[0]
-        return _log_or_redo(total, lambda low: [left[rows[low]] @ sample.T])
+            total = BlockGather(left, sample, torch, len(rows), len(sample)).sums(
+                rows, slice(None)
+            )[0]
+        return log_or_redo(total, lambda low: [left[rows[low]] @ sample.T])
 
     def centres() -> tuple[np.ndarray, np.ndarray]:
         """Sketch axes (d, p) and cell centres (k, p), float32, centred on mu."""
         few = sample[:, :d]
         axes = np.linalg.eigh(few.T @ few)[1][:, -min(_CELL_SKETCH, d) :]
         k = max(1, min(n // _CELL, len(pts)))
-        return np.ascontiguousarray(axes), _kmeans((pts @ axes).astype(np.float32), k)
+        return np.ascontiguousarray(axes), kmeans((pts @ axes).astype(np.float32), k)
 
     def call(job):
         return job()
 
-    with _workers(threads, torch) as pmap:
+    with worker_pool(threads, torch) as pmap:
         # the lower bounds (compute) share the pool with the centres, then the assignment
         # (which reads all of x: memory): three parts, one beside the centres
         parts = [partial(lower, rows) for rows in np.array_split(np.arange(m), 3)]
@@ -420,8 +425,8 @@ def _cross_cells(
         zc = zc + (mu @ axes).astype(np.float32)  # for the uncentred x
         axes32 = axes.astype(np.float32)
         cmat = np.empty((p + 1, k), dtype=np.float32)  # [z, 1] @ cmat = |z - zc|^2 - |z|^2
-        cmat[:p], cmat[p] = -2.0 * zc.T, _sqnorm(zc)
-        cen_norm = _sqnorm(cen)
+        cmat[:p], cmat[p] = -2.0 * zc.T, sqnorm(zc)
+        cen_norm = sqnorm(cen)
         labels = np.empty(n, dtype=np.int16 if k < 2**15 else np.int64)
         norms, dists = np.empty(n), np.empty(n)  # |x - mu|^2 and |x - own centre|
         step = -(-n // runs)
@@ -430,14 +435,16 @@ def _cross_cells(
             for a0 in range(c0, min(c0 + step, n), _ASSIGN_CHUNK):
                 a1 = min(a0 + _ASSIGN_CHUNK, c0 + step, n)
                 size = a1 - a0
-                xs = _buffer("x32", size * d, dtype=np.float32).reshape(size, d)
+                xs = scratch_buffer("x32", size * d, dtype=np.float32).reshape(size, d)
                 np.copyto(xs, x[a0:a1], casting="same_kind")  # float32 GEMMs: 2x faster
-                z = _buffer("sketch", size * (p + 1), dtype=np.float32).reshape(size, -1)
+                z = scratch_buffer("sketch", size * (p + 1), dtype=np.float32).reshape(size, -1)
                 z[:, :p] = np.matmul(
-                    xs, axes32, out=_buffer("zx", size * p, dtype=np.float32).reshape(size, p)
+                    xs,
+                    axes32,
+                    out=scratch_buffer("zx", size * p, dtype=np.float32).reshape(size, p),
                 )
                 z[:, p] = 1.0
-                dz = _buffer("to_centres", size * k, dtype=np.float32).reshape(size, k)
+                dz = scratch_buffer("to_centres", size * k, dtype=np.float32).reshape(size, k)
                 lab = labels[a0:a1] = np.argmin(np.matmul(z, cmat, out=dz), axis=1)
                 # exact |x - mu|^2 and |x - c| while the chunk is in cache
                 if lib is not None:
@@ -451,11 +458,11 @@ def _cross_cells(
                         norms[a0:],
                         dists[a0:],
                     )
-                    lib.pfd_centre_dists(*_ptrs(*args))
+                    lib.pfd_centre_dists(*ptrs(*args))
                     continue
-                xc = np.subtract(x[a0:a1], mu, out=_buffer("xc", size * d).reshape(size, d))
+                xc = np.subtract(x[a0:a1], mu, out=scratch_buffer("xc", size * d).reshape(size, d))
                 np.einsum("ij,ij->i", xc, xc, out=norms[a0:a1])
-                cl = _buffer("cl", size * d).reshape(size, d)
+                cl = scratch_buffer("cl", size * d).reshape(size, d)
                 np.take(cen, lab, axis=0, out=cl, mode="clip")
                 dot = np.einsum("ij,ij->i", xc, cl, out=dists[a0:a1])
                 dot *= -2.0
@@ -468,7 +475,7 @@ def _cross_cells(
         reach = _reach(np.concatenate([low0, low1, low2]), n, h)
         order = np.argsort(labels, kind="stable")
         start = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=k))])
-        row_dists = _centre_dists(cen, cen_norm, y)  # (k, m)
+        row_dists = centre_dists(cen, cen_norm, y)  # (k, m)
         sn = s * norms  # the last augmented column of the points
         floor = s * reach * reach  # exponents of the pairs beyond reach lie below
         full = np.flatnonzero(start[1:] > start[:-1])
@@ -487,11 +494,13 @@ def _cross_cells(
                 far = np.argsort(dist)[::-1]
                 idx, dist = idx[far], dist[far]
                 if lib is not None:
-                    right = _panels(lib, x, idx, mu, sn, "panels")[0]
+                    right = pack_panels(lib, x, idx, mu, sn, "panels")[0]
                 else:
-                    pts = _buffer("cell", size * d).reshape(size, d)  # contiguous: faster takes
+                    pts = scratch_buffer("cell", size * d).reshape(
+                        size, d
+                    )  # contiguous: faster takes
                     np.take(x, idx, axis=0, out=pts, mode="clip")  # in range: unbuffered
-                    right = _buffer("sorted", size * (d + 2)).reshape(size, d + 2)
+                    right = scratch_buffer("sorted", size * (d + 2)).reshape(size, d + 2)
                     np.subtract(pts, mu, out=right[:, :d])
                     right[:, d] = 1.0
                     right[:, d + 1] = sn[idx]
@@ -503,12 +512,12 @@ def _cross_cells(
                     for hi in _stairs(cnt, _GROUP_COST, _ROW_GROUPS):
                         panels = -(-int(cnt[hi - 1]) // 8)
                         args = (left, d + 2, rows[lo:], hi - lo, right, panels, floor, total)
-                        lib.pfd_block_sums(*_ptrs(*args, 0, None))
+                        lib.pfd_block_sums(*ptrs(*args, 0, None))
                         lo = hi
                     continue
-                lrows = _buffer("cell_rows", len(rows) * (d + 2)).reshape(len(rows), -1)
+                lrows = scratch_buffer("cell_rows", len(rows) * (d + 2)).reshape(len(rows), -1)
                 np.take(left, rows, axis=0, out=lrows, mode="clip")  # gathered once a cell
-                blocks = _Blocks(lrows, right, torch, min(len(rows), _ROWS_X), size)
+                blocks = BlockGather(lrows, right, torch, min(len(rows), _ROWS_X), size)
                 lo = 0
                 for hi in _stairs(cnt, _GROUP_COST, _ROW_GROUPS):
                     for r0 in range(lo, hi, _ROWS_X):
@@ -522,9 +531,9 @@ def _cross_cells(
             total += part_total
 
     def right(c0: int, c1: int) -> np.ndarray:
-        return _augmented(x[c0:c1], s, False, centre=mu)
+        return augmented_points(x[c0:c1], s, False, centre=mu)
 
-    return _log_or_redo(total, _exponent_blocks(left, n, right))
+    return log_or_redo(total, exponent_blocks(left, n, right))
 
 
 def _stairs(cnt: np.ndarray, overhead: float, most: int = 3) -> list[int]:
@@ -553,20 +562,20 @@ def _cross_all(y: np.ndarray, x: np.ndarray, h: float, threads: int | None) -> n
     """log sum_j K(y_a, x_j) over every pair, for few rows: a task is a run of x."""
     m, n = len(y), len(x)
     s = -0.5 / (h * h)
-    left, right = _augmented(y, s, True), _augmented(x, s, False)
-    torch, threads = _engine(float(m) * n, threads)
+    left, right = augmented_points(y, s, True), augmented_points(x, s, False)
+    torch, threads = choose_engine(float(m) * n, threads)
     step = _COLS_SELF * max(4, -(-n // (16 * _COLS_SELF)))  # ~16 tasks, whatever the threads
 
     def work(c0: int) -> np.ndarray:
-        blocks = _Blocks(left, right, torch, m, _COLS_SELF)
+        blocks = BlockGather(left, right, torch, m, _COLS_SELF)
         total = np.zeros(m)
         for b0 in range(c0, min(c0 + step, n), _COLS_SELF):
             total += blocks.sums(slice(0, m), slice(b0, min(b0 + _COLS_SELF, c0 + step)))[0]
         return total
 
     total = np.zeros(m)
-    with _workers(threads, torch) as pmap:
+    with worker_pool(threads, torch) as pmap:
         for part_total in pmap(work, range(0, n, step)):
             total += part_total
 
-    return _log_or_redo(total, _exponent_blocks(left, n, lambda c0, c1: right[c0:c1]))
+    return log_or_redo(total, exponent_blocks(left, n, lambda c0, c1: right[c0:c1]))

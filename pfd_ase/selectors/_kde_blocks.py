@@ -3,8 +3,8 @@
 Tolerances and the ``+inf`` cap of dH; augmented vectors, whose products are the exponents
 ``s |y - x|^2``; the log of plain sums with a log-sum-exp redo for underflowing rows; the
 choice of block engine (torch or numpy) and of worker threads; per-task buffers that outlive a
-call; kernel blocks and their sums (:class:`_Blocks`); and the loader of the optional fused C
-kernels (:func:`_fused`, sources in ``_kde_fused.c``).
+call; kernel blocks and their sums (:class:`BlockGather`); and the loader of the optional fused C
+kernels (:func:`fused_kernels`, sources in ``_kde_fused.c``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ TAIL = -math.log(REL_TOL)
 DH_INF = 1074.0 * math.log(2.0)  # -log of the smallest positive float64: dH beyond is +inf
 _TINY = 1e-280  # plain sums at or below this are redone as shifted log-sum-exp (the fused
 # kernels flush terms below e^-708 to 0: n of them stay below 1e-11 of such a sum up to n ~ 1e15)
-_BLOCK = 1024  # rows/columns of a dense block in the brute-force engine
+BLOCK = 1024  # rows/columns of a dense block in the brute-force engine
 
 
 def cap(dh: np.ndarray) -> np.ndarray:
@@ -34,7 +34,7 @@ def cap(dh: np.ndarray) -> np.ndarray:
     return np.where(dh > DH_INF, np.inf, dh)
 
 
-def _sqnorm(x: np.ndarray) -> np.ndarray:
+def sqnorm(x: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", x, x)
 
 
@@ -44,7 +44,7 @@ def _lse_rows(a: np.ndarray) -> np.ndarray:
     return m + np.log(np.exp(a - m[:, None]).sum(axis=1))
 
 
-def _log_or_redo(total: np.ndarray, exponents) -> np.ndarray:
+def log_or_redo(total: np.ndarray, exponents) -> np.ndarray:
     """log of plain kernel sums; rows at or below ``_TINY`` are redone as shifted log-sum-exp.
 
     ``exponents(rows)`` yields the blocks of ``s |y - x|^2`` of those rows over all columns.
@@ -60,18 +60,18 @@ def _log_or_redo(total: np.ndarray, exponents) -> np.ndarray:
     return out
 
 
-def _exponent_blocks(left: np.ndarray, n: int, right_cols):
-    """``exponents(rows)`` for :func:`_log_or_redo`: the blocks ``left[rows] @ right.T`` over
-    all n columns, ``_BLOCK`` at a time; ``right_cols(c0, c1)`` gives the right-hand rows."""
+def exponent_blocks(left: np.ndarray, n: int, right_cols):
+    """``exponents(rows)`` for :func:`log_or_redo`: the blocks ``left[rows] @ right.T`` over
+    all n columns, ``BLOCK`` at a time; ``right_cols(c0, c1)`` gives the right-hand rows."""
 
     def exponents(rows: np.ndarray):
-        for c0 in range(0, n, _BLOCK):
-            yield left[rows] @ right_cols(c0, min(c0 + _BLOCK, n)).T
+        for c0 in range(0, n, BLOCK):
+            yield left[rows] @ right_cols(c0, min(c0 + BLOCK, n)).T
 
     return exponents
 
 
-def _augmented(
+def augmented_points(
     x: np.ndarray,
     s: float,
     left: bool,
@@ -87,7 +87,7 @@ def _augmented(
         xs[...] = x
     else:
         np.subtract(x, centre, out=xs)
-    sn = s * _sqnorm(xs)
+    sn = s * sqnorm(xs)
     if left:
         xs *= -2.0 * s
         out[:, d], out[:, d + 1] = sn, 1.0
@@ -96,12 +96,12 @@ def _augmented(
     return out
 
 
-def _centre_dists(pts: np.ndarray, pts_n: np.ndarray, centres: np.ndarray) -> np.ndarray:
+def centre_dists(pts: np.ndarray, pts_n: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Distances (len(pts), len(centres)) from points to ball centres, one GEMM."""
     d2 = pts @ centres.T
     d2 *= -2.0
     d2 += pts_n[:, None]
-    d2 += _sqnorm(centres)[None, :]
+    d2 += sqnorm(centres)[None, :]
     np.maximum(d2, 0.0, out=d2)
     return np.sqrt(d2, out=d2)
 
@@ -117,12 +117,14 @@ def _default_threads() -> int:
 
 
 THREADS = _default_threads()  # worker threads of the pruned engine
-_USE_TORCH: bool | None = None  # torch blocks: None = when it pays (see _engine); True / False
+_USE_TORCH: bool | None = (
+    None  # torch blocks: None = when it pays (see choose_engine); True / False
+)
 _TORCH_MIN_PAIRS = 2e9  # pairs from which importing torch (~1.5 s) pays for itself
 _SERIAL_MAX_PAIRS = 2e6  # pairs up to which numpy-only sums run in the calling thread
 
 
-def _engine(pairs: float, threads: int | None):
+def choose_engine(pairs: float, threads: int | None):
     """``(torch, threads)`` for sums over ``pairs`` pairs (before pruning).
 
     ``torch`` is the module when the blocks are to be computed with it: where it is already
@@ -151,7 +153,7 @@ _FUSED: bool | None = None  # fused C kernels: None = when built and the CPU has
 _FUSED_LIB: list = []  # the loaded library (or None), once looked for
 
 
-def _fused():
+def fused_kernels():
     """The compiled kernels of ``_kde_fused.c`` (a ctypes library), or None.
 
     None when :data:`_FUSED` is False, when the optional extension was not built (no C
@@ -180,7 +182,7 @@ def _fused():
     return _FUSED_LIB[0]
 
 
-def _ptrs(*args):
+def ptrs(*args):
     """ctypes arguments: the data pointer of each array (None: NULL), others unchanged.
 
     The arrays must outlive the call that uses the pointers: name them, or keep them in a tuple.
@@ -188,17 +190,17 @@ def _ptrs(*args):
     return [a.ctypes.data if isinstance(a, np.ndarray) else a for a in args]
 
 
-def _panels(lib, x: np.ndarray, idx: np.ndarray, mu: np.ndarray, sn: np.ndarray, key=None):
+def pack_panels(lib, x: np.ndarray, idx: np.ndarray, mu: np.ndarray, sn: np.ndarray, key=None):
     """The points ``x[idx] - mu`` with their last augmented column ``sn[idx]``, packed in panels
-    of 8 for :func:`_fused`'s kernels: ``(panels, number of panels)``.
+    of 8 for :func:`fused_kernels`'s kernels: ``(panels, number of panels)``.
 
-    ``x`` is C-contiguous float64; ``key`` names a reused buffer (:func:`_buffer`), None a new
-    array.
+    ``x`` is C-contiguous float64; ``key`` names a reused buffer (:func:`scratch_buffer`), None
+    a new array.
     """
     npanel = -(-len(idx) // 8)
     size = npanel * 8 * (x.shape[1] + 2)
-    out = np.empty(size) if key is None else _buffer(key, size)
-    lib.pfd_pack_cell(*_ptrs(x, x.shape[1], idx, len(idx), mu, sn, out))
+    out = np.empty(size) if key is None else scratch_buffer(key, size)
+    lib.pfd_pack_cell(*ptrs(x, x.shape[1], idx, len(idx), mu, sn, out))
     return out, npanel
 
 
@@ -207,13 +209,13 @@ _SLOTS: list[dict] = []  # buffer sets of finished tasks, for the next tasks (of
 _SLOTS_LOCK = threading.Lock()
 
 
-def _buffer(key: str, size: int, torch=None, dtype=np.float64):
+def scratch_buffer(key: str, size: int, torch=None, dtype=np.float64):
     """A flat buffer of ``size`` values (float64, or ``dtype`` with numpy), reused (grown when
     too small).
 
     Fresh large arrays cost their page faults on first touch (~1 ms per MB on a VM), as much as
     the arithmetic on them. The calling thread keeps its own buffers; a task on the worker
-    threads borrows a set of buffers that outlives the call's pool (:func:`_workers`), so the
+    threads borrows a set of buffers that outlives the call's pool (:func:`worker_pool`), so the
     next call's tasks find them already touched.
     """
     bufs = _LOCAL.__dict__.setdefault("bufs", {})
@@ -226,7 +228,7 @@ def _buffer(key: str, size: int, torch=None, dtype=np.float64):
     return buf[:size]
 
 
-class _Blocks:
+class BlockGather:
     """Kernel blocks ``exp(left[rows] @ right[cols].T)`` and their sums, in one task's buffers.
 
     ``rows`` x ``cols``: the largest block. ``sums`` takes slices or index arrays (gathered
@@ -242,12 +244,12 @@ class _Blocks:
             self.left, self.right = left, right
         else:
             self.left, self.right = torch.from_numpy(left), torch.from_numpy(right)
-        self.kbuf = _buffer("block", rows * cols, torch)
+        self.kbuf = scratch_buffer("block", rows * cols, torch)
 
     def _take(self, a, idx, key: str):
         if isinstance(idx, slice):
             return a[idx]
-        out = _buffer(key, len(idx) * self.d, self.torch)
+        out = scratch_buffer(key, len(idx) * self.d, self.torch)
         if self.torch is None:
             out = out.reshape(len(idx), self.d)
             return np.take(a, idx, axis=0, out=out, mode="clip")  # in range: unbuffered
@@ -273,7 +275,7 @@ class _Blocks:
 
 
 @contextmanager
-def _workers(threads: int, torch):
+def worker_pool(threads: int, torch):
     """``map(work, tasks)`` on ``threads`` worker threads (0: in the calling thread).
 
     Results come in task order, so the sums they are reduced into, in that order, do not depend

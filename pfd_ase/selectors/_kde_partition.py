@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from pfd_ase.selectors._kde_blocks import _sqnorm
+from pfd_ase.selectors._kde_blocks import sqnorm
 
 _SKETCH = 16  # principal axes on which the balls are cut
 
@@ -41,8 +41,8 @@ class BallPartition:
             pts = z[lo:hi]
             sub = pts[:: max(1, (hi - lo) // sample)]
             c = sub.mean(axis=0)
-            p = sub[np.argmax(_sqnorm(sub - c))]
-            q = sub[np.argmax(_sqnorm(sub - p))]
+            p = sub[np.argmax(sqnorm(sub - c))]
+            q = sub[np.argmax(sqnorm(sub - p))]
             half = (hi - lo) // 2
             part = np.argpartition(pts @ (q - p), half)
             z[lo:hi], order[lo:hi] = pts[part], order[lo:hi][part]
@@ -55,7 +55,7 @@ class BallPartition:
         self.radius = np.empty(len(starts))
         for b, (lo, hi) in enumerate(zip(self.start[:-1], self.start[1:], strict=True)):
             self.centre[b] = c = self.points[lo:hi].mean(axis=0)
-            self.radius[b] = math.sqrt(_sqnorm(self.points[lo:hi] - c).max())
+            self.radius[b] = math.sqrt(sqnorm(self.points[lo:hi] - c).max())
 
     def __len__(self) -> int:
         return len(self.radius)
@@ -69,7 +69,7 @@ class BallPartition:
         return [range(g, min(g + size, len(self))) for g in range(0, len(self), size)]
 
 
-def _kmeans(z: np.ndarray, k: int, iters: int = 4) -> np.ndarray:
+def kmeans(z: np.ndarray, k: int, iters: int = 4) -> np.ndarray:
     """``k`` centres of the rows of z by Lloyd iterations from a strided subset (deterministic).
 
     A centre that loses all its points stays where it is (its cell may stay empty).
@@ -81,7 +81,7 @@ def _kmeans(z: np.ndarray, k: int, iters: int = 4) -> np.ndarray:
     cmat = np.empty((p + 1, k), z.dtype)
     dist = np.empty((n, k), z.dtype)  # filled in place: fresh temporaries cost page faults
     for _ in range(iters):
-        cmat[:p], cmat[p] = -2.0 * c.T, _sqnorm(c)
+        cmat[:p], cmat[p] = -2.0 * c.T, sqnorm(c)
         lab = np.argmin(np.matmul(za, cmat, out=dist), axis=1)
         cnt = np.bincount(lab, minlength=k)
         keep = cnt > 0
