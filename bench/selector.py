@@ -248,7 +248,7 @@ def main() -> None:
         f"numpy {np.__version__}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
         f"pruned sums on {_kde_blocks.THREADS} threads "
         f"(PFD_THREADS={os.environ.get('PFD_THREADS')}), "
-        f"{torch}, fused kernels: {'yes' if _kde_blocks._fused() else 'no'}"
+        f"{torch}, fused kernels: {'yes' if _kde_blocks.fused_kernels() else 'no'}"
     )
     print(__doc__.split("Data:")[1].split('"pairs in range"')[0].rstrip())
     table = Table()
