@@ -59,15 +59,17 @@ status ``"exploded"`` with the step and reason, and the others go on. Frames tha
 fail only the optional ``max_force_eV_A`` limit are rejected but the walker goes on.
 Units: K, fs, GPa at the interface; eV, Å and ASE time inside.
 
-Modules, each importing (at run time) only those after it: :mod:`.settings` (:class:`ExploreTask`,
-:func:`explore`), :mod:`.driver` (running the walkers, skipping finished ones, gathering
-frames), :mod:`.walker` (one walker's MD), :mod:`.results` (walker directories, file
-names, :class:`ExploreResult`); task directories, keys, records, the model spec and the
+Modules, each importing only those after it: :mod:`.driver` (:class:`ExploreTask`,
+:func:`explore`: running the walkers, skipping finished ones, gathering frames),
+:mod:`.walker` (one walker's MD), :mod:`.settings` (the validated fields of
+:class:`ExploreTask`), :mod:`.results` (walker directories, file names,
+:class:`ExploreResult`). Task directories, keys, records, the model spec and the
 executor loop come from :mod:`pfd_ase.tasks`.
 """
 
+from pfd_ase.explore.driver import ExploreTask, explore
 from pfd_ase.explore.results import ExploreResult, walker_dir
-from pfd_ase.explore.settings import BAROSTATS, THERMOSTATS, ExploreTask, explore
+from pfd_ase.explore.settings import BAROSTATS, THERMOSTATS
 
 __all__ = [
     "BAROSTATS",

@@ -1,4 +1,4 @@
-"""Run the walkers of an exploration, skip finished ones, gather their frames."""
+"""Run an exploration: :class:`ExploreTask`, :func:`explore`; walkers, finished ones, frames."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -20,6 +20,7 @@ from pfd_ase.explore.results import (
     ExploreResult,
     walker_dir,
 )
+from pfd_ase.explore.settings import ExploreSettings
 from pfd_ase.explore.walker import (
     Walker,
     md_class,
@@ -39,16 +40,131 @@ from pfd_ase.tasks import (
     write_failure,
 )
 
-if TYPE_CHECKING:  # type hints only: settings imports this module, never the reverse
-    from pfd_ase.explore.settings import ExploreTask
-
-__all__ = ["run_exploration"]
+__all__ = ["ExploreTask", "explore", "run_exploration"]
 
 _MISMATCH = "finished walkers of other settings"
 
 
+class ExploreTask(ExploreSettings):
+    """Settings of one exploration; validated on construction (``ValueError``).
+
+    Parameters
+    ----------
+    temperatures_K
+        Temperatures of the grid (K, > 0); a number means one temperature.
+    pressures_GPa
+        Pressures of the grid (GPa); ``None`` in the list is an NVT walker.
+    steps
+        MD steps per walker.
+    timestep_fs
+        MD time step (fs).
+    sample_every
+        A frame every this many steps (``<= steps``).
+    thermostat
+        NVT thermostat: ``"langevin"``, ``"bussi"`` or ``"nose-hoover"`` (chain).
+    barostat
+        NPT barostat: ``"mtk"`` (ASE ``IsotropicMTKNPT``) or ``"berendsen"``
+        (ASE ``NPTBerendsen``, isotropic).
+    seed
+        Seed of every walker's random stream (velocities, Langevin and Bussi noise).
+    tdamp_fs
+        Thermostat time constant (fs); default 100 time steps. Langevin uses the
+        friction ``1 / tdamp``.
+    pdamp_fs
+        Barostat time constant (fs); default 1000 time steps.
+    compressibility_per_GPa
+        Compressibility assumed by the Berendsen barostat (1/GPa).
+    include_initial
+        Also sample the starting structure (step 0).
+    check_every
+        Check for too-close atoms every this many steps (and on every sampled
+        frame); non-finite values and the cell are checked every step.
+    frame_filter
+        Limits of the blow-up checks and of the frame filter (a
+        :class:`~pfd_ase.selectors.filters.FrameFilter` or a dict of its fields).
+    """
+
+    def run(
+        self,
+        structures: Atoms | Sequence[Atoms],
+        model: Any,
+        workdir: str | os.PathLike,
+        *,
+        executor: Executor | None = None,
+        progress: bool = True,
+    ) -> ExploreResult:
+        """Run this exploration; see :func:`explore`."""
+        return run_exploration(
+            self, structures, model, workdir, executor=executor, progress=progress
+        )
+
+
+def explore(
+    structures: Atoms | Sequence[Atoms],
+    model: Any,
+    workdir: str | os.PathLike,
+    task: ExploreTask | None = None,
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+    **settings: Any,
+) -> ExploreResult:
+    """Run MD walkers over a temperature × pressure × structure grid and sample frames.
+
+    Parameters
+    ----------
+    structures
+        Starting structures (one ``Atoms`` or a sequence). NPT needs fully periodic
+        cells; every structure must pass the frame filter.
+    model
+        The MD model: a labeler name (``"sw"``, ``"emt"``...) or ``(name, options)``
+        for :func:`~pfd_ase.calculators.make_labeler`; ``("pfd", {"model": path,
+        "head": ...})`` for a :class:`~pfd_ase.calculators.PFDCalculator` (``model``
+        may be a list of paths: a committee); a zero-argument callable returning a
+        calculator; or a calculator object. Names, pairs and module-level callables
+        travel to worker processes and are built there once per process; an object
+        is pickled with every walker for a process pool, and must not be given to a
+        thread pool (the threads would share it).
+    workdir
+        Run directory; walker ``i`` works in ``workdir/walker.{i:04d}``.
+    task
+        The settings; default ``ExploreTask(**settings)``.
+    executor
+        Any ``concurrent.futures.Executor``; ``None`` runs the walkers serially in
+        this process.
+    progress
+        Show progress bars (walkers; and steps when serial).
+    **settings
+        :class:`ExploreTask` fields when no ``task`` is given.
+
+    Returns
+    -------
+    ExploreResult
+
+    Raises
+    ------
+    ValueError
+        Bad settings or structures, unknown model name, a starting structure that
+        fails the filter, or a workdir holding finished walkers of other settings
+        (:class:`~pfd_ase.tasks.MismatchedTaskError`); all raised before any MD runs.
+
+    Warns
+    -----
+    StaleRecordWarning
+        A walker's ``done.json`` that cannot be read or is incomplete was moved aside to
+        ``done.json.stale``; the walker runs again.
+    """
+    if task is not None and settings:
+        raise TypeError("give either an ExploreTask or settings, not both")
+    if task is None:
+        task = ExploreTask(**settings)
+    if not isinstance(task, ExploreTask):
+        raise TypeError(f"task must be an ExploreTask, not {type(task).__name__}")
+    return run_exploration(task, structures, model, workdir, executor=executor, progress=progress)
+
+
 def run_exploration(
-    task: ExploreTask,
+    task: ExploreSettings,
     structures: Atoms | Sequence[Atoms],
     model: Any,
     workdir: str | os.PathLike,
@@ -99,7 +215,7 @@ def run_exploration(
     return _collect(walkers, records, cached)
 
 
-def _check_structures(structures: Any, task: ExploreTask) -> list[Atoms]:
+def _check_structures(structures: Any, task: ExploreSettings) -> list[Atoms]:
     if isinstance(structures, Atoms):
         structures = [structures]
     structures = list(structures)

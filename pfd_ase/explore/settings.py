@@ -1,26 +1,21 @@
-"""The entry points of an exploration: its settings :class:`ExploreTask` and :func:`explore`.
+"""Settings of an exploration: thermostats, barostats, :class:`ExploreSettings`.
 
-Running it is :func:`pfd_ase.explore.driver.run_exploration`; this module imports the
-driver, which needs nothing from here at run time (no import cycle).
+:class:`ExploreSettings` holds the fields of :class:`~pfd_ase.explore.ExploreTask` and
+validates them; the task itself, which can :meth:`~pfd_ase.explore.ExploreTask.run`,
+lives in :mod:`pfd_ase.explore.driver`, so that nothing here imports what runs the MD.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any
 
-from ase import Atoms
-
-from pfd_ase.explore.driver import run_exploration
-from pfd_ase.explore.results import ExploreResult
 from pfd_ase.selectors.filters import FrameFilter
 
-__all__ = ["BAROSTATS", "THERMOSTATS", "ExploreTask", "explore"]
+__all__ = ["BAROSTATS", "THERMOSTATS", "ExploreSettings"]
 
 #: NVT thermostats (walkers with pressure ``None``).
 THERMOSTATS: tuple[str, ...] = ("langevin", "bussi", "nose-hoover")
@@ -39,43 +34,12 @@ _ALIASES = {
 
 
 @dataclass(frozen=True)
-class ExploreTask:
-    """Settings of one exploration; validated on construction (``ValueError``).
+class ExploreSettings:
+    """The fields of :class:`~pfd_ase.explore.ExploreTask` and their validation.
 
-    Parameters
-    ----------
-    temperatures_K
-        Temperatures of the grid (K, > 0); a number means one temperature.
-    pressures_GPa
-        Pressures of the grid (GPa); ``None`` in the list is an NVT walker.
-    steps
-        MD steps per walker.
-    timestep_fs
-        MD time step (fs).
-    sample_every
-        A frame every this many steps (``<= steps``).
-    thermostat
-        NVT thermostat: ``"langevin"``, ``"bussi"`` or ``"nose-hoover"`` (chain).
-    barostat
-        NPT barostat: ``"mtk"`` (ASE ``IsotropicMTKNPT``) or ``"berendsen"``
-        (ASE ``NPTBerendsen``, isotropic).
-    seed
-        Seed of every walker's random stream (velocities, Langevin and Bussi noise).
-    tdamp_fs
-        Thermostat time constant (fs); default 100 time steps. Langevin uses the
-        friction ``1 / tdamp``.
-    pdamp_fs
-        Barostat time constant (fs); default 1000 time steps.
-    compressibility_per_GPa
-        Compressibility assumed by the Berendsen barostat (1/GPa).
-    include_initial
-        Also sample the starting structure (step 0).
-    check_every
-        Check for too-close atoms every this many steps (and on every sampled
-        frame); non-finite values and the cell are checked every step.
-    frame_filter
-        Limits of the blow-up checks and of the frame filter (a
-        :class:`~pfd_ase.selectors.filters.FrameFilter` or a dict of its fields).
+    :class:`~pfd_ase.explore.ExploreTask` (which documents the parameters) adds
+    :meth:`~pfd_ase.explore.ExploreTask.run`; the walkers need only these settings, so
+    this module imports nothing that runs an exploration.
     """
 
     temperatures_K: Sequence[float]
@@ -152,20 +116,6 @@ class ExploreTask:
             for p in self.pressures_GPa
         ]
 
-    def run(
-        self,
-        structures: Atoms | Sequence[Atoms],
-        model: Any,
-        workdir: str | os.PathLike,
-        *,
-        executor: Executor | None = None,
-        progress: bool = True,
-    ) -> ExploreResult:
-        """Run this exploration; see :func:`explore`."""
-        return run_exploration(
-            self, structures, model, workdir, executor=executor, progress=progress
-        )
-
 
 def _as_tuple(value: Any) -> tuple:
     if value is None or isinstance(value, str | Real):
@@ -202,70 +152,3 @@ def _choice(value: Any, choices: tuple[str, ...], name: str) -> str:
     if key not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
     return key
-
-
-# --------------------------------------------------------------------------- entry point
-
-
-def explore(
-    structures: Atoms | Sequence[Atoms],
-    model: Any,
-    workdir: str | os.PathLike,
-    task: ExploreTask | None = None,
-    *,
-    executor: Executor | None = None,
-    progress: bool = True,
-    **settings: Any,
-) -> ExploreResult:
-    """Run MD walkers over a temperature × pressure × structure grid and sample frames.
-
-    Parameters
-    ----------
-    structures
-        Starting structures (one ``Atoms`` or a sequence). NPT needs fully periodic
-        cells; every structure must pass the frame filter.
-    model
-        The MD model: a labeler name (``"sw"``, ``"emt"``...) or ``(name, options)``
-        for :func:`~pfd_ase.calculators.make_labeler`; ``("pfd", {"model": path,
-        "head": ...})`` for a :class:`~pfd_ase.calculators.PFDCalculator` (``model``
-        may be a list of paths: a committee); a zero-argument callable returning a
-        calculator; or a calculator object. Names, pairs and module-level callables
-        travel to worker processes and are built there once per process; an object
-        is pickled with every walker for a process pool, and must not be given to a
-        thread pool (the threads would share it).
-    workdir
-        Run directory; walker ``i`` works in ``workdir/walker.{i:04d}``.
-    task
-        The settings; default ``ExploreTask(**settings)``.
-    executor
-        Any ``concurrent.futures.Executor``; ``None`` runs the walkers serially in
-        this process.
-    progress
-        Show progress bars (walkers; and steps when serial).
-    **settings
-        :class:`ExploreTask` fields when no ``task`` is given.
-
-    Returns
-    -------
-    ExploreResult
-
-    Raises
-    ------
-    ValueError
-        Bad settings or structures, unknown model name, a starting structure that
-        fails the filter, or a workdir holding finished walkers of other settings
-        (:class:`~pfd_ase.tasks.MismatchedTaskError`); all raised before any MD runs.
-
-    Warns
-    -----
-    StaleRecordWarning
-        A walker's ``done.json`` that cannot be read or is incomplete was moved aside to
-        ``done.json.stale``; the walker runs again.
-    """
-    if task is not None and settings:
-        raise TypeError("give either an ExploreTask or settings, not both")
-    if task is None:
-        task = ExploreTask(**settings)
-    if not isinstance(task, ExploreTask):
-        raise TypeError(f"task must be an ExploreTask, not {type(task).__name__}")
-    return task.run(structures, model, workdir, executor=executor, progress=progress)

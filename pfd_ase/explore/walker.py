@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -19,6 +19,7 @@ from pfd_ase.explore.results import (
     TASK_FILE,
     TRAJECTORY_FILE,
 )
+from pfd_ase.explore.settings import ExploreSettings
 from pfd_ase.selectors.filters import check_finite, check_max_force, check_min_distance
 from pfd_ase.tasks import (
     CalculatorSpec,
@@ -30,9 +31,6 @@ from pfd_ase.tasks import (
     write_done,
     write_failure,
 )
-
-if TYPE_CHECKING:  # type hints only: settings imports the driver, which imports this module
-    from pfd_ase.explore.settings import ExploreTask
 
 __all__ = [
     "Walker",
@@ -73,7 +71,7 @@ class Walker:
     temperature_K: float
     pressure_GPa: float | None
     ensemble: str
-    task: ExploreTask
+    task: ExploreSettings
     model: CalculatorSpec
     directory: str
     key: str
@@ -93,7 +91,7 @@ class Walker:
 
 
 def walker_definition(
-    task: ExploreTask,
+    task: ExploreSettings,
     index: int,
     structure: Atoms,
     temperature_K: float,
