@@ -503,7 +503,7 @@ def _callable_key(func: Any) -> Any:
 _LOCAL = threading.local()
 
 
-def _built() -> dict[str, Any]:
+def _built() -> dict[str, tuple[CalculatorSpec, Any]]:
     if not hasattr(_LOCAL, "built"):
         _LOCAL.built = {}
     return _LOCAL.built
@@ -514,17 +514,17 @@ def clear_calculators() -> None:
     _built().clear()
 
 
-def _cache_token(spec: CalculatorSpec) -> str | None:
+def _cache_token(spec: CalculatorSpec) -> str:
     """What identifies a spec's calculator in the cache: its plain settings, else a hash
-    of its pickle; None (no reuse) when neither exists."""
+    of its pickle, else the spec object itself (kept alive with the calculator)."""
     try:
         return json.dumps([spec.kind, spec.name, spec.options], sort_keys=True)
     except (TypeError, ValueError):
         pass
     try:
         payload = pickle.dumps((spec.kind, spec.name, spec.options, spec.obj))
-    except Exception:  # noqa: BLE001 - an unpicklable spec is simply not reused
-        return None
+    except Exception:  # noqa: BLE001 - e.g. a lambda: reused within this process only
+        return f"id:{id(spec)}"
     return "pickle:" + hashlib.sha256(payload).hexdigest()
 
 
@@ -539,15 +539,13 @@ def calculator(spec: CalculatorSpec, directory: str | os.PathLike | None = None)
     elif directory is not None and spec.kind == "labeler" and spec.name not in REUSABLE_LABELERS:
         calc, directory = spec.build(directory), None  # fresh, already in its directory
     else:
-        token = _cache_token(spec)
-        built = _built()
-        if token is not None and token in built:
-            calc = built[token]
+        token, built = _cache_token(spec), _built()
+        if token in built:
+            calc = built[token][1]
         else:
             built.clear()
             calc = spec.build()
-            if token is not None:
-                built[token] = calc
+            built[token] = (spec, calc)
     if callable(getattr(calc, "reset", None)):
         calc.reset()
     with _working_in(calc, directory), _single_threaded_blas(calc):
