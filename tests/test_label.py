@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -282,3 +283,88 @@ def test_stateless_labeler_is_built_once_per_run(tmp_path, monkeypatch):
     label_frames(cu_frames(3), "emt", tmp_path / "a")
     label_frames(cu_frames(3, seed=1), "emt", tmp_path / "b")
     assert built == ["emt", "emt"]  # once per run, not once per frame
+
+
+# --------------------------------------------------------------------------- existing records
+
+
+def test_unreadable_result_is_moved_aside_and_the_frame_labelled_again(tmp_path):
+    from pfd_ase.tasks import StaleRecordWarning
+
+    log = tmp_path / "calls.log"
+    frames = cu_frames(3)
+    first = label_frames(frames, LoggingEMT(log), tmp_path / "label")
+    corrupt = tmp_path / "label" / "task.000001" / "labelled.extxyz"
+    corrupt.write_text("3\nthis is not extxyz\n")
+    legacy = tmp_path / "label" / "task.000002" / "task.json"  # a record without a key
+    record = json.loads(legacy.read_text())
+    del record["key"]
+    legacy.write_text(json.dumps(record))
+    calls = len(_calls(log))
+
+    with pytest.warns(StaleRecordWarning) as caught:
+        again = label_frames(frames, LoggingEMT(log), tmp_path / "label")
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2 and "task.000001/labelled.extxyz cannot be used" in messages[0]
+    assert "task.000002/labelled.extxyz cannot be used (KeyError: 'key')" in messages[1]
+    assert sorted(_calls(log)[calls:]) == ["cu-01", "cu-02"]  # only those two again
+    assert again.n_cached == 1 and again.failures == [] and len(again.frames) == 3
+    for a, b in zip(first.frames, again.frames, strict=True):
+        assert a.get_potential_energy() == b.get_potential_energy()
+        assert a.info == b.info
+    # nothing is lost: the unreadable files are kept next to the new results
+    assert (corrupt.parent / "labelled.extxyz.stale").read_text() == "3\nthis is not extxyz\n"
+    assert (tmp_path / "label" / "task.000002" / "labelled.extxyz.stale").exists()
+    assert "key" in json.loads(legacy.read_text())
+    with warnings.catch_warnings():  # the next rerun reuses everything, silently
+        warnings.simplefilter("error")
+        assert label_frames(frames, LoggingEMT(log), tmp_path / "label").n_cached == 3
+
+
+def test_other_frames_are_refused_before_any_file_is_touched(tmp_path):
+    log = tmp_path / "calls.log"
+    frames = cu_frames(3)
+    label_frames(frames, LoggingEMT(log), tmp_path / "label")
+    (tmp_path / "label" / "task.000000" / "labelled.extxyz").write_text("garbage")
+    before = {p: p.read_bytes() for p in (tmp_path / "label").rglob("*") if p.is_file()}
+    calls = len(_calls(log))
+    other = cu_frames(3, seed=5)
+    with pytest.raises(ValueError, match="task.000001, task.000002; use a fresh workdir"):
+        label_frames(other, LoggingEMT(log), tmp_path / "label")
+    assert len(_calls(log)) == calls  # no calculation
+    after = {p: p.read_bytes() for p in (tmp_path / "label").rglob("*") if p.is_file()}
+    assert after == before  # not even the unreadable result was moved
+
+
+def test_key_stable_across_spellings_of_the_labeler(tmp_path):
+    frames = cu_frames(2)
+    label_frames(frames, "emt", tmp_path / "label")
+    assert label_frames(frames, (" EMT", {"directory": "x"}), tmp_path / "label").n_cached == 2
+    record = json.loads((tmp_path / "label" / "task.000000" / "task.json").read_text())
+    assert record["labeler"] == {"name": "emt", "options": {}} and len(record["key"]) == 64
+
+
+class ChainedFailure(EMT):
+    """EMT whose calculation fails with a chained exception."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        try:
+            raise OSError("scratch disk full")
+        except OSError as exc:
+            raise RuntimeError("SCF did not start") from exc
+
+
+def test_failure_record_has_attempts_and_cause(tmp_path):
+    (failure,) = label_frames(cu_frames(1), ChainedFailure(), tmp_path, retries=1).failures
+    assert failure["attempts"] == 2 and failure["cause"] == "OSError: scratch disk full"
+    assert set(failure) == {
+        "index",
+        "frame_id",
+        "task_dir",
+        "exception",
+        "message",
+        "traceback",
+        "attempts",
+        "cause",
+    }
+    assert json.loads((tmp_path / "task.000000" / "failure.json").read_text()) == failure
