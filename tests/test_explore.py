@@ -383,6 +383,68 @@ def test_rerun_skips_finished_walkers(tmp_path):
         explore(cu(), calc, tmp_path, seed=1, **settings)
 
 
+def test_unreadable_or_incomplete_done_records_are_moved_aside_and_run_again(tmp_path):
+    import json
+
+    from pfd_ase.tasks import StaleRecordWarning
+
+    settings = dict(temperatures_K=[300, 600, 900], steps=10, sample_every=5, progress=False)
+    first = explore(cu(), "emt", tmp_path, **settings)
+    done = [walker_dir(tmp_path, i) / "done.json" for i in range(3)]
+    done[0].write_text('{"key": "trunc')  # corrupt
+    record = read_json(done[2])
+    record["status"] = "running"  # incomplete: not a final status
+    done[2].write_text(json.dumps(record))
+
+    with pytest.warns(StaleRecordWarning) as caught:
+        again = explore(cu(), "emt", tmp_path, **settings)
+    assert sorted(str(w.message).split("/")[-2] for w in caught) == ["walker.0000", "walker.0002"]
+    assert [w["cached"] for w in again.walkers] == [False, True, False]
+    assert all(
+        np.array_equal(x, y) for x, y in zip(positions(first), positions(again), strict=True)
+    )
+    assert (done[0].parent / "done.json.stale").read_text() == '{"key": "trunc'  # kept
+    assert read_json(done[2].parent / "done.json.stale")["status"] == "running"
+    assert read_json(done[0])["status"] == "finished"
+    assert explore(cu(), "emt", tmp_path, **settings).n_cached == 3
+
+
+def test_other_settings_are_refused_before_any_file_is_touched(tmp_path):
+    settings = dict(temperatures_K=[300, 600], steps=10, sample_every=5, progress=False)
+    explore(cu(), "emt", tmp_path, **settings)
+    (walker_dir(tmp_path, 1) / "done.json").write_text("garbage")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="other settings in walker.0000; use a fresh workdir"):
+        explore(cu(), "emt", tmp_path, **{**settings, "timestep_fs": 1.0})
+    with pytest.raises(ValueError, match="other settings"):  # another model
+        explore(cu(), ("emt", {"asap_cutoff": True}), tmp_path, **settings)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_walker_keys_are_hashes_and_older_records_still_match(tmp_path):
+    import json
+
+    settings = dict(temperatures_K=300, steps=5, sample_every=5, progress=False)
+    explore(cu(), "emt", tmp_path, **settings)
+    directory = walker_dir(tmp_path, 0)
+    task, done = read_json(directory / "walker.json"), read_json(directory / "done.json")
+    assert len(done["key"]) == 64 and done["key"] == task["key"]
+    assert task["definition"]["model"] == {"name": "emt", "options": {}}
+    assert task["definition"]["settings"]["steps"] == 5
+    # a done record written before keys were hashed holds the whole definition
+    done["key"] = task["definition"]
+    (directory / "done.json").write_text(json.dumps(done))
+    assert explore(cu(), "emt", tmp_path, **settings).n_cached == 1
+
+
+def test_failed_walker_record_has_attempts_and_cause(tmp_path):
+    settings = dict(temperatures_K=300, steps=5, sample_every=5, progress=False)
+    result = explore(cu((2, 1, 1)), BrokenForEight(), tmp_path, **settings)
+    (failed,) = result.failed
+    assert failed["attempts"] == 1 and "cause" in failed
+    assert read_json(walker_dir(tmp_path, 0) / "failure.json") | {"cached": False} == failed
+
+
 # --------------------------------------------------------------------------- validation
 
 
