@@ -40,6 +40,7 @@ from ase import Atoms
 from pfd_ase._io import read_json
 from pfd_ase.calculators.labelers import labeler_info
 from pfd_ase.data import frame_fingerprint, read_frames, write_frames
+from pfd_ase.tasks import FAILURE_FILE as FAILURE_FILE  # the task's failure record
 from pfd_ase.tasks import (
     CalculatorSpec,
     calculator,
@@ -58,7 +59,6 @@ __all__ = ["LabelResult", "label_frames", "task_dir"]
 
 RESULT_FILE = "labelled.extxyz"
 TASK_FILE = "task.json"
-FAILURE_FILE = "failure.json"
 _PROPERTIES = ("energy", "forces", "stress")
 _POSITION_TOL = 1e-6  # Å; a labeler that moves atoms further than this is an error
 _MISMATCH = "finished results for other frames or another labeler"
