@@ -78,13 +78,11 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from pfd_ase._io import write_json
-
-# TODO(issue 13): the public ``jsonable`` once pfd_ase.calculators.labelers has it.
 from pfd_ase.calculators.labelers import (
     KNOWN_LABELERS,
-    _jsonable,
     check_labeler,
     is_calculator,
+    jsonable,
     labeler_info,
     make_labeler,
 )
@@ -171,7 +169,7 @@ def canonical_definition(definition: Any) -> Any:
     strings (``str(key)``), non-finite floats strings; objects with ``todict()`` their
     dictionary, other objects their class name. Idempotent.
     """
-    return json.loads(json.dumps(_jsonable(definition), sort_keys=True))
+    return json.loads(json.dumps(jsonable(definition), sort_keys=True))
 
 
 def task_key(definition: Any) -> str:
@@ -475,11 +473,11 @@ def calculator_spec(
         if spec[0].strip().lower() == "pfd" and "pfd" in kinds:
             if "model" not in options:
                 raise ValueError('a ("pfd", options) model needs options["model"], a model path')
-            return CalculatorSpec("pfd", "pfd", options, description={"pfd": _jsonable(options)})
+            return CalculatorSpec("pfd", "pfd", options, description={"pfd": jsonable(options)})
         if "labeler" in kinds:
             name = labeler_name(spec[0])
             options.pop("directory", None)
-            description = {"name": name, "options": _jsonable(options)}
+            description = {"name": name, "options": jsonable(options)}
             return CalculatorSpec("labeler", name, options, description=description)
     if "object" in kinds and is_calculator(spec):
         return CalculatorSpec("object", obj=spec, description={"object": labeler_info(spec)})
@@ -494,8 +492,8 @@ def _callable_key(func: Any) -> Any:
     if isinstance(func, functools.partial):
         return {
             "func": _callable_key(func.func),
-            "args": _jsonable(list(func.args)),
-            "kwargs": _jsonable(dict(func.keywords)),
+            "args": jsonable(list(func.args)),
+            "kwargs": jsonable(dict(func.keywords)),
         }
     return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
 

@@ -325,7 +325,7 @@ RUNNERS = [
     *(f"pfd_ase/explore/{n}.py" for n in ("__init__", "settings", "driver", "walker", "results")),
 ]
 #: private names still imported until their owners make them public (issue 13)
-PENDING = {("pfd_ase.tasks", "_jsonable"), ("pfd_ase.explore.walker", "_write_frame")}
+PENDING = {("pfd_ase.explore.walker", "_write_frame")}
 
 
 def _module(path: str) -> str:
