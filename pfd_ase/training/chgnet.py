@@ -53,6 +53,8 @@ __all__ = [
     "finetune_chgnet",
     "frames_to_graphs",
     "refit_composition_energies",
+    "split_validation",
+    "valid_loss",
 ]
 
 RECORD_FILE = "pfd_train.json"
@@ -60,6 +62,7 @@ RECORD_FILE = "pfd_train.json"
 CHECKPOINT_NAME = "chgnet_finetuned.pth.tar"
 _EPOCH_DIR = "epochs"
 _LOG_FILE = "chgnet_train.log"
+_BEST = "best.pth.tar"
 
 
 # --------------------------------------------------------------------------- data
@@ -129,6 +132,48 @@ def _data_digest(frames: Sequence[Atoms]) -> str:
                 h.update(key.encode())
                 h.update(np.ascontiguousarray(value, dtype=float).tobytes())
     return h.hexdigest()
+
+
+def split_validation(
+    frames: Sequence[Atoms], fraction: float, seed: int = 0, min_frames: int = 5
+) -> tuple[list[Atoms], list[Atoms]]:
+    """Seeded split of ``frames`` into (train, valid).
+
+    Parameters
+    ----------
+    frames
+        The frames to split (order kept within each part).
+    fraction
+        Share of the frames held out, ``0 <= fraction < 1``; at least one frame is held
+        out when ``fraction > 0``.
+    seed
+        Seeds the choice (``np.random.default_rng([seed, 1])``).
+    min_frames
+        Fewer frames than this: nothing is held out.
+
+    Returns
+    -------
+    tuple of list
+        Training frames and validation frames (empty when nothing is held out).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {fraction}")
+    frames = list(frames)
+    n = len(frames)
+    if fraction == 0.0 or n < min_frames:
+        return frames, []
+    n_valid = min(n - 1, max(1, int(round(fraction * n))))
+    held = set(np.random.default_rng([seed, 1]).permutation(n)[:n_valid].tolist())
+    train = [a for i, a in enumerate(frames) if i not in held]
+    return train, [a for i, a in enumerate(frames) if i in held]
+
+
+def valid_loss(mae: dict[str, float], weights: dict[str, float]) -> float:
+    """The model-selection score: ``w_e · MAE_e + w_f · MAE_f`` (eV/atom, eV/Å).
+
+    Stress is left out: its errors (GPa) would outweigh energy and forces.
+    """
+    return float(sum(weights[k] * mae[k] for k in ("e", "f") if k in mae))
 
 
 # --------------------------------------------------------------------------- model set-up
@@ -278,6 +323,8 @@ def finetune_chgnet(
     energy_weight: float = 1.0,
     force_weight: float = 1.0,
     stress_weight: float = 0.1,
+    valid_fraction: float = 0.1,
+    early_stopping: int | None = None,
     seed: int = 0,
     use_device: str | None = None,
     threads: int | None = None,
@@ -291,11 +338,15 @@ def finetune_chgnet(
         Labelled frames (energy, forces; stress used when every frame has one).
     workdir
         Output folder: the checkpoint, ``pfd_train.json``, ``chgnet_train.log`` (CHGNet's
-        own output) and ``epochs/`` (CHGNet's per-epoch trainer states, for resuming).
+        own output) and ``epochs/`` (CHGNet's per-epoch trainer states, for resuming, and
+        ``best.pth.tar``, the best epoch so far).
     valid_frames
-        Frames to validate on after each epoch (none: no validation).
+        Frames to validate on after each epoch. ``None``: a seeded share
+        ``valid_fraction`` of ``train_frames`` is held out (:func:`split_validation`);
+        ``[]``: no validation.
     epochs, learning_rate, batch_size
-        Adam with CHGNet's cosine schedule (decays to 1 % of ``learning_rate``).
+        Adam with a cosine schedule decaying to 1 % of ``learning_rate`` over the
+        ``epochs`` (stepped up to ten times per epoch, as CHGNet's trainer does).
     base
         Pre-trained version (``"0.3.0"``, ``"chgnet"``, ``"CHGNet-0.3.0"``, …) or a
         CHGNet checkpoint file (e.g. the previous iteration's fine-tuned model).
@@ -307,12 +358,19 @@ def finetune_chgnet(
         Least-squares refit of the elemental reference energies to the training labels
         before training (:func:`refit_composition_energies`).
     energy_weight, force_weight, stress_weight
-        Loss weights (MSE; stress in GPa). Stress is a target only when every training
-        and validation frame is periodic with a stress label.
+        Loss weights (MSE of eV/atom, eV/Å and GPa). Stress is a target only when every
+        training and validation frame is periodic with a stress label.
+    valid_fraction
+        Share of ``train_frames`` held out for validation when ``valid_frames`` is
+        ``None`` (at least one frame; none below five frames; ``0``: none).
+    early_stopping
+        Stop when the validation loss has not improved for this many epochs
+        (``None``: train all ``epochs``). Needs validation frames.
     seed
         Seeds torch inside ``torch.random.fork_rng`` (the caller's torch RNG state is
-        restored afterwards) and each epoch's data order (a generator per epoch from
-        ``np.random.default_rng([seed, epoch])``); no global seed is left behind.
+        restored afterwards), each epoch's data order (a generator per epoch from
+        ``np.random.default_rng([seed, epoch])``) and the validation split; no global
+        seed is left behind.
     use_device
         Torch device (``None``: CHGNet's choice, CUDA when available).
     threads
@@ -324,27 +382,39 @@ def finetune_chgnet(
     Returns
     -------
     Path
-        The fine-tuned checkpoint (weights of the last epoch).
+        The fine-tuned checkpoint: with validation frames, the epoch of lowest validation
+        loss (:func:`valid_loss`; epoch 0 is the base model after the energy refit);
+        without, the last epoch.
 
     Notes
     -----
+    ``pfd_train.json`` records the settings, the validation split, per-epoch train and
+    validation MAEs and validation loss, ``initial_valid_mae`` / ``initial_valid_loss``
+    (epoch 0), ``best_epoch``, ``best_valid_loss`` and ``stopped_early``.
+
     Resumable: a finished run with the same settings and data is not repeated; an
     interrupted run continues from its last completed epoch (model, optimiser and
-    scheduler states); a run with other settings starts afresh in the same folder.
+    scheduler states, best epoch so far); a run with other settings starts afresh in
+    the same folder.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if early_stopping is not None and early_stopping < 1:
+        raise ValueError(f"early_stopping must be >= 1 or None, got {early_stopping}")
     train_frames = list(train_frames)
-    valid_frames = list(valid_frames or [])
     if not train_frames:
         raise ValueError("no training frames")
-    for name, frames in (("train", train_frames), ("valid", valid_frames)):
+    for name, frames in (("train", train_frames), ("valid", valid_frames or [])):
         for i, atoms in enumerate(frames):
             results = getattr(atoms.calc, "results", {})
             if "energy" not in results or "forces" not in results:
                 raise ValueError(f"{name} frame {i} is not labelled (energy and forces)")
+    split = valid_frames is None
+    if split:
+        train_frames, valid_frames = split_validation(train_frames, valid_fraction, seed)
+    valid_frames = list(valid_frames or [])
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     epoch_dir = workdir / _EPOCH_DIR
@@ -359,6 +429,8 @@ def finetune_chgnet(
         "freeze_layers": None if freeze_layers is None else list(freeze_layers),
         "refit_energy_bias": bool(refit_energy_bias),
         "loss_weights": {"e": energy_weight, "f": force_weight, "s": stress_weight},
+        "valid_fraction": float(valid_fraction) if split else None,
+        "early_stopping": None if early_stopping is None else int(early_stopping),
         "seed": int(seed),
         "n_train": len(train_frames),
         "n_valid": len(valid_frames),
@@ -389,6 +461,22 @@ def finetune_chgnet(
         log.close()
 
 
+def _cosine_scheduler(optimizer: Any, learning_rate: float, epochs: int, n_batches: int) -> Any:
+    """Cosine decay to 1 % of ``learning_rate`` over the whole run.
+
+    CHGNet's trainer steps its scheduler at most ten times per epoch (at batches
+    ``k · n_batches // 10``, distinct values only) but sizes its ``CosLR`` for exactly ten:
+    with fewer than ten batches per epoch the rate never decays. This one is sized for the
+    steps the trainer really takes.
+    """
+    from torch.optim.lr_scheduler import CosineAnnealingLR
+
+    marks = set((np.arange(1, 11) * n_batches // 10).tolist()) & set(range(1, n_batches + 1))
+    return CosineAnnealingLR(
+        optimizer, T_max=max(1, epochs * len(marks)), eta_min=0.01 * learning_rate
+    )
+
+
 def _run(
     settings: dict[str, Any],
     record: dict[str, Any],
@@ -400,6 +488,8 @@ def _run(
     device: str,
 ) -> Path:
     """The training run proper (inside :func:`_torch_state`)."""
+    import shutil
+
     import torch
     from chgnet.data.dataset import collate_graphs
     from chgnet.model import CHGNet
@@ -408,9 +498,11 @@ def _run(
 
     train_frames, valid_frames = frames
     epoch_dir = workdir / _EPOCH_DIR
+    best_path = epoch_dir / _BEST
     final = workdir / CHECKPOINT_NAME
     record_path = workdir / RECORD_FILE
     epochs = settings["epochs"]
+    weights = settings["loss_weights"]
     t_start = time.perf_counter()
     wall_before = float(record.get("wall_s", 0.0))
 
@@ -446,22 +538,26 @@ def _run(
             "n_params": n_params,
             "n_trainable": n_trainable,
             "energy_shift_eV_per_atom": shifts,
+            "valid_split": _frame_ids(valid_frames),
+            "initial_valid_mae": None,
+            "initial_valid_loss": None,
             "history": [],
+            "best_epoch": None,
+            "best_valid_loss": None,
             "epochs_done": 0,
+            "stopped_early": None,
             "done": False,
             "wall_s": 0.0,
         }
-        write_json(record_path, record)
 
     # CHGNet's trainer prints: into the log file
     with contextlib.redirect_stdout(log):
-        w = settings["loss_weights"]
         trainer = Trainer(
             model=model,
             targets=targets,
-            energy_loss_ratio=w["e"],
-            force_loss_ratio=w["f"],
-            stress_loss_ratio=w["s"],
+            energy_loss_ratio=weights["e"],
+            force_loss_ratio=weights["f"],
+            stress_loss_ratio=weights["s"],
             optimizer="Adam",
             scheduler="CosLR",
             criterion="MSE",
@@ -470,6 +566,15 @@ def _run(
             print_freq=max(1, len(train_data) // settings["batch_size"] // 4),
             use_device=device,
         )
+        n_batches = -(-len(train_data) // settings["batch_size"])
+        trainer.scheduler = _cosine_scheduler(
+            trainer.optimizer, settings["learning_rate"], epochs, n_batches
+        )
+        valid_loader = (
+            DataLoader(valid_data, batch_size=settings["batch_size"], collate_fn=collate_graphs)
+            if valid_data
+            else []
+        )
         start_epoch = 0
         if state is not None:
             trainer.optimizer.load_state_dict(state["optimizer"])
@@ -477,13 +582,21 @@ def _run(
             trainer.training_history = state["training_history"]
             start_epoch = resume[0] + 1
             record["history"] = record.get("history", [])[:start_epoch]
-        valid_loader = (
-            DataLoader(valid_data, batch_size=settings["batch_size"], collate_fn=collate_graphs)
-            if valid_data
-            else []
-        )
-        n_batches = -(-len(train_data) // settings["batch_size"])
+            if len(record["history"]) < start_epoch:  # killed between checkpoint and record
+                _recover_last_row(record, trainer, targets, weights, valid_data, best_path)
+        elif valid_data:  # epoch 0: the base model after the energy refit
+            trainer.model.to(trainer.device)
+            mae = trainer._validate(valid_loader)  # noqa: SLF001 - CHGNet's own metric
+            record["initial_valid_mae"] = {k: mae[k] for k in targets}
+            record["initial_valid_loss"] = valid_loss(mae, weights)
+            _save_best(trainer, best_path, record, 0, record["initial_valid_loss"])
+        write_json(record_path, record)
+
         for epoch in range(start_epoch, epochs):
+            patience = settings["early_stopping"]
+            if valid_data and patience and epoch - record["best_epoch"] >= patience:
+                record["stopped_early"] = epoch
+                break
             t0 = time.perf_counter()
             train_loader = DataLoader(
                 train_data,
@@ -497,27 +610,42 @@ def _run(
             hist = trainer.training_history
             if len(hist["e"]["train"]) != epoch + 1:  # CHGNet stops on NaN without a word
                 raise RuntimeError(f"CHGNet fine-tuning diverged (NaN) at epoch {epoch + 1}")
-            row = {
-                "epoch": epoch + 1,
-                "steps": (epoch + 1) * n_batches,
-                "train_mae": {k: hist[k]["train"][-1] for k in targets},
-                "valid_mae": {k: hist[k]["val"][-1] for k in targets} if valid_data else None,
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
+            row = _history_row(hist, epoch, targets, weights, bool(valid_data))
+            row["steps"] = (epoch + 1) * n_batches
+            row["seconds"] = round(time.perf_counter() - t0, 3)
             record["history"].append(row)
             record["epochs_done"] = epoch + 1
+            if valid_data and row["valid_loss"] < record["best_valid_loss"]:
+                _save_best(trainer, best_path, record, epoch + 1, row["valid_loss"])
             record["wall_s"] = round(wall_before + time.perf_counter() - t_start, 3)
             write_json(record_path, record)
             per_epoch = np.mean([r["seconds"] for r in record["history"][start_epoch:]])
             line = (
                 f"CHGNet fine-tune epoch {epoch + 1}/{epochs} (step {row['steps']}): "
                 f"train MAE {_fmt_mae(row['train_mae'])}"
-                + (f" | valid MAE {_fmt_mae(row['valid_mae'])}" if valid_data else "")
+                + (
+                    f" | valid MAE {_fmt_mae(row['valid_mae'])}, loss "
+                    f"{row['valid_loss']:.4g} (best: epoch {record['best_epoch']})"
+                    if valid_data
+                    else ""
+                )
                 + f" | {row['seconds']:.1f} s/epoch, ETA {per_epoch * (epochs - epoch - 1):.0f} s"
             )
             print(line, file=out, flush=True)
-        with atomic_path(final) as tmp:
-            trainer.save(filename=str(tmp))
+        if valid_data:
+            if record["stopped_early"] is not None:
+                print(
+                    f"CHGNet fine-tune stopped early after epoch {record['stopped_early']}: "
+                    f"no improvement for {settings['early_stopping']} epochs",
+                    file=out,
+                    flush=True,
+                )
+            with atomic_path(final) as tmp:
+                shutil.copyfile(best_path, tmp)
+        else:
+            record["best_epoch"] = record["epochs_done"]
+            with atomic_path(final) as tmp:
+                trainer.save(filename=str(tmp))
     record.update(
         done=True,
         checkpoint=final.name,
@@ -525,6 +653,59 @@ def _run(
     )
     write_json(record_path, record)
     return final
+
+
+def _history_row(
+    hist: dict[str, dict[str, list[float]]],
+    epoch: int,
+    targets: str,
+    weights: dict[str, float],
+    validated: bool,
+) -> dict[str, Any]:
+    """One ``history`` entry of ``pfd_train.json`` from CHGNet's training history."""
+    row: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "train_mae": {k: hist[k]["train"][epoch] for k in targets},
+        "valid_mae": {k: hist[k]["val"][epoch] for k in targets} if validated else None,
+    }
+    row["valid_loss"] = valid_loss(row["valid_mae"], weights) if validated else None
+    return row
+
+
+def _save_best(trainer: Any, path: Path, record: dict[str, Any], epoch: int, loss: float) -> None:
+    """Save the trainer's state as the best epoch so far (before the record says so)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        trainer.save(filename=str(tmp))
+    record["best_epoch"], record["best_valid_loss"] = epoch, loss
+
+
+def _recover_last_row(
+    record: dict[str, Any],
+    trainer: Any,
+    targets: str,
+    weights: dict[str, float],
+    valid_data: list,
+    best_path: Path,
+) -> None:
+    """Rebuild the last epoch's row from the checkpoint being resumed (its record was lost).
+
+    The resumed model is that epoch's model, so it becomes the best one when it was.
+    """
+    epoch = len(record["history"])
+    row = _history_row(trainer.training_history, epoch, targets, weights, bool(valid_data))
+    row.update(steps=None, seconds=0.0)
+    record["history"].append(row)
+    record["epochs_done"] = epoch + 1
+    if valid_data and row["valid_loss"] < record["best_valid_loss"]:
+        _save_best(trainer, best_path, record, epoch + 1, row["valid_loss"])
+
+
+def _frame_ids(frames: Sequence[Atoms]) -> list[str]:
+    """Short fingerprints of the validation frames (which frames were held out)."""
+    from pfd_ase.data import frame_fingerprint
+
+    return [frame_fingerprint(a)[:12] for a in frames]
 
 
 def _device_name(use_device: str | None) -> str:
