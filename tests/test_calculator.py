@@ -166,3 +166,76 @@ def test_bad_model_paths(tmp_path):
         PFDCalculator(tmp_path / "model.txt")
     with pytest.raises(ValueError, match="at least one"):
         PFDCalculator([])
+
+
+# --------------------------------------------------------------------------- neighbour lists
+def _rattled(reps, seed, a=3.62):
+    rng = np.random.default_rng(seed)
+    atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat(reps)
+    atoms[0].symbol = "Ag"
+    atoms.positions += rng.normal(0.0, 0.1, atoms.positions.shape)
+    atoms.set_cell(atoms.cell.array @ (np.eye(3) + rng.normal(0, 0.02, (3, 3))), scale_atoms=True)
+    return atoms
+
+
+@pytest.mark.parametrize("reps", [(1, 1, 1), (2, 2, 2), (3, 2, 1)])
+def test_verlet_lower_path_equals_deepmd_eval(model_path, reps):
+    """The lower interface on the Verlet list gives DeepPot.eval's results to 1e-10, also for
+    a cell smaller than the cut-off (many images of each atom), while the list is reused."""
+    from pfd_ase.calculators.backends import DeepmdBackend
+
+    native = DeepmdBackend(model_path, neighbour_list="native")
+    verlet = DeepmdBackend(model_path, neighbour_list="verlet", skin=1.0)
+    atoms = _rattled(reps, seed=sum(reps))
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        a, b = native.evaluate(atoms), verlet.evaluate(atoms)
+        assert b.energy == pytest.approx(a.energy, abs=1e-10)
+        np.testing.assert_allclose(b.forces, a.forces, atol=1e-10)
+        np.testing.assert_allclose(b.virial, a.virial, atol=1e-10)
+        np.testing.assert_allclose(b.energies, a.energies, atol=1e-10)
+        atoms.positions += rng.normal(0.0, 0.02, atoms.positions.shape)  # < skin / 2
+    assert verlet.verlet.builds == 1
+
+
+def test_verlet_list_is_rebuilt_when_atoms_or_cell_move_far(model_path):
+    from pfd_ase.calculators.backends import DeepmdBackend
+
+    native = DeepmdBackend(model_path, neighbour_list="native")
+    verlet = DeepmdBackend(model_path, skin=0.5)
+    atoms = _rattled((2, 2, 1), seed=5)
+    verlet.evaluate(atoms)
+    atoms.positions[3] += [0.3, 0.0, 0.0]  # more than skin / 2
+    np.testing.assert_allclose(
+        verlet.evaluate(atoms).forces, native.evaluate(atoms).forces, 0, 1e-10
+    )
+    assert verlet.verlet.builds == 2
+    atoms.set_cell(atoms.cell.array * 1.05, scale_atoms=False)  # images move with the cell
+    a, b = native.evaluate(atoms), verlet.evaluate(atoms)
+    assert verlet.verlet.builds == 3
+    np.testing.assert_allclose(b.virial, a.virial, atol=1e-10)
+    atoms.wrap()  # atoms jumping through a face: their images are relabelled
+    atoms.positions[0] -= atoms.cell[0] * 1.0
+    a, b = native.evaluate(atoms), verlet.evaluate(atoms)
+    np.testing.assert_allclose(b.forces, a.forces, atol=1e-10)
+
+
+def test_verlet_path_on_a_molecule(model_path):
+    from pfd_ase.calculators.backends import DeepmdBackend
+
+    atoms = _rattled((2, 2, 2), seed=7)
+    atoms.pbc = False
+    a = DeepmdBackend(model_path, neighbour_list="native").evaluate(atoms)
+    b = DeepmdBackend(model_path).evaluate(atoms)
+    assert b.energy == pytest.approx(a.energy, abs=1e-10)
+    np.testing.assert_allclose(b.forces, a.forces, atol=1e-10)
+
+
+def test_bad_neighbour_list_option(model_path):
+    from pfd_ase.calculators.backends import DeepmdBackend
+    from pfd_ase.calculators.neighbours import VerletList
+
+    with pytest.raises(ValueError, match="'verlet' or 'native'"):
+        DeepmdBackend(model_path, neighbour_list="dense")
+    with pytest.raises(ValueError, match="skin"):
+        VerletList(6.0, skin=-1.0)

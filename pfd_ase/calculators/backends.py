@@ -12,6 +12,7 @@ import os
 import numpy as np
 from ase import Atoms
 
+from pfd_ase.calculators.neighbours import VerletList
 from pfd_ase.calculators.prediction import ModelBackend, Prediction
 from pfd_ase.models import ModelSpec, resolve_model
 
@@ -31,9 +32,24 @@ class DeepmdBackend:
         Model file, deepmd-kit pre-trained name or :class:`~pfd_ase.models.ModelSpec`.
     head
         Branch of a multi-task checkpoint (name or alias, case-insensitive).
+    neighbour_list
+        ``"verlet"`` (default): the model's lower interface on a linear-scaling Verlet list
+        with a skin, reused between calls (:class:`~pfd_ase.calculators.neighbours.VerletList`),
+        as LAMMPS does; ``"native"``: deepmd-kit's ``DeepPot.eval`` (a dense all-pairs list,
+        quadratic in memory). Both give the same results to rounding.
+    skin
+        Verlet skin (Å).
     """
 
-    def __init__(self, path: str | os.PathLike | ModelSpec, head: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike | ModelSpec,
+        head: str | None = None,
+        neighbour_list: str = "verlet",
+        skin: float = 1.0,
+    ) -> None:
+        if neighbour_list not in ("verlet", "native"):
+            raise ValueError(f"neighbour_list must be 'verlet' or 'native', not {neighbour_list!r}")
         spec = resolve_model(path, head=head, fetch=True)
         if spec.kind != "deepmd":
             raise ValueError(f"not a deepmd-kit PyTorch model (.pt or .pth): {spec.source}")
@@ -49,9 +65,17 @@ class DeepmdBackend:
         self._dp = DeepPot(str(self.path), head=head) if head else DeepPot(str(self.path))
         self.type_map: list[str] = list(self._dp.get_type_map())
         self._type_index = {el: i for i, el in enumerate(self.type_map)}
+        self._lower = None
+        if neighbour_list == "verlet":
+            inner = self._dp.deep_eval.dp.model["Default"]
+            if hasattr(inner, "forward_lower") and not getattr(inner, "has_spin", False):
+                self._lower = inner
+                self.verlet = VerletList(float(self._dp.get_rcut()), skin)
 
     def evaluate(self, atoms: Atoms, atomic: bool = True) -> Prediction:
         types = np.array([self._type_index[s] for s in atoms.get_chemical_symbols()], dtype=int)
+        if self._lower is not None:
+            return self._evaluate_lower(atoms, types, atomic)
         coords = atoms.get_positions().reshape(1, -1)
         cell = atoms.cell.array.reshape(1, 9) if atoms.pbc.all() else None
         # per-atom outputs cost 2-3x (deepmd also builds the per-atom virial): only on request
@@ -61,6 +85,37 @@ class DeepmdBackend:
             forces=np.asarray(out[1], dtype=float).reshape(-1, 3),
             energies=np.asarray(out[3], dtype=float).reshape(-1) if atomic else None,
             virial=np.asarray(out[2], dtype=float).reshape(3, 3),
+        )
+
+    def _evaluate_lower(self, atoms: Atoms, types: np.ndarray, atomic: bool) -> Prediction:
+        import torch
+        from deepmd.pt.utils.env import DEVICE, GLOBAL_PT_FLOAT_PRECISION
+
+        system = self.verlet.update(atoms.positions, atoms.cell.array, atoms.pbc)
+        n, mapping = len(atoms), system.mapping
+
+        def tensor(array: np.ndarray, dtype) -> torch.Tensor:
+            return torch.as_tensor(array, dtype=dtype, device=DEVICE).unsqueeze(0)
+
+        out = self._lower.forward_lower(
+            tensor(system.coords, GLOBAL_PT_FLOAT_PRECISION),
+            tensor(types[mapping], torch.long),
+            tensor(system.nlist, torch.long),
+            tensor(mapping, torch.long),
+            do_atomic_virial=False,
+        )
+        ext_force = out["extended_force"].detach().cpu().numpy().reshape(-1, 3)
+        forces = np.stack(
+            [np.bincount(mapping, weights=ext_force[:, k], minlength=n) for k in range(3)], axis=1
+        )
+        energies = None
+        if atomic:
+            energies = out["atom_energy"].detach().cpu().numpy().reshape(-1)[:n].astype(float)
+        return Prediction(
+            energy=float(out["energy"].detach().cpu().numpy().reshape(-1)[0]),
+            forces=forces,
+            energies=energies,
+            virial=out["virial"].detach().cpu().numpy().astype(float).reshape(3, 3),
         )
 
 
