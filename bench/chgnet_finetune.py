@@ -234,8 +234,6 @@ def main(argv: list[str] | None = None) -> int:
     test = label(make_frames(range(1000, 1000 + args.test_seeds)), args.labeler)
     print(f"{len(train)} training frames, {len(test)} held-out frames", flush=True)
 
-    from pfd_ase.training.chgnet import finetune_chgnet
-
     new = {}
     if args.epochs is not None:
         new["epochs"] = args.epochs
@@ -253,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = scores(test, predict(ckpt, test))
         results[name]["train"] = scores(train, predict(ckpt, train))["all"]
         runs[name] = {
-            "code": ("git " + args.old_ref if old else "new") if func is old else "new",
+            "code": f"git {args.old_ref}" if func is not None else "new",
             "settings": record["settings"],
             "best_epoch": record.get("best_epoch"),
             "epochs_done": record["epochs_done"],
@@ -280,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_test": len(test),
         "threads": args.threads,
         "wall_s": round(time.perf_counter() - t_start, 1),
-        "versions": finetune_chgnet.__module__ and _versions(),
+        "versions": _versions(),
         "headline": (
             f"held-out force RMSE (eV/Å) base {b:.3f}, old fine-tuning {o:.3f}, "
             f"new fine-tuning {n:.3f}"
