@@ -85,3 +85,16 @@ def test_silicon_quick_is_the_recipe_config(tmp_path):
     for key in recipe:
         if key != "structures":
             assert example[key] == recipe[key], key
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=[p.name for p in YAMLS])
+def test_slurm_parameters_are_known_to_submitit(path, tmp_path):
+    """submitit refuses unknown parameters (``partition`` instead of ``slurm_partition``)
+    only when the run starts: check the examples' now."""
+    executor = load(path, check_setup=False)["executor"]
+    if executor["kind"] != "slurm" or not executor.get("slurm"):
+        pytest.skip("no Slurm parameters in this example")
+    pytest.importorskip("submitit")
+    from pfd_ase.parallel import SubmititExecutor
+
+    SubmititExecutor(str(tmp_path / "logs"), **executor["slurm"])
