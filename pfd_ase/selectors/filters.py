@@ -3,13 +3,13 @@
 Each check takes one :class:`ase.Atoms` and returns ``None`` for a good frame or a
 reason string ``"<kind>: <details>"``; the kinds are
 
-=============  ===============================================================
+==============  ===============================================================
 ``non_finite``  positions, cell, energy, forces or stress not finite
 ``cell``        a cell length, angle or the volume beyond its limit
 ``too_close``   two atoms closer than their safe distance (periodic images
                 included)
 ``max_force``   an atom's force above ``max_force_eV_A`` (off by default)
-=============  ===============================================================
+==============  ===============================================================
 
 :class:`FrameFilter` bundles the settings and runs the checks in that order (the
 cheap ones first; a collapsed or non-finite cell never reaches the neighbour list);
