@@ -35,6 +35,10 @@ LABELER_KEY = "pfd_labeler"
 LABELER_SETTINGS_KEY = "pfd_labeler_settings"
 FRAME_ID_KEY = "pfd_frame_id"
 
+#: The deepmd-kit label file of the virial (eV, 9 components a frame) in a ``set.*`` folder;
+#: :func:`to_deepmd` writes it for periodic frames with stress, as ``-stress · volume``.
+VIRIAL_FILE = "virial.npy"
+
 #: Files of a deepmd-kit system written by :func:`to_deepmd` beyond the standard ones:
 #: ``pfd_stress.npy`` keeps the stress bit for bit (``virial = -stress·V`` is not exactly
 #: invertible in floating point) and ``pfd_info.json`` keeps each frame's ``atoms.info``.
@@ -204,20 +208,20 @@ def _write_system(sys_dir, group, types, type_map, periodic, has_stress) -> None
     set_dir = sys_dir / "set.000"
     set_dir.mkdir(parents=True, exist_ok=True)
     nf = len(group)
-    arrays = {
-        "coord": np.array([a.positions for a in group]).reshape(nf, -1),
-        "box": np.array([a.cell.array for a in group]).reshape(nf, 9),
-        "energy": np.array([a.calc.results["energy"] for a in group], dtype=float),
-        "force": np.array([a.calc.results["forces"] for a in group]).reshape(nf, -1),
+    arrays = {  # file name -> array
+        "coord.npy": np.array([a.positions for a in group]).reshape(nf, -1),
+        "box.npy": np.array([a.cell.array for a in group]).reshape(nf, 9),
+        "energy.npy": np.array([a.calc.results["energy"] for a in group], dtype=float),
+        "force.npy": np.array([a.calc.results["forces"] for a in group]).reshape(nf, -1),
     }
     if has_stress:
         stress = np.array([a.calc.results["stress"] for a in group], dtype=float)
         vols = np.array([a.get_volume() for a in group])
         full = np.array([voigt_6_to_full_3x3_stress(s) for s in stress])
-        arrays["virial"] = (-full * vols[:, None, None]).reshape(nf, 9)
-        arrays[_STRESS_FILE[:-4]] = stress
+        arrays[VIRIAL_FILE] = (-full * vols[:, None, None]).reshape(nf, 9)
+        arrays[_STRESS_FILE] = stress
     for name, arr in arrays.items():
-        with atomic_path(set_dir / f"{name}.npy") as tmp:
+        with atomic_path(set_dir / name) as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, arr)
     _write_text(sys_dir / "type.raw", "\n".join(str(t) for t in types) + "\n")
@@ -279,8 +283,8 @@ def from_deepmd(
         stress = None
         if (set_dir / _STRESS_FILE).exists():
             stress = np.load(set_dir / _STRESS_FILE)
-        elif (set_dir / "virial.npy").exists() and periodic:
-            vir = np.load(set_dir / "virial.npy").reshape(nf, 3, 3)
+        elif (set_dir / VIRIAL_FILE).exists() and periodic:
+            vir = np.load(set_dir / VIRIAL_FILE).reshape(nf, 3, 3)
             vols = np.abs(np.linalg.det(box.reshape(nf, 3, 3)))
             stress = np.array(
                 [full_3x3_to_voigt_6_stress(-v / V) for v, V in zip(vir, vols, strict=True)]
@@ -300,6 +304,18 @@ def from_deepmd(
     return frames
 
 
-def find_deepmd_systems(root: str | os.PathLike) -> list[Path]:
-    """Every deepmd-kit system folder (one holding ``type.raw``) below ``root``."""
-    return sorted(p.parent for p in Path(root).rglob("type.raw"))
+def has_virial_labels(system_dir: str | os.PathLike) -> bool:
+    """Whether a deepmd-kit system holds virial labels (a :data:`VIRIAL_FILE` in a ``set.*``).
+
+    Parameters
+    ----------
+    system_dir
+        A deepmd-kit npy system folder, e.g. one returned by :func:`to_deepmd`.
+
+    Returns
+    -------
+    bool
+        True when at least one of its ``set.*`` folders has virial labels (:func:`to_deepmd`
+        writes them for periodic frames that carry stress).
+    """
+    return any((set_dir / VIRIAL_FILE).exists() for set_dir in Path(system_dir).glob("set.*"))

@@ -93,6 +93,19 @@ def test_deepmd_virial_convention(tmp_path):
         np.testing.assert_allclose(b.get_stress(), a.get_stress(), rtol=1e-12, atol=1e-15)
 
 
+def test_has_virial_labels_follows_what_to_deepmd_writes(tmp_path):
+    stressed = emt_frames(2, seed=3)
+    unstressed = []
+    for atoms in emt_frames(2, seed=4):
+        res = {k: atoms.calc.results[k] for k in ("energy", "forces")}
+        atoms.calc = SinglePointCalculator(atoms, **res)
+        unstressed.append(atoms)
+    systems = data.to_deepmd(stressed + unstressed + [_cluster()], tmp_path, type_map=["Cu"])
+    assert [data.has_virial_labels(s) for s in systems] == [True, False, False]
+    assert (systems[0] / "set.000" / data.VIRIAL_FILE).exists()
+    assert not data.has_virial_labels(tmp_path / "no-such-system")
+
+
 def test_deepmd_rejects_unknown_elements_and_unlabelled_frames(tmp_path):
     with pytest.raises(ValueError, match=r"\['Cu'\] not in type map \['Si'\]"):
         data.to_deepmd(emt_frames(1, seed=0), tmp_path, type_map=["Si"])

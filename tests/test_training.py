@@ -123,6 +123,79 @@ def test_student_trains_freezes_and_compresses(tersoff_data, tmp_path):
         )
 
 
+def _without_stress(frames):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    out = []
+    for atoms in frames:
+        copy = atoms.copy()  # Atoms.copy() leaves the calculator behind
+        res = {k: atoms.calc.results[k] for k in ("energy", "forces")}
+        copy.calc = SinglePointCalculator(copy, **res)
+        out.append(copy)
+    return out
+
+
+def test_default_loss_weighs_virials_only_when_the_data_have_them(tmp_path):
+    from pfd_ase.data import to_deepmd
+
+    frames = emt_frames(2, seed=4)
+    stressed = to_deepmd(frames, tmp_path / "s", ["Cu"])
+    plain = to_deepmd(_without_stress(frames), tmp_path / "p", ["Cu"])
+    model = dp.energy_model(["Cu"])
+    for systems in (stressed, plain + stressed):  # one system with virials is enough
+        loss = dp.training_input(model, systems)["loss"]
+        assert (loss["start_pref_v"], loss["limit_pref_v"]) == (0.02, 1.0)
+        assert {k: v for k, v in loss.items() if "_pref_v" not in k} == dp.ENERGY_LOSS
+    loss = dp.training_input(model, plain)["loss"]
+    assert loss == dp.ENERGY_LOSS and not any("_pref_v" in k for k in loss)
+    # an explicit loss is used as given (a copy), here with the virial term off
+    loss = dp.training_input(model, stressed, loss=dp.ENERGY_LOSS)["loss"]
+    assert loss == dp.ENERGY_LOSS and loss is not dp.ENERGY_LOSS
+    assert "start_pref_v" not in dp.ENERGY_LOSS
+    # multi-task: each branch's loss follows its own data
+    cfg = dp.multitask_input(["Cu"], {"s": {"train": stressed}, "p": {"train": plain}})
+    assert cfg["loss_dict"]["s"]["limit_pref_v"] == 1.0
+    assert "limit_pref_v" not in cfg["loss_dict"]["p"]
+
+
+#: A short schedule for the stress test: 100 steps of batch 1 (virial training costs about
+#: twice as much a step as energy and force training).
+VIRIAL_LR = {"type": "exp", "start_lr": 3e-3, "stop_lr": 1e-4, "decay_steps": 10}
+
+
+@pytest.mark.parametrize(
+    "virial", [True, pytest.param(False, marks=pytest.mark.slow, id="baseline")]
+)
+def test_virial_loss_trains_the_stress(emt_systems, tmp_path, virial):
+    """The default loss learns the stress labels: the stress RMSE on the training frames ends
+    below the labels' spread (the RMSE of the best constant stress). The ``baseline`` (slow)
+    is the same training with the virial term off, as before the fix: its stress RMSE stays
+    far above the spread."""
+    from pfd_ase.data import from_deepmd
+    from pfd_ase.training.evaluate import evaluate
+
+    train, _ = emt_systems
+    frames = [atoms for system in train for atoms in from_deepmd(system)]
+    spread = float(np.std([atoms.get_stress() for atoms in frames]))
+    cfg = dp.training_input(
+        dp.energy_model(["Cu", "Ag"]),
+        train,
+        steps=100,
+        learning_rate=VIRIAL_LR,
+        loss=None if virial else dp.ENERGY_LOSS,
+        batch_size=1,
+    )
+    assert ("limit_pref_v" in cfg["loss"]) == virial
+    ckpt = dp.train(cfg, tmp_path, progress=False)
+    rmse = evaluate(ckpt, frames)["stress_rmse"]
+    print(f"virial loss {virial}: stress RMSE {rmse:.3g} eV/A^3, label spread {spread:.3g}")
+    assert ("rmse_v_trn" in dp.read_lcurve(tmp_path / "lcurve.out")) == virial
+    if virial:
+        assert rmse < spread
+    else:
+        assert rmse > spread
+
+
 KILLABLE = """
 import sys
 sys.path.insert(0, {tests!r})

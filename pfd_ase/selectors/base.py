@@ -1,23 +1,11 @@
-"""Shared pieces of the frame selectors: argument checks and the selector interface."""
+"""Shared pieces of the frame selectors: argument checks."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from numbers import Integral
-from typing import Protocol
 
 from ase import Atoms
-
-
-class Selector(Protocol):
-    """Picks frames from candidates; ``select`` returns indices into ``candidates`` in order."""
-
-    chunk_size: int
-    n_target: int
-
-    def select(
-        self, candidates: Sequence[Atoms], reference: Sequence[Atoms] | None = None
-    ) -> list[int]: ...
 
 
 def check_count(value: object, name: str) -> int:

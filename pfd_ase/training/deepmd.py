@@ -7,7 +7,8 @@ deepmd-kit version and the wall time are recorded in ``pfd_train.json``.
 
 Hyper-parameters follow the PFD supplement: fine-tuning lr 1e-3 → 3.51e-8 decaying every
 200 steps; student (``se_atten_v2``, ``attn_layer = 0``, rcut 6.5 Å) lr 0.01 → 1e-8,
-batch size 1.
+batch size 1. The loss weighs energies and forces, and virials too when the training
+data carry them (:func:`default_loss`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pfd_ase._io import read_json, write_json
+from pfd_ase.data import has_virial_labels
 
 RECORD_FILE = "pfd_train.json"
 
@@ -119,15 +121,38 @@ STUDENT_FITTING: dict[str, Any] = {"neuron": [240, 240, 240], "resnet_dt": True}
 
 FINETUNE_LR = {"type": "exp", "start_lr": 1e-3, "stop_lr": 3.51e-8, "decay_steps": 200}
 STUDENT_LR = {"type": "exp", "start_lr": 1e-2, "stop_lr": 1e-8, "decay_steps": 200}
+#: Energy and force loss (deepmd-kit's ``ener`` loss), without a virial term.
 ENERGY_LOSS = {
     "type": "ener",
     "start_pref_e": 0.02,
     "limit_pref_e": 1.0,
     "start_pref_f": 1000.0,
     "limit_pref_f": 1.0,
-    "start_pref_v": 0.0,
-    "limit_pref_v": 0.0,
 }
+#: Virial prefactors added to :data:`ENERGY_LOSS` when the training systems carry virial
+#: labels. The PFD supplement and the DPA-2 paper give none; 0.02 → 1 (the same ramp as the
+#: energy term, the virial being compared per atom like the energy) is deepmd-kit's and
+#: DP-GEN's usual choice for the ``ener`` loss with virial labels.
+VIRIAL_PREFS = {"start_pref_v": 0.02, "limit_pref_v": 1.0}
+
+
+def default_loss(virial: bool) -> dict[str, Any]:
+    """The default ``loss`` section: :data:`ENERGY_LOSS`, plus :data:`VIRIAL_PREFS` if ``virial``.
+
+    Parameters
+    ----------
+    virial
+        Whether the training data carry virial labels (stress of periodic frames).
+
+    Returns
+    -------
+    dict
+        A new dict, safe to modify.
+    """
+    loss = dict(ENERGY_LOSS)
+    if virial:
+        loss.update(VIRIAL_PREFS)
+    return loss
 
 
 def energy_model(
@@ -156,17 +181,42 @@ def training_input(
     disp_freq: int | None = None,
     save_freq: int | None = None,
 ) -> dict[str, Any]:
-    """A complete single-task deepmd-kit input (dict ready for ``input.json``)."""
+    """A complete single-task deepmd-kit input (dict ready for ``input.json``).
+
+    Parameters
+    ----------
+    model
+        The ``model`` section (see :func:`energy_model`).
+    train_systems, valid_systems
+        deepmd-kit npy systems (see :func:`pfd_ase.data.to_deepmd`).
+    steps
+        Number of training steps (``numb_steps``).
+    learning_rate
+        The ``learning_rate`` section (default :data:`FINETUNE_LR`); its ``decay_steps`` is
+        capped at ``steps``.
+    loss
+        The ``loss`` section, used as given. By default :func:`default_loss`: energy and
+        forces, plus the virial (:data:`VIRIAL_PREFS`) when any training system holds
+        virial labels (:func:`pfd_ase.data.has_virial_labels`).
+    batch_size, seed, disp_freq, save_freq
+        deepmd-kit's ``training`` settings (frequencies default to about a tenth and a
+        quarter of ``steps``, at most 100 and 1000).
+
+    Returns
+    -------
+    dict
+        The input, ready for :func:`train`.
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not train_systems:
         raise ValueError("no training systems given")
     lr = dict(learning_rate or FINETUNE_LR)
     lr["decay_steps"] = min(lr.get("decay_steps", 200), max(1, steps))
-    loss = dict(loss or ENERGY_LOSS)
-    has_virial = any(Path(s, "set.000", "virial.npy").exists() for s in train_systems)
-    if has_virial and loss.get("limit_pref_v", 0) == 0 and loss is ENERGY_LOSS:
-        loss.update(start_pref_v=0.02, limit_pref_v=1.0)
+    if loss is None:
+        loss = default_loss(any(has_virial_labels(s) for s in train_systems))
+    else:
+        loss = copy.deepcopy(dict(loss))
     training: dict[str, Any] = {
         "training_data": {
             "systems": [str(Path(s).resolve()) for s in train_systems],
@@ -237,7 +287,9 @@ def multitask_input(
             data["validation_data"] = single["training"]["validation_data"]
         data_dict[name] = data
         prob[name] = float(spec.get("weight", 1.0))
-    ref = training_input({}, ["."], steps=steps, learning_rate=learning_rate, seed=seed)
+    ref = training_input(
+        {}, ["."], steps=steps, learning_rate=learning_rate, loss=ENERGY_LOSS, seed=seed
+    )
     training = {k: v for k, v in ref["training"].items() if k != "training_data"}
     training.update(model_prob=prob, data_dict=data_dict)
     return {
