@@ -57,11 +57,12 @@ def write_frames(path: str | os.PathLike, frames: Iterable[Atoms]) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "w") as fh:
         for atoms in frames:
-            _write_frame(fh, atoms)
+            write_frame(fh, atoms)
     return path
 
 
-def _write_frame(fh, atoms: Atoms) -> None:
+def write_frame(fh, atoms: Atoms) -> None:
+    """Write one frame to an open text file as extxyz, labels included, at full precision."""
     calc = atoms.calc
     atoms = atoms.copy()
     save_calc_results(atoms, calc, calc_prefix="", force=True)

@@ -4,7 +4,6 @@ the import structure of the task runners."""
 
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
 import json
@@ -314,53 +313,3 @@ def test_factories_and_objects(tmp_path):
         assert same is calc and calc.directory == str(tmp_path)
     assert calc.directory == "."
     clear_calculators()
-
-
-# --------------------------------------------------------------------------- import structure
-
-RUNNERS = [
-    "pfd_ase/tasks.py",
-    "pfd_ase/label.py",
-    "pfd_ase/parallel.py",
-    *(f"pfd_ase/explore/{n}.py" for n in ("__init__", "settings", "driver", "walker", "results")),
-]
-#: private names still imported until their owners make them public (issue 13)
-PENDING = {("pfd_ase.explore.walker", "_write_frame")}
-
-
-def _module(path: str) -> str:
-    return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
-
-
-def _imports(path: Path) -> list[tuple[str, str | None]]:
-    out = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out += [(a.name, None) for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out += [(node.module, a.name) for a in node.names]
-    return out
-
-
-def test_task_runners_import_no_private_names_and_form_no_cycle():
-    root = Path(tasks.__file__).parents[1]
-    modules = {_module(p): root / p for p in RUNNERS}
-    graph = {}
-    for name, path in modules.items():
-        deps = set()
-        for module, attr in _imports(path):
-            if attr is not None and attr.startswith("_") and module.startswith("pfd_ase"):
-                assert (name, attr) in PENDING, f"{name} imports {attr} from {module}"
-            target = f"{module}.{attr}" if f"{module}.{attr}" in modules else module
-            if target in modules and target != name:
-                deps.add(target)
-        graph[name] = deps
-
-    def reach(start: str, seen: set[str]) -> set[str]:
-        for dep in graph[start] - seen:
-            seen.add(dep)
-            reach(dep, seen)
-        return seen
-
-    for name in graph:  # every import, type-only or in a function included
-        assert name not in reach(name, set()), f"import cycle through {name}"

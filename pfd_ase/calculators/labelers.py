@@ -468,6 +468,3 @@ def _version(dist: str) -> str | None:
         return version(dist)
     except PackageNotFoundError:
         return None
-
-
-_jsonable = jsonable  # transitional alias: callers move to the public name

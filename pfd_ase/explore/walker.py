@@ -229,7 +229,7 @@ def _dynamics(atoms: Atoms, walker: Walker, rng: np.random.Generator) -> Any:
 def _run_md(walker: Walker, calc: Any, directory: Path) -> dict[str, Any]:
     from ase.md import velocitydistribution as vd
 
-    from pfd_ase.data import _write_frame
+    from pfd_ase.data import write_frame
 
     task, flt = walker.task, walker.task.frame_filter
     rng = np.random.default_rng(np.random.SeedSequence(task.seed, spawn_key=(walker.index,)))
@@ -281,7 +281,7 @@ def _run_md(walker: Walker, calc: Any, directory: Path) -> dict[str, Any]:
             if reason is not None:
                 frame = _snapshot(atoms, walker, step, with_results=current)
                 frame.info["pfd_reject_reason"] = reason
-                _append(_write_frame, rejects, frame)
+                _append(write_frame, rejects, frame)
                 rejected.append({"walker": walker.index, "step": step, "reason": reason})
                 out.update(status="exploded", exploded_step=step, reason=reason)
                 break
@@ -289,11 +289,11 @@ def _run_md(walker: Walker, calc: Any, directory: Path) -> dict[str, Any]:
                 frame = _snapshot(atoms, walker, step)
                 soft = check_max_force(frame, flt.max_force_eV_A)
                 if soft is None:
-                    _append(_write_frame, traj, frame)
+                    _append(write_frame, traj, frame)
                     out["n_frames"] += 1
                 else:
                     frame.info["pfd_reject_reason"] = soft
-                    _append(_write_frame, rejects, frame)
+                    _append(write_frame, rejects, frame)
                     rejected.append({"walker": walker.index, "step": step, "reason": soft})
             if bar is not None and step > 0:
                 bar.update(1)
