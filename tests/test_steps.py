@@ -8,7 +8,14 @@ import logging
 
 import pytest
 
-from pfd_ase.workflow.state import RunState, changed_inputs, inputs_hash, run_status
+from pfd_ase.workflow import load_config
+from pfd_ase.workflow.state import (
+    RunState,
+    changed_inputs,
+    frames_identity,
+    inputs_hash,
+    run_status,
+)
 
 
 # --------------------------------------------------------------------------- run_step
@@ -88,3 +95,215 @@ def test_changed_inputs_and_run_order(tmp_path):
         "distill.000.explore",
         "ft.s1.000.select",
     ]
+
+
+# --------------------------------------------------------------------------- configuration
+SI = {"bulk": {"name": "Si", "crystalstructure": "diamond", "a": 5.43, "cubic": True}}
+
+
+def _config(**overrides):
+    config = {
+        "structures": {"diamond": SI},
+        "labeler": {"name": "tersoff"},
+        "base_model": {"path": "chgnet"},
+        "progress": False,
+    }
+    config.update(overrides)
+    return config
+
+
+def test_default_config_text_loads_back_to_the_defaults(tmp_path):
+    import yaml
+
+    from pfd_ase.workflow.config import DEFAULTS, SCHEMA, default_config_text
+
+    text = default_config_text()
+    assert yaml.safe_load(text) == DEFAULTS
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert all("  # " in line for line in lines)  # every key has its comment
+    for key in ("md_steps:", "tdamp_fs:", "frame_filter:", "max_force_eV_A:", "chunk_size:"):
+        assert key in text
+    # with structures filled in, the rendered file is a valid configuration
+    path = tmp_path / "run.yaml"
+    path.write_text(text.replace("structures: {}", f"structures: {{diamond: {SI}}}"))
+    config = load_config(path)
+    assert config["finetune"] == DEFAULTS["finetune"] and set(config) == set(SCHEMA)
+
+
+def test_every_explore_task_field_is_set_from_the_stage():
+    from dataclasses import fields
+
+    from pfd_ase.explore import ExploreTask
+    from pfd_ase.selectors.filters import FrameFilter
+    from pfd_ase.workflow.config import STAGE_SCHEMA, distill_config, finetune_stages
+
+    stage = {
+        "name": "hot",
+        "temperatures_K": 900,
+        "pressures_GPa": [None, 1.0],
+        "md_steps": 40,
+        "timestep_fs": 1.0,
+        "sample_every": 8,
+        "thermostat": "nhc",
+        "barostat": "berendsen",
+        "seed": 17,
+        "tdamp_fs": 50.0,
+        "pdamp_fs": 500.0,
+        "compressibility_per_GPa": 0.02,
+        "include_initial": True,
+        "check_every": 2,
+        "frame_filter": {"distance_factor": 0.6, "safe_distances": {"Si-Si": 1.5}},
+    }
+    names = {"md_steps" if f.name == "steps" else f.name for f in fields(ExploreTask)}
+    assert names <= set(stage) and names <= set(STAGE_SCHEMA)
+    config = load_config(_config(finetune={"stages": [stage]}))
+    task = finetune_stages(config)[0].explore
+    assert task == ExploreTask(
+        temperatures_K=[900.0],
+        pressures_GPa=[None, 1.0],
+        steps=40,
+        timestep_fs=1.0,
+        sample_every=8,
+        thermostat="nose-hoover",
+        barostat="berendsen",
+        seed=17,
+        tdamp_fs=50.0,
+        pdamp_fs=500.0,
+        compressibility_per_GPa=0.02,
+        include_initial=True,
+        check_every=2,
+        frame_filter=FrameFilter(distance_factor=0.6, safe_distances={"Si-Si": 1.5}),
+    )
+    # defaults: ExploreTask's own; seeds from the top-level seed as before
+    config = load_config(_config(seed=5, finetune={"stages": [{}, {"md_steps": 500}]}))
+    first, second = finetune_stages(config)
+    assert (first.name, first.explore.seed, second.explore.seed) == ("stage1", 1005, 2005)
+    assert first.explore.steps == 2000 and first.explore.frame_filter == FrameFilter()
+    assert distill_config(config).explore.seed == 100005
+
+
+def test_stage_errors_name_the_yaml_key():
+    from pfd_ase.workflow import ConfigError
+
+    cases = [
+        ({"md_steps": 10, "sample_every": 20}, r"stages\[0\]\.sample_every .* <= md_steps"),
+        ({"thermostat": "andersen"}, "unknown thermostat 'andersen'"),
+        ({"frame_filter": {"max_length_ratio": 0.5}}, r"frame_filter\.max_length_ratio"),
+        ({"frame_filter": {"max_lenght_ratio": 2}}, "did you mean .*max_length_ratio'"),
+        ({"tdamp": 10}, "did you mean 'finetune.stages.0.tdamp_fs'"),
+        ({"structures": ["nope"]}, r"unknown structures \['nope'\]"),
+    ]
+    for stage, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            load_config(_config(finetune={"stages": [stage]}))
+    with pytest.raises(ConfigError, match=r"^distill\.explore\.md_steps must be"):
+        load_config(_config(distill={"explore": {"md_steps": 0}}))
+    with pytest.raises(ConfigError, match="stage names must differ"):
+        load_config(_config(finetune={"stages": [{"name": "a"}, {"name": "a"}]}))
+
+
+def test_structures_may_be_atoms(tmp_path):
+    from ase.build import bulk
+
+    from pfd_ase.data import frame_fingerprint, read_frames
+    from pfd_ase.workflow.loops import write_structures
+
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.rattle(0.01, seed=1)
+    config = load_config(_config(workdir=str(tmp_path / "w"), structures={"si": atoms}))
+    assert config["structures"]["si"] is not atoms
+    written = write_structures(config, config["workdir"])
+    path = tmp_path / "w" / "structures" / "si.extxyz"
+    assert written["structures"]["si"] == {"file": str(path)}
+    assert frame_fingerprint(read_frames(path)[0]) == frame_fingerprint(atoms)
+    mtime = path.stat().st_mtime_ns
+    write_structures(config, config["workdir"])
+    assert path.stat().st_mtime_ns == mtime  # unchanged: not rewritten
+    assert load_config(written)["structures"]["si"] == {"file": str(path)}
+
+
+# --------------------------------------------------------------------------- steps
+def test_force_deviation_committee_and_reference():
+    import numpy as np
+
+    from pfd_ase.calculators.deviation import force_deviation
+
+    rng = np.random.default_rng(0)
+    forces = rng.normal(size=(3, 5, 3))
+    mean = forces.mean(axis=0)
+    expected = np.sqrt(np.mean(np.sum((forces - mean) ** 2, axis=2), axis=0))
+    np.testing.assert_array_equal(force_deviation(forces), expected)
+    student, teacher = forces[0], forces[1]
+    np.testing.assert_array_equal(
+        force_deviation(student[None], teacher), np.linalg.norm(student - teacher, axis=1)
+    )
+    with pytest.raises(ValueError, match="shape"):
+        force_deviation(forces[0])
+
+
+def test_select_and_filter_steps():
+    import numpy as np
+    from ase.build import bulk
+
+    from pfd_ase.workflow import steps
+    from pfd_ase.workflow.config import distill_config, finetune_stages
+
+    config = load_config(
+        _config(
+            finetune={"stages": [{"n_select": 2, "chunk_size": 1}]},
+            distill={"n_frames": 2, "force_devi_threshold_eV_A": 0.1},
+        )
+    )
+    stage, ds = finetune_stages(config)[0], distill_config(config)
+    frames = []
+    for k in range(5):
+        atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+        atoms.rattle(0.02 * (k + 1), seed=k)
+        atoms.info["pfd_structure_index"] = 0
+        frames.append(atoms)
+    picked = steps.select(frames, stage, reference=frames[:1])
+    assert len(picked) == 2 and 0 not in picked
+    assert steps.select(frames, ds) == [0, 4]  # evenly spaced
+    assert steps.select(frames, ds, deviations=[0.05, 0.3, 0.2, 0.5, 0.01]) == [1, 3]
+    assert steps.select(frames, ds, deviations=[0.0] * 5) == []
+    squeezed = frames[0].copy()
+    squeezed.positions[1] = squeezed.positions[0] + [0.3, 0, 0]
+    result = steps.filter([*frames, squeezed], stage, [frames[0]])
+    assert result.kept_indices == [0, 1, 2, 3, 4] and result.counts["too_close"] == 1
+    assert len(np.unique([frames_identity([f]) for f in frames])) == 5
+
+
+def test_evaluate_step_against_labels_and_a_reference_model():
+    import numpy as np
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from pfd_ase.training.evaluate import evaluate as model_errors
+    from pfd_ase.workflow import steps
+
+    frames = []
+    for k in range(3):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        atoms.rattle(0.05, seed=k)
+        frames.append(atoms)
+    assert steps.evaluate(EMT(), []).force_rmse_eV_A is None
+
+    class Shifted(EMT):
+        def calculate(self, *args, **kwargs):
+            super().calculate(*args, **kwargs)
+            self.results["forces"] = self.results["forces"] + 0.1
+
+    test = steps.evaluate(Shifted(), frames, reference=EMT())
+    assert test.n_frames == 3
+    assert test.force_rmse_eV_A == pytest.approx(0.1)
+    assert test.max_force_devi_eV_A == pytest.approx([0.1 * np.sqrt(3)] * 3)
+    labelled = []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = EMT()
+        results = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        labelled.append(atoms)
+    direct = steps.evaluate(Shifted(), labelled)
+    assert direct.force_rmse_eV_A == model_errors(Shifted(), labelled)["force_rmse"]

@@ -119,6 +119,44 @@ def test_rerun_of_a_finished_run_does_nothing(finished_run, base_model):
     assert again["steps"].keys() == summary["steps"].keys()
 
 
+def test_rerun_with_changed_settings_redoes_the_dependent_steps(
+    finished_run, base_model, tmp_path, caplog
+):
+    import logging
+    import shutil
+
+    work, summary = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(work, copy)
+    config = si_config(copy, base_model.checkpoint)
+    config["finetune"]["stages"][0]["n_select"] = 2
+    config["distill"]["enabled"] = False
+    with caplog.at_level(logging.WARNING, logger="pfd_ase.workflow"):
+        again = run(config)
+    messages = [r.getMessage() for r in caplog.records if "inputs changed" in r.getMessage()]
+    redone = {m.split()[1].rstrip(":") for m in messages}
+    assert redone == {"ft.s1.000.select", "ft.s1.000.label", "ft.s1.000.train", "validation"}
+    assert "n_select: 3 -> 2" in caplog.text
+    steps = again["steps"]
+    for key in ("init.label", "init.train", "ft.s1.000.md"):  # reused as they were
+        assert steps[key]["inputs_hash"] == summary["steps"][key]["inputs_hash"]
+        assert steps[key]["finished_at"] == summary["steps"][key]["finished_at"]
+    assert steps["ft.s1.000.select"]["n_selected"] == 2
+    assert steps["ft.s1.000.select"]["inputs"]["n_select"] == 2
+    assert list(steps) == [
+        "init.label",
+        "init.train",
+        "ft.s1.000.md",
+        "ft.s1.000.select",
+        "ft.s1.000.label",
+        "ft.s1.000.train",
+        "validation",
+    ]
+    data = read_frames(copy / "data" / "labelled.extxyz")
+    assert len(data) == 4 + 2  # the frames of the old selection left the dataset
+    assert run_status(copy)["finished_steps"][: len(steps)] == list(steps)
+
+
 class FlakyTersoff(Calculator):
     """Tersoff, but raises for every third call (a 'failed DFT' job)."""
 

@@ -1,235 +1,130 @@
 """The PFD loops: initial data, the fine-tune loop (teacher) and the distillation loop (student).
 
+Each loop is a short sequence of the named steps of :mod:`pfd_ase.workflow.steps`, each
+recorded by :class:`RecordedSteps` with :meth:`RunState.run_step` under the inputs it depends
+on (its settings, seeds and the identities of the models and frames it consumes), so that a
+rerun with changed settings redoes exactly the recorded steps that depend on them:
+
+=======================  ===================  =============================================
+recorded step            named steps          inputs
+=======================  ===================  =============================================
+``init.label``           perturb, label       ``init``, seed, structures, labeler
+``init.train``           train                ``finetune`` training, base model, dataset
+``ft.<s>.NNN.md``        explore, filter      the stage's MD and filter, structures, model
+``ft.<s>.NNN.select``    select               ``n_select``, ``chunk_size``, candidates,
+                                              dataset
+``ft.<s>.NNN.label``     label, evaluate      selected frames, labeler, model, dataset
+``ft.<s>.NNN.train``     train                ``finetune`` training, base model, dataset
+``distill.NNN.md``       explore, filter      ``distill.explore``, structures, teacher
+``distill.NNN.explore``  evaluate, select,    candidates, teacher, student, ``n_frames``,
+                         label                threshold, training set
+``distill.NNN.train``    train                ``distill`` training, training set
+``validation``           evaluate             teacher, student, dataset
+=======================  ===================  =============================================
+
+The dataset (``data/labelled.extxyz``) is the merge of this run's labelling outputs, in run
+order: a labelling step that is redone replaces its frames.
+
 Run directory layout (``config["workdir"]``)::
 
-    data/labelled.extxyz           every DFT-labelled frame (merged after each labelling)
-    init/label/task.*              labelling of the perturbed initial structures
+    structures/<name>.extxyz       structures given as ase.Atoms (Python API)
+    data/labelled.extxyz           every DFT-labelled frame of this run (after each labelling)
+    init/label/                    labelling of the perturbed structures (task.*, labelled.extxyz)
     finetune/init/                 first fine-tune of the base model
-    finetune/<stage>/iter.NNN/     explore/ (MD walkers), selected.extxyz, label/, train/
-    distill/iter.NNN/              explore/, label/ (teacher labels), train/ (student)
+    finetune/<stage>/iter.NNN/     explore/ (MD walkers), candidates.extxyz, selected.extxyz,
+                                   label/, train/
+    distill/iter.NNN/              explore/, candidates.extxyz, label/ (teacher labels), train/
     distill/teacher_labelled.extxyz
-    state/<step>.json              completion records (a finished step is never redone)
-    summary.json                   config, seeds, versions, per-step records, timings, paths
+    state/<step>.json              completion records with the inputs that produced them
+    state/started/<step>.json      inputs of a step that started and has not finished
+    summary.json                   config, seeds, versions, per-step records (run order), paths
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from ase import Atoms
 
-from pfd_ase.data import append_frames, read_frames, write_frames
-from pfd_ase.workflow.config import is_chgnet
-from pfd_ase.workflow.state import RunState
+from pfd_ase.data import frame_fingerprint, merge_frames, read_frames, write_frames
+from pfd_ase.workflow import steps
+from pfd_ase.workflow.config import (
+    DistillConfig,
+    StageConfig,
+    TrainConfig,
+    distill_config,
+    finetune_stages,
+    init_config,
+    structure_atoms,
+    student_training,
+    teacher_training,
+)
+from pfd_ase.workflow.state import RunState, frames_identity, merge_into, model_identity
+
+__all__ = [
+    "CANDIDATES_FILE",
+    "SELECTED_FILE",
+    "RecordedSteps",
+    "distill_loop",
+    "finetune_loop",
+    "initial_data",
+    "labeler_identity",
+    "run",
+    "write_structures",
+]
+
+#: Explored frames that passed the filter, in an iteration's folder.
+CANDIDATES_FILE = "candidates.extxyz"
+#: Frames selected for labelling, in a fine-tune iteration's folder.
+SELECTED_FILE = "selected.extxyz"
 
 
-def force_rmse(model: str | Any, frames: Sequence[Atoms]) -> float | None:
-    """Force RMSE (eV/Å) of a model (path or calculator) against labelled frames."""
-    if not frames:
-        return None
-    calc = _calculator(model)
-    err = [calc.get_forces(_bare(a)) - a.get_forces() for a in frames]
-    return float(np.sqrt(np.mean(np.concatenate(err) ** 2)))
+# --------------------------------------------------------------------------- helpers
+def labeler_identity(labeler: Any) -> dict[str, Any]:
+    """What identifies the labeler of a configuration (name and settings)."""
+    if isinstance(labeler, Mapping):
+        return {"name": labeler["name"], "overrides": dict(labeler.get("overrides") or {})}
+    from pfd_ase.calculators.labelers import labeler_info
+
+    return labeler_info(labeler)
 
 
-def _calculator(model: str | Any) -> Any:
-    if isinstance(model, str | Path):
-        from pfd_ase.calculators import PFDCalculator
-
-        return PFDCalculator(model)
-    return model
-
-
-def _bare(atoms: Atoms) -> Atoms:
-    new = atoms.copy()
-    new.calc = None
-    return new
-
-
-def _structures(config: dict[str, Any], names: list[str] | None) -> list[Atoms]:
-    from pfd_ase.structures import build_structure
-
-    names = names or list(config["structures"])
-    return [build_structure(config["structures"][n]) for n in names]
-
-
-def _explore_task(block: dict[str, Any], seed: int):
-    from pfd_ase.explore import ExploreTask
-
-    return ExploreTask(
-        temperatures_K=block["temperatures_K"],
-        pressures_GPa=block["pressures_GPa"],
-        steps=block["md_steps"],
-        timestep_fs=block["timestep_fs"],
-        sample_every=block["sample_every"],
-        thermostat=block["thermostat"],
-        barostat=block["barostat"],
-        seed=seed,
-    )
-
-
-def _labeler(config: dict[str, Any]) -> Any:
+def _labeler(config: Mapping[str, Any]) -> Any:
     labeler = config["labeler"]
-    if isinstance(labeler, dict):
+    if isinstance(labeler, Mapping):
         return labeler["name"], dict(labeler.get("overrides") or {})
     return labeler  # a calculator object (Python API)
 
 
-def _failures(result) -> list[dict[str, Any]]:
+def _structures(config: Mapping[str, Any], names: Sequence[str] | None) -> dict[str, Atoms]:
+    names = list(names or config["structures"])
+    return {name: structure_atoms(config["structures"][name]) for name in names}
+
+
+def _structure_ids(structures: Mapping[str, Atoms]) -> list[list[str]]:
+    return [[name, frame_fingerprint(atoms)] for name, atoms in structures.items()]
+
+
+def _failures(result: Any) -> list[dict[str, Any]]:
     return [
         {k: f.get(k) for k in ("index", "frame_id", "exception", "message", "task_dir")}
         for f in result.failures
     ]
 
 
-# --------------------------------------------------------------------------- teacher
-def train_teacher(config: dict[str, Any], frames: list[Atoms], workdir: Path) -> str:
-    """Fine-tune the base model (deepmd-kit or CHGNet) on ``frames``; return the model path."""
-    base, ft, seed = config["base_model"], config["finetune"], config["seed"]
-    progress = config["progress"]
-    if is_chgnet(base["path"]):
-        from pfd_ase.training.chgnet import finetune_chgnet
-
-        kwargs: dict[str, Any] = {"epochs": ft["chgnet_epochs"], "seed": seed}
-        if str(base["path"]).endswith(".pth.tar"):
-            kwargs["base"] = base["path"]
-        return str(finetune_chgnet(frames, workdir, **kwargs))
-    from pfd_ase.training.stages import finetune
-
-    result = finetune(
-        base["path"],
-        frames,
-        workdir,
-        head=base["head"],
-        type_map=config["type_map"],
-        steps=ft["steps"],
-        learning_rate=ft["learning_rate"],
-        seed=seed + 1,
-        progress=progress,
-    )
-    return str(result.model)
-
-
-def initial_data(config: dict[str, Any], state: RunState, executor=None) -> dict[str, Any]:
-    """Perturb the initial structures (seeded) and label them (PFD stage "init")."""
-    from pfd_ase.label import label_frames
-    from pfd_ase.structures import perturb
-
-    init = config["init"]
-    rng = np.random.default_rng(config["seed"])
-    frames = []
-    names = init["structures"] or list(config["structures"])
-    for name, atoms in zip(names, _structures(config, names), strict=True):
-        for k, new in enumerate(
-            perturb(atoms, init["n_perturb"], rng, init["cell_strain"], init["displacement_A"])
-        ):
-            new.info["pfd_frame_id"] = f"init.{name}.{k:03d}"
-            frames.append(new)
-    result = label_frames(frames, _labeler(config), state.workdir / "init" / "label", executor)
-    size = state.add_labelled(result.frames)
-    return {
-        "n_frames": len(frames),
-        "n_labelled": len(result.frames),
-        "n_failed": len(result.failures),
-        "failures": _failures(result),
-        "dataset_size": size,
-    }
-
-
-def finetune_loop(config: dict[str, Any], state: RunState, executor=None) -> str:
-    """Fine-tune loop over the configured stages; return the final teacher model path."""
-    from pfd_ase.explore import explore
-    from pfd_ase.label import label_frames
-    from pfd_ase.selectors import EntropySelector
-
-    ft, seed, progress = config["finetune"], config["seed"], config["progress"]
-    state.run_step("init.label", lambda: initial_data(config, state, executor))
-    if not state.dataset():
-        raise RuntimeError("no initial frame could be labelled; see state/init.label.json")
-    record = state.run_step(
-        "init.train",
-        lambda: {
-            "model": train_teacher(config, state.dataset(), state.workdir / "finetune" / "init")
-        },
-    )
-    model = record["model"]
-    state.save_summary(teacher=model)
-
-    for s, stage in enumerate(ft["stages"]):
-        name = stage["name"] or f"stage{s + 1}"
-        structures = _structures(config, stage["structures"])
-        for it in range(stage["max_iterations"]):
-            key = f"ft.{name}.{it:03d}"
-            folder = state.workdir / "finetune" / name / f"iter.{it:03d}"
-            task = _explore_task(stage, seed + 1000 * (s + 1) + it)
-
-            def explore_select(
-                folder=folder, task=task, key=key, model=model, stage=stage, structures=structures
-            ) -> dict[str, Any]:
-                res = explore(
-                    structures,
-                    ("pfd", {"model": model}),
-                    folder / "explore",
-                    task,
-                    executor=executor,
-                    progress=progress,
-                )
-                candidates = res.frames
-                n = min(stage["n_select"], len(candidates))
-                selector = (
-                    EntropySelector(n_target=n, chunk_size=stage["chunk_size"]) if n else None
-                )
-                picked = selector.select(candidates, state.dataset()) if selector else []
-                selected = []
-                for j, i in enumerate(picked):
-                    atoms = _bare(candidates[i])
-                    atoms.info["pfd_frame_id"] = f"{key}.{j:03d}"
-                    selected.append(atoms)
-                write_frames(folder / "selected.extxyz", selected)
-                return {
-                    "n_candidates": len(candidates),
-                    "n_selected": len(selected),
-                    "selected_indices": [int(i) for i in picked],
-                    "walkers_exploded": len(res.exploded),
-                    "walkers_failed": len(res.failed),
-                    "filter_counts": res.filter_counts,
-                }
-
-            sel = state.run_step(f"{key}.select", explore_select)
-
-            def label_and_test(folder=folder, model=model) -> dict[str, Any]:
-                selected = read_frames(folder / "selected.extxyz", missing_ok=True)
-                result = label_frames(selected, _labeler(config), folder / "label", executor)
-                size = state.add_labelled(result.frames)
-                return {
-                    "n_labelled": len(result.frames),
-                    "n_failed": len(result.failures),
-                    "failures": _failures(result),
-                    "dataset_size": size,
-                    # the convergence test: the current model on frames it has never seen
-                    "model_force_rmse_eV_A": force_rmse(model, result.frames),
-                    "dataset_entropy": _dataset_entropy(state.dataset()),
-                }
-
-            lab = state.run_step(f"{key}.label", label_and_test)
-            err = lab["model_force_rmse_eV_A"]
-            if err is not None and err < ft["force_rmse_threshold_eV_A"]:
-                state.save_summary(**{f"converged.{name}": it})
-                break
-            if sel["n_selected"] == 0 or lab["n_labelled"] == 0:
-                continue  # nothing new to learn from; explore again with another seed
-            rec = state.run_step(
-                f"{key}.train",
-                lambda folder=folder: {
-                    "model": train_teacher(config, state.dataset(), folder / "train")
-                },
-            )
-            model = rec["model"]
-            state.save_summary(teacher=model)
-    return model
+def _recover(source: Path, merged: Path, prefix: str) -> None:
+    """A labelling step recorded by an older version has no ``labelled.extxyz`` of its own:
+    take its frames (ids starting with ``prefix``) from the merged file."""
+    if not source.exists() and merged.exists():
+        frames = [
+            a for a in read_frames(merged) if str(a.info.get("pfd_frame_id", "")).startswith(prefix)
+        ]
+        write_frames(source, frames)
 
 
 def _dataset_entropy(frames: Sequence[Atoms]) -> float | None:
@@ -240,122 +135,448 @@ def _dataset_entropy(frames: Sequence[Atoms]) -> float | None:
     return float(quests.entropy(quests.descriptors(list(frames))))
 
 
-# --------------------------------------------------------------------------- student
+def _filter_counts(*counts: Mapping[str, int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in counts:
+        for kind, n in c.items():
+            out[kind] = out.get(kind, 0) + int(n)
+    return out
+
+
+# --------------------------------------------------------------------------- recorded steps
+def initial_data(
+    config: Mapping[str, Any], state: RunState, executor: Executor | None = None
+) -> dict[str, Any]:
+    """Perturb the initial structures (seeded) and label them (PFD stage "init").
+
+    Writes ``init/label/labelled.extxyz`` and makes it the dataset; returns the record.
+    """
+    init = init_config(config)
+    frames = steps.perturb(init, _structures(config, init.structures), config["seed"])
+    folder = state.workdir / "init" / "label"
+    result = steps.label(frames, _labeler(config), folder, executor=executor)
+    size = state.set_dataset([folder / steps.LABELLED_FILE])
+    return {
+        "n_frames": len(frames),
+        "n_labelled": len(result.frames),
+        "n_failed": len(result.failures),
+        "failures": _failures(result),
+        "dataset_size": size,
+    }
+
+
+def _md(
+    stage: StageConfig | DistillConfig,
+    structures: dict[str, Atoms],
+    model: str,
+    iteration: int,
+    folder: Path,
+    executor: Executor | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """Steps explore and filter: ``folder/candidates.extxyz``."""
+    atoms = list(structures.values())
+    result = steps.explore(
+        stage,
+        atoms,
+        model,
+        folder / "explore",
+        iteration=iteration,
+        executor=executor,
+        progress=progress,
+    )
+    kept = steps.filter(result.frames, stage, atoms)
+    write_frames(folder / CANDIDATES_FILE, [steps.bare(a) for a in kept.kept])
+    return {
+        "n_explored": len(result.frames),
+        "n_candidates": len(kept.kept),
+        "walkers_exploded": len(result.exploded),
+        "walkers_failed": len(result.failed),
+        "filter_counts": _filter_counts(result.filter_counts, kept.counts),
+    }
+
+
+def _select(stage: StageConfig, folder: Path, key: str, dataset: list[Atoms]) -> dict[str, Any]:
+    """Step select (entropy): ``folder/selected.extxyz`` with frame ids ``<key>.NNN``."""
+    candidates = read_frames(folder / CANDIDATES_FILE, missing_ok=True)
+    picked = steps.select(candidates, stage, reference=dataset)
+    selected = []
+    for j, i in enumerate(picked):
+        atoms = candidates[i]
+        atoms.info["pfd_frame_id"] = f"{key}.{j:03d}"
+        selected.append(atoms)
+    write_frames(folder / SELECTED_FILE, selected)
+    return {
+        "n_candidates": len(candidates),
+        "n_selected": len(selected),
+        "selected_indices": picked,
+    }
+
+
+def _label_and_test(
+    labeler: Any,
+    folder: Path,
+    model: str,
+    dataset: list[Atoms],
+    executor: Executor | None,
+) -> dict[str, Any]:
+    """Steps label and evaluate: the current model on frames it has never seen."""
+    selected = read_frames(folder / SELECTED_FILE, missing_ok=True)
+    result = steps.label(selected, labeler, folder / "label", executor=executor)
+    merged = merge_frames(dataset, result.frames)
+    test = steps.evaluate(model, result.frames)
+    return {
+        "n_labelled": len(result.frames),
+        "n_failed": len(result.failures),
+        "failures": _failures(result),
+        "dataset_size": len(merged),
+        # the convergence test: the current model on frames it has never seen
+        "model_force_rmse_eV_A": test.force_rmse_eV_A,
+        "dataset_entropy": _dataset_entropy(merged),
+    }
+
+
+def _train(
+    training: TrainConfig, frames: list[Atoms], folder: Path, progress: bool
+) -> dict[str, Any]:
+    """Step train."""
+    out = steps.train(training, frames, folder, progress=progress)
+    record: dict[str, Any] = {"model": out.model}
+    if training.role == "student":
+        record.update(compressed=out.compressed, info=out.info)
+    return record
+
+
+def _compare_select_label(
+    ds: DistillConfig,
+    folder: Path,
+    key: str,
+    teacher: str,
+    student: str | None,
+    train_set: list[Atoms],
+) -> dict[str, Any]:
+    """Steps evaluate (student against teacher), select (deviation) and label (teacher)."""
+    from pfd_ase.calculators import PFDCalculator
+
+    candidates = read_frames(folder / CANDIDATES_FILE, missing_ok=True)
+    test = steps.evaluate(student, candidates, reference=teacher) if student else None
+    picked = steps.select(candidates, ds, deviations=test.max_force_devi_eV_A if test else None)
+    new = []
+    for j, i in enumerate(picked):
+        candidates[i].info["pfd_frame_id"] = f"{key}.{j:03d}"
+        new.append(candidates[i])
+    result = steps.label(new, PFDCalculator(teacher), folder / "label")
+    return {
+        "n_candidates": len(candidates),
+        "n_selected": len(new),
+        "selected_indices": picked,
+        "n_new": len(result.frames),
+        "n_failed": len(result.failures),
+        "failures": _failures(result),
+        "train_size": len(merge_frames(train_set, result.frames)),
+        "student_vs_teacher_force_rmse_eV_A": test.force_rmse_eV_A if test else None,
+    }
+
+
+# --------------------------------------------------------------------------- recording
+class RecordedSteps:
+    """The steps of one run, each recorded under the inputs it depends on.
+
+    Every method runs one recorded step through :meth:`RunState.run_step` (or reuses its
+    record) and returns the record; the labelling steps also keep the dataset
+    (``data/labelled.extxyz``) and the student's training set
+    (``distill/teacher_labelled.extxyz``) the merge of this run's labelling outputs.
+
+    Parameters
+    ----------
+    config
+        The loaded configuration.
+    state
+        The run directory.
+    executor
+        Where labelling and MD tasks run (``None``: here, serially).
+    """
+
+    def __init__(
+        self, config: Mapping[str, Any], state: RunState, executor: Executor | None = None
+    ) -> None:
+        self.config, self.state, self.executor = config, state, executor
+        self.progress = bool(config["progress"])
+        self.labeler = _labeler(config)
+        self.labeler_id = labeler_identity(config["labeler"])
+        self.sources: list[Path] = []  # labelled-frame files of this run (the dataset)
+        self.teacher_sources: list[Path] = []  # teacher-labelled files (the student's data)
+        self.train_path = state.workdir / "distill" / "teacher_labelled.extxyz"
+
+    def init_label(self) -> dict[str, Any]:
+        """``init.label``: perturb and label the initial structures."""
+        state, config = self.state, self.config
+        init = init_config(config)
+        folder = state.workdir / "init" / "label"
+        record = state.run_step(
+            "init.label",
+            partial(initial_data, config, state, self.executor),
+            inputs={
+                "init": asdict(init),
+                "seed": config["seed"],
+                "structures": _structure_ids(_structures(config, init.structures)),
+                "labeler": self.labeler_id,
+            },
+            outputs=[folder],
+        )
+        self._add_labelled(folder / steps.LABELLED_FILE, "init.")
+        return record
+
+    def train(self, key: str, training: TrainConfig, folder: Path) -> dict[str, Any]:
+        """Train the teacher on the dataset, or the student on the teacher-labelled set."""
+        if training.role == "teacher":
+            frames = self.state.dataset()
+        else:
+            frames = read_frames(self.train_path, missing_ok=True)
+        inputs: dict[str, Any] = {"training": asdict(training), "data": frames_identity(frames)}
+        if training.base_model is not None:
+            inputs["base_model"] = model_identity(training.base_model, training.head)
+        return self.state.run_step(
+            key,
+            partial(_train, training, frames, folder, self.progress),
+            inputs=inputs,
+            outputs=[folder],
+        )
+
+    def md(
+        self,
+        key: str,
+        stage: StageConfig | DistillConfig,
+        structures: dict[str, Atoms],
+        model: str,
+        iteration: int,
+        folder: Path,
+    ) -> dict[str, Any]:
+        """Explore with ``model`` and filter: ``folder/candidates.extxyz``."""
+        return self.state.run_step(
+            key,
+            partial(_md, stage, structures, model, iteration, folder, self.executor, self.progress),
+            inputs={
+                "explore": asdict(stage.explore),
+                "iteration": iteration,
+                "structures": _structure_ids(structures),
+                "model": model_identity(model),
+            },
+            outputs=[folder / "explore", folder / CANDIDATES_FILE],
+        )
+
+    def select(self, key: str, stage: StageConfig, folder: Path, prefix: str) -> dict[str, Any]:
+        """Entropy selection against the dataset: ``folder/selected.extxyz``."""
+        data = self.state.dataset()
+        return self.state.run_step(
+            key,
+            partial(_select, stage, folder, prefix, data),
+            inputs={
+                "n_select": stage.n_select,
+                "chunk_size": stage.chunk_size,
+                "candidates": _file_identity(folder / CANDIDATES_FILE),
+                "data": frames_identity(data),
+            },
+            outputs=[folder / SELECTED_FILE],
+        )
+
+    def label(self, key: str, folder: Path, model: str, prefix: str) -> dict[str, Any]:
+        """Label the selected frames and test ``model`` on them; add them to the dataset."""
+        data = self.state.dataset()
+        record = self.state.run_step(
+            key,
+            partial(_label_and_test, self.labeler, folder, model, data, self.executor),
+            inputs={
+                "selected": _file_identity(folder / SELECTED_FILE),
+                "labeler": self.labeler_id,
+                "model": model_identity(model),
+                "data": frames_identity(data),
+            },
+            outputs=[folder / "label"],
+        )
+        self._add_labelled(folder / "label" / steps.LABELLED_FILE, f"{prefix}.")
+        return record
+
+    def compare(
+        self,
+        key: str,
+        ds: DistillConfig,
+        folder: Path,
+        teacher: str,
+        student: str | None,
+        prefix: str,
+    ) -> dict[str, Any]:
+        """Student against teacher on the candidates, select, label with the teacher; add
+        the new frames to the student's training set."""
+        train_set = read_frames(self.train_path, missing_ok=True) if self.teacher_sources else []
+        record = self.state.run_step(
+            key,
+            partial(_compare_select_label, ds, folder, prefix, teacher, student, train_set),
+            inputs={
+                "candidates": _file_identity(folder / CANDIDATES_FILE),
+                "teacher": model_identity(teacher),
+                "student": model_identity(student) if student else None,
+                "n_frames": ds.n_frames,
+                "force_devi_threshold_eV_A": ds.force_devi_threshold_eV_A,
+                "train_set": frames_identity(train_set),
+            },
+            outputs=[folder / "label"],
+        )
+        source = folder / "label" / steps.LABELLED_FILE
+        _recover(source, self.train_path, f"{prefix}.")
+        self.teacher_sources.append(source)
+        merge_into(self.train_path, self.teacher_sources)
+        return record
+
+    def _add_labelled(self, source: Path, prefix: str) -> None:
+        _recover(source, self.state.dataset_path, prefix)
+        self.sources.append(source)
+        self.state.set_dataset(self.sources)
+
+
+def _file_identity(path: Path) -> str:
+    return frames_identity(read_frames(path, missing_ok=True))
+
+
+# --------------------------------------------------------------------------- loops
+def finetune_loop(
+    config: Mapping[str, Any],
+    state: RunState,
+    executor: Executor | None = None,
+    recorder: RecordedSteps | None = None,
+) -> str:
+    """Fine-tune loop over the configured stages; return the final teacher model path."""
+    run = recorder or RecordedSteps(config, state, executor)
+    run.init_label()
+    if not state.dataset():
+        raise RuntimeError("no initial frame could be labelled; see state/init.label.json")
+    training = teacher_training(config)
+    model = run.train("init.train", training, state.workdir / "finetune" / "init")["model"]
+    state.save_summary(teacher=model)
+    threshold = config["finetune"]["force_rmse_threshold_eV_A"]
+    for stage in finetune_stages(config):
+        structures = _structures(config, stage.structures)
+        for it in range(stage.max_iterations):
+            key = f"ft.{stage.name}.{it:03d}"
+            folder = state.workdir / "finetune" / stage.name / f"iter.{it:03d}"
+            run.md(f"{key}.md", stage, structures, model, it, folder)
+            sel = run.select(f"{key}.select", stage, folder, key)
+            lab = run.label(f"{key}.label", folder, model, key)
+            err = lab["model_force_rmse_eV_A"]
+            if err is not None and err < threshold:
+                state.save_summary(**{f"converged.{stage.name}": it})
+                break
+            if sel["n_selected"] == 0 or lab["n_labelled"] == 0:
+                continue  # nothing new to learn from; explore again with another seed
+            model = run.train(f"{key}.train", training, folder / "train")["model"]
+            state.save_summary(teacher=model)
+    return model
+
+
 def distill_loop(
-    config: dict[str, Any], state: RunState, teacher: str, executor=None
+    config: Mapping[str, Any],
+    state: RunState,
+    teacher: str,
+    executor: Executor | None = None,
+    recorder: RecordedSteps | None = None,
 ) -> str | None:
     """Distil ``teacher`` into a small student; return the student model path."""
-    from pfd_ase.explore import explore
-    from pfd_ase.label import label_frames
-    from pfd_ase.training.stages import train_student
-
-    ds, seed, progress = config["distill"], config["seed"], config["progress"]
-    if not ds["enabled"]:
+    ds = distill_config(config)
+    if not ds.enabled:
         return None
-    teacher_calc = _calculator(teacher)
-    train_path = state.workdir / "distill" / "teacher_labelled.extxyz"
-    structures = _structures(config, ds["explore"]["structures"])
-    student: str | None = state.summary.get("student")
+    run = recorder or RecordedSteps(config, state, executor)
+    training = student_training(config)
+    structures = _structures(config, ds.structures)
+    student: str | None = None
     previous: float | None = None
-    for it in range(ds["max_iterations"]):
+    for it in range(ds.max_iterations):
         key = f"distill.{it:03d}"
         folder = state.workdir / "distill" / f"iter.{it:03d}"
-        task = _explore_task(ds["explore"], seed + 100000 + it)
-
-        def explore_compare(folder=folder, task=task, key=key, student=student) -> dict[str, Any]:
-            res = explore(
-                structures,
-                ("pfd", {"model": teacher}),
-                folder / "explore",
-                task,
-                executor=executor,
-                progress=progress,
-            )
-            candidates = [_bare(a) for a in res.frames]
-            rmse = None
-            if student is None:
-                order = np.linspace(0, len(candidates) - 1, min(ds["n_frames"], len(candidates)))
-                chosen = sorted({int(round(x)) for x in order}) if candidates else []
-            else:
-                student_calc = _calculator(student)
-                devi, sq = [], []
-                for atoms in candidates:
-                    diff = student_calc.get_forces(atoms.copy()) - teacher_calc.get_forces(
-                        atoms.copy()
-                    )
-                    devi.append(float(np.linalg.norm(diff, axis=1).max()))
-                    sq.append(diff.ravel() ** 2)
-                rmse = float(np.sqrt(np.mean(np.concatenate(sq)))) if sq else None
-                over = [
-                    i for i in np.argsort(devi)[::-1] if devi[i] > ds["force_devi_threshold_eV_A"]
-                ]
-                chosen = sorted(int(i) for i in over[: ds["n_frames"]])
-            new = []
-            for j, i in enumerate(chosen):
-                candidates[i].info["pfd_frame_id"] = f"{key}.{j:03d}"
-                new.append(candidates[i])
-            result = label_frames(new, teacher_calc, folder / "label")
-            size = len(append_frames(train_path, result.frames))
-            return {
-                "n_candidates": len(candidates),
-                "n_new": len(result.frames),
-                "n_failed": len(result.failures),
-                "failures": _failures(result),
-                "train_size": size,
-                "student_vs_teacher_force_rmse_eV_A": rmse,
-            }
-
-        rec = state.run_step(f"{key}.explore", explore_compare)
+        run.md(f"{key}.md", ds, structures, teacher, it, folder)
+        rec = run.compare(f"{key}.explore", ds, folder, teacher, student, key)
         err = rec["student_vs_teacher_force_rmse_eV_A"]
         if err is not None:
-            if err < ds["target_force_rmse_eV_A"]:
+            if err < ds.target_force_rmse_eV_A:
                 state.save_summary(distill_converged=it)
                 break
-            if previous is not None and (previous - err) < ds["min_improvement"] * previous:
+            if previous is not None and (previous - err) < ds.min_improvement * previous:
                 state.save_summary(distill_stalled=it)
                 break
             previous = err
         if student is not None and rec["n_new"] == 0:
             break
-
-        def train(folder=folder) -> dict[str, Any]:
-            result = train_student(
-                read_frames(train_path),
-                folder / "train",
-                type_map=config["type_map"],
-                steps=ds["steps"],
-                compress=ds["compress"],
-                seed=seed + 2,
-                progress=progress,
-                learning_rate=ds["learning_rate"],
-            )
-            return {
-                "model": str(result.model),
-                "compressed": str(result.compressed) if result.compressed else None,
-                "info": result.info,
-            }
-
-        tr = state.run_step(f"{key}.train", train)
+        tr = run.train(f"{key}.train", training, folder / "train")
         student = tr["compressed"] or tr["model"]
         state.save_summary(student=student)
     return student
 
 
 # --------------------------------------------------------------------------- driver
-def run(config: dict[str, Any] | str | Path) -> dict[str, Any]:
-    """Run (or resume) a whole PFD workflow; return the run summary."""
+def write_structures(config: Mapping[str, Any], workdir: str | Path) -> dict[str, Any]:
+    """``config`` with each ``ase.Atoms`` structure written to ``workdir/structures/<name>.extxyz``
+    (rewritten only when it changed) and replaced by ``{"file": path}``."""
+    out = dict(config)
+    specs = {}
+    for name, spec in config["structures"].items():
+        if isinstance(spec, Atoms):
+            path = Path(workdir).resolve() / "structures" / f"{name}.extxyz"
+            atoms = structure_atoms(spec)
+            old = read_frames(path, missing_ok=True)
+            if len(old) != 1 or frame_fingerprint(old[0]) != frame_fingerprint(atoms):
+                write_frames(path, [atoms])
+            spec = {"file": str(path)}
+        specs[name] = spec
+    out["structures"] = specs
+    return out
+
+
+def _validation(teacher: str, student: str | None, data: list[Atoms]) -> dict[str, Any]:
+    """Step evaluate: the teacher and the student on every DFT frame."""
+    validation: dict[str, Any] = {
+        "n_frames": len(data),
+        "teacher_force_rmse_eV_A": steps.evaluate(teacher, data).force_rmse_eV_A,
+    }
+    if student:
+        validation["student_force_rmse_eV_A"] = steps.evaluate(student, data).force_rmse_eV_A
+    return validation
+
+
+#: Summary keys that record how the loops ended.
+_OUTCOMES = ("converged.", "distill_converged", "distill_stalled", "validation")
+
+
+def run(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+    """Run (or resume) a whole PFD workflow; return the run summary.
+
+    A rerun with changed settings redoes exactly the steps that depend on them (and says
+    which, through the ``pfd_ase.workflow`` logger); the summary lists the steps of this
+    run in run order, each with the inputs that produced it.
+    """
     from pfd_ase.parallel import make_executor
     from pfd_ase.workflow.config import load_config
 
     config = load_config(config)
+    config = write_structures(config, config["workdir"])
     state = RunState(config["workdir"], config)
-    state.save_summary()
+    for key in [k for k in state.summary if k.startswith(_OUTCOMES)]:
+        del state.summary[key]  # the outcome of a previous run, maybe of other settings
+    state.save_summary(finished=False)
     with make_executor(config["executor"]) as executor:
-        teacher = finetune_loop(config, state, executor)
-        student = distill_loop(config, state, teacher, executor)
+        recorder = RecordedSteps(config, state, executor)
+        teacher = finetune_loop(config, state, recorder=recorder)
+        student = distill_loop(config, state, teacher, recorder=recorder)
     data = state.dataset()
-    validation = {"n_frames": len(data), "teacher_force_rmse_eV_A": force_rmse(teacher, data)}
-    if student:
-        validation["student_force_rmse_eV_A"] = force_rmse(student, data)
+    validation = state.run_step(
+        "validation",
+        partial(_validation, teacher, student, data),
+        inputs={
+            "teacher": model_identity(teacher),
+            "student": model_identity(student) if student else None,
+            "data": frames_identity(data),
+        },
+    )
+    keys = ("n_frames", "teacher_force_rmse_eV_A", "student_force_rmse_eV_A")
+    validation = {k: validation[k] for k in keys if k in validation}
+    state.keep_visited_steps()
     state.save_summary(teacher=teacher, student=student, validation=validation, finished=True)
     return state.summary

@@ -38,9 +38,12 @@ from pfd_ase.data import append_frames, merge_frames, read_frames, write_frames
 
 __all__ = [
     "RunState",
-    "changed_inputs",
     "canonical_inputs",
+    "changed_inputs",
+    "frames_identity",
     "inputs_hash",
+    "merge_into",
+    "model_identity",
     "package_versions",
     "run_status",
 ]
@@ -167,7 +170,11 @@ class RunState:
                 versions=package_versions(),
                 python=platform.python_version(),
             )
-        self.summary.setdefault("steps", {})
+        steps = self.summary.setdefault("steps", {})
+        order = [k for k in self.summary.get("step_order", []) if k in steps]
+        self.summary["steps"] = {k: steps[k] for k in [*order, *steps] if k in steps}
+        #: Keys of the steps run or reused through this object, in that order.
+        self.visited: list[str] = []
 
     # -- steps ---------------------------------------------------------------------------
     def record_path(self, key: str) -> Path:
@@ -215,6 +222,9 @@ class RunState:
         """
         new = None if inputs is None else canonical_inputs(inputs)
         digest = None if new is None else inputs_hash(new)
+        if key in self.visited:
+            self.visited.remove(key)
+        self.visited.append(key)
         record = self.done(key)
         if record is not None:
             if digest is None or record.get("inputs_hash") == digest:
@@ -277,9 +287,21 @@ class RunState:
         self.record_path(key).unlink(missing_ok=True)
         self.summary["steps"].pop(key, None)
 
+    def keep_visited_steps(self) -> None:
+        """Keep in the summary only the steps run or reused through this object, in that
+        order (records of steps a changed configuration no longer reaches stay in
+        ``state/`` but leave the summary)."""
+        steps = self.summary["steps"]
+        self.summary["steps"] = {key: steps[key] for key in self.visited if key in steps}
+
     def save_summary(self, **updates: Any) -> None:
-        """Update and atomically rewrite ``summary.json``."""
+        """Update and atomically rewrite ``summary.json``.
+
+        ``summary["step_order"]`` lists the steps in run order (``summary.json`` is
+        written with sorted keys).
+        """
         self.summary.update(updates)
+        self.summary["step_order"] = list(self.summary["steps"])  # JSON keys get sorted
         self.summary["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         write_json(self.summary_path, self.summary)
 
@@ -299,47 +321,82 @@ class RunState:
         :meth:`add_labelled` does); the file is rewritten only when it changes.
         Returns the dataset's size.
         """
-        frames = merge_frames(*(read_frames(p, missing_ok=True) for p in sources))
-        if _frames_key(frames) != _frames_key(self.dataset()):
-            write_frames(self.dataset_path, frames)
-        return len(frames)
+        return len(merge_into(self.dataset_path, sources))
 
 
-def _frames_key(frames: Sequence[Atoms]) -> list[tuple[str, str | None, float | None]]:
+# --------------------------------------------------------------------------- identities
+def frames_identity(frames: Sequence[Atoms]) -> str:
+    """Content hash of frames, in order: structure, frame id and labels (if any)."""
+    import numpy as np
+
     from pfd_ase.data import frame_fingerprint
 
-    out = []
+    h = hashlib.sha256()
     for atoms in frames:
+        h.update(frame_fingerprint(atoms).encode())
+        h.update(str(atoms.info.get("pfd_frame_id")).encode())
         results = getattr(atoms.calc, "results", None) or {}
-        energy = results.get("energy")
-        out.append(
-            (
-                frame_fingerprint(atoms),
-                atoms.info.get("pfd_frame_id"),
-                None if energy is None else float(energy),
-            )
-        )
-    return out
+        for key in ("energy", "forces", "stress"):
+            if results.get(key) is not None:
+                h.update(key.encode())
+                h.update(np.ascontiguousarray(results[key], dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+_IDENTITIES: dict[tuple, str] = {}
+
+
+def model_identity(model: str | Path, head: str | None = None) -> str:
+    """Identity of a model: :attr:`pfd_ase.models.ModelSpec.identity` (kind, content hash or
+    pre-trained name, head), remembered per file size and modification time."""
+    from pfd_ase.models import resolve_model
+
+    path = Path(model)
+    stat = path.stat() if path.is_file() else None
+    key: tuple = (str(path.resolve()) if stat else str(model), head)
+    if stat is not None:
+        key += (stat.st_size, stat.st_mtime_ns)
+    if key not in _IDENTITIES:
+        _IDENTITIES[key] = resolve_model(model, head=head).identity
+    return _IDENTITIES[key]
+
+
+def merge_into(path: str | Path, sources: Sequence[str | Path]) -> list[Atoms]:
+    """Make ``path`` the merge of the extxyz files ``sources`` (in order; a structure seen
+    before is dropped), rewriting it only when that changes it; return the frames."""
+    frames = merge_frames(*(read_frames(p, missing_ok=True) for p in sources))
+    if frames_identity(frames) != frames_identity(read_frames(path, missing_ok=True)):
+        write_frames(path, frames)
+    return frames
 
 
 def run_status(workdir: str | Path) -> dict[str, Any]:
-    """What a run directory holds: finished steps (in run order), dataset size, models."""
+    """What a run directory holds: finished steps, dataset size, models.
+
+    The steps are in run order: those of the summary (the last run's) first, then records
+    the summary does not list (e.g. of steps a changed configuration no longer reaches), by
+    the time they finished.
+    """
     workdir = Path(workdir)
     summary_path = workdir / "summary.json"
     if not summary_path.exists():
         raise FileNotFoundError(f"{workdir} is not a pfd_ase run directory (no summary.json)")
     summary = read_json(summary_path)
-    order: list[tuple[float, str]] = []
+    in_summary = list(summary.get("step_order") or summary.get("steps", {}))
+    others: list[tuple[float, str]] = []
     for path in (workdir / "state").glob("*.json"):
+        if path.stem in in_summary:
+            continue
         try:
             finished = float(read_json(path).get("finished_at") or path.stat().st_mtime)
         except (OSError, ValueError, AttributeError):
             finished = path.stat().st_mtime
-        order.append((finished, path.stem))
+        others.append((finished, path.stem))
+    finished_steps = [k for k in in_summary if (workdir / "state" / f"{k}.json").exists()]
     dataset = workdir / "data" / "labelled.extxyz"
     return {
         "workdir": str(workdir),
-        "finished_steps": [key for _, key in sorted(order)],
+        "finished_steps": finished_steps + [key for _, key in sorted(others)],
         "n_labelled": len(read_frames(dataset, missing_ok=True)),
         "teacher": summary.get("teacher"),
         "student": summary.get("student"),
