@@ -11,14 +11,19 @@ from ase import Atoms
 _SPEC_KEYS = {"bulk", "file", "repeat", "vacancy", "index"}
 
 
-def build_structure(spec: Mapping[str, Any]) -> Atoms:
+def build_structure(spec: Mapping[str, Any] | Atoms) -> Atoms:
     """Build one structure.
 
     ``spec`` holds either ``bulk`` (keyword arguments of :func:`ase.build.bulk`, e.g.
     ``{"name": "Si", "crystalstructure": "diamond", "a": 5.43, "cubic": True}``) or ``file``
     (any file ASE reads; ``index`` picks a frame), then optionally ``repeat`` (``[n1, n2, n3]``)
-    and ``vacancy`` (index of an atom to delete after repeating).
+    and ``vacancy`` (index of an atom to delete after repeating). An ``Atoms`` (a structure
+    given from Python) is returned as a copy without its calculator.
     """
+    if isinstance(spec, Atoms):
+        atoms = spec.copy()
+        atoms.calc = None
+        return atoms
     unknown = set(spec) - _SPEC_KEYS
     if unknown:
         raise ValueError(f"unknown structure keys {sorted(unknown)}; known: {sorted(_SPEC_KEYS)}")

@@ -2,7 +2,7 @@
 
 A recipe is config → :func:`pfd_ase.workflow.run` → :func:`validate_run` → report; this
 module holds what every recipe needs for that: :func:`deep_update` (presets merged with
-user overrides), :func:`structure_specs`, the resumable validation steps
+user overrides), the resumable validation steps
 (:func:`validation_step`, :func:`model_subject`), and :func:`recipe_parser` for the
 command line.
 """
@@ -17,10 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ase import Atoms
-
 from pfd_ase.analysis.validate import Step, Subject
-from pfd_ase.data import write_frames
 
 #: Labelers cheap enough for vacancy relaxations and 3×3×3 phonons in any preset.
 CLASSICAL = ("sw", "tersoff", "emt")
@@ -67,16 +64,6 @@ def model_subject(model: str, trained_on: list[str] | None = None) -> Subject:
     return Subject(functools.cache(lambda: PFDCalculator(model)), identity, trained_on)
 
 
-def structure_specs(structures: Mapping[str, Atoms], folder: Path) -> dict[str, dict]:
-    """Write each structure to ``folder/<name>.extxyz``; return workflow structure specs."""
-    specs = {}
-    for name, atoms in structures.items():
-        path = folder / f"{name}.extxyz"
-        write_frames(path, [atoms])
-        specs[name] = {"file": str(path.resolve())}
-    return specs
-
-
 def trained_structures(config: Mapping[str, Any]) -> dict[str, list[str]]:
     """Structures each model of a run learnt from: ``PF`` (initial data and fine-tune
     stages) and ``PFD`` (the teacher-labelled exploration of distillation)."""
@@ -99,7 +86,9 @@ def validate_run(
 
     Errors (teacher and student vs DFT, student vs teacher) with parity plots, the entropy
     curve, phonons (DFT, PF, PFD) and vacancy formation energies (PF, PFD, and the labeler
-    when it is classical), each resumable in ``workdir/validation``.
+    when it is classical); phonons and vacancies are resumable steps ``validate.<key>`` of
+    the run directory (see :func:`validation_step`), the labeler's files go to
+    ``workdir/validation/labeler``.
 
     Parameters
     ----------

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pfd_ase.recipes._base import deep_update, parsed_arguments, recipe_parser, structure_specs
+from pfd_ase.recipes._base import deep_update, parsed_arguments, recipe_parser
 
 VACANCY_PHASES = ("diamond", "bc8", "beta_sn", "fcc", "hex_diamond", "hcp")
 STAGES = {"stage1": ["diamond", "hex_diamond"], "stage2": ["fcc", "bcc", "hcp", "beta_sn"]}
@@ -69,7 +69,7 @@ def silicon_config(
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The workflow configuration of the silicon recipe (plain data; see ``pfd-ase validate``)."""
+    """The workflow configuration of the silicon recipe (data and ``ase.Atoms`` structures)."""
     from pfd_ase.materials import silicon, silicon_phases
 
     preset = QUICK if quick else PRODUCTION
@@ -84,7 +84,7 @@ def silicon_config(
             "workdir": str(workdir),
             "seed": seed,
             "type_map": ["Si"],
-            "structures": structure_specs(structures, Path(workdir) / "structures"),
+            "structures": structures,  # the workflow writes them to workdir/structures
             "labeler": {"name": labeler, "overrides": dict(labeler_overrides or {})},
             "base_model": {"path": base_model, "head": head},
             "finetune": {"stages": stages},
