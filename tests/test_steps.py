@@ -115,7 +115,7 @@ def _config(**overrides):
 def test_default_config_text_loads_back_to_the_defaults(tmp_path):
     import yaml
 
-    from pfd_ase.workflow.config import DEFAULTS, SCHEMA, default_config_text
+    from pfd_ase.workflow.schema import DEFAULTS, SCHEMA, default_config_text
 
     text = default_config_text()
     assert yaml.safe_load(text) == DEFAULTS
@@ -135,7 +135,8 @@ def test_every_explore_task_field_is_set_from_the_stage():
 
     from pfd_ase.explore import ExploreTask
     from pfd_ase.selectors.filters import FrameFilter
-    from pfd_ase.workflow.config import STAGE_SCHEMA, distill_config, finetune_stages
+    from pfd_ase.workflow.config import distill_config, finetune_stages
+    from pfd_ase.workflow.schema import STAGE_SCHEMA
 
     stage = {
         "name": "hot",

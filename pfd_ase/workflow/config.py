@@ -1,9 +1,10 @@
-"""Run configuration: one schema, its defaults, loading (YAML/JSON/dict) and validation.
+"""Run configuration: loading (YAML/JSON/dict), the typed settings, validation.
 
-A configuration is a nested dict described by :data:`SCHEMA`: every key has one default and
-a one-line description (units, allowed values); :func:`default_config_text` renders them as
-commented YAML. Every key must be known (a misspelt or unit-less key such as ``temperature``
-instead of ``temperatures_K`` is an error naming the close match).
+A configuration is a nested dict described by :data:`~pfd_ase.workflow.schema.SCHEMA`
+(every key, its one default and a one-line description; rendered as commented YAML by
+:func:`~pfd_ase.workflow.schema.default_config_text`). Every key must be known (a misspelt
+or unit-less key such as ``temperature`` instead of ``temperatures_K`` is an error naming
+the close match).
 
 The settings the steps consume are typed (:class:`StageConfig`, :class:`DistillConfig`,
 :class:`InitConfig`, :class:`TrainConfig`) and validate themselves on construction, once:
@@ -34,10 +35,18 @@ from typing import Any
 
 from ase import Atoms
 
-from pfd_ase.calculators.labelers import KNOWN_LABELERS
-from pfd_ase.explore import BAROSTATS, THERMOSTATS, ExploreTask
+from pfd_ase.explore import ExploreTask
 from pfd_ase.parallel import KINDS
 from pfd_ase.selectors.filters import FrameFilter
+from pfd_ase.workflow.schema import (
+    DEFAULTS,
+    EXPLORE_KEYS,
+    SCHEMA,
+    STAGE_DEFAULTS,
+    default_config_text,
+    key_names,
+    schema_defaults,
+)
 
 __all__ = [
     "DEFAULTS",
@@ -47,7 +56,6 @@ __all__ = [
     "ConfigError",
     "DistillConfig",
     "InitConfig",
-    "Setting",
     "StageConfig",
     "TrainConfig",
     "default_config_text",
@@ -66,225 +74,7 @@ class ConfigError(ValueError):
     """A configuration problem, found before any expensive work starts."""
 
 
-# --------------------------------------------------------------------------- schema
-@dataclass(frozen=True)
-class Setting:
-    """One configuration key: its default and a one-line description.
-
-    Attributes
-    ----------
-    default
-        The default value (YAML data).
-    doc
-        One line: meaning, units, allowed values.
-    free
-        The value is free-form (a mapping whose keys are not checked).
-    item
-        For a list of sections (``finetune.stages``): the schema of one entry.
-    """
-
-    default: Any
-    doc: str
-    free: bool = False
-    item: Mapping[str, Any] | None = None
-
-
-#: YAML names of the :class:`ExploreTask` fields that are named differently in a run
-#: configuration (``steps`` would read as training steps there).
-EXPLORE_KEYS: dict[str, str] = {"steps": "md_steps"}
-
-#: Defaults that :class:`ExploreTask` leaves to its caller.
-_EXPLORE_CONFIG_DEFAULTS: dict[str, Any] = {"temperatures_K": [500.0], "seed": None}
-
-_EXPLORE_DOCS: dict[str, str] = {
-    "temperatures_K": "MD temperatures (K, > 0): one walker per structure, temperature, pressure",
-    "pressures_GPa": "MD pressures (GPa); null in the list = an NVT walker",
-    "steps": "MD steps per walker (integer > 0)",
-    "timestep_fs": "MD time step (fs, > 0)",
-    "sample_every": "keep a frame every this many MD steps (integer, <= md_steps)",
-    "thermostat": f"NVT thermostat: {', '.join(THERMOSTATS)}",
-    "barostat": f"NPT barostat: {', '.join(BAROSTATS)} (isotropic)",
-    "seed": "base seed of the MD walkers (iteration i adds i); null = from the top-level seed",
-    "tdamp_fs": "thermostat time constant (fs, > 0); null = 100 time steps",
-    "pdamp_fs": "barostat time constant (fs, > 0); null = 1000 time steps",
-    "compressibility_per_GPa": "compressibility assumed by the Berendsen barostat (1/GPa, > 0)",
-    "include_initial": "also sample the starting structure (step 0): true or false",
-    "check_every": "look for too-close atoms every this many MD steps (integer > 0)",
-    "frame_filter": "limits of the frame filter applied to explored frames",
-}
-
-_FILTER_DOCS: dict[str, str] = {
-    "distance_factor": "safe distance = this x sum of covalent radii (> 0)",
-    "safe_distances": "per element pair safe distances (Å), e.g. {Si-O: 1.2}",
-    "max_length_ratio": "a cell length may change by at most this factor (>= 1; null = off)",
-    "max_volume_ratio": "the cell volume may change by at most this factor (>= 1; null = off)",
-    "angle_range_deg": "allowed range of cell angles [lo, hi] (degrees; null = off)",
-    "max_angle_change_deg": "largest change of a cell angle (degrees, > 0; null = off)",
-    "max_force_eV_A": "largest force on an atom (eV/Å, > 0; null = off)",
-}
-
-
-def _yaml_value(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_yaml_value(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _yaml_value(v) for k, v in value.items()}
-    return value
-
-
-def _field_default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    raise KeyError(f.name)
-
-
-def _filter_schema() -> dict[str, Setting]:
-    out = {}
-    for f in dataclasses.fields(FrameFilter):
-        out[f.name] = Setting(
-            _yaml_value(_field_default(f)), _FILTER_DOCS[f.name], free=f.name == "safe_distances"
-        )
-    return out
-
-
-def _explore_schema() -> dict[str, Any]:
-    """The MD keys of a stage: the fields of :class:`ExploreTask` and their defaults."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(ExploreTask):
-        name = EXPLORE_KEYS.get(f.name, f.name)
-        if f.name == "frame_filter":
-            out[name] = _filter_schema()
-        elif f.name in _EXPLORE_CONFIG_DEFAULTS:
-            out[name] = Setting(_EXPLORE_CONFIG_DEFAULTS[f.name], _EXPLORE_DOCS[f.name])
-        else:
-            out[name] = Setting(_yaml_value(_field_default(f)), _EXPLORE_DOCS[f.name])
-    return out
-
-
-_STRUCTURE_NAMES = "names from `structures`; null = all of them"
-
-#: One line on each section (a key whose value is a mapping of known keys).
-_SECTION_DOCS: dict[str, str] = {
-    "labeler": "the DFT code that labels frames (or any ASE calculator object, from Python)",
-    "base_model": "the pre-trained model fine-tuned into the teacher",
-    "init": "initial data: perturbed copies of the structures, labelled",
-    "finetune": "the fine-tune loop (teacher): explore, filter, select, label, evaluate, train",
-    "distill": "the distillation loop (student): teacher MD, compare, teacher labels, train",
-    "explore": "the teacher MD of the distillation",
-    "executor": "where labelling and MD tasks run",
-    "frame_filter": _EXPLORE_DOCS["frame_filter"],
-}
-
-#: Schema of one fine-tune stage (an entry of ``finetune.stages``).
-STAGE_SCHEMA: dict[str, Any] = {
-    "name": Setting(None, "stage name (run folder and step names); null = stage<N>"),
-    "structures": Setting(None, f"starting structures of the MD: {_STRUCTURE_NAMES}"),
-    **_explore_schema(),
-    "max_iterations": Setting(3, "explore-select-label-train iterations at most (integer > 0)"),
-    "n_select": Setting(10, "frames selected by entropy per iteration (integer > 0)"),
-    "chunk_size": Setting(5, "frames added per round of the entropy selection (integer > 0)"),
-}
-
-#: The whole configuration: nested sections of :class:`Setting`.
-SCHEMA: dict[str, Any] = {
-    "workdir": Setting("runs/pfd", "run directory; a rerun resumes it"),
-    "seed": Setting(0, "seed of every random choice: perturbations, MD, training (integer >= 0)"),
-    "type_map": Setting(None, "elements of the trained models, e.g. [Si, O]; null = from data"),
-    "structures": Setting(
-        {},
-        "named structures: {name: {bulk: {ase.build.bulk arguments}} or {file: path, index: n},"
-        " optional repeat: [n1, n2, n3], vacancy: atom index}",
-        free=True,
-    ),
-    "labeler": {
-        "name": Setting("gpaw", f"DFT labeler: {', '.join(KNOWN_LABELERS)}"),
-        "overrides": Setting({}, "labeler settings replacing its defaults (e.g. VASP INCAR)", True),
-    },
-    "base_model": {
-        "path": Setting("chgnet", "pre-trained model: a .pt/.pth file, a registry name, chgnet"),
-        "head": Setting(None, "branch of a multi-task model; RANDOM = a new fitting net"),
-    },
-    "init": {
-        "structures": Setting(
-            None, f"structures perturbed for the initial data: {_STRUCTURE_NAMES}"
-        ),
-        "n_perturb": Setting(4, "perturbed copies of each structure (integer > 0)"),
-        "cell_strain": Setting(0.03, "largest random cell strain component (fraction, >= 0)"),
-        "displacement_A": Setting(0.1, "standard deviation of the atomic displacements (Å, >= 0)"),
-    },
-    "finetune": {
-        "steps": Setting(2000, "training steps of each deepmd-kit fine-tuning (integer > 0)"),
-        "learning_rate": Setting(
-            None, "deepmd-kit learning_rate section; null = 1e-3 -> 3.51e-8 every 200 steps", True
-        ),
-        "force_rmse_threshold_eV_A": Setting(
-            0.06, "converged when the model's force RMSE on new frames is below this (eV/Å)"
-        ),
-        "chgnet_epochs": Setting(5, "epochs of each CHGNet fine-tuning (integer > 0)"),
-        "stages": Setting(
-            [], "exploration stages, in order; each entry has the keys below", item=STAGE_SCHEMA
-        ),
-    },
-    "distill": {
-        "enabled": Setting(True, "distil the teacher into a small student: true or false"),
-        "steps": Setting(2000, "training steps of the student (integer > 0)"),
-        "learning_rate": Setting(
-            None, "deepmd-kit learning_rate section; null = 1e-2 -> 1e-8", True
-        ),
-        "max_iterations": Setting(3, "explore-compare-train iterations at most (integer > 0)"),
-        "n_frames": Setting(20, "teacher-labelled frames added per iteration (integer > 0)"),
-        "force_devi_threshold_eV_A": Setting(
-            0.05, "add frames whose max student-teacher force deviation exceeds this (eV/Å)"
-        ),
-        "target_force_rmse_eV_A": Setting(
-            0.05, "stop when the student-teacher force RMSE is below this (eV/Å, > 0)"
-        ),
-        "min_improvement": Setting(
-            0.02, "stop when the RMSE improves by less than this fraction (>= 0)"
-        ),
-        "compress": Setting(True, "compress the student (dp compress) where possible"),
-        "explore": {
-            "structures": Setting(None, f"starting structures of the MD: {_STRUCTURE_NAMES}"),
-            **_explore_schema(),
-        },
-    },
-    "executor": {
-        "kind": Setting("serial", f"where tasks run: {', '.join(KINDS)}"),
-        "max_workers": Setting(2, "worker processes of process and local dask (integer > 0)"),
-        "address": Setting(None, "dask scheduler address; null = a local cluster"),
-        "folder": Setting("slurm_logs", "slurm: folder of submitit's logs"),
-        "slurm": Setting({}, "slurm: submitit parameters (slurm_partition, timeout_min...)", True),
-    },
-    "progress": Setting(True, "show progress bars: true or false"),
-}
-
-
-def _defaults(schema: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        key: _defaults(node) if isinstance(node, Mapping) else copy.deepcopy(node.default)
-        for key, node in schema.items()
-    }
-
-
-#: Default configuration (derived from :data:`SCHEMA`).
-DEFAULTS: dict[str, Any] = _defaults(SCHEMA)
-#: Default fine-tune stage (derived from :data:`SCHEMA`).
-STAGE_DEFAULTS: dict[str, Any] = _defaults(STAGE_SCHEMA)
-
-
-def _key_names(schema: Mapping[str, Any]) -> set[str]:
-    out = set(schema)
-    for node in schema.values():
-        if isinstance(node, Mapping):
-            out |= _key_names(node)
-        elif node.item is not None:
-            out |= _key_names(node.item)
-    return out
-
-
-_KEY_NAMES = _key_names(SCHEMA) | {f.name for f in dataclasses.fields(ExploreTask)}
+_KEY_NAMES = key_names(SCHEMA) | {f.name for f in dataclasses.fields(ExploreTask)}
 
 
 # --------------------------------------------------------------------------- typed settings
@@ -661,7 +451,7 @@ def _merge(schema: Mapping[str, Any], given: Any, where: tuple[str, ...]) -> dic
         given = {}
     if not isinstance(given, Mapping):
         raise ConfigError(f"{_name(where)} must be a mapping, got {type(given).__name__}")
-    out = _defaults(schema)
+    out = schema_defaults(schema)
     for key, value in given.items():
         if key not in schema:
             hint = difflib.get_close_matches(str(key), list(schema), n=1, cutoff=0.4)
@@ -753,47 +543,6 @@ def validate(config: Mapping[str, Any], check_setup: bool = True) -> None:
     if check_setup:
         _check_base_model(config["base_model"], symbols)
         _check_labeler(config["labeler"], symbols)
-
-
-# --------------------------------------------------------------------------- rendering
-def default_config_text() -> str:
-    """The default configuration as commented YAML: every key, its default, one line on it.
-
-    Rendered from :data:`SCHEMA`, so it cannot drift from what :func:`load_config` accepts;
-    the keys of a fine-tune stage are shown as a commented example entry. Loading the text
-    back gives the defaults (``structures`` must still be filled in to run).
-    """
-    lines = [
-        "# pfd_ase run configuration: every key with its default.",
-        "# Units are in the key names (_K, _GPa, _fs, _A = Å, _eV_A = eV/Å).",
-    ]
-    lines += _render(SCHEMA, 0, commented=False)
-    return "\n".join(lines) + "\n"
-
-
-def _scalar(value: Any) -> str:
-    import yaml
-
-    text = yaml.safe_dump(_yaml_value(value), default_flow_style=True, width=10_000)
-    text = text.strip()
-    return text.removesuffix("\n...").removesuffix("...").strip()
-
-
-def _render(schema: Mapping[str, Any], indent: int, commented: bool) -> list[str]:
-    pad = " " * indent
-    lead = "# " if commented else ""
-    lines = []
-    for key, node in schema.items():
-        if isinstance(node, Mapping):
-            lines.append(f"{lead}{pad}{key}:  # {_SECTION_DOCS[key]}")
-            lines += _render(node, indent + 2, commented)
-            continue
-        lines.append(f"{lead}{pad}{key}: {_scalar(node.default)}  # {node.doc}")
-        if node.item is not None:  # a list of sections: one commented example entry
-            entry = _render(node.item, indent + 4, commented=True)
-            entry[0] = f"# {pad}  - " + entry[0][len(f"# {pad}    ") :]
-            lines += entry
-    return lines
 
 
 # --------------------------------------------------------------------------- set-up checks
