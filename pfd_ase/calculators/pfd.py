@@ -12,6 +12,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from pfd_ase.calculators.backends import ModelBackend, load_backend
+from pfd_ase.calculators.deviation import force_deviation
 from pfd_ase.models import ModelSpec, resolve_model
 
 #: Keys under which committee statistics are stored on the Atoms object
@@ -128,7 +129,7 @@ class PFDCalculator(Calculator):
             virial = np.stack([p.virial for p in preds]).mean(axis=0)
             self.results["stress"] = full_3x3_to_voigt_6_stress(-virial / atoms.get_volume())
         if self.is_committee:
-            devi = np.sqrt(np.mean(np.sum((forces - mean_forces) ** 2, axis=2), axis=0))
+            devi = force_deviation(forces)
             self.results["force_devi"] = devi
             self.results["max_force_devi"] = float(devi.max()) if len(devi) else 0.0
             self.results["energy_devi"] = float(energy.std())
