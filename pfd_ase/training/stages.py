@@ -17,7 +17,7 @@ from typing import Any
 from ase import Atoms
 
 from pfd_ase.data import split_frames, to_deepmd
-from pfd_ase.models import RANDOM_HEAD, checkpoint_params, resolve_model
+from pfd_ase.models import RANDOM_HEAD, ModelSpec, checkpoint_params, resolve_model
 from pfd_ase.training import deepmd as dp
 
 
@@ -55,14 +55,19 @@ def _systems(
     return train, valid
 
 
-def resolve_base_model(name_or_path: str | os.PathLike) -> Path:
+def resolve_base_model(
+    name_or_path: str | os.PathLike | ModelSpec, head: str | None = None
+) -> Path:
     """A pre-trained deepmd-kit model file: a path as is, or a registry name (``DPA-3.1-3M``).
 
     Resolved by :func:`pfd_ase.models.resolve_model`; registry names are downloaded by
     deepmd-kit into its cache, which offline fails with a ``RuntimeError`` that says to
     download the checkpoint elsewhere and pass its path.
     """
-    spec = resolve_model(name_or_path, fetch=True)
+    path = name_or_path.path if isinstance(name_or_path, ModelSpec) else name_or_path
+    if head is None and not str(path).endswith(".pth"):
+        head = RANDOM_HEAD  # no head given: a fresh fitting net (any checkpoint, multi-task too)
+    spec = resolve_model(name_or_path, head=head, fetch=True)
     if spec.kind != "deepmd" or spec.path is None:
         raise ValueError(f"{name_or_path!r} is not a deepmd-kit model: use finetune_chgnet")
     return spec.path
@@ -104,8 +109,7 @@ def finetune(
         Show a progress bar while training (see :func:`pfd_ase.training.deepmd.train`).
     """
     workdir = Path(workdir)
-    base = resolve_base_model(base_model)
-    resolve_model(base, head=head)  # a wrong head fails here, before any training
+    base = resolve_base_model(base_model, head)  # a wrong head fails here, before training
     type_map = list(type_map or type_map_of(frames))
     train, valid = _systems(frames, valid_frames, workdir, type_map, seed)
     model = {"type_map": type_map, "descriptor": {}, "fitting_net": {}}
