@@ -326,7 +326,7 @@ def plot_phonon_bands(
     """
     if not results:
         raise ValueError("nothing to plot")
-    from pfd_ase.analysis.report import new_figure
+    from pfd_ase.analysis.figures import new_figure
 
     fig = new_figure((7, 4.5))
     ax = fig.add_subplot(1, 1, 1)

@@ -2,8 +2,7 @@
 
 :func:`write_report` writes the results of :mod:`pfd_ase.analysis.validate` (errors,
 phonons, vacancy formation energies with their flags) as JSON and as a short Markdown page
-that links every PNG in the folder. :func:`new_figure` gives the figures of this package a
-matplotlib figure without a display (Agg).
+that links every PNG in the folder.
 """
 
 from __future__ import annotations
@@ -15,25 +14,7 @@ from typing import Any
 
 from pfd_ase._io import write_json
 
-__all__ = ["new_figure", "report_lines", "write_report"]
-
-
-def new_figure(figsize: tuple[float, float]) -> Any:
-    """A matplotlib ``Figure`` with an Agg canvas (no display, thread-safe).
-
-    Raises
-    ------
-    ImportError
-        matplotlib is not installed.
-    """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("plots need matplotlib: pip install 'pfd_ase[analysis]'") from exc
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig
+__all__ = ["report_lines", "write_report"]
 
 
 def report_lines(summary: Mapping[str, Any]) -> list[str]:

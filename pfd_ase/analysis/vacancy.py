@@ -283,7 +283,7 @@ def plot_vacancy_bars(
     Path
         ``path``.
     """
-    from pfd_ase.analysis.report import new_figure
+    from pfd_ase.analysis.figures import new_figure
 
     if not results:
         raise ValueError("nothing to plot")

@@ -236,7 +236,7 @@ def plot_entropy(curve: Sequence[tuple[str, float]], path: str | os.PathLike) ->
     Path or None
         ``path``, or ``None`` (nothing drawn) for an empty curve.
     """
-    from pfd_ase.analysis.report import new_figure
+    from pfd_ase.analysis.figures import new_figure
 
     if not curve:
         return None
