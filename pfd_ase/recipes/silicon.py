@@ -21,8 +21,11 @@ from typing import Any
 from pfd_ase.recipes._base import deep_update, parsed_arguments, recipe_parser
 
 VACANCY_PHASES = ("diamond", "bc8", "beta_sn", "fcc", "hex_diamond", "hcp")
-STAGES = {"stage1": ["diamond", "hex_diamond"], "stage2": ["fcc", "bcc", "hcp", "beta_sn"]}
-STAGES["stage3"] = ["diamond_vacancy"]
+STAGES = {
+    "stage1": ["diamond", "hex_diamond"],
+    "stage2": ["fcc", "bcc", "hcp", "beta_sn"],
+    "stage3": ["diamond_vacancy"],
+}
 CONDITIONS = {"temperatures_K": [500.0], "pressures_GPa": [0.001, 1.0]}
 MD = {"md_steps": 2000, "timestep_fs": 2.0, "sample_every": 100}
 PRODUCTION: dict[str, Any] = {
@@ -36,7 +39,7 @@ PRODUCTION: dict[str, Any] = {
     "explore": {"structures": ["diamond", "hex_diamond", "beta_sn", "diamond_vacancy"], **MD},
     "validation": {"dft_phonon_supercell": (3, 3, 3), "vacancy_max_steps": 300},
 }
-#: ``--quick``: 1-atom-vacancy 7-atom cell, one short iteration per stage. The student: 3000
+#: ``--quick``: a 7-atom diamond_vacancy, one short iteration per stage. The student: 3000
 #: steps at 2e-3 -> 1e-5 (on 20 frames the paper's 0.01 -> 1e-8 left a force RMSE of 0.59
 #: eV/Å against the teacher, 5e-3 -> 1e-5 0.16 but diverged on SW data), trained on MD of
 #: the diamond cells only (with hex-diamond / beta-Sn it came out soft, Γ 12.6 vs 16.7 THz).
