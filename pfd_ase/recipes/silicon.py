@@ -51,7 +51,7 @@ QUICK = deep_update(
         "stage": dict(md_steps=40, sample_every=10, max_iterations=1, n_select=2, chunk_size=2),
         "workflow": {
             "init": {"n_perturb": 1},
-            "finetune": {"steps": 400, "chgnet_epochs": 5},
+            "finetune": {"steps": 400, "chgnet_epochs": 20},
             "distill": dict(
                 steps=3000, max_iterations=2, n_frames=40, learning_rate=QUICK_STUDENT_LR
             ),

@@ -184,7 +184,10 @@ SCHEMA: dict[str, Any] = {
         "force_rmse_threshold_eV_A": Setting(
             0.06, "converged when the model's force RMSE on new frames is below this (eV/Å)"
         ),
-        "chgnet_epochs": Setting(5, "epochs of each CHGNet fine-tuning (integer > 0)"),
+        "chgnet_epochs": Setting(
+            20,
+            "epochs of each CHGNet fine-tuning; the best by validation loss is kept (integer > 0)",
+        ),
         "stages": Setting(
             [], "exploration stages, in order; each entry has the keys below", item=STAGE_SCHEMA
         ),
