@@ -86,8 +86,12 @@ def finetune(
     seed: int = 1,
     threads: int | None = None,
     progress: bool = True,
+    virial: bool = True,
 ) -> TrainResult:
     """Fine-tune a pre-trained deepmd-kit checkpoint on labelled frames (PFD step 2).
+
+    ``virial``: fit the stress labels too where the frames carry them
+    (:func:`pfd_ase.training.deepmd.default_loss`); ``False`` fits energies and forces only.
 
     Parameters
     ----------
@@ -114,7 +118,13 @@ def finetune(
     train, valid = _systems(frames, valid_frames, workdir, type_map, seed)
     model = {"type_map": type_map, "descriptor": {}, "fitting_net": {}}
     cfg = dp.training_input(
-        model, train, valid, steps=steps, learning_rate=learning_rate, seed=seed
+        model,
+        train,
+        valid,
+        steps=steps,
+        learning_rate=learning_rate,
+        seed=seed,
+        loss=None if virial else dp.ENERGY_LOSS,
     )
     if init_model is not None:
         # the model section must be complete for --init-model: take it from the checkpoint
@@ -211,6 +221,7 @@ def train_student(
     progress: bool = True,
     learning_rate: Mapping[str, Any] | None = None,
     batch_size: int | str = 1,
+    virial: bool = True,
     **descriptor_overrides: Any,
 ) -> TrainResult:
     """Train the distilled student (se_atten_v2, attn_layer 0, rcut 6.5 Å), freeze, compress.
@@ -218,7 +229,8 @@ def train_student(
     Compression (``dp --pt compress``) needs deepmd-kit's custom operators; when it fails
     the reason is recorded in ``info["compress_error"]`` and ``compressed`` is None, so
     callers fall back to the uncompressed ``model``. ``progress`` shows a progress bar while
-    training (see :func:`pfd_ase.training.deepmd.train`).
+    training (see :func:`pfd_ase.training.deepmd.train`). ``virial``: fit the stress labels
+    too where the frames carry them; ``False`` fits energies and forces only.
     """
     workdir = Path(workdir)
     type_map = list(type_map or type_map_of(frames))
@@ -232,6 +244,7 @@ def train_student(
         learning_rate=learning_rate,
         batch_size=batch_size,
         descriptor=descriptor_overrides,
+        loss=None if virial else dp.ENERGY_LOSS,
     )
     ckpt = dp.train(
         cfg, workdir / "train", init_model=init_model, threads=threads, progress=progress

@@ -243,6 +243,8 @@ class TrainConfig:
         Teacher on a CHGNet base model: epochs.
     compress
         Student: compress it (``dp compress``) where possible.
+    virial
+        deepmd-kit training also fits the stress labels (the virial loss).
     """
 
     role: str
@@ -254,6 +256,7 @@ class TrainConfig:
     head: str | None
     chgnet_epochs: int
     compress: bool
+    virial: bool = False
 
     def __post_init__(self) -> None:
         if self.role not in ("teacher", "student"):
@@ -366,6 +369,7 @@ def teacher_training(config: Mapping[str, Any]) -> TrainConfig:
             head=base["head"],
             chgnet_epochs=ft["chgnet_epochs"],
             compress=False,
+            virial=bool(ft["virial"]),
         ),
     )
 
@@ -385,6 +389,7 @@ def student_training(config: Mapping[str, Any]) -> TrainConfig:
             head=None,
             chgnet_epochs=config["finetune"]["chgnet_epochs"],
             compress=ds["compress"],
+            virial=bool(ds["virial"]),
         ),
     )
 

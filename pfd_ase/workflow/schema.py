@@ -184,6 +184,11 @@ SCHEMA: dict[str, Any] = {
         "force_rmse_threshold_eV_A": Setting(
             0.06, "converged when the model's force RMSE on new frames is below this (eV/Å)"
         ),
+        "virial": Setting(
+            False,
+            "fit stress labels too (deepmd-kit virial loss 0.02 -> 1): true or false; off by "
+            "default, it swamped the forces of 4-8-atom cells in short fine-tunings",
+        ),
         "chgnet_epochs": Setting(
             20,
             "epochs of each CHGNet fine-tuning; the best by validation loss is kept (integer > 0)",
@@ -208,6 +213,7 @@ SCHEMA: dict[str, Any] = {
             0.02, "stop when the RMSE improves by less than this fraction (>= 0)"
         ),
         "compress": Setting(True, "compress the student (dp compress) where possible"),
+        "virial": Setting(False, "fit the teacher's stresses too (virial loss): true or false"),
         "explore": {
             "structures": Setting(None, f"starting structures of the MD: {_STRUCTURE_NAMES}"),
             **_explore_schema(),

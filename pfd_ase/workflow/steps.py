@@ -318,6 +318,7 @@ def train(
             type_map=type_map,
             steps=config.steps,
             compress=config.compress,
+            virial=config.virial,
             seed=config.seed + 2,
             progress=progress,
             learning_rate=config.learning_rate,
@@ -345,6 +346,7 @@ def train(
         type_map=type_map,
         steps=config.steps,
         learning_rate=config.learning_rate,
+        virial=config.virial,
         seed=config.seed + 1,
         progress=progress,
     )
