@@ -134,8 +134,10 @@ ENERGY_LOSS = {
 #: deepmd-kit weighs the virial error as ``pref_v |Δvirial|² / N``, extensive: in the quick SW
 #: silicon recipe (4-8-atom cells at 2-8 GPa, 300 fine-tuning steps) it swamped the forces
 #: (teacher validation force RMSE 0.24 -> 3.2 eV/Å with a 0.1 limit, PFD Γ phonon 17.5 ->
-#: 11.2 THz), while a constant 0.02 left stresses unlearnt; the workflow therefore fits
-#: stresses only when ``finetune.virial`` / ``distill.virial`` ask for it.
+#: 11.2 THz), while a constant 0.02 left stresses unlearnt; pre-training with it made the
+#: later quick fine-tunings unstable too. The PFD stages (``pretrain``, ``finetune``,
+#: ``train_student``) and the workflow therefore fit stresses only when asked
+#: (``virial=True``, ``finetune.virial`` / ``distill.virial``).
 VIRIAL_PREFS = {"start_pref_v": 0.02, "limit_pref_v": 1.0}
 
 

@@ -86,12 +86,13 @@ def finetune(
     seed: int = 1,
     threads: int | None = None,
     progress: bool = True,
-    virial: bool = True,
+    virial: bool = False,
 ) -> TrainResult:
     """Fine-tune a pre-trained deepmd-kit checkpoint on labelled frames (PFD step 2).
 
     ``virial``: fit the stress labels too where the frames carry them
-    (:func:`pfd_ase.training.deepmd.default_loss`); ``False`` fits energies and forces only.
+    (:func:`pfd_ase.training.deepmd.default_loss`); off by default (energies and forces), see
+    :data:`pfd_ase.training.deepmd.VIRIAL_PREFS`.
 
     Parameters
     ----------
@@ -163,6 +164,7 @@ def pretrain(
     threads: int | None = None,
     learning_rate: Mapping[str, Any] | None = None,
     progress: bool = True,
+    virial: bool = False,
 ) -> TrainResult:
     """Multi-task pre-training (DPA-2 paper §4.4): one fitting head per dataset, shared descriptor.
 
@@ -177,6 +179,9 @@ def pretrain(
         deepmd-kit ``learning_rate`` section (default lr 1e-3 → 3.51e-8).
     progress
         Show a progress bar while training (see :func:`pfd_ase.training.deepmd.train`).
+    virial
+        Fit the stress labels too (see :data:`pfd_ase.training.deepmd.VIRIAL_PREFS` for why
+        this is off by default in every PFD stage).
 
     Returns
     -------
@@ -204,6 +209,8 @@ def pretrain(
         learning_rate=learning_rate,
         seed=seed,
     )
+    if not virial:
+        cfg["loss_dict"] = {name: dict(dp.ENERGY_LOSS) for name in cfg["loss_dict"]}
     ckpt = dp.train(cfg, workdir / "train", threads=threads, progress=progress)
     return TrainResult(workdir, ckpt, ckpt, info={"heads": list(specs), "type_map": type_map})
 
@@ -221,7 +228,7 @@ def train_student(
     progress: bool = True,
     learning_rate: Mapping[str, Any] | None = None,
     batch_size: int | str = 1,
-    virial: bool = True,
+    virial: bool = False,
     **descriptor_overrides: Any,
 ) -> TrainResult:
     """Train the distilled student (se_atten_v2, attn_layer 0, rcut 6.5 Å), freeze, compress.
@@ -230,7 +237,8 @@ def train_student(
     the reason is recorded in ``info["compress_error"]`` and ``compressed`` is None, so
     callers fall back to the uncompressed ``model``. ``progress`` shows a progress bar while
     training (see :func:`pfd_ase.training.deepmd.train`). ``virial``: fit the stress labels
-    too where the frames carry them; ``False`` fits energies and forces only.
+    too where the frames carry them (off by default, see
+    :data:`pfd_ase.training.deepmd.VIRIAL_PREFS`).
     """
     workdir = Path(workdir)
     type_map = list(type_map or type_map_of(frames))
