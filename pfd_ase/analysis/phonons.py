@@ -4,10 +4,18 @@
 phonopy, evaluates forces with the calculator (SW, Tersoff, a PFD model, GPAW, VASP ...),
 and returns the dispersion along a high-symmetry path plus the exact frequencies at Γ,
 X and L as plain JSON-safe data. :func:`plot_phonon_bands` draws several models'
-dispersions on one figure.
+dispersions on one figure. :func:`phonon_comparison` tabulates every branch at Γ, X and L
+of several models against a reference (per-branch deviations, the largest per model) and
+their heat capacity and vibrational free energy.
+
+Each calculation can save phonopy's own ``phonopy_params.yaml`` (structure, supercell,
+displacements and forces), so that phonopy's tools run on it (``phonopy-load
+phonopy_params.yaml --band auto``, ``--mesh``, ``-t``; ``phonopy.load`` in Python).
 
 Units: Å and eV inside; frequencies in THz (phonopy's default unit conversion for
-eV/Å/amu); path distances in 1/Å (reciprocal vectors without the 2π factor).
+eV/Å/amu); path distances in 1/Å (reciprocal vectors without the 2π factor); heat
+capacity and entropy in J/K per mole of atoms, free energy in kJ per mole of atoms and eV
+per atom (phonopy's values per mole of primitive cells divided by its atom count).
 """
 
 from __future__ import annotations
@@ -23,9 +31,14 @@ from ase import Atoms
 __all__ = [
     "FCC_PATH",
     "SHARED_LABELER_SETTINGS",
+    "SPECIAL_POINTS",
+    "PhononComparison",
+    "is_commensurate",
     "phonon_bands",
+    "phonon_comparison",
     "phonon_labeler",
     "plot_phonon_bands",
+    "thermal_properties",
 ]
 
 #: Standard path for diamond / FCC silicon in ASE's special-point letters
@@ -33,6 +46,17 @@ __all__ = [
 FCC_PATH = "GXU,KGL"
 
 _SPECIAL_KEYS = {"Gamma": "G", "X": "X", "L": "L"}
+
+#: The special points whose branches :func:`phonon_comparison` compares.
+SPECIAL_POINTS: tuple[str, ...] = tuple(_SPECIAL_KEYS)
+
+#: Name of the file phonopy's own tools read (``phonopy-load``, ``phonopy.load``).
+PHONOPY_PARAMS = "phonopy_params.yaml"
+
+#: A mode below minus this frequency (THz) on the thermal mesh counts as imaginary.
+IMAGINARY_TOLERANCE_THZ = 0.05
+
+_EV_PER_KJ_MOL = 1.0 / 96.48533212  # 1 eV per particle = 96.485 kJ/mol
 
 #: Labeler settings that let one calculator object compute every supercell of a phonon
 #: calculation: GPAW fixes the point-group symmetry of the first structure it sees and
@@ -191,6 +215,9 @@ def phonon_bands(
     subtract_residual: bool = True,
     symmetrize: bool = True,
     symprec: float = 1e-5,
+    folder: str | os.PathLike | None = None,
+    mesh: Sequence[int] | None = (20, 20, 20),
+    temperature_K: float = 300.0,
 ) -> dict[str, Any]:
     """Phonon dispersion of ``primitive`` by finite displacements with phonopy.
 
@@ -222,6 +249,17 @@ def phonon_bands(
         Symmetrize the force constants (translational invariance, index permutation).
     symprec
         Symmetry tolerance for phonopy, Å.
+    folder
+        Where to save phonopy's ``phonopy_params.yaml`` (created if needed): the primitive
+        cell, supercell matrix, displacements and their forces (minus the undisplaced
+        supercell's with ``subtract_residual``), no force constants; phonopy's tools
+        rebuild them (``phonopy.load(path)``, ``phonopy-load phonopy_params.yaml -t``).
+        ``None``: nothing written.
+    mesh
+        Γ-centred q-point mesh for the thermal properties (20×20×20 suits a 2-atom cell);
+        ``None``: none computed.
+    temperature_K
+        Temperature of the thermal properties, K.
 
     Returns
     -------
@@ -231,8 +269,12 @@ def phonon_bands(
         nbands), ``special_points`` (``{"Gamma": [...], "X": [...], "L": [...]}``, sorted
         frequencies in THz computed at those exact q-points; X and L only where the
         lattice has them), ``special_qpoints`` (their reduced coordinates),
-        ``supercell`` (3×3 matrix), ``displacement_A``, ``n_displacements``, ``n_atoms``.
-        Imaginary frequencies are negative numbers (phonopy's convention).
+        ``commensurate`` (special point → whether the supercell contains its wave, i.e. its
+        frequencies are exact rather than Fourier-interpolated), ``supercell`` (3×3
+        matrix), ``displacement_A``, ``n_displacements``, ``n_atoms``, ``phonopy_params``
+        (path of the saved file, or ``None``) and ``thermal`` (see
+        :func:`thermal_properties`; ``None`` without ``mesh``). Imaginary frequencies are
+        negative numbers (phonopy's convention).
     """
     _require_phonopy()
     from phonopy import Phonopy
@@ -249,6 +291,8 @@ def phonon_bands(
         raise ValueError(
             f"supercell must be 3 repeats or a non-singular 3×3 matrix, got {supercell}"
         )
+    if mesh is not None and (len(mesh) != 3 or min(mesh) < 1):
+        raise ValueError(f"mesh must be 3 positive integers, got {mesh}")
 
     prim = primitive.copy()
     prim.calc = None
@@ -297,6 +341,13 @@ def phonon_bands(
     }
     special_q = {key: [float(x) for x in q] for key, q in present}
 
+    params = None
+    if folder is not None:
+        target = Path(folder)
+        target.mkdir(parents=True, exist_ok=True)
+        params = phonon.save(target / PHONOPY_PARAMS, settings={"force_constants": False})
+    thermal = None if mesh is None else thermal_properties(phonon, mesh, temperature_K)
+
     return {
         "labels": labels,
         "label_distances": [float(d) for d in label_distances],
@@ -304,11 +355,191 @@ def phonon_bands(
         "frequencies_THz": freqs.tolist(),
         "special_points": special_freqs,
         "special_qpoints": special_q,
+        "commensurate": {key: is_commensurate(smat, q) for key, q in present},
         "supercell": smat.tolist(),
         "displacement_A": float(displacement_A),
         "n_displacements": len(displaced),
         "n_atoms": len(prim),
+        "phonopy_params": None if params is None else str(params),
+        "thermal": thermal,
     }
+
+
+def is_commensurate(supercell: Sequence[Sequence[int]], q: Sequence[float]) -> bool:
+    """Whether the wave of ``q`` (primitive reciprocal basis) is periodic in the supercell.
+
+    With phonopy's supercell matrix M (supercell vectors = primitive vectors · M), the
+    finite-displacement frequencies at ``q`` are exact when Mᵀq is integer; elsewhere they
+    are Fourier-interpolated from the supercell's force constants.
+    """
+    m = np.asarray(supercell, dtype=float)
+    x = m.T @ np.asarray(q, dtype=float)
+    return bool(np.allclose(x, np.round(x), atol=1e-6))
+
+
+def thermal_properties(
+    phonon: Any, mesh: Sequence[int] = (20, 20, 20), temperature_K: float = 300.0
+) -> dict[str, Any]:
+    """Harmonic heat capacity, entropy and free energy of a phonopy object on a mesh.
+
+    Parameters
+    ----------
+    phonon
+        A ``phonopy.Phonopy`` with force constants; its unit cell is the cell whose moles
+        phonopy counts (here the primitive cell), converted to moles of atoms.
+    mesh
+        Γ-centred sampling of the Brillouin zone.
+    temperature_K
+        Temperature, K.
+
+    Returns
+    -------
+    dict
+        JSON-safe: ``temperature_K``, ``mesh``, ``cv_J_K_mol_atom`` (C_v, J/K per mole of
+        atoms; at most 3R = 24.94 in the harmonic approximation), ``entropy_J_K_mol_atom``,
+        ``free_energy_kJ_mol_atom`` and ``free_energy_eV_atom`` (the vibrational Helmholtz
+        free energy, zero-point energy included), ``min_frequency_THz`` on the mesh and
+        ``imaginary_fraction`` (weighted fraction of mesh modes below
+        −:data:`IMAGINARY_TOLERANCE_THZ`; phonopy leaves them out of the sums, so the
+        values describe only the real modes when it is not zero).
+    """
+    import inspect
+
+    phonon.run_mesh(list(mesh), is_gamma_center=True)
+    freqs, weights = _mesh_frequencies(phonon)
+    options: dict[str, Any] = {"temperatures": [float(temperature_K)]}
+    if "exclude_gamma_acoustic" in inspect.signature(phonon.run_thermal_properties).parameters:
+        options["exclude_gamma_acoustic"] = True  # phonopy >= 4: no noise from ±0 modes
+    phonon.run_thermal_properties(**options)
+    tp = phonon.thermal_properties
+    if hasattr(tp, "heat_capacity"):
+        cv, entropy, free = tp.heat_capacity[0], tp.entropy[0], tp.free_energy[0]
+    else:  # pragma: no cover - phonopy < 3
+        d = phonon.get_thermal_properties_dict()
+        cv, entropy, free = d["heat_capacity"][0], d["entropy"][0], d["free_energy"][0]
+    n = len(phonon.unitcell)
+    imaginary = (freqs < -IMAGINARY_TOLERANCE_THZ) * weights[:, None]
+    return {
+        "temperature_K": float(temperature_K),
+        "mesh": [int(x) for x in mesh],
+        "cv_J_K_mol_atom": float(cv) / n,
+        "entropy_J_K_mol_atom": float(entropy) / n,
+        "free_energy_kJ_mol_atom": float(free) / n,
+        "free_energy_eV_atom": float(free) / n * _EV_PER_KJ_MOL,
+        "min_frequency_THz": float(freqs.min()),
+        "imaginary_fraction": float(imaginary.sum() / (weights.sum() * freqs.shape[1])),
+    }
+
+
+def _mesh_frequencies(phonon: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Frequencies (irreducible q × bands, THz) and q weights of the last ``run_mesh``."""
+    mesh = phonon.mesh
+    if hasattr(mesh, "frequencies"):
+        return np.asarray(mesh.frequencies, float), np.asarray(mesh.weights, float)
+    d = phonon.get_mesh_dict()  # pragma: no cover - phonopy < 3
+    return np.asarray(d["frequencies"], float), np.asarray(d["weights"], float)
+
+
+def phonon_comparison(
+    results: Mapping[str, Mapping[str, Any]], reference: str = "DFT"
+) -> dict[str, Any]:
+    """Every branch at Γ, X and L of several models against a reference, and their thermals.
+
+    Branches are compared in sorted order at each point (the n-th lowest frequency of a
+    model against the n-th lowest of the reference), so crossing or degenerate branches
+    need no eigenvector matching. Models and reference may use different supercells: the
+    table gives each one's supercell and, per point, whether its frequencies are exact
+    (q commensurate with the supercell) or Fourier-interpolated; ``phonon_same_supercell``
+    says whether a deviation compares like with like.
+
+    Parameters
+    ----------
+    results
+        Name → :func:`phonon_bands` result (or its stored JSON).
+    reference
+        The name the others are compared with; when absent, no deviations.
+
+    Returns
+    -------
+    dict
+        JSON-safe: ``phonon_reference`` (``reference``, or ``None`` when absent),
+        ``phonon_branches`` (name → ``{"supercell", "frequencies_THz": {point: sorted
+        branches}, "commensurate": {point: bool}}``), ``phonon_deviation_THz`` (model →
+        point → per-branch model − reference, THz), ``phonon_max_dev_THz`` (model → the
+        largest |deviation| over all branches at all points, THz),
+        ``phonon_same_supercell`` (model → bool), ``phonon_thermal`` (name →
+        :func:`thermal_properties`, where computed) and ``phonopy_params`` (name → path
+        of its ``phonopy_params.yaml`` or ``None``).
+    """
+    branches: dict[str, dict[str, Any]] = {}
+    for name, res in results.items():
+        special = res["special_points"]
+        smat = np.asarray(res["supercell"], dtype=int)
+        qpoints = res.get("special_qpoints", {})
+        branches[name] = {
+            "supercell": smat.tolist(),
+            "frequencies_THz": {
+                p: sorted(float(f) for f in special[p]) for p in SPECIAL_POINTS if p in special
+            },
+            "commensurate": {
+                p: is_commensurate(smat, qpoints[p]) for p in SPECIAL_POINTS if p in qpoints
+            },
+        }
+    deviation: dict[str, dict[str, list[float]]] = {}
+    max_dev: dict[str, float] = {}
+    same: dict[str, bool] = {}
+    ref = branches.get(reference)
+    if ref is not None:
+        for name, row in branches.items():
+            if name == reference:
+                continue
+            per: dict[str, list[float]] = {}
+            for point, freqs in row["frequencies_THz"].items():
+                if point not in ref["frequencies_THz"]:
+                    continue
+                ours, theirs = np.array(freqs), np.array(ref["frequencies_THz"][point])
+                if ours.shape != theirs.shape:
+                    raise ValueError(
+                        f"{name} has {ours.size} branches at {point}, {reference} {theirs.size}:"
+                        " not the same primitive cell"
+                    )
+                per[point] = (ours - theirs).tolist()
+            deviation[name] = per
+            if per:
+                max_dev[name] = float(max(abs(d) for values in per.values() for d in values))
+            same[name] = row["supercell"] == ref["supercell"]
+    return {
+        "phonon_reference": reference if ref is not None else None,
+        "phonon_branches": branches,
+        "phonon_deviation_THz": deviation,
+        "phonon_max_dev_THz": max_dev,
+        "phonon_same_supercell": same,
+        "phonon_thermal": {n: r["thermal"] for n, r in results.items() if r.get("thermal")},
+        "phonopy_params": {n: r.get("phonopy_params") for n, r in results.items()},
+    }
+
+
+class PhononComparison(dict):
+    """Name → :func:`phonon_bands` result, with :func:`phonon_comparison`'s tables.
+
+    A plain ``dict`` of the per-subject results (iterating, indexing and ``==`` see only
+    them, as before); the comparison is the attribute :attr:`summary`, JSON-safe, to merge
+    into a report's results (``result |= bands.summary``).
+
+    Attributes
+    ----------
+    summary
+        :func:`phonon_comparison` of the results.
+    """
+
+    def __init__(self, results: Mapping[str, Mapping[str, Any]], reference: str = "DFT"):
+        super().__init__(results)
+        self.summary: dict[str, Any] = phonon_comparison(results, reference)
+
+    @property
+    def phonon_max_dev_THz(self) -> dict[str, float]:
+        """Model → largest |Δf| against the reference over all branches at Γ, X, L, THz."""
+        return self.summary["phonon_max_dev_THz"]
 
 
 _STYLES = [("-", "C0"), ("--", "C3"), (":", "C2"), ("-.", "C1"), ((0, (5, 1, 1, 1)), "C4")]

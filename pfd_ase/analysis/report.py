@@ -18,20 +18,25 @@ __all__ = ["report_lines", "write_report"]
 
 
 def report_lines(summary: Mapping[str, Any]) -> list[str]:
-    """Markdown bullet lines of the results in ``summary``.
+    """Markdown lines of the results in ``summary``: bullets, and tables for the phonons.
 
     Parameters
     ----------
     summary
         ``errors`` (name → :func:`pfd_ase.training.evaluate.evaluate` errors), ``phonons``
-        (name → ``{"special_points": ...}``), ``vacancy_formation_eV`` (model → phase →
-        E_f) and ``vacancy_flags`` (model → phase → flags); any may be missing. A flagged
-        formation energy is printed with its flags and "not a result".
+        (name → ``{"special_points": ...}``), the phonon comparison of
+        :func:`pfd_ase.analysis.phonons.phonon_comparison` (``phonon_branches``,
+        ``phonon_deviation_THz``, ``phonon_max_dev_THz``, ``phonon_thermal``,
+        ``phonopy_params`` ...), ``vacancy_formation_eV`` (model → phase → E_f, ``None``
+        where unstable), ``vacancy_flags`` (model → phase → flags) and
+        ``vacancy_unstable`` (model → phase → reason); any may be missing. A flagged
+        formation energy is printed with its flags and "not a result", an unstable phase
+        as "unstable" with the reason, never as a number.
 
     Returns
     -------
     list of str
-        One line per result.
+        One line per result, plus the lines of the tables.
     """
     nan = float("nan")
     lines = []
@@ -44,20 +49,108 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
     for key, res in summary.get("phonons", {}).items():
         gamma = res["special_points"]["Gamma"]
         lines.append(f"- phonons {key}: Γ optical {max(gamma):.2f} THz")
+    lines += _phonon_tables(summary)
+    lines += _vacancy_lines(summary)
+    return lines
+
+
+def _supercell_text(matrix: Any) -> str:
+    m = [list(row) for row in matrix]
+    if all(m[i][j] == 0 for i in range(3) for j in range(3) if i != j):
+        return "×".join(str(m[i][i]) for i in range(3))
+    return str(m)
+
+
+def _phonon_tables(summary: Mapping[str, Any]) -> list[str]:
+    """Branches at Γ, X, L per subject with deviations, max |Δ|, thermal properties."""
+    branches = summary.get("phonon_branches")
+    lines: list[str] = []
+    if branches:
+        ref = summary.get("phonon_reference")
+        deviation = summary.get("phonon_deviation_THz", {})
+        lines += [
+            "",
+            "Phonon frequencies at Γ, X, L, every branch in ascending order (THz); Δ: minus "
+            f"the same branch of {ref} (THz). *exact*: the q-point is commensurate with that "
+            "subject's supercell, *interpolated*: Fourier-interpolated from its force "
+            "constants.",
+            "",
+            "| subject | supercell | point | branches (THz) | Δ per branch (THz) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, row in branches.items():
+            sc = _supercell_text(row["supercell"])
+            for point, freqs in row["frequencies_THz"].items():
+                exact = row.get("commensurate", {}).get(point)
+                label = {"Gamma": "Γ"}.get(point, point)
+                if exact is not None:
+                    label += " (exact)" if exact else " (interpolated)"
+                delta = deviation.get(name, {}).get(point)
+                d_text = "–" if delta is None else " ".join(f"{d:+.2f}" for d in delta)
+                f_text = " ".join(f"{f:.2f}" for f in freqs)
+                lines.append(f"| {name} | {sc} | {label} | {f_text} | {d_text} |")
+        lines.append("")
+        same = summary.get("phonon_same_supercell", {})
+        for name, dev in summary.get("phonon_max_dev_THz", {}).items():
+            note = "" if same.get(name, True) else f" (supercell differs from {ref}'s)"
+            lines.append(f"- phonons {name}: max |Δ| vs {ref} {dev:.2f} THz at Γ, X, L{note}")
+    thermal = summary.get("phonon_thermal")
+    if thermal:
+        first = next(iter(thermal.values()))
+        mesh = "×".join(str(m) for m in first["mesh"])
+        lines += [
+            "",
+            f"Harmonic thermal properties at {first['temperature_K']:g} K ({mesh} Γ-centred "
+            "mesh, per mole of atoms; F_vib includes the zero-point energy; Dulong-Petit "
+            "C_v = 3R = 24.94 J/K/mol):",
+            "",
+            "| subject | C_v (J/K/mol) | S (J/K/mol) | F_vib (kJ/mol) | F_vib (meV/atom) "
+            "| imaginary modes |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, t in thermal.items():
+            imag = t.get("imaginary_fraction", 0.0)
+            imag_text = "none" if imag == 0 else f"{100 * imag:.1f} % (left out)"
+            lines.append(
+                f"| {name} | {t['cv_J_K_mol_atom']:.2f} | {t['entropy_J_K_mol_atom']:.2f} "
+                f"| {t['free_energy_kJ_mol_atom']:.3f} | {1000 * t['free_energy_eV_atom']:.1f} "
+                f"| {imag_text} |"
+            )
+        lines.append("")
+    params = {k: v for k, v in summary.get("phonopy_params", {}).items() if v}
+    for name, path in params.items():
+        lines.append(f"- phonopy_params.yaml ({name}): `{path}`")
+    return lines
+
+
+def _vacancy_lines(summary: Mapping[str, Any]) -> list[str]:
+    """E_f per model and phase; unstable phases as "unstable", flagged ones as not results."""
+    lines = []
     flags = summary.get("vacancy_flags", {})
+    unstable = summary.get("vacancy_unstable", {})
     for model, phases in summary.get("vacancy_formation_eV", {}).items():
         parts = []
         for phase, e_f in phases.items():
-            text = f"{phase} {e_f:.2f} eV"
-            why = flags.get(model, {}).get(phase)
-            parts.append(f"{text} (not a result: {', '.join(why)})" if why else text)
+            flagged = flags.get(model, {}).get(phase, [])
+            why = [f for f in flagged if f != "unstable"]
+            reason = unstable.get(model, {}).get(phase)
+            if reason is not None or "unstable" in flagged:
+                text = f"{phase} unstable ({reason or 'perfect cell unstable under ' + model})"
+                text += f" [also: {', '.join(why)}]" if why else ""
+            else:
+                text = f"{phase} no value" if e_f is None else f"{phase} {e_f:.2f} eV"
+                text += f" (not a result: {', '.join(why)})" if why else ""
+            parts.append(text)
         lines.append(f"- vacancy E_f ({model}): " + ", ".join(parts))
     if any(any(per.values()) for per in flags.values()):
         from pfd_ase.analysis.vacancy import PHYSICAL_FORMATION_ENERGY_EV
 
         low, high = PHYSICAL_FORMATION_ENERGY_EV
         lines.append(
-            f"- flags: *unphysical* E_f outside ({low:g}, {high:g}) eV, *not converged* "
+            "- flags: *unstable* the model's perfect cell is no stable minimum (a rattled "
+            "copy relaxed into another structure), so no E_f; "
+            f"*unphysical* E_f outside ({low:g}, {high:g}) eV, *not converged* "
+            "relaxation hit its step cap, *stability unknown* the stability check's "
             "relaxation hit its step cap, *extrapolation* phase absent from the model's "
             "training structures"
         )

@@ -3,10 +3,13 @@
 :func:`vacancy_formation_energy` relaxes a vacancy in a supercell with any ASE calculator
 and returns E_f = E_vac − (N−1)/N · E_bulk, or E_f = E_vac − E_bulk + μ with a chemical
 potential μ (e.g. diamond Si's energy per atom as the reference for every Si phase).
-:func:`vacancy_series` does it for several phases with one calculator,
+Before removing an atom it checks that the perfect cell is a stable minimum of the model
+(:func:`perfect_cell_stability`: a rattled copy relaxed back to the same phase); a phase that
+is not gets no E_f (``None``) but the reason. :func:`vacancy_series` does it for several
+phases with one calculator,
 :func:`vacancy_supercells` builds their supercells (the paper's Si sizes from
 :mod:`pfd_ase.materials`, or small ones for quick runs), :func:`vacancy_flags` says why a
-value should not be read as a result (unphysical, unconverged, extrapolated) and
+value should not be read as a result (unstable, unphysical, unconverged, extrapolated) and
 :func:`plot_vacancy_bars` draws a grouped bar chart per phase and model.
 
 Units: eV and Å.
@@ -24,7 +27,10 @@ from ase import Atoms
 
 __all__ = [
     "PHYSICAL_FORMATION_ENERGY_EV",
+    "STABILITY_CHECK",
+    "perfect_cell_stability",
     "plot_vacancy_bars",
+    "space_group",
     "vacancy_flags",
     "vacancy_formation_energy",
     "vacancy_series",
@@ -34,6 +40,21 @@ __all__ = [
 #: Range (eV) outside which a vacancy formation energy is flagged as unphysical: a negative
 #: one means the model prefers the defective crystal, above 10 eV no known solid.
 PHYSICAL_FORMATION_ENERGY_EV: tuple[float, float] = (0.0, 10.0)
+
+#: Default settings of :func:`perfect_cell_stability`: Gaussian displacements of
+#: ``rattle_A`` (Å, standard deviation, random generator ``seed``) and, with cell relaxation,
+#: a random symmetric strain of ``strain``; spglib tolerance ``symprec_A`` (Å, loose, so that
+#: a relaxation that returns to within 0.1 Å keeps its space group); the largest relative
+#: volume change ``max_volume_change`` and energy drop ``max_energy_drop_eV_atom`` (eV/atom,
+#: about kT/13 at 300 K) of a phase that stays itself.
+STABILITY_CHECK: dict[str, float] = {
+    "rattle_A": 0.05,
+    "strain": 0.01,
+    "seed": 0,
+    "symprec_A": 0.1,
+    "max_volume_change": 0.15,
+    "max_energy_drop_eV_atom": 0.002,
+}
 
 
 def vacancy_supercells(
@@ -92,6 +113,164 @@ def _relax(atoms: Atoms, fmax: float, max_steps: int, relax_cell: bool) -> tuple
     return float(atoms.get_potential_energy()), converged, int(opt.nsteps)
 
 
+def space_group(atoms: Atoms, symprec_A: float = 0.1) -> int | None:
+    """International space-group number of ``atoms`` (spglib), or ``None`` without spglib."""
+    try:
+        import spglib
+    except ImportError:  # pragma: no cover - spglib comes with phonopy
+        return None
+    cell = (np.array(atoms.cell), atoms.get_scaled_positions(), atoms.numbers)
+    dataset = spglib.get_symmetry_dataset(cell, symprec=symprec_A)
+    if dataset is None:
+        return None
+    return int(dataset["number"] if isinstance(dataset, dict) else dataset.number)
+
+
+def _stability_settings(check: bool | Mapping[str, Any]) -> dict[str, Any] | None:
+    """:data:`STABILITY_CHECK` updated with ``check`` (a mapping), or ``None`` when off."""
+    if check is False or check is None:
+        return None
+    settings = dict(STABILITY_CHECK)
+    if isinstance(check, Mapping):
+        unknown = set(check) - set(settings)
+        if unknown:
+            raise ValueError(
+                f"unknown stability settings {sorted(unknown)}; known: {sorted(settings)}"
+            )
+        settings.update(check)
+    return settings
+
+
+def perfect_cell_stability(
+    supercell: Atoms,
+    calc: Any,
+    relaxed: Atoms | None = None,
+    *,
+    relax_cell: bool = False,
+    fmax_eV_A: float = 0.02,
+    max_steps: int = 200,
+    rattle_A: float = 0.05,
+    strain: float = 0.01,
+    seed: int = 0,
+    symprec_A: float = 0.1,
+    max_volume_change: float = 0.15,
+    max_energy_drop_eV_atom: float = 0.002,
+) -> dict[str, Any]:
+    """Whether a perfect cell is a mechanically stable minimum of a model, in its phase.
+
+    Relaxing the symmetric cell alone proves nothing: the forces on a high-symmetry
+    structure vanish by symmetry at a saddle point too (FCC Si under Stillinger-Weber
+    stays FCC in a relaxation). So a copy of the relaxed cell is rattled (and strained,
+    with ``relax_cell``) and relaxed the same way: a stable minimum comes back, an
+    unstable structure falls into another one. The cell is unstable when
+
+    - the space group (spglib, tolerance ``symprec_A``) of the relaxed cell or of the
+      relaxed rattled copy differs from that of ``supercell``;
+    - the rattled copy ends more than ``max_energy_drop_eV_atom`` below the relaxed cell;
+    - with ``relax_cell``, the volume of either differs from that of ``supercell`` by more
+      than ``max_volume_change`` (relative).
+
+    A rattled relaxation stopped by ``max_steps`` counts only by its energy (its symmetry
+    and volume are those of an unfinished relaxation); if that does not decide, the verdict
+    is ``None``.
+
+    Parameters
+    ----------
+    supercell
+        The perfect cell as built (never modified): its space group and volume define the
+        phase.
+    calc
+        Any ASE calculator.
+    relaxed
+        ``supercell`` already relaxed with ``calc`` (same ``relax_cell``); ``None``: relaxed
+        here.
+    relax_cell
+        Relax the cell too (zero pressure); otherwise positions at fixed cell.
+    fmax_eV_A, max_steps
+        Relaxation settings, as for the vacancy.
+    rattle_A, strain, seed, symprec_A, max_volume_change, max_energy_drop_eV_atom
+        See :data:`STABILITY_CHECK`.
+
+    Returns
+    -------
+    dict
+        JSON-safe: ``stable`` (``True``, ``False``, or ``None`` when no criterion fired but
+        the rattled relaxation hit ``max_steps``: undecided), ``reason`` (why unstable or
+        undecided, else ``None``), ``space_group`` (of ``supercell``),
+        ``space_group_relaxed``, ``space_group_rattled``, ``volume_change_relaxed`` and
+        ``volume_change_rattled`` (relative to ``supercell``), ``energy_drop_eV_atom``
+        (relaxed cell minus relaxed rattled copy, per atom; positive: the copy found a
+        lower structure), ``converged``, ``steps`` (rattled relaxation) and ``settings``.
+    """
+    settings = {
+        "rattle_A": float(rattle_A),
+        "strain": float(strain),
+        "seed": int(seed),
+        "symprec_A": float(symprec_A),
+        "max_volume_change": float(max_volume_change),
+        "max_energy_drop_eV_atom": float(max_energy_drop_eV_atom),
+    }
+    n = len(supercell)
+    if relaxed is None:
+        relaxed = supercell.copy()
+        relaxed.calc = calc
+        _relax(relaxed, fmax_eV_A, max_steps, relax_cell)
+    ref = relaxed.copy()
+    ref.calc = calc
+    e_ref = float(ref.get_potential_energy())
+
+    rng = np.random.default_rng(seed)
+    rattled = relaxed.copy()
+    if relax_cell and strain > 0:
+        eps = rng.normal(0.0, strain, (3, 3))
+        rattled.set_cell(np.array(rattled.cell) @ (np.eye(3) + (eps + eps.T) / 2), scale_atoms=True)
+    rattled.positions += rng.normal(0.0, rattle_A, rattled.positions.shape)
+    rattled.calc = calc
+    e_rattled, converged, steps = _relax(rattled, fmax_eV_A, max_steps, relax_cell)
+    ref.calc = None
+    rattled.calc = None
+
+    v0 = supercell.get_volume()
+    sg = space_group(supercell, symprec_A)
+    sg_relaxed = space_group(relaxed, symprec_A)
+    sg_rattled = space_group(rattled, symprec_A)
+    dv_relaxed = relaxed.get_volume() / v0 - 1.0
+    dv_rattled = rattled.get_volume() / v0 - 1.0
+    drop = (e_ref - e_rattled) / n
+
+    # a relaxation cut short says nothing by its symmetry or volume, only by a lower energy
+    finals = [(sg_relaxed, dv_relaxed)] + ([(sg_rattled, dv_rattled)] if converged else [])
+    reasons = []
+    changed = [g for g, _ in finals if g != sg]
+    if sg is not None and changed:
+        reasons.append(f"space group {sg} → {changed[0]}")
+    if drop > max_energy_drop_eV_atom:
+        reasons.append(f"a rattled copy relaxed {1000 * drop:.1f} meV/atom lower")
+    dv = max((v for _, v in finals), key=abs)
+    if relax_cell and abs(dv) > max_volume_change:
+        reasons.append(f"volume {100 * dv:+.0f} %")
+    if reasons:
+        stable: bool | None = False
+        reason: str | None = ", ".join(reasons) + f" (rattled by {rattle_A:g} Å and relaxed)"
+    elif not converged:
+        stable, reason = None, f"rattled relaxation not converged in {steps} steps"
+    else:
+        stable, reason = True, None
+    return {
+        "stable": stable,
+        "reason": reason,
+        "space_group": sg,
+        "space_group_relaxed": sg_relaxed,
+        "space_group_rattled": sg_rattled,
+        "volume_change_relaxed": float(dv_relaxed),
+        "volume_change_rattled": float(dv_rattled),
+        "energy_drop_eV_atom": float(drop),
+        "converged": bool(converged),
+        "steps": int(steps),
+        "settings": settings,
+    }
+
+
 def vacancy_formation_energy(
     supercell: Atoms,
     calc: Any,
@@ -101,6 +280,7 @@ def vacancy_formation_energy(
     fmax_eV_A: float = 0.02,
     max_steps: int = 200,
     relax_cell: bool = False,
+    stability_check: bool | Mapping[str, Any] = True,
 ) -> dict[str, Any]:
     """Formation energy of a single vacancy in ``supercell`` (never modified).
 
@@ -125,6 +305,11 @@ def vacancy_formation_energy(
         Cap on optimizer steps per relaxation.
     relax_cell
         Also relax the cell of both structures (zero-pressure formation energy).
+    stability_check
+        Check with :func:`perfect_cell_stability` that the relaxed perfect cell is a stable
+        minimum (``True``: :data:`STABILITY_CHECK`; a mapping: some of its settings
+        changed; ``False``: no check). Only with ``relax``. An unstable perfect cell gets
+        no vacancy: ``E_f_eV`` and ``E_vac_eV`` are ``None``.
 
     Returns
     -------
@@ -132,7 +317,9 @@ def vacancy_formation_energy(
         JSON-safe: ``E_f_eV``, ``E_bulk_eV``, ``E_vac_eV``, ``n_atoms`` (N, perfect cell),
         ``mu_eV`` (the value used: given, or E_bulk/N), ``reference`` (``"bulk"`` or
         ``"mu"``), ``index``, ``relaxed``, ``converged`` (both relaxations), ``steps``
-        (vacancy relaxation), ``steps_bulk``, ``converged_bulk``.
+        (vacancy relaxation), ``steps_bulk``, ``converged_bulk``, ``stable`` (the check's
+        verdict, ``None`` when undecided or not checked) and ``stability`` (its
+        :func:`perfect_cell_stability` result, ``None`` when not checked).
     """
     n = len(supercell)
     if n < 2:
@@ -142,12 +329,46 @@ def vacancy_formation_energy(
     if fmax_eV_A <= 0 or max_steps < 0:
         raise ValueError("fmax_eV_A must be positive and max_steps non-negative")
 
+    settings = _stability_settings(stability_check) if relax else None
+
     bulk = supercell.copy()
     bulk.calc = calc
     if relax:
         e_bulk, conv_bulk, steps_bulk = _relax(bulk, fmax_eV_A, max_steps, relax_cell)
     else:
         e_bulk, conv_bulk, steps_bulk = float(bulk.get_potential_energy()), True, 0
+    stability = None
+    if settings is not None:
+        stability = perfect_cell_stability(
+            supercell,
+            calc,
+            bulk,
+            relax_cell=relax_cell,
+            fmax_eV_A=fmax_eV_A,
+            max_steps=max_steps,
+            **settings,
+        )
+    mu = e_bulk / n if mu_eV is None else float(mu_eV)
+    result = {
+        "E_f_eV": None,
+        "E_bulk_eV": float(e_bulk),
+        "E_vac_eV": None,
+        "n_atoms": n,
+        "mu_eV": float(mu),
+        "reference": "bulk" if mu_eV is None else "mu",
+        "index": int(index),
+        "relaxed": bool(relax),
+        "relax_cell": bool(relax_cell),
+        "converged": bool(conv_bulk),
+        "converged_bulk": bool(conv_bulk),
+        "steps": 0,
+        "steps_bulk": int(steps_bulk),
+        "stable": None if stability is None else stability["stable"],
+        "stability": stability,
+    }
+    if stability is not None and stability["stable"] is False:
+        bulk.calc = None
+        return result  # no vacancy in a phase the model does not hold
 
     vac = bulk.copy()  # relaxed perfect crystal, calculator detached by copy()
     del vac[index]
@@ -159,29 +380,14 @@ def vacancy_formation_energy(
     bulk.calc = None
     vac.calc = None
 
-    if mu_eV is None:
-        mu = e_bulk / n
-        e_f = e_vac - (n - 1) / n * e_bulk
-        reference = "bulk"
-    else:
-        mu = float(mu_eV)
-        e_f = e_vac - e_bulk + mu
-        reference = "mu"
-    return {
+    e_f = e_vac - (n - 1) / n * e_bulk if mu_eV is None else e_vac - e_bulk + mu
+    result |= {
         "E_f_eV": float(e_f),
-        "E_bulk_eV": float(e_bulk),
         "E_vac_eV": float(e_vac),
-        "n_atoms": n,
-        "mu_eV": float(mu),
-        "reference": reference,
-        "index": int(index),
-        "relaxed": bool(relax),
-        "relax_cell": bool(relax_cell),
         "converged": bool(conv_bulk and conv_vac),
-        "converged_bulk": bool(conv_bulk),
         "steps": int(steps_vac),
-        "steps_bulk": int(steps_bulk),
     }
+    return result
 
 
 def vacancy_series(
@@ -231,7 +437,8 @@ def vacancy_flags(
     Parameters
     ----------
     result
-        A :func:`vacancy_formation_energy` result (``E_f_eV``, ``converged``).
+        A :func:`vacancy_formation_energy` result (``E_f_eV``, ``converged``, ``stable``,
+        ``stability``).
     trained_on
         The structures the model was trained on; with ``phase``, a phase outside them is
         flagged as an extrapolation. ``None``: not checked (e.g. for the DFT reference).
@@ -243,25 +450,34 @@ def vacancy_flags(
     Returns
     -------
     list of str
-        ``"unphysical"``, ``"not converged"``, ``"extrapolation"``, in that order.
+        In this order: ``"unstable"`` (the perfect cell is not a stable minimum of the
+        model, see :func:`perfect_cell_stability`; there is no E_f), ``"unphysical"``,
+        ``"not converged"``, ``"stability unknown"`` (the check's relaxation hit its step
+        cap), ``"extrapolation"``.
     """
     flags = []
+    unstable = result.get("stable") is False
+    if unstable:
+        flags.append("unstable")
     e_f = result.get("E_f_eV")
     low, high = physical_range_eV
-    if e_f is None or not np.isfinite(e_f) or not low < e_f < high:
+    if not unstable and (e_f is None or not np.isfinite(e_f) or not low < e_f < high):
         flags.append("unphysical")
     if not result.get("converged", True):
         flags.append("not converged")
+    if result.get("stability") is not None and result.get("stable") is None:
+        flags.append("stability unknown")
     if trained_on is not None and phase is not None and phase not in trained_on:
         flags.append("extrapolation")
     return flags
 
 
 def plot_vacancy_bars(
-    results: Mapping[str, Mapping[str, float]],
+    results: Mapping[str, Mapping[str, float | None]],
     path: str | os.PathLike,
     title: str | None = None,
     flagged: Mapping[str, Collection[str]] | None = None,
+    unstable: Mapping[str, Collection[str]] | None = None,
 ) -> Path:
     """Grouped bar chart of vacancy formation energies: phases on x, one bar per model.
 
@@ -277,6 +493,9 @@ def plot_vacancy_bars(
     flagged
         Model → phases whose values are not results (see :func:`vacancy_flags`): drawn
         hatched and pale.
+    unstable
+        Model → phases whose perfect cell is unstable under the model: no bar, the word
+        "unstable" in its place.
 
     Returns
     -------
@@ -297,21 +516,39 @@ def plot_vacancy_bars(
     x = np.arange(len(phases))
     width = 0.8 / len(results)
     for i, (model, per_model) in enumerate(results.items()):
-        values = [per_model.get(p, np.nan) for p in phases]
+        gone = set((unstable or {}).get(model, ()))
+        values = [np.nan if p in gone else per_model.get(p, np.nan) for p in phases]
         values = [np.nan if v is None else float(v) for v in values]
-        bars = ax.bar(
-            x + (i - (len(results) - 1) / 2) * width, values, width, label=model, color=f"C{i}"
-        )
+        xs = x + (i - (len(results) - 1) / 2) * width
+        bars = ax.bar(xs, values, width, label=model, color=f"C{i}")
         for bar, phase in zip(bars, phases, strict=True):
             if phase in (flagged or {}).get(model, ()):
                 bar.set_hatch("//")
                 bar.set_alpha(0.4)
+        for xi, phase in zip(xs, phases, strict=True):
+            if phase in gone:
+                ax.text(
+                    xi,
+                    0.05,
+                    "unstable",
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    color=f"C{i}",
+                    transform=ax.get_xaxis_transform(),
+                )
     ax.set_xticks(x)
     ax.set_xticklabels(phases)
     ax.axhline(0.0, color="0.5", linewidth=0.6)
     ax.set_ylabel("Vacancy formation energy (eV)")
+    notes = []
     if any((flagged or {}).values()):
-        ax.text(0.01, 0.01, "hatched: flagged, not a result", transform=ax.transAxes, fontsize=7)
+        notes.append("hatched: flagged, not a result")
+    if any((unstable or {}).values()):
+        notes.append("unstable: perfect cell not stable under the model, no value")
+    if notes:
+        ax.text(0.01, 0.01, "; ".join(notes), transform=ax.transAxes, fontsize=7)
     if title:
         ax.set_title(title)
     ax.legend(frameon=False)

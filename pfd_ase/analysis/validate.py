@@ -22,9 +22,12 @@ import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ase import Atoms
+
+if TYPE_CHECKING:
+    from pfd_ase.analysis.phonons import PhononComparison
 
 __all__ = [
     "Step",
@@ -108,8 +111,12 @@ def compare_phonons(
     step: Step = run_directly,
     plot: str | os.PathLike | None = None,
     title: str | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Phonon dispersions of ``primitive`` with each subject (:func:`phonon_bands`).
+    folder: str | os.PathLike | None = None,
+    reference: str = "DFT",
+    mesh: Sequence[int] | None = (20, 20, 20),
+    temperature_K: float = 300.0,
+) -> PhononComparison:
+    """Phonons of ``primitive`` with each subject (:func:`phonon_bands`), compared.
 
     Parameters
     ----------
@@ -121,30 +128,53 @@ def compare_phonons(
     supercell
         Repeats for every subject, or name → repeats (e.g. a smaller one for DFT).
     step
-        Runs ``phonons_<name>`` with inputs ``{**identity, "supercell": ...}``.
+        Runs ``phonons_<name>`` with inputs ``{**identity, "supercell": ..., "mesh": ...,
+        "temperature_K": ..., "phonopy_params": path or None}``.
     plot
         PNG of all dispersions (none when ``None``).
     title
         Its title.
+    folder
+        Each subject's ``phonopy_params.yaml`` goes to ``folder/<name>/`` (none saved when
+        ``None``), for phonopy's own tools.
+    reference
+        The subject the others are compared with (:func:`phonon_comparison`).
+    mesh
+        q-point mesh of the heat capacity and free energy (``None``: not computed).
+    temperature_K
+        Their temperature, K.
 
     Returns
     -------
-    dict
-        Name → :func:`pfd_ase.analysis.phonons.phonon_bands` result.
+    PhononComparison
+        A ``dict`` of name → :func:`pfd_ase.analysis.phonons.phonon_bands` result, with
+        the attribute ``summary``: :func:`pfd_ase.analysis.phonons.phonon_comparison`
+        (``phonon_max_dev_THz`` of each non-reference model, every branch at Γ, X, L,
+        per-branch deviations, heat capacity and free energy, ``phonopy_params`` paths).
     """
-    from pfd_ase.analysis.phonons import phonon_bands, plot_phonon_bands
+    from pfd_ase.analysis.phonons import PhononComparison, phonon_bands, plot_phonon_bands
 
     out = {}
     for name, subject in subjects.items():
         sc = supercell[name] if isinstance(supercell, Mapping) else supercell
+        target = None if folder is None else Path(folder) / name
+        options = {"folder": target, "mesh": mesh, "temperature_K": temperature_K}
         out[name] = step(
             f"phonons_{name}",
-            lambda subject=subject, sc=sc: phonon_bands(primitive, subject.calculator(), sc),
-            {**subject.identity, "supercell": tuple(sc)},
+            lambda subject=subject, sc=sc, options=options: phonon_bands(
+                primitive, subject.calculator(), sc, **options
+            ),
+            {
+                **subject.identity,
+                "supercell": tuple(sc),
+                "mesh": None if mesh is None else tuple(mesh),
+                "temperature_K": float(temperature_K),
+                "phonopy_params": None if target is None else str(target),
+            },
         )
     if plot is not None and out:
         plot_phonon_bands(out, plot, title=title)
-    return out
+    return PhononComparison(out, reference)
 
 
 def compare_vacancies(
@@ -169,24 +199,34 @@ def compare_vacancies(
         Structure whose energy per atom is the chemical potential (e.g. diamond Si), see
         :func:`pfd_ase.analysis.vacancy.vacancy_series`.
     step
-        Runs ``vacancies_<name>`` with inputs ``{**identity, **kwargs, "phases": [...]}``.
+        Runs ``vacancies_<name>`` with inputs ``{**identity, **kwargs, "stability_check":
+        settings, "phases": [...]}``.
     plot
-        PNG bar chart, flagged values hatched (none when ``None``).
+        PNG bar chart, flagged values hatched, unstable ones marked "unstable" (none when
+        ``None``).
     title
         Its title.
     **kwargs
         Passed to :func:`pfd_ase.analysis.vacancy.vacancy_formation_energy`
-        (``max_steps`` ...).
+        (``max_steps``, ``stability_check`` ...).
 
     Returns
     -------
     dict
-        ``vacancy_formation_eV`` (name → phase → E_f), ``vacancy_details`` (name → phase →
-        full result) and ``vacancy_flags`` (name → phase → reasons it is not a result,
-        see :func:`pfd_ase.analysis.vacancy.vacancy_flags`).
+        ``vacancy_formation_eV`` (name → phase → E_f, ``None`` where the perfect cell is
+        unstable under the subject), ``vacancy_details`` (name → phase → full result),
+        ``vacancy_flags`` (name → phase → reasons it is not a result, see
+        :func:`pfd_ase.analysis.vacancy.vacancy_flags`) and ``vacancy_unstable`` (name →
+        phase → ``"perfect cell unstable under <name>: <why>"``, only unstable phases).
     """
-    from pfd_ase.analysis.vacancy import plot_vacancy_bars, vacancy_flags, vacancy_series
+    from pfd_ase.analysis.vacancy import (
+        _stability_settings,
+        plot_vacancy_bars,
+        vacancy_flags,
+        vacancy_series,
+    )
 
+    check = _stability_settings(kwargs.get("stability_check", True))
     details: dict[str, dict[str, Any]] = {}
     for name, subject in subjects.items():
         record = step(
@@ -194,7 +234,7 @@ def compare_vacancies(
             lambda subject=subject: vacancy_series(
                 cells, subject.calculator(), reference, **kwargs
             ),
-            {**subject.identity, **kwargs, "phases": list(cells)},
+            {**subject.identity, **kwargs, "stability_check": check, "phases": list(cells)},
         )
         details[name] = {phase: record[phase] for phase in cells}  # stored JSON sorts keys
     energies = {n: {p: r["E_f_eV"] for p, r in d.items()} for n, d in details.items()}
@@ -202,10 +242,25 @@ def compare_vacancies(
         name: {p: vacancy_flags(r, subjects[name].trained_on, p) for p, r in d.items()}
         for name, d in details.items()
     }
+    unstable = {
+        name: {
+            p: f"perfect cell unstable under {name}: {r['stability']['reason']}"
+            for p, r in d.items()
+            if r.get("stable") is False
+        }
+        for name, d in details.items()
+    }
     if plot is not None and energies:
-        flagged = {n: [p for p, f in per.items() if f] for n, per in flags.items()}
-        plot_vacancy_bars(energies, plot, title=title, flagged=flagged)
-    return {"vacancy_formation_eV": energies, "vacancy_details": details, "vacancy_flags": flags}
+        flagged = {
+            n: [p for p, f in per.items() if f and p not in unstable[n]] for n, per in flags.items()
+        }
+        plot_vacancy_bars(energies, plot, title=title, flagged=flagged, unstable=unstable)
+    return {
+        "vacancy_formation_eV": energies,
+        "vacancy_details": details,
+        "vacancy_flags": flags,
+        "vacancy_unstable": unstable,
+    }
 
 
 def entropy_curve(summary: Mapping[str, Any]) -> list[tuple[str, float]]:
