@@ -10,6 +10,7 @@ from ase.build import bulk
 
 from pfd_ase.analysis.phonons import phonon_bands, plot_phonon_bands
 from pfd_ase.analysis.vacancy import (
+    STABILITY_CHECK,
     plot_vacancy_bars,
     vacancy_formation_energy,
     vacancy_supercells,
@@ -250,7 +251,13 @@ def test_compare_phonons_and_vacancies_reuse_steps(sw, tmp_path):
     assert bands["DFT"]["supercell"] == [[3, 0, 0], [0, 3, 0], [0, 0, 3]]
     assert bands["PF"]["supercell"][0] == [2, 0, 0] and (tmp_path / "ph.png").exists()
     assert max(bands["DFT"]["special_points"]["Gamma"]) == pytest.approx(SW_GAMMA_OPTICAL, abs=0.1)
-    assert stored["phonons_PF"][0] == {"model": "sw", "supercell": (2, 2, 2)}
+    assert stored["phonons_PF"][0] == {
+        "model": "sw",
+        "supercell": (2, 2, 2),
+        "mesh": (20, 20, 20),
+        "temperature_K": 300.0,
+        "phonopy_params": None,
+    }
     again = compare_phonons(prim, subjects, {"DFT": (3, 3, 3), "PF": (2, 2, 2)}, **kwargs)
     assert again == bands and len(made) == 2  # no calculator asked for again
 
@@ -262,6 +269,7 @@ def test_compare_phonons_and_vacancies_reuse_steps(sw, tmp_path):
     assert stored["vacancies_PF"][0] == {
         "model": "sw",
         "max_steps": 20,
+        "stability_check": STABILITY_CHECK,
         "phases": ["diamond", "bcc"],
     }
     e_f = out["vacancy_formation_eV"]["DFT"]["diamond"]
