@@ -18,6 +18,7 @@ Units: eV and Å.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,9 @@ def space_group(atoms: Atoms, symprec_A: float = 0.1) -> int | None:
     except ImportError:  # pragma: no cover - spglib comes with phonopy
         return None
     cell = (np.array(atoms.cell), atoms.get_scaled_positions(), atoms.numbers)
-    dataset = spglib.get_symmetry_dataset(cell, symprec=symprec_A)
+    with warnings.catch_warnings():  # spglib 2.5: a deprecation notice on every call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dataset = spglib.get_symmetry_dataset(cell, symprec=symprec_A)
     if dataset is None:
         return None
     return int(dataset["number"] if isinstance(dataset, dict) else dataset.number)
