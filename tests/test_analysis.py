@@ -315,9 +315,10 @@ def test_entropy_curve_and_plot(tmp_path):
 
 def test_phonon_labeler_settings():
     from pfd_ase.analysis.phonons import SHARED_LABELER_SETTINGS, phonon_labeler
+    from pfd_ase.calculators import labeler_info
 
     calc = phonon_labeler("sw")
-    assert calc.pfd_labeler["name"] == "sw"
+    assert labeler_info(calc)["name"] == "sw"
     assert SHARED_LABELER_SETTINGS["gpaw"] == {"symmetry": "off"}
     if __import__("importlib").util.find_spec("gpaw") is None:
         return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -139,6 +141,46 @@ def test_multitask_head_selection(multitask_model):
         PFDCalculator(multitask_model, head="nope")
     with pytest.raises(ValueError, match=r"multi-task.*\['cu', 'cu2'\]"):
         PFDCalculator(multitask_model)
+
+
+def test_teacher_labels_record_model_path_head_and_hash(multitask_model, tmp_path):
+    """Frames labelled by a PFDCalculator (the teacher of distillation) record which model,
+    which head and which file content, as a DFT labeler's frames record its settings."""
+    import hashlib
+    import json
+
+    from pfd_ase.calculators import PFDCalculator, labeler_info
+    from pfd_ase.label import label_frames
+
+    teacher = PFDCalculator(multitask_model, head="CU2")  # an alias: recorded canonical
+    assert dict(teacher.parameters) == {"model": str(multitask_model), "head": "cu2"}
+    sha = hashlib.sha256(Path(multitask_model).read_bytes()).hexdigest()
+    assert teacher.identity == f"deepmd:sha256={sha}:head=cu2"
+
+    result = label_frames([_cell()], teacher, tmp_path / "label")
+    (frame,) = result.frames
+    assert frame.info["pfd_labeler"] == "pfd"
+    settings = json.loads(frame.info["pfd_labeler_settings"])
+    assert settings["model"] == str(multitask_model) and settings["head"] == "cu2"
+    assert settings["identity"] == teacher.identity
+    assert settings["version"].startswith("pfd_ase ")
+    assert settings == labeler_info(teacher)["settings"]
+    # the parameters rebuild the teacher, and a rerun with it reuses the task
+    again = PFDCalculator(**teacher.parameters)
+    assert label_frames([_cell()], again, tmp_path / "label").n_cached == 1
+    # another head is another labeler
+    other = labeler_info(PFDCalculator(multitask_model, head="cu"))["settings"]
+    assert other["head"] == "cu" and other["identity"] != settings["identity"]
+
+
+def test_committee_parameters_and_identity(tiny_models):
+    from pfd_ase.calculators import PFDCalculator, labeler_info
+
+    paths = [tiny_models[1]["pth"], tiny_models[2]["pth"]]
+    calc = PFDCalculator(paths)
+    assert dict(calc.parameters) == {"model": [str(p) for p in paths], "head": None}
+    assert len(calc.identity) == 2 and calc.identity[0] != calc.identity[1]
+    assert labeler_info(calc)["settings"]["identity"] == calc.identity
 
 
 def test_head_on_single_task_model_is_an_error(tiny_models):

@@ -8,6 +8,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import ase
 import numpy as np
 import pytest
 from ase import Atoms
@@ -97,7 +98,7 @@ def test_serial_labels_equal_direct_calculation(tmp_path):
             np.testing.assert_allclose(labelled.get_stress(), stress, atol=1e-12)
         assert labelled.info["pfd_labeler"] == "emt"
         settings = json.loads(labelled.info["pfd_labeler_settings"])
-        assert settings["ase_version"]
+        assert settings == {"asap_cutoff": False, "version": f"ase {ase.__version__}"}
         assert "pfd_energy_sigma0" not in labelled.info  # EMT: energy == free energy
     assert np.abs(result.frames[1].calc.results["forces"][0]).max() > 0.01
 

@@ -25,6 +25,7 @@ from pfd_ase.calculators.labelers import (
     VASP_DEFAULTS,
     LabelerSetupError,
     check_vasp_setup,
+    jsonable,
     labeler_info,
     make_labeler,
 )
@@ -236,8 +237,70 @@ def test_calculator_objects_pass_through():
     assert make_labeler(calc) is calc
     with pytest.raises(TypeError):
         make_labeler(calc, asap_cutoff=True)
-    assert labeler_info(calc) == {"name": "emt", "settings": {"asap_cutoff": False}}
+    version = f"ase {ase.__version__}"
+    assert labeler_info(calc) == {
+        "name": "emt",
+        "settings": {"asap_cutoff": False, "version": version},
+    }
     json.dumps(labeler_info(make_labeler("emt")))
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def test_recorded_settings_are_the_calculators_parameters(tmp_path):
+    """The ASE way: the record is ``calc.name`` and ``calc.parameters`` (plus the code's
+    version); no private attribute, and parameters hold nothing but settings."""
+    calc = make_labeler("emt", asap_cutoff=True)
+    assert dict(calc.parameters) == {"asap_cutoff": True}
+    assert not hasattr(calc, "pfd_labeler")
+    info = labeler_info(calc)
+    assert info == {
+        "name": "emt",
+        "settings": {"asap_cutoff": True, "version": f"ase {ase.__version__}"},
+    }
+    calc.parameters["asap_cutoff"] = False  # the record follows the parameters
+    assert labeler_info(calc)["settings"]["asap_cutoff"] is False
+
+    # what a labelled frame records is that same record
+    (frame,) = label_frames([bulk("Cu", "fcc", a=3.6)], calc, tmp_path).frames
+    assert frame.info["pfd_labeler"] == "emt"
+    assert json.loads(frame.info["pfd_labeler_settings"]) == labeler_info(calc)["settings"]
+
+
+def test_a_parameter_wins_over_a_derived_entry():
+    calc = EMT()
+    calc.parameters["version"] = "mine"
+    assert labeler_info(calc)["settings"]["version"] == "mine"
+
+
+@needs_matscipy
+@pytest.mark.parametrize("name", ["sw", "tersoff"])
+def test_manybody_labelers_record_their_name_and_parameter_table(name):
+    calc = make_labeler(name)
+    assert calc.name == name  # matscipy's class calls itself "Manybody"
+    assert set(calc.parameters) == {"parameters"}
+    info = labeler_info(calc)
+    assert info["name"] == name
+    assert info["settings"]["parameters"] == jsonable(calc.parameters["parameters"])
+    assert info["settings"]["version"].startswith("matscipy ")
+    # the recorded table rebuilds the same potential
+    again = make_labeler(name, parameters=calc.parameters["parameters"])
+    atoms = _rattled(bulk("Si", "diamond", a=5.43, cubic=True), seed=1)
+    assert again.get_potential_energy(atoms) == calc.get_potential_energy(atoms)
+
+
+def test_vasp_parameters_hold_only_vasp_settings(vasp_env):
+    """Vasp writes every key of its parameters to the INCAR: nothing else may be there."""
+    from ase.calculators.vasp import Vasp
+
+    calc = make_labeler("vasp", command="true")
+    assert dict(calc.parameters).keys() - {"pp", "gga"} == VASP_DEFAULTS.keys()
+    assert labeler_info(calc)["settings"] == {
+        **json.loads(json.dumps(dict(calc.parameters))),
+        "version": f"ase {ase.__version__}",
+    }
+    assert isinstance(calc, Vasp)
 
 
 @pytest.mark.parametrize(("name", "module", "extra"), [("gpaw", "gpaw", "gpaw"),
@@ -322,7 +385,9 @@ def test_gpaw_si_single_point_forces_equal_finite_differences(tmp_path):
     assert "PBE" in (task / GPAW_DEFAULTS["txt"]).read_text()  # the log is in the task dir
     assert labelled.info["pfd_labeler"] == "gpaw"
     settings = json.loads(labelled.info["pfd_labeler_settings"])
-    assert settings["mode"] == {"name": "pw", "ecut": 250.0} and settings["xc"] == "PBE"
+    assert settings["mode"] == {"name": "pw", "ecut": 250.0}
+    assert settings["xc"] in ("PBE", {"name": "PBE"})  # GPAW >= 24 records {"name": ...}
+    assert settings["version"].startswith("gpaw ")
 
     atoms = frame.copy()
     atoms.calc = make_labeler("gpaw", directory=tmp_path / "fd", **overrides)
@@ -351,3 +416,5 @@ def test_chgnet_stress_is_ev_per_cubic_angstrom():
     np.testing.assert_allclose(numerical, forces, atol=1e-2)  # float32 model
     info = labeler_info(atoms.calc)
     assert info["name"] == "chgnet" and info["settings"]["model"] == "0.3.0"
+    assert info["settings"]["identity"].startswith("chgnet:CHGNet-0.3.0@")
+    assert info["settings"]["version"].startswith("chgnet ")

@@ -14,12 +14,25 @@ sw        matscipy Stillinger-Weber, Si parameters of PRB 31, 5262 (tests).
 chgnet    the pre-trained CHGNet shipped with its wheel (offline teacher).
 ========  =====================================================================
 
-Any calculator object is accepted as is. :func:`labeler_info` records which
-labeler produced a frame. Units inside: eV, Å, eV/Å, eV/Å³.
+Any calculator object is accepted as is. Units inside: eV, Å, eV/Å, eV/Å³.
+
+Provenance
+----------
+:func:`labeler_info` records which labeler produced a frame the way ASE itself does (as
+``ase.db`` stores ``calc.name`` and the calculator's parameters): the name is the
+calculator's ``name`` and the settings are its ``parameters``, which hold only real
+settings of the calculator (``Vasp`` writes every key of its parameters to the INCAR,
+GPAW refuses unknown keys). Where ASE's name differs from the labeler's name, the
+labeler's name is set as ``calc.name`` (matscipy's ``Manybody``) or derived from the
+class (``CHGNetCalculator``). Two derived entries join the settings: ``version`` (the
+package that provides the calculator, e.g. ``"gpaw 26.7.0"``) and, for a calculator that
+exposes a model's content identity as ``identity`` (:class:`~pfd_ase.calculators.PFDCalculator`,
+the ``chgnet`` labeler), that identity.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -125,11 +138,6 @@ def is_calculator(obj: Any) -> bool:
     return callable(getattr(obj, "get_potential_energy", None)) and callable(
         getattr(obj, "get_forces", None)
     )
-
-
-def _tag(calc: Any, name: str, settings: Mapping[str, Any]) -> Any:
-    calc.pfd_labeler = {"name": name, "settings": jsonable(dict(settings))}
-    return calc
 
 
 # --------------------------------------------------------------------------- VASP
@@ -262,8 +270,7 @@ def _make_gpaw(directory: str | os.PathLike | None, overrides: dict[str, Any]) -
             txt = Path(directory) / txt
         txt.parent.mkdir(parents=True, exist_ok=True)
         txt = str(txt)
-    calc = gpaw.GPAW(txt=txt, **params)
-    return _tag(calc, "gpaw", {**params, "gpaw_version": _version("gpaw")})
+    return gpaw.GPAW(txt=txt, **params)  # its name is "gpaw", its parameters the settings
 
 
 # --------------------------------------------------------------------------- classical
@@ -272,13 +279,15 @@ def _make_gpaw(directory: str | os.PathLike | None, overrides: dict[str, Any]) -
 def _make_emt(directory: str | os.PathLike | None, overrides: dict[str, Any]) -> Any:
     from ase.calculators.emt import EMT
 
-    calc = EMT(**overrides)
+    calc = EMT(**overrides)  # its name is "emt", its parameters the settings
     if directory is not None:
         calc.directory = str(directory)
-    return _tag(calc, "emt", {**overrides, "ase_version": _version("ase")})
+    return calc
 
 
-def _manybody(kind: str, default: str, directory: Any, overrides: dict[str, Any]) -> Any:
+def _manybody(name: str, kind: str, default: str, directory: Any, overrides: dict[str, Any]) -> Any:
+    """A matscipy ``Manybody`` calculator named ``name``, its parameter table recorded as its
+    ``parameters["parameters"]`` (``Manybody`` itself keeps nothing there)."""
     _require("matscipy", "classical")
     from matscipy.calculators.manybody import Manybody
 
@@ -291,23 +300,21 @@ def _manybody(kind: str, default: str, directory: Any, overrides: dict[str, Any]
         parameters = getattr(module, parameters)
     form = {"tersoff_brenner": "TersoffBrenner", "stillinger_weber": "StillingerWeber"}[kind]
     calc = Manybody(**getattr(module, form)(parameters))
+    calc.name = name  # a plain class attribute of Manybody ("Manybody"), as ase.db records it
+    calc.parameters["parameters"] = dict(parameters)
     if directory is not None:
         calc.directory = str(directory)
-    return calc, dict(parameters)
+    return calc
 
 
 def _make_tersoff(directory: Any, overrides: dict[str, Any]) -> Any:
-    calc, parameters = _manybody(
-        "tersoff_brenner", "Tersoff_PRB_39_5566_Si_C", directory, overrides
-    )
-    return _tag(calc, "tersoff", {"parameters": parameters, "matscipy": _version("matscipy")})
+    return _manybody("tersoff", "tersoff_brenner", "Tersoff_PRB_39_5566_Si_C", directory, overrides)
 
 
 def _make_sw(directory: Any, overrides: dict[str, Any]) -> Any:
-    calc, parameters = _manybody(
-        "stillinger_weber", "Stillinger_Weber_PRB_31_5262_Si", directory, overrides
+    return _manybody(
+        "sw", "stillinger_weber", "Stillinger_Weber_PRB_31_5262_Si", directory, overrides
     )
-    return _tag(calc, "sw", {"parameters": parameters, "matscipy": _version("matscipy")})
 
 
 # --------------------------------------------------------------------------- CHGNet
@@ -342,11 +349,11 @@ def _make_chgnet(directory: Any, overrides: dict[str, Any]) -> Any:
     calc.implemented_properties = (*calc.implemented_properties, "free_energy")
     if directory is not None:
         calc.directory = str(directory)
-    settings = {"model": model, "model_version": calc.version, "chgnet": _version("chgnet")}
+    # CHGNetCalculator keeps nothing in its parameters: record the settings it was built with
+    calc.parameters.update({"model": model, **params})
     if spec is not None:
-        settings["identity"] = spec.identity
-    settings.update({k: v for k, v in params.items() if k != "stress_weight"})
-    return _tag(calc, "chgnet", settings)
+        calc.identity = spec.identity  # the model's content identity (see labeler_info)
+    return calc
 
 
 # --------------------------------------------------------------------------- registry
@@ -405,30 +412,49 @@ def check_labeler(
 # --------------------------------------------------------------------------- provenance
 
 
+#: ASE names (``calc.name``) of calculator classes whose labeler name differs
+#: (ASE names a class without its own name by its class name, lower-cased).
+_LABELER_NAMES = {"chgnetcalculator": "chgnet"}
+
+
 def labeler_info(calc: Any) -> dict[str, Any]:
     """Name and JSON-serialisable settings of a labeler, to record with each frame.
 
-    Calculators made by :func:`make_labeler` carry their own record; a ``Vasp``
-    object reports its current input parameters; other objects their
-    ``parameters`` (or ``todict()``) under ``calc.name`` or the class name.
-    Strings in the settings are kept free of ``"`` and ``\\`` so that they
-    survive ASE's extxyz comment line.
+    Returns
+    -------
+    dict
+        ``name``: the labeler's name (``calc.name``, the class name when it has none; a
+        CHGNet calculator is ``"chgnet"``). ``settings``: the calculator's ``parameters``
+        (an ASE calculator's settings; GPAW's parameter object through its ``todict()``;
+        ``todict()`` of an object without parameters), plus ``version`` (the distribution
+        that provides the calculator's class and its version, e.g. ``"matscipy 1.3.1"``)
+        and ``identity`` when the calculator exposes one (the content identity of a
+        model, :attr:`pfd_ase.calculators.PFDCalculator.identity`). A parameter of the
+        same name as one of these two is kept and the derived entry left out.
+
+    Strings in the settings are kept free of ``"`` and ``\\`` so that they survive ASE's
+    extxyz comment line.
     """
-    tagged = getattr(calc, "pfd_labeler", None)
-    if isinstance(tagged, Mapping) and "name" in tagged:
-        return {"name": str(tagged["name"]), "settings": jsonable(tagged.get("settings", {}))}
     name = getattr(calc, "name", None)
     if not isinstance(name, str) or not name:
         name = type(calc).__name__
+    name = _LABELER_NAMES.get(name, name)
     settings: Any = getattr(calc, "parameters", None)
-    if not isinstance(settings, Mapping) and callable(getattr(calc, "todict", None)):
-        try:
-            settings = calc.todict()
-        except Exception:  # a provenance record must never break labelling
-            settings = {}
-    if not isinstance(settings, Mapping):
+    if settings is None and callable(getattr(calc, "todict", None)):
+        settings = calc
+    try:
+        settings = jsonable(settings)  # a mapping, or an object's todict()
+    except Exception:  # a provenance record must never break labelling
         settings = {}
-    return {"name": name, "settings": jsonable(dict(settings))}
+    if not isinstance(settings, dict):
+        settings = {}
+    version = _class_version(type(calc))
+    if version is not None:
+        settings.setdefault("version", version)
+    identity = getattr(calc, "identity", None)
+    if identity is not None:
+        settings.setdefault("identity", jsonable(identity))
+    return {"name": name, "settings": settings}
 
 
 def jsonable(obj: Any) -> Any:
@@ -461,10 +487,15 @@ def jsonable(obj: Any) -> Any:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
+@functools.cache
+def _class_version(cls: type) -> str | None:
+    """``"<distribution> <version>"`` of the package that defines ``cls``, or ``None``."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
 
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
+    top = cls.__module__.partition(".")[0]
+    for dist in dict.fromkeys(packages_distributions().get(top, [])):
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return None

@@ -57,9 +57,12 @@ class PFDCalculator(Calculator):
     - ``energy_devi_per_atom`` (``atoms.info["pfd_energy_devi_per_atom"]``): the same
       divided by the number of atoms (eV/atom), comparable between cell sizes.
 
-    ``parameters`` records every member's :meth:`~pfd_ase.models.ModelSpec.to_dict`
-    (kind, path, name, head, content-hash identity), so frames labelled by a
-    ``PFDCalculator`` carry the teacher's identity.
+    ``parameters`` hold the settings, as in any ASE calculator: ``model`` (the model file,
+    or the pre-trained name of a model without one; a list for a committee) and ``head``
+    (the canonical branch, or ``None``); ``PFDCalculator(**calc.parameters)`` builds the
+    same calculator. :attr:`identity` is the models' content identity. Frames labelled by
+    a ``PFDCalculator`` (the teacher of distillation) record both
+    (:func:`~pfd_ase.calculators.labelers.labeler_info`).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -82,11 +85,21 @@ class PFDCalculator(Calculator):
         ]
         self.head = head
         self.backends: list[ModelBackend] = [load_backend(s) for s in self.specs]
-        self.parameters["models"] = [s.to_dict() for s in self.specs]
+        sources = [str(path) for path in self.model_paths]
+        heads = {s.head for s in self.specs}
+        self.parameters["model"] = sources[0] if single else sources
+        self.parameters["head"] = heads.pop() if len(heads) == 1 else head
         maps = {tuple(b.type_map) for b in self.backends}
         # Committee members may have different type maps; an element must be known to all.
         self._known = set.intersection(*(set(b.type_map) for b in self.backends))
         self.type_map = list(self.backends[0].type_map) if len(maps) == 1 else sorted(self._known)
+
+    @property
+    def identity(self) -> str | list[str]:
+        """The model's content identity (:attr:`pfd_ase.models.ModelSpec.identity`: kind,
+        file hash or pre-trained name, head); a list, one per member, for a committee."""
+        ids = [s.identity for s in self.specs]
+        return ids if self.is_committee else ids[0]
 
     @property
     def is_committee(self) -> bool:
