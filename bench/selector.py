@@ -232,7 +232,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.no_fused:
-        _kde_blocks._FUSED = False
+        quests.use_fused_kernels(False)
     scale = 5 if args.quick else 1
     n, n_test, n_div = args.n // scale, args.n_test // scale, args.n_diverse // scale
     rng = np.random.default_rng(0)
@@ -248,7 +248,7 @@ def main() -> None:
         f"numpy {np.__version__}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
         f"pruned sums on {_kde_blocks.THREADS} threads "
         f"(PFD_THREADS={os.environ.get('PFD_THREADS')}), "
-        f"{torch}, fused kernels: {'yes' if _kde_blocks.fused_kernels() else 'no'}"
+        f"{torch}, fused kernels: {'yes' if quests.use_fused_kernels() else 'no'}"
     )
     print(__doc__.split("Data:")[1].split('"pairs in range"')[0].rstrip())
     table = Table()

@@ -39,7 +39,14 @@ from ase import Atoms
 
 from pfd_ase._io import read_json
 from pfd_ase.calculators.labelers import labeler_info
-from pfd_ase.data import frame_fingerprint, read_frames, write_frames
+from pfd_ase.data import (
+    FRAME_ID_KEY,
+    LABELER_KEY,
+    LABELER_SETTINGS_KEY,
+    frame_fingerprint,
+    read_frames,
+    write_frames,
+)
 from pfd_ase.tasks import FAILURE_FILE as FAILURE_FILE  # the task's failure record
 from pfd_ase.tasks import (
     CalculatorSpec,
@@ -55,8 +62,11 @@ from pfd_ase.tasks import (
     write_failure,
 )
 
-__all__ = ["LabelResult", "label_frames", "task_dir"]
+__all__ = ["ENERGY_SIGMA0_KEY", "LabelResult", "label_frames", "task_dir"]
 
+#: ``atoms.info`` key of the energy extrapolated to zero smearing (eV), kept when it
+#: differs from the force-consistent energy of the labels.
+ENERGY_SIGMA0_KEY = "pfd_energy_sigma0"
 RESULT_FILE = "labelled.extxyz"
 TASK_FILE = "task.json"
 _PROPERTIES = ("energy", "forces", "stress")
@@ -182,7 +192,7 @@ def label_frames(
     tasks = [
         _Task(
             index=i,
-            frame_id=str(atoms.info.get("pfd_frame_id", i)),
+            frame_id=str(atoms.info.get(FRAME_ID_KEY, i)),
             frame=atoms,
             spec=spec,
             directory=str(task_dir(workdir, i)),
@@ -194,7 +204,7 @@ def label_frames(
     ]
     done, todo = split_finished(tasks, RESULT_FILE, _read_finished, workdir=workdir, what=_MISMATCH)
     for i, cached in done.items():
-        cached.info["pfd_frame_id"] = tasks[i].frame_id
+        cached.info[FRAME_ID_KEY] = tasks[i].frame_id
     result = LabelResult(n_cached=len(done))
     if todo:  # everything is checked before the first calculation starts
         spec.check({s for task in todo for s in task.frame.get_chemical_symbols()})
@@ -243,11 +253,11 @@ def _run_task(task: _Task) -> Atoms | dict[str, Any]:
                 failure = _failure(task, exc, attempts)
                 write_failure(directory, failure)
                 return failure
-    labelled.info["pfd_frame_id"] = task.frame_id
+    labelled.info[FRAME_ID_KEY] = task.frame_id
     path = directory / RESULT_FILE
     write_frames(path, [labelled])  # the done record: atomic, full precision, last
     stored = read_frames(path)[0]
-    stored.info["pfd_frame_id"] = task.frame_id
+    stored.info[FRAME_ID_KEY] = task.frame_id
     return stored
 
 
@@ -302,10 +312,10 @@ def _label(frame: Atoms, calc: Any, properties: tuple[str, ...]) -> Atoms:
 
     out = _clean_copy(frame)
     info = labeler_info(calc)
-    out.info["pfd_labeler"] = info["name"]
-    out.info["pfd_labeler_settings"] = json.dumps(info["settings"], sort_keys=True)
+    out.info[LABELER_KEY] = info["name"]
+    out.info[LABELER_SETTINGS_KEY] = json.dumps(info["settings"], sort_keys=True)
     if sigma0 != energy:
-        out.info["pfd_energy_sigma0"] = sigma0
+        out.info[ENERGY_SIGMA0_KEY] = sigma0
     out.calc = SinglePointCalculator(out, **results)
     return out
 
@@ -322,7 +332,7 @@ def _clean_copy(frame: Atoms) -> Atoms:
     out = frame.copy()
     out.calc = None
     for key in list(out.info):
-        if key in all_properties or key == "pfd_energy_sigma0":
+        if key in all_properties or key == ENERGY_SIGMA0_KEY:
             del out.info[key]
     for key in list(out.arrays):
         if key in all_properties:

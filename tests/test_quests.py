@@ -516,6 +516,23 @@ def test_the_fused_kernels_are_built_where_they_can_be():
     assert _kde_blocks.fused_kernels() is not None
 
 
+def test_use_fused_kernels_switches_the_engine(monkeypatch):
+    """The public switch: False sends every sum through the numpy/torch blocks, True back to
+    the fused kernels where they are built; the entropy is the same within the contract."""
+    monkeypatch.setattr(_kde_blocks, "_FUSED", _kde_blocks._FUSED)  # restored after the test
+    available = _kde_blocks.fused_kernels() is not None
+    assert quests.use_fused_kernels() == available  # None: no change, just the state
+    x = realistic()[:400]
+    with_default = quests.entropy(x, H)
+    assert quests.use_fused_kernels(False) is False
+    assert _kde_blocks.fused_kernels() is None
+    without = quests.entropy(x, H)
+    assert quests.use_fused_kernels() is False  # the choice holds
+    assert quests.use_fused_kernels(True) == available
+    assert abs(with_default - without) <= 1e-10 * abs(without)
+    assert quests.entropy(x, H) == with_default
+
+
 @pytest.mark.parametrize("dim", [1, 3, 63])
 def test_pruned_engines_match_the_oracle_on_clustered_data(small_blocks, dim):
     """Every engine (H; dH with few rows, fewer rows than points, more rows than points) on

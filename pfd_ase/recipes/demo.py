@@ -24,6 +24,7 @@ def perturbed_silicon(
 
     See :func:`pfd_ase.structures.perturb`; frames are named ``init-000``, ``init-001`` ...
     """
+    from pfd_ase.data import FRAME_ID_KEY
     from pfd_ase.materials import silicon
     from pfd_ase.structures import perturb
 
@@ -31,7 +32,7 @@ def perturbed_silicon(
         silicon("diamond"), n_frames, np.random.default_rng(seed), strain, displacement_A
     )
     for i, atoms in enumerate(frames):
-        atoms.info["pfd_frame_id"] = f"init-{i:03d}"
+        atoms.info[FRAME_ID_KEY] = f"init-{i:03d}"
     return frames
 
 

@@ -153,6 +153,12 @@ _FUSED: bool | None = None  # fused C kernels: None = when built and the CPU has
 _FUSED_LIB: list = []  # the loaded library (or None), once looked for
 
 
+def set_fused(enabled: bool) -> None:
+    """Let :func:`fused_kernels` return the kernels where available (True) or None (False)."""
+    global _FUSED
+    _FUSED = bool(enabled)
+
+
 def fused_kernels():
     """The compiled kernels of ``_kde_fused.c`` (a ctypes library), or None.
 

@@ -65,8 +65,35 @@ __all__ = [
     "entropy_bruteforce",
     "entropy_curve",
     "log_kernel_sum",
+    "use_fused_kernels",
     "weight",
 ]
+
+
+def use_fused_kernels(enabled: bool | None = None) -> bool:
+    """Whether the kernel sums go through the compiled fused kernels; ``enabled`` chooses.
+
+    The fused kernels (the optional C extension ``_kde_fused``, built by ``setup.py`` and used
+    when this CPU has AVX2 and FMA) compute the pruned sums of :func:`entropy`,
+    :func:`delta_entropy` and :func:`log_kernel_sum`; without them the same sums run in
+    numpy and torch blocks. Results agree within the pruning contract either way. The choice
+    holds for this process (all its threads) until changed.
+
+    Parameters
+    ----------
+    enabled
+        ``True`` (the default state): the fused kernels wherever available. ``False``: numpy
+        and torch blocks everywhere (to compare speeds or results). ``None``: no change.
+
+    Returns
+    -------
+    bool
+        Whether the fused kernels are used from now on (``False`` where they are not
+        available, whatever ``enabled``).
+    """
+    if enabled is not None:
+        _kde_blocks.set_fused(enabled)
+    return _kde_blocks.fused_kernels() is not None
 
 
 def _as_matrix(x: np.ndarray, name: str) -> np.ndarray:

@@ -27,6 +27,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from pfd_ase._io import atomic_path
+from pfd_ase.data import FRAME_ID_KEY
 
 __all__ = ["evaluate", "parity_plot", "predict", "reference_labels"]
 
@@ -176,7 +177,7 @@ def _errors(
         df.append(f_err.ravel())
         row: dict[str, Any] = {
             "index": i,
-            "frame_id": atoms.info.get("pfd_frame_id"),
+            "frame_id": atoms.info.get(FRAME_ID_KEY),
             "n_atoms": n,
             "energy_error": float(e_err),
             "force_rmse": _rmse(f_err),

@@ -51,7 +51,7 @@ from typing import Any
 
 from ase import Atoms
 
-from pfd_ase.data import frame_fingerprint, merge_frames, read_frames, write_frames
+from pfd_ase.data import FRAME_ID_KEY, frame_fingerprint, merge_frames, read_frames, write_frames
 from pfd_ase.workflow import steps
 from pfd_ase.workflow.config import (
     DistillConfig,
@@ -122,7 +122,7 @@ def _recover(source: Path, merged: Path, prefix: str) -> None:
     take its frames (ids starting with ``prefix``) from the merged file."""
     if not source.exists() and merged.exists():
         frames = [
-            a for a in read_frames(merged) if str(a.info.get("pfd_frame_id", "")).startswith(prefix)
+            a for a in read_frames(merged) if str(a.info.get(FRAME_ID_KEY, "")).startswith(prefix)
         ]
         write_frames(source, frames)
 
@@ -203,7 +203,7 @@ def _select(stage: StageConfig, folder: Path, key: str, dataset: list[Atoms]) ->
     selected = []
     for j, i in enumerate(picked):
         atoms = candidates[i]
-        atoms.info["pfd_frame_id"] = f"{key}.{j:03d}"
+        atoms.info[FRAME_ID_KEY] = f"{key}.{j:03d}"
         selected.append(atoms)
     write_frames(folder / SELECTED_FILE, selected)
     return {
@@ -263,7 +263,7 @@ def _compare_select_label(
     picked = steps.select(candidates, ds, deviations=test.max_force_devi_eV_A if test else None)
     new = []
     for j, i in enumerate(picked):
-        candidates[i].info["pfd_frame_id"] = f"{key}.{j:03d}"
+        candidates[i].info[FRAME_ID_KEY] = f"{key}.{j:03d}"
         new.append(candidates[i])
     result = steps.label(new, PFDCalculator(teacher), folder / "label")
     return {

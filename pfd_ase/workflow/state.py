@@ -34,7 +34,7 @@ from typing import Any
 from ase import Atoms
 
 from pfd_ase._io import read_json, write_json
-from pfd_ase.data import append_frames, merge_frames, read_frames, write_frames
+from pfd_ase.data import FRAME_ID_KEY, append_frames, merge_frames, read_frames, write_frames
 
 __all__ = [
     "RunState",
@@ -334,7 +334,7 @@ def frames_identity(frames: Sequence[Atoms]) -> str:
     h = hashlib.sha256()
     for atoms in frames:
         h.update(frame_fingerprint(atoms).encode())
-        h.update(str(atoms.info.get("pfd_frame_id")).encode())
+        h.update(str(atoms.info.get(FRAME_ID_KEY)).encode())
         results = getattr(atoms.calc, "results", None) or {}
         for key in ("energy", "forces", "stress"):
             if results.get(key) is not None:

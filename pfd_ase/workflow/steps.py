@@ -33,7 +33,7 @@ import numpy as np
 from ase import Atoms
 
 from pfd_ase.calculators.deviation import force_deviation
-from pfd_ase.data import write_frames
+from pfd_ase.data import FRAME_ID_KEY, write_frames
 from pfd_ase.explore import ExploreResult
 from pfd_ase.label import LabelResult
 from pfd_ase.selectors.filters import FilterResult, filter_frames
@@ -82,7 +82,7 @@ def perturb(init: InitConfig, structures: Mapping[str, Atoms], seed: int) -> lis
             atoms, init.n_perturb, rng, init.cell_strain, init.displacement_A
         )
         for k, new in enumerate(copies):
-            new.info["pfd_frame_id"] = f"init.{name}.{k:03d}"
+            new.info[FRAME_ID_KEY] = f"init.{name}.{k:03d}"
             frames.append(new)
     return frames
 
