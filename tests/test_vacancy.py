@@ -159,7 +159,7 @@ def test_compare_vacancies_reports_unstable_phases(sw, phases, tmp_path, monkeyp
     assert out["vacancy_flags"]["PF"] == {"diamond": [], "bc8": ["unstable", "extrapolation"]}
     # the figure: no bar but the word "unstable" where bc8's would be
     ax = drawn[-1].axes[0]
-    assert [t.get_text() for t in ax.texts].count("unstable") == 1
+    assert [t.get_text().strip() for t in ax.texts].count("unstable") == 1
     heights = [p.get_height() for p in ax.patches]
     assert np.isnan(heights[1]) and heights[0] > 0
     # the report: "unstable" with the reason, never a number

@@ -248,13 +248,13 @@ def perfect_cell_stability(
     if sg is not None and changed:
         reasons.append(f"space group {sg} → {changed[0]}")
     if drop > max_energy_drop_eV_atom:
-        reasons.append(f"a rattled copy relaxed {1000 * drop:.1f} meV/atom lower")
+        reasons.append(f"{1000 * drop:.1f} meV/atom lower")
     dv = max((v for _, v in finals), key=abs)
     if relax_cell and abs(dv) > max_volume_change:
         reasons.append(f"volume {100 * dv:+.0f} %")
     if reasons:
         stable: bool | None = False
-        reason: str | None = ", ".join(reasons) + f" (rattled by {rattle_A:g} Å and relaxed)"
+        reason: str | None = f"{', '.join(reasons)} after relaxing a copy rattled by {rattle_A:g} Å"
     elif not converged:
         stable, reason = None, f"rattled relaxation not converged in {steps} steps"
     else:
@@ -529,19 +529,19 @@ def plot_vacancy_bars(
                 bar.set_hatch("//")
                 bar.set_alpha(0.4)
         for xi, phase in zip(xs, phases, strict=True):
-            if phase in gone:
+            if phase in gone:  # no bar: the word, standing on the zero line
                 ax.text(
                     xi,
-                    0.05,
-                    "unstable",
+                    0.0,
+                    " unstable",
                     rotation=90,
                     ha="center",
                     va="bottom",
-                    fontsize=7,
+                    fontsize=8,
                     color=f"C{i}",
-                    transform=ax.get_xaxis_transform(),
                 )
     ax.set_xticks(x)
+    ax.set_xlim(-0.5, len(phases) - 0.5)
     ax.set_xticklabels(phases)
     ax.axhline(0.0, color="0.5", linewidth=0.6)
     ax.set_ylabel("Vacancy formation energy (eV)")
