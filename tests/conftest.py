@@ -92,6 +92,12 @@ def tiny_models(tmp_path_factory, emt_systems):
     return out
 
 
+#: The schedule of the tiny pre-trainings of the tests (not the DPA-2 paper's 2e-4 -> 3e-8 of
+#: :data:`~pfd_ase.training.deepmd.PRETRAIN_LR`, made for 1 000 000 steps): 1e-3 -> 3.51e-8,
+#: decaying every step; with ``batch_size="auto"`` (not the paper's 8 frames) for speed.
+TINY_PRETRAIN_LR = {"type": "exp", "start_lr": 1e-3, "stop_lr": 3.51e-8, "decay_steps": 1}
+
+
 @pytest.fixture(scope="session")
 def multitask_model(tmp_path_factory, emt_systems):
     """A tiny two-head (``cu``, ``cu2``) multi-task DPA-2 checkpoint."""
@@ -102,7 +108,11 @@ def multitask_model(tmp_path_factory, emt_systems):
     train, _ = emt_systems
     work = tmp_path_factory.mktemp("tiny_multitask")
     cfg = dp.multitask_input(
-        ["Cu", "Ag"], {"cu": {"train": train}, "cu2": {"train": train, "weight": 2.0}}, steps=10
+        ["Cu", "Ag"],
+        {"cu": {"train": train}, "cu2": {"train": train, "weight": 2.0}},
+        steps=10,
+        learning_rate=TINY_PRETRAIN_LR,
+        batch_size="auto",
     )
     return dp.train(cfg, work)
 

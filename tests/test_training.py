@@ -15,7 +15,7 @@ import pytest
 from pfd_ase.training import deepmd as dp
 from pfd_ase.training import stages
 
-from conftest import emt_frames, requires_deepmd, si_frames
+from conftest import TINY_PRETRAIN_LR, emt_frames, requires_deepmd, si_frames
 
 pytestmark = requires_deepmd
 
@@ -38,6 +38,8 @@ def pretrained(tmp_path_factory):
         {"emt": emt_frames(8, seed=0), "sw": {"frames": si_frames(8, seed=1), "weight": 2.0}},
         work,
         steps=40,
+        learning_rate=TINY_PRETRAIN_LR,
+        batch_size="auto",
     )
     return result
 
@@ -112,6 +114,7 @@ def test_student_trains_freezes_and_compresses(tersoff_data, tmp_path):
     assert (desc["type"], desc["attn_layer"], desc["rcut"]) == ("se_atten_v2", 0, 6.5)
     assert cfg["training"]["training_data"]["batch_size"] == 1
     assert cfg["learning_rate"]["start_lr"] == 0.01 and cfg["learning_rate"]["stop_lr"] == 1e-8
+    assert cfg["learning_rate"]["decay_steps"] == 2  # 20 steps: ten decays (paper: every 2000)
     assert result.compressed is not None, result.info
     plain, packed = PFDCalculator(result.model), PFDCalculator(result.compressed)
     for atoms in held_out[:2]:
@@ -121,6 +124,58 @@ def test_student_trains_freezes_and_compresses(tersoff_data, tmp_path):
         assert packed.get_potential_energy(atoms.copy()) == pytest.approx(
             plain.get_potential_energy(atoms.copy()), abs=1e-8
         )
+
+
+def test_default_schedules_are_the_papers_and_fit_short_runs():
+    """The papers' schedules (PFD supplement §II.C, DPA-2 paper §S9) keep their decay period
+    in runs of ten periods or more; shorter runs decay every steps // 10 and end near
+    stop_lr in deepmd-kit's own staircase, while an explicit period is kept if it decays."""
+    from deepmd.dpmodel.utils.learning_rate import LearningRateExp
+
+    assert (dp.FINETUNE_LR["start_lr"], dp.FINETUNE_LR["stop_lr"]) == (1e-3, 3.51e-8)
+    assert (dp.STUDENT_LR["start_lr"], dp.STUDENT_LR["stop_lr"]) == (1e-2, 1e-8)
+    assert (dp.PRETRAIN_LR["start_lr"], dp.PRETRAIN_LR["stop_lr"]) == (2e-4, 3e-8)
+    section = dp.learning_rate_section
+    cases = [
+        (dp.FINETUNE_LR, 20000, 200),
+        (dp.FINETUNE_LR, 400, 40),
+        (dp.STUDENT_LR, 1_000_000, 2000),
+        (dp.STUDENT_LR, 3000, 300),
+        (dp.PRETRAIN_LR, 1_000_000, 5000),
+        (dp.PRETRAIN_LR, 10, 1),
+    ]
+    for default, steps, period in cases:
+        lr = section(None, steps, default)
+        assert lr["decay_steps"] == period, (default, steps)
+        schedule = LearningRateExp(num_steps=steps, **{k: v for k, v in lr.items() if k != "type"})
+        assert schedule.decay_steps == period  # deepmd-kit keeps it
+        ratio = lr["start_lr"] / lr["stop_lr"]
+        assert lr["stop_lr"] <= schedule.value(steps - 1) <= lr["stop_lr"] * ratio**0.1 * 1.001
+    explicit = {"type": "exp", "start_lr": 1e-3, "stop_lr": 1e-5, "decay_steps": 200}
+    assert section(explicit, 400, dp.FINETUNE_LR) == explicit  # decays once: the caller's
+    assert section(explicit, 200, dp.FINETUNE_LR)["decay_steps"] == 20  # would never decay
+    no_period = {"type": "exp", "start_lr": 1e-3, "stop_lr": 1e-5}
+    assert section(no_period, 100000, dp.STUDENT_LR)["decay_steps"] == 2000
+    assert section(no_period, 300, dp.STUDENT_LR)["decay_steps"] == 30
+    for other in ({**explicit, "decay_rate": 0.9}, {"type": "cosine", "start_lr": 1e-3}):
+        assert section(other, 100, dp.FINETUNE_LR) == other
+    systems = ["."]
+    assert dp.student_input(["Si"], systems, steps=100000)["learning_rate"]["decay_steps"] == 2000
+    cfg = dp.multitask_input(["Si"], {"a": {"train": systems}}, steps=100000)
+    assert cfg["learning_rate"] == dp.PRETRAIN_LR
+    assert cfg["training"]["data_dict"]["a"]["training_data"]["batch_size"] == 8
+
+
+def test_paper_layout_dpa2_has_the_repformer_attention_and_products():
+    """DPA-2 paper eqs. 24 and 29: loc_attn in the g1 update, f_i * f_j in the g2 update."""
+    from deepmd.pt.model.model import get_model
+
+    prod, tiny = dp.DPA2_PRODUCTION["repformer"], dp.DPA2_TINY["repformer"]
+    assert prod["update_g1_has_attn"] and prod["update_g2_has_g1g1"]
+    assert not tiny["update_g1_has_attn"] and not tiny["update_g2_has_g1g1"]  # fast tests
+    model = get_model(dp.energy_model(["Si"], dp.DPA2_PRODUCTION, dp.FITTING_PRODUCTION))
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 2.5e6 < n_params < 2.7e6  # 2,617,508 (both off: 1,022,468)
 
 
 def _without_stress(frames):

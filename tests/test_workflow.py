@@ -16,7 +16,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from pfd_ase.data import read_frames
 from pfd_ase.workflow import ConfigError, load_config, run, run_status
 
-from conftest import requires_deepmd, si_frames
+from conftest import TINY_PRETRAIN_LR, requires_deepmd, si_frames
 
 pytestmark = requires_deepmd
 
@@ -37,7 +37,7 @@ def si_config(workdir, base, **overrides):
         "init": {"n_perturb": 4},
         "finetune": {
             "steps": 20,
-            "learning_rate": {"type": "exp", "start_lr": 2e-3, "stop_lr": 1e-4},
+            "learning_rate": {"type": "exp", "start_lr": 2e-3, "stop_lr": 1e-4, "decay_steps": 1},
             "force_rmse_threshold_eV_A": 0.001,
             "stages": [
                 {
@@ -52,6 +52,7 @@ def si_config(workdir, base, **overrides):
         },
         "distill": {
             "steps": 20,
+            "learning_rate": {"type": "exp", "start_lr": 1e-2, "stop_lr": 1e-8, "decay_steps": 1},
             "max_iterations": 2,
             "n_frames": 4,
             "force_devi_threshold_eV_A": 0.0,
@@ -74,7 +75,13 @@ def base_model(tmp_path_factory):
     from conftest import emt_frames
 
     work = tmp_path_factory.mktemp("base")
-    return pretrain({"sw": si_frames(6, seed=11), "emt": emt_frames(4, seed=12)}, work, steps=20)
+    return pretrain(
+        {"sw": si_frames(6, seed=11), "emt": emt_frames(4, seed=12)},
+        work,
+        steps=20,
+        learning_rate=TINY_PRETRAIN_LR,
+        batch_size="auto",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,13 @@ its own work directory: in-process training writes into the current directory, k
 torch thread settings and cannot be stopped cleanly. The exact command line, the
 deepmd-kit version and the wall time are recorded in ``pfd_train.json``.
 
-Hyper-parameters follow the PFD supplement: fine-tuning lr 1e-3 → 3.51e-8 decaying every
-200 steps; student (``se_atten_v2``, ``attn_layer = 0``, rcut 6.5 Å) lr 0.01 → 1e-8,
-batch size 1. The loss weighs energies and forces, and virials too when the training
-data carry them (:func:`default_loss`).
+Hyper-parameters follow the papers: fine-tuning lr 1e-3 → 3.51e-8 decaying every 200
+steps (PFD supplement §II.C, 20 000 steps); the student (``se_atten_v2``, ``attn_layer = 0``,
+rcut 6.5 Å) lr 0.01 → 1e-8 decaying every 2000 steps, batch size 1 (supplement §II.C,
+1 000 000 steps); multi-task pre-training lr 2e-4 → 3e-8 decaying every 5000 steps, batch
+size 8 (DPA-2 paper, Supplementary §S3 and §S9). Runs shorter than ten decay periods decay
+faster (:func:`learning_rate_section`). The loss weighs energies and forces, and virials too
+when the training data carry them (:func:`default_loss`).
 """
 
 from __future__ import annotations
@@ -29,14 +32,13 @@ from pfd_ase.data import has_virial_labels
 RECORD_FILE = "pfd_train.json"
 
 # --------------------------------------------------------------------------- templates
-#: Repformer update scheme shared by every DPA-2 template (deepmd-kit's example layout).
+#: Repformer update scheme shared by every DPA-2 template (deepmd-kit's example layout); the
+#: g1 self-attention and the g2 g1×g1 product are set by :func:`dpa2_descriptor`.
 _REPFORMER_UPDATES: dict[str, Any] = {
     "update_h2": False,
     "update_g1_has_conv": True,
     "update_g1_has_grrg": True,
     "update_g1_has_drrd": True,
-    "update_g1_has_attn": False,
-    "update_g2_has_g1g1": False,
     "update_g2_has_attn": True,
     "update_style": "res_residual",
     "update_residual": 0.01,
@@ -57,8 +59,19 @@ def dpa2_descriptor(
     repinit_axis_neuron: int = 4,
     repformer_nsel: int = 40,
     attn_heads: int = 2,
+    update_g1_has_attn: bool = False,
+    update_g2_has_g1g1: bool = False,
 ) -> dict[str, Any]:
-    """A DPA-2 descriptor: repinit rcut 6 Å, ``nlayers`` repformer layers with rcut 4 Å."""
+    """A DPA-2 descriptor: repinit rcut 6 Å, ``nlayers`` repformer layers with rcut 4 Å.
+
+    ``update_g1_has_attn`` adds the local self-attention to the single-atom update (DPA-2
+    paper eq. 24, ``loc_attn``) and ``update_g2_has_g1g1`` the product
+    ``w_ij linear(f_i ⊙ f_j)`` to the pair update (eq. 29). The paper has both (its
+    ablation, Supplementary Table S5: removing them raised the pre-training RMSEs by
+    14.6 meV/atom, 58.4 meV/Å and 4.6 meV/atom, 21.7 meV/Å); deepmd-kit's example inputs
+    (``examples/water/dpa2``) turn both off, and so do the defaults here, for the small
+    test models. :data:`DPA2_PRODUCTION` turns them on.
+    """
     return {
         "type": "dpa2",
         "repinit": {
@@ -84,16 +97,22 @@ def dpa2_descriptor(
             "attn1_nhead": attn_heads,
             "axis_neuron": 4,
             **_REPFORMER_UPDATES,
+            "update_g1_has_attn": update_g1_has_attn,
+            "update_g2_has_g1g1": update_g2_has_g1g1,
         },
         "add_tebd_to_repinit_out": False,
     }
 
 
-#: A small two-layer DPA-2 descriptor for tests and demos (about 30-50k parameters per branch).
+#: A small two-layer DPA-2 descriptor for tests and demos (about 30-50k parameters per branch),
+#: without the g1 self-attention and g2 g1×g1 product (fast; see :func:`dpa2_descriptor`).
 DPA2_TINY: dict[str, Any] = dpa2_descriptor()
 
-#: DPA-2 of the paper's production size (repinit nsel 120, 6 repformer layers, g1 128 / g2 32);
-#: use ``dpa2_descriptor(nlayers=12, ...)`` for the 12-layer variant.
+#: DPA-2 in the paper's layout (DPA-2 paper §4.2.3 eqs. 24 and 29, Supplementary §S9: repinit
+#: nsel 120 with a 25/50/100 embedding and axis 12, repformers with g1 128 / g2 32, attention
+#: hidden sizes 128 / 32, 4 heads, g1 self-attention and g2 g1×g1 product on) with the six
+#: repformer layers and the 6 Å repinit cutoff of the PFD supplement's base model (§II.C; the
+#: DPA-2 paper has 12 layers and 9 Å: ``dpa2_descriptor(nlayers=12, ...)``).
 DPA2_PRODUCTION: dict[str, Any] = dpa2_descriptor(
     nlayers=6,
     g1_dim=128,
@@ -102,6 +121,8 @@ DPA2_PRODUCTION: dict[str, Any] = dpa2_descriptor(
     repinit_neuron=(25, 50, 100),
     repinit_axis_neuron=12,
     attn_heads=4,
+    update_g1_has_attn=True,
+    update_g2_has_g1g1=True,
 )
 FITTING_PRODUCTION: dict[str, Any] = {"neuron": [240, 240, 240], "resnet_dt": True}
 
@@ -119,8 +140,17 @@ STUDENT_DESCRIPTOR: dict[str, Any] = {
 }
 STUDENT_FITTING: dict[str, Any] = {"neuron": [240, 240, 240], "resnet_dt": True}
 
+#: Fine-tuning (PFD supplement §II.C): 1e-3 → 3.51e-8 decaying every 200 steps, 20 000 steps.
 FINETUNE_LR = {"type": "exp", "start_lr": 1e-3, "stop_lr": 3.51e-8, "decay_steps": 200}
-STUDENT_LR = {"type": "exp", "start_lr": 1e-2, "stop_lr": 1e-8, "decay_steps": 200}
+#: The student (PFD supplement §II.C): 0.01 → 1e-8 decaying every 2000 steps, 1 000 000 steps.
+STUDENT_LR = {"type": "exp", "start_lr": 1e-2, "stop_lr": 1e-8, "decay_steps": 2000}
+#: Multi-task pre-training (DPA-2 paper, Supplementary §S9): 2e-4 → 3e-8 decaying every 5000
+#: steps, over 1 000 000 steps.
+PRETRAIN_LR = {"type": "exp", "start_lr": 2e-4, "stop_lr": 3e-8, "decay_steps": 5000}
+#: Frames per step of multi-task pre-training (DPA-2 paper, Supplementary §S3, Table S3).
+PRETRAIN_BATCH_SIZE = 8
+#: A default schedule decays at least this many times in a run (see learning_rate_section).
+MIN_DECAYS = 10
 #: Energy and force loss (deepmd-kit's ``ener`` loss), without a virial term.
 ENERGY_LOSS = {
     "type": "ener",
@@ -174,6 +204,43 @@ def energy_model(
     return {"type_map": list(type_map), "descriptor": desc, "fitting_net": fit}
 
 
+def learning_rate_section(
+    learning_rate: Mapping[str, Any] | None,
+    steps: int,
+    default: Mapping[str, Any] = FINETUNE_LR,
+) -> dict[str, Any]:
+    """The ``learning_rate`` section of a run of ``steps`` steps (a new dict).
+
+    deepmd-kit's ``exp`` schedule is a staircase: ``lr(t) = start_lr * r ** (t //
+    decay_steps)`` with ``r = (stop_lr / start_lr) ** (decay_steps / numb_steps)``
+    (``deepmd/dpmodel/utils/learning_rate.py``, 3.2), so the last step runs at ``start_lr *
+    r ** ((numb_steps - 1) // decay_steps)``: a run of fewer than a few periods ends far above
+    ``stop_lr`` (the supplement's 200-step period in a 400-step fine-tuning ends at 5.9e-6
+    for a stop_lr of 3.51e-8), and one no longer than a period never decays (deepmd-kit then
+    silently picks a period of its own). Hence:
+
+    - ``None``: ``default`` (the paper's schedule), its period shortened to ``steps // 10``
+      (:data:`MIN_DECAYS`, at least 1) in runs shorter than ten periods, so that the run
+      ends within ``(start_lr / stop_lr) ** 0.1`` of ``stop_lr`` (×2.8 for fine-tuning, ×4
+      for the student, ×2.4 for pre-training). The papers' runs (20 000 fine-tuning steps,
+      1 000 000 student and pre-training steps) keep the papers' periods.
+    - an ``exp`` section without ``decay_steps`` (and without ``decay_rate``): the same, with
+      ``default``'s period.
+    - an ``exp`` section whose ``decay_steps`` is ``>= steps`` (it would never decay, without
+      ``decay_rate``): the period becomes ``steps // 10`` (at least 1).
+    - anything else is used as given (a copy).
+    """
+    lr = dict(learning_rate if learning_rate is not None else default)
+    if lr.get("type", "exp") != "exp" or lr.get("decay_rate") is not None:
+        return lr
+    short = max(1, int(steps) // MIN_DECAYS)
+    if learning_rate is None or "decay_steps" not in lr:
+        lr["decay_steps"] = min(int(default.get("decay_steps", short)), short)
+    elif lr["decay_steps"] >= steps:
+        lr["decay_steps"] = short
+    return lr
+
+
 def training_input(
     model: Mapping[str, Any],
     train_systems: Sequence[str | os.PathLike],
@@ -197,8 +264,8 @@ def training_input(
     steps
         Number of training steps (``numb_steps``).
     learning_rate
-        The ``learning_rate`` section (default :data:`FINETUNE_LR`); its ``decay_steps`` is
-        capped at ``steps``.
+        The ``learning_rate`` section (default :data:`FINETUNE_LR`), fitted to ``steps`` by
+        :func:`learning_rate_section`.
     loss
         The ``loss`` section, used as given. By default :func:`default_loss`: energy and
         forces, plus the virial (:data:`VIRIAL_PREFS`) when any training system holds
@@ -216,8 +283,7 @@ def training_input(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not train_systems:
         raise ValueError("no training systems given")
-    lr = dict(learning_rate or FINETUNE_LR)
-    lr["decay_steps"] = min(lr.get("decay_steps", 200), max(1, steps))
+    lr = learning_rate_section(learning_rate, steps, FINETUNE_LR)
     if loss is None:
         loss = default_loss(any(has_virial_labels(s) for s in train_systems))
     else:
@@ -254,6 +320,7 @@ def multitask_input(
     steps: int = 1000,
     learning_rate: Mapping[str, Any] | None = None,
     seed: int = 1,
+    batch_size: int | str = PRETRAIN_BATCH_SIZE,
 ) -> dict[str, Any]:
     """Input for multi-task pre-training (DPA-2 §4.4): shared descriptor, one head per dataset.
 
@@ -266,9 +333,17 @@ def multitask_input(
         (sampling weight, default 1), "fitting_net": {...} (optional)}}``.
     descriptor
         Shared descriptor (default :data:`DPA2_TINY`).
+    learning_rate
+        The ``learning_rate`` section; default :data:`PRETRAIN_LR` (DPA-2 paper §S9: 2e-4 →
+        3e-8 decaying every 5000 steps), fitted to ``steps`` by
+        :func:`learning_rate_section`.
+    batch_size
+        Frames of each training batch, in every branch (default 8, the DPA-2 paper's total
+        batch of its multi-task pre-training, §S3); ``"auto"`` lets deepmd-kit choose.
     """
     if len(branches) < 1:
         raise ValueError("multi-task training needs at least one branch")
+    learning_rate = learning_rate_section(learning_rate, steps, PRETRAIN_LR)
     desc = copy.deepcopy(dict(descriptor or DPA2_TINY))
     desc.setdefault("seed", seed)
     model_dict, loss_dict, data_dict, prob = {}, {}, {}, {}
@@ -277,7 +352,12 @@ def multitask_input(
         if unknown or "train" not in spec:
             raise ValueError(f"branch {name!r}: needs 'train', unknown keys {sorted(unknown)}")
         single = training_input(
-            {}, spec["train"], spec.get("valid"), steps=steps, learning_rate=learning_rate
+            {},
+            spec["train"],
+            spec.get("valid"),
+            steps=steps,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
         )
         fit = dict(spec.get("fitting_net") or {"neuron": [32, 32, 32], "resnet_dt": True})
         fit.setdefault("seed", seed)
@@ -320,8 +400,9 @@ def student_input(
 ) -> dict[str, Any]:
     """Input for the distilled student: se_atten_v2 (attn_layer 0), batch 1 (the paper's).
 
-    ``learning_rate`` defaults to :data:`STUDENT_LR` (0.01 → 1e-8, the paper's schedule for
-    long runs).
+    ``learning_rate`` defaults to :data:`STUDENT_LR` (PFD supplement §II.C: 0.01 → 1e-8
+    decaying every 2000 steps), fitted to ``steps`` by :func:`learning_rate_section` (runs
+    shorter than 20 000 steps decay every ``steps // 10``).
     """
     model = energy_model(type_map, STUDENT_DESCRIPTOR, STUDENT_FITTING, seed=seed)
     for key, value in overrides.pop("descriptor", {}).items():
@@ -331,7 +412,7 @@ def student_input(
         train_systems,
         valid_systems,
         steps=steps,
-        learning_rate=dict(learning_rate or STUDENT_LR),
+        learning_rate=learning_rate_section(learning_rate, steps, STUDENT_LR),
         batch_size=batch_size,
         seed=seed,
         **overrides,

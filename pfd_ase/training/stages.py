@@ -106,7 +106,9 @@ def finetune(
         Elements of the fine-tuned model (default: those in ``frames``); may be a subset
         of the pre-trained model's.
     steps, learning_rate
-        Schedule; default lr 1e-3 → 3.51e-8 decaying every 200 steps (supplement).
+        Schedule; default 20 000 steps at lr 1e-3 → 3.51e-8 decaying every 200 steps (PFD
+        supplement §II.C), every ``steps // 10`` in runs shorter than 2000 steps (see
+        :func:`pfd_ase.training.deepmd.learning_rate_section`).
     init_model
         Continue from this checkpoint instead (a later fine-tune iteration): the model
         keeps its weights and no new bias is fitted.
@@ -165,6 +167,7 @@ def pretrain(
     learning_rate: Mapping[str, Any] | None = None,
     progress: bool = True,
     virial: bool = False,
+    batch_size: int | str = dp.PRETRAIN_BATCH_SIZE,
 ) -> TrainResult:
     """Multi-task pre-training (DPA-2 paper §4.4): one fitting head per dataset, shared descriptor.
 
@@ -174,9 +177,17 @@ def pretrain(
         ``{head: frames}`` or ``{head: {"frames": frames, "weight": w}}`` with sampling
         weight ``w`` (default 1).
     descriptor
-        Shared descriptor (default: a tiny DPA-2, :data:`~pfd_ase.training.deepmd.DPA2_TINY`).
+        Shared descriptor (default: a tiny DPA-2, :data:`~pfd_ase.training.deepmd.DPA2_TINY`;
+        :data:`~pfd_ase.training.deepmd.DPA2_PRODUCTION` is the paper's layout).
+    steps
+        Training steps (default 100 000; the DPA-2 paper trains 1 000 000, Supplementary §S9).
     learning_rate
-        deepmd-kit ``learning_rate`` section (default lr 1e-3 → 3.51e-8).
+        deepmd-kit ``learning_rate`` section; default the DPA-2 paper's (Supplementary §S9):
+        lr 2e-4 → 3e-8 decaying every 5000 steps, every ``steps // 10`` in runs shorter than
+        50 000 steps (see :func:`pfd_ase.training.deepmd.learning_rate_section`).
+    batch_size
+        Frames per training batch (default 8, the DPA-2 paper's, Supplementary §S3);
+        ``"auto"`` lets deepmd-kit choose (at least 32 atoms a batch).
     progress
         Show a progress bar while training (see :func:`pfd_ase.training.deepmd.train`).
     virial
@@ -208,6 +219,7 @@ def pretrain(
         steps=steps,
         learning_rate=learning_rate,
         seed=seed,
+        batch_size=batch_size,
     )
     if not virial:
         cfg["loss_dict"] = {name: dict(dp.ENERGY_LOSS) for name in cfg["loss_dict"]}
@@ -232,6 +244,11 @@ def train_student(
     **descriptor_overrides: Any,
 ) -> TrainResult:
     """Train the distilled student (se_atten_v2, attn_layer 0, rcut 6.5 Å), freeze, compress.
+
+    The default schedule is the PFD supplement's (§II.C): lr 0.01 → 1e-8 decaying every 2000
+    steps (every ``steps // 10`` in runs shorter than 20 000 steps, see
+    :func:`pfd_ase.training.deepmd.learning_rate_section`), batch size 1; the paper trains
+    1 000 000 steps, the default here is 100 000.
 
     Compression (``dp --pt compress``) needs deepmd-kit's custom operators; when it fails
     the reason is recorded in ``info["compress_error"]`` and ``compressed`` is None, so
