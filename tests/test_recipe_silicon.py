@@ -65,6 +65,7 @@ def test_quick_recipe_with_classical_labeler(tmp_path):
         tmp_path / "base",
         steps=1500,
         learning_rate=lr,
+        batch_size="auto",  # not the DPA-2 paper's 8 frames: speed
         progress=False,
     )
     diamond_like = ["diamond", "hex_diamond", "diamond_vacancy"]

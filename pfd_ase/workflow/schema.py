@@ -177,9 +177,15 @@ SCHEMA: dict[str, Any] = {
         "displacement_A": Setting(0.1, "standard deviation of the atomic displacements (Å, >= 0)"),
     },
     "finetune": {
-        "steps": Setting(2000, "training steps of each deepmd-kit fine-tuning (integer > 0)"),
+        "steps": Setting(
+            20000,
+            "training steps of each deepmd-kit fine-tuning (integer > 0; 20000 as in the PFD "
+            "supplement)",
+        ),
         "learning_rate": Setting(
-            None, "deepmd-kit learning_rate section; null = 1e-3 -> 3.51e-8 every 200 steps"
+            None,
+            "deepmd-kit learning_rate section; null = 1e-3 -> 3.51e-8 every 200 steps "
+            "(supplement), every steps/10 in runs under 2000 steps",
         ),
         "force_rmse_threshold_eV_A": Setting(
             0.06, "converged when the model's force RMSE on new frames is below this (eV/Å)"
@@ -200,7 +206,11 @@ SCHEMA: dict[str, Any] = {
     "distill": {
         "enabled": Setting(True, "distil the teacher into a small student: true or false"),
         "steps": Setting(2000, "training steps of the student (integer > 0)"),
-        "learning_rate": Setting(None, "deepmd-kit learning_rate section; null = 1e-2 -> 1e-8"),
+        "learning_rate": Setting(
+            None,
+            "deepmd-kit learning_rate section; null = 1e-2 -> 1e-8 every 2000 steps "
+            "(supplement), every steps/10 in runs under 20000 steps",
+        ),
         "max_iterations": Setting(3, "explore-compare-train iterations at most (integer > 0)"),
         "n_frames": Setting(20, "teacher-labelled frames added per iteration (integer > 0)"),
         "force_devi_threshold_eV_A": Setting(
