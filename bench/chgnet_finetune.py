@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "chgnet_finetune.json"
@@ -91,19 +90,10 @@ def make_frames(seeds: range, rattle: float = 0.08, strain: float = 0.02) -> lis
 
 
 def label(frames: list[Atoms], labeler: str) -> list[Atoms]:
-    """Label in place with a ``make_labeler`` calculator (energy, forces, stress)."""
-    from pfd_ase.calculators import make_labeler
+    """Labelled copies (energy, forces, stress) by a ``make_labeler`` labeler."""
+    from pfd_ase.label import label_in_memory
 
-    calc = make_labeler(labeler)
-    for atoms in frames:
-        atoms.calc = calc
-        results = {
-            "energy": atoms.get_potential_energy(),
-            "forces": atoms.get_forces(),
-            "stress": atoms.get_stress(),
-        }
-        atoms.calc = SinglePointCalculator(atoms, **results)
-    return frames
+    return label_in_memory(frames, labeler)
 
 
 def predict(model_path: str, frames: list[Atoms]) -> list[dict[str, np.ndarray]]:

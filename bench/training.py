@@ -6,9 +6,9 @@
 
 Training: seconds per step for the tiny DPA-2 teacher (:data:`DPA2_TINY`, batch "auto") and
 the student (se_atten_v2, attn_layer 0, batch 1), each trained for ``--steps`` steps on 8-atom
-and on 64-atom Si frames labelled by Stillinger-Weber. The figure is deepmd-kit's own
-"average training time" (dp.log), which leaves out the first display interval (start-up,
-TorchScript specialisation).
+and on 64-atom Si frames labelled by Stillinger-Weber (:func:`pfd_ase.materials.labelled_silicon`).
+The figure is deepmd-kit's own "average training time" (dp.log), which leaves out the first
+display interval (start-up, TorchScript specialisation).
 
 Inference: ms per energy+forces+stress call (``PFDCalculator.calculate``, which evaluates
 per-atom energies and the virial too) on perturbed 64- and 512-atom diamond Si, for the
@@ -71,33 +71,6 @@ def set_threads(n: int) -> None:
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def si_frames(n: int, reps: int, seed: int, displacement: float = 0.08):
-    """Perturbed, strained diamond Si (8·reps³ atoms) labelled by Stillinger-Weber."""
-    import numpy as np
-    from ase.build import bulk
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    from pfd_ase.calculators.labelers import make_labeler
-
-    calc = make_labeler("sw")
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(n):
-        atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(reps)
-        strain = np.eye(3) + rng.normal(0.0, 0.01, (3, 3))
-        atoms.set_cell(atoms.cell.array @ strain, scale_atoms=True)
-        atoms.positions += rng.normal(0.0, displacement, atoms.positions.shape)
-        atoms.calc = calc
-        results = {
-            "energy": atoms.get_potential_energy(),
-            "forces": atoms.get_forces(),
-            "stress": atoms.get_stress(),
-        }
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        frames.append(atoms)
-    return frames
 
 
 def si_cell(natoms: int, seed: int = 0):
@@ -221,6 +194,7 @@ def main() -> None:
 
     from pfd_ase.calculators import PFDCalculator
     from pfd_ase.data import to_deepmd
+    from pfd_ase.materials import labelled_silicon
     from pfd_ase.training import deepmd as dp
 
     started = time.perf_counter()
@@ -243,8 +217,8 @@ def main() -> None:
     )
 
     # --- data
-    si8 = to_deepmd(si_frames(16, 1, seed=0), root / "data8", ["Si"])
-    si64 = to_deepmd(si_frames(6, 2, seed=1), root / "data64", ["Si"])
+    si8 = to_deepmd(labelled_silicon(16, seed=0), root / "data8", ["Si"])
+    si64 = to_deepmd(labelled_silicon(6, seed=1, size=2), root / "data64", ["Si"])
 
     # --- training runs: name -> (data, batch, s/step, note, wall s)
     disp = max(1, args.steps // 4)

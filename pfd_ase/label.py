@@ -22,6 +22,9 @@ the rule of :mod:`pfd_ase.tasks`: a finished result under another key (other fra
 another labeler) stops the run before any calculation (``ValueError``: use a fresh
 workdir); one that cannot be read is moved aside to ``labelled.extxyz.stale`` with a
 warning and the frame is labelled again.
+
+:func:`label_in_memory` labels a few frames in this process without task directories
+(tests, benchmarks): the same labelled frames, nothing written, no resume.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ from pfd_ase.tasks import (
     write_failure,
 )
 
-__all__ = ["ENERGY_SIGMA0_KEY", "LabelResult", "label_frames", "task_dir"]
+__all__ = ["ENERGY_SIGMA0_KEY", "LabelResult", "label_frames", "label_in_memory", "task_dir"]
 
 #: ``atoms.info`` key of the energy extrapolated to zero smearing (eV), kept when it
 #: differs from the force-consistent energy of the labels.
@@ -176,14 +179,8 @@ def label_frames(
         A finished result that cannot be read was moved aside; the frame is labelled
         again.
     """
-    frames = list(frames)
-    for i, atoms in enumerate(frames):
-        if not isinstance(atoms, Atoms):
-            raise TypeError(f"frame {i} is a {type(atoms).__name__}, not ase.Atoms")
-    properties = tuple(properties)
-    unknown = set(properties) - set(_PROPERTIES)
-    if unknown:
-        raise ValueError(f"unknown properties {sorted(unknown)}; choose from {_PROPERTIES}")
+    frames = _checked_frames(frames)
+    properties = _checked_properties(properties)
     if retries < 0:
         raise ValueError("retries must be >= 0")
     spec = calculator_spec(labeler, kinds=("labeler", "object"), what="labeler")
@@ -221,6 +218,53 @@ def label_frames(
     result.frames = [done[i] for i in sorted(done)]
     result.failures = [failures[i] for i in sorted(failures)]
     return result
+
+
+def label_in_memory(
+    frames: Iterable[Atoms], labeler: Any, properties: Sequence[str] = _PROPERTIES
+) -> list[Atoms]:
+    """Label a few frames here and now: no task directories, no resume, no executor.
+
+    Each frame becomes a new labelled frame exactly as :func:`label_frames` makes it (the
+    same labels, force-consistent energy, and the same ``info`` record of the labeler); one
+    calculator labels every frame, in order, and the first failure raises. For small sets:
+    tests, benchmarks, examples.
+
+    Parameters
+    ----------
+    frames
+        Structures to label (not modified).
+    labeler
+        A name known to :func:`~pfd_ase.calculators.labelers.make_labeler`, a
+        ``(name, overrides)`` pair, or a calculator object.
+    properties
+        As for :func:`label_frames`.
+
+    Returns
+    -------
+    list of Atoms
+        The labelled frames, in input order.
+    """
+    frames = _checked_frames(frames)
+    properties = _checked_properties(properties)
+    calc = calculator_spec(labeler, kinds=("labeler", "object"), what="labeler").build()
+    return [_label(atoms, calc, properties) for atoms in frames]
+
+
+def _checked_frames(frames: Iterable[Atoms]) -> list[Atoms]:
+    frames = list(frames)
+    for i, atoms in enumerate(frames):
+        if not isinstance(atoms, Atoms):
+            raise TypeError(f"frame {i} is a {type(atoms).__name__}, not ase.Atoms")
+    return frames
+
+
+def _checked_properties(properties: Sequence[str]) -> tuple[str, ...]:
+    properties = tuple(properties)
+    unknown = set(properties) - set(_PROPERTIES)
+    if unknown:
+        raise ValueError(f"unknown properties {sorted(unknown)}; choose from {_PROPERTIES}")
+    return properties
 
 
 def _read_finished(directory: Path) -> tuple[Any, Atoms]:

@@ -4,6 +4,8 @@ Silicon (the PFD supplement's Si study, Table S1): :data:`SILICON_LATTICE` holds
 parameters, :func:`silicon_phases` the conventional cells of the seven crystal phases and
 :func:`silicon` any of them, or diamond with a vacancy, repeated to a given size.
 :data:`SILICON_VACANCY_SUPERCELLS` gives the supercells of the paper's vacancy calculations.
+:func:`labelled_silicon` makes seeded, perturbed diamond cells labelled by Stillinger-Weber
+(or any labeler): the small data sets of the tests and benchmarks.
 
 Units: Å.
 """
@@ -21,6 +23,7 @@ __all__ = [
     "SILICON_PHASES",
     "SILICON_STRUCTURES",
     "SILICON_VACANCY_SUPERCELLS",
+    "labelled_silicon",
     "silicon",
     "silicon_phases",
     "supercell",
@@ -183,3 +186,62 @@ def silicon(
         del atoms[0]
         return atoms
     return supercell(_conventional_cell(name), size)
+
+
+def labelled_silicon(
+    n: int,
+    seed: int,
+    labeler: Any = "sw",
+    *,
+    size: int | Sequence[int] = 1,
+    a: float = 5.43,
+    strain: float = 0.01,
+    displacement_A: float = 0.08,
+) -> list[Atoms]:
+    """``n`` randomly strained and rattled diamond Si cells, labelled (energy, forces, stress).
+
+    The tests' and benchmarks' small data sets, Stillinger-Weber-labelled by default.
+
+    Parameters
+    ----------
+    n
+        Number of frames.
+    seed
+        Seed of ``np.random.default_rng``; per frame it draws the 3×3 strain, then the
+        displacements. The same arguments give the same frames, bit for bit.
+    labeler
+        A labeler name (:func:`~pfd_ase.calculators.make_labeler`: ``"sw"``, ``"tersoff"``
+        ...), a ``(name, overrides)`` pair or a calculator object; one calculator labels all
+        frames (:func:`pfd_ase.label.label_in_memory`).
+    size
+        Repeats of the 8-atom conventional cube: ``k`` along each axis (8·k³ atoms) or three
+        repeats.
+    a
+        Lattice parameter, Å (5.43: 0.02 % below Stillinger-Weber's minimum, 5.431).
+    strain
+        Standard deviation of each component of the strain ε; the cell becomes
+        ``cell @ (I + ε)``, atoms scaled with it. ε is not symmetrised (unlike
+        :func:`pfd_ase.structures.perturb`), so it also turns the cell slightly.
+    displacement_A
+        Standard deviation of the Gaussian displacement of each Cartesian coordinate, Å.
+
+    Returns
+    -------
+    list of Atoms
+        Labelled frames (:func:`~pfd_ase.label.label_in_memory`: a
+        ``SinglePointCalculator`` and the labeler's record in ``info``).
+    """
+    from ase.build import bulk
+
+    from pfd_ase.label import label_in_memory
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = bulk("Si", "diamond", a=a, cubic=True).repeat(size)
+        atoms.set_cell(
+            atoms.cell.array @ (np.eye(3) + rng.normal(0.0, strain, (3, 3))), scale_atoms=True
+        )
+        atoms.positions += rng.normal(0.0, displacement_A, atoms.positions.shape)
+        frames.append(atoms)
+    return label_in_memory(frames, labeler)

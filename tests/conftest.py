@@ -118,29 +118,11 @@ def multitask_model(tmp_path_factory, emt_systems):
 
 
 def si_frames(n: int, seed: int, labeler: str = "sw", a: float = 5.43, displacement=0.08):
-    """Perturbed 8-atom diamond Si cells labelled by a classical potential (``make_labeler``)."""
-    from ase.build import bulk
-    from ase.calculators.singlepoint import SinglePointCalculator
+    """Perturbed 8-atom diamond Si cells labelled by a classical potential
+    (:func:`pfd_ase.materials.labelled_silicon`)."""
+    from pfd_ase.materials import labelled_silicon
 
-    from pfd_ase.calculators.labelers import make_labeler
-
-    calc = make_labeler(labeler)
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(n):
-        atoms = bulk("Si", "diamond", a=a, cubic=True)
-        strain = np.eye(3) + rng.normal(0.0, 0.01, (3, 3))
-        atoms.set_cell(atoms.cell.array @ strain, scale_atoms=True)
-        atoms.positions += rng.normal(0.0, displacement, atoms.positions.shape)
-        atoms.calc = calc
-        results = {
-            "energy": atoms.get_potential_energy(),
-            "forces": atoms.get_forces(),
-            "stress": atoms.get_stress(),
-        }
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        frames.append(atoms)
-    return frames
+    return labelled_silicon(n, seed, labeler, a=a, displacement_A=displacement)
 
 
 class LosingExecutor:

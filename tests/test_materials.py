@@ -127,3 +127,45 @@ def test_demo_frames_are_perturbed_silicon():
     for f, g in zip(frames, again, strict=True):
         np.testing.assert_array_equal(f.positions, g.positions)
     assert [f.info["pfd_frame_id"] for f in frames] == ["init-000", "init-001"]
+
+
+def test_labelled_silicon_draws_and_labels(tmp_path):
+    """The tests' and benchmarks' SW-labelled Si: per frame a Gaussian 3×3 strain, then the
+    displacements, from one default_rng(seed); labels as label_frames makes them."""
+    import json
+
+    pytest.importorskip("matscipy")
+    from pfd_ase.calculators import make_labeler
+    from pfd_ase.label import label_frames, label_in_memory
+    from pfd_ase.materials import labelled_silicon
+
+    frames = labelled_silicon(3, seed=4, size=(1, 1, 2), displacement_A=0.05)
+    rng = np.random.default_rng(4)
+    sw = make_labeler("sw")
+    for atoms in frames:
+        ref = bulk("Si", "diamond", a=5.43, cubic=True).repeat((1, 1, 2))
+        ref.set_cell(ref.cell.array @ (np.eye(3) + rng.normal(0.0, 0.01, (3, 3))), True)
+        ref.positions += rng.normal(0.0, 0.05, ref.positions.shape)
+        np.testing.assert_array_equal(atoms.positions, ref.positions)
+        np.testing.assert_array_equal(atoms.cell.array, ref.cell.array)
+        ref.calc = sw
+        assert atoms.get_potential_energy() == ref.get_potential_energy()
+        np.testing.assert_array_equal(atoms.get_forces(), ref.get_forces())
+        np.testing.assert_array_equal(atoms.get_stress(), ref.get_stress())
+        assert atoms.info["pfd_labeler"] == "sw"
+        assert json.loads(atoms.info["pfd_labeler_settings"])["parameters"]["epsilon"] == 2.1683
+    again = labelled_silicon(3, seed=4, size=(1, 1, 2), displacement_A=0.05)
+    assert all((a.positions == b.positions).all() for a, b in zip(frames, again, strict=True))
+
+    # in memory = through task directories, bit for bit
+    bare = [a.copy() for a in frames]
+    for atoms in bare:
+        atoms.calc = None
+    on_disk = label_frames(bare, "tersoff", tmp_path).frames
+    for a, b in zip(label_in_memory(bare, "tersoff"), on_disk, strict=True):
+        assert a.calc.results.keys() == b.calc.results.keys()
+        for key in a.calc.results:
+            np.testing.assert_array_equal(a.calc.results[key], b.calc.results[key])
+        assert {k: v for k, v in b.info.items() if k != "pfd_frame_id"} == a.info
+    with pytest.raises(ValueError, match="unknown properties"):
+        label_in_memory(bare, "sw", properties=("energy", "dipole"))
