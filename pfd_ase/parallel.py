@@ -13,6 +13,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+from pfd_ase.processes import die_with_parent
 from pfd_ase.tasks import run_each
 
 __all__ = ["KINDS", "SubmititExecutor", "make_executor", "run_each"]
@@ -29,6 +30,10 @@ def make_executor(spec: Mapping[str, Any] | None = None) -> Iterator[Executor | 
     ``max_workers``), ``"dask"`` (``address`` of a scheduler, or a ``LocalCluster`` with
     ``max_workers`` single-threaded workers), ``"slurm"`` (submitit; ``slurm`` holds
     ``update_parameters`` keywords such as ``partition`` and ``timeout_min``).
+
+    Local workers end when this process ends, even by ``kill -9``: ``"process"`` workers
+    watch their parent (:func:`pfd_ase.processes.die_with_parent`), distributed's workers
+    exit when their nanny's pipe closes. Slurm jobs run on.
     """
     spec = dict(spec or {})
     kind = spec.get("kind", "serial")
@@ -37,7 +42,9 @@ def make_executor(spec: Mapping[str, Any] | None = None) -> Iterator[Executor | 
         yield None
     elif kind == "process":
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=die_with_parent
+        ) as ex:
             yield ex
     elif kind == "dask":
         try:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from pfd_ase import processes
 from pfd_ase._io import read_json, write_json
 from pfd_ase.data import has_virial_labels
 
@@ -446,7 +447,8 @@ def run_dp(
     Blocks until the subprocess ends. With ``progress``, that callable is called every
     ``poll_interval`` seconds while deepmd-kit runs, and once more after it ends (whether it
     succeeded or not). If the caller is interrupted (e.g. ``KeyboardInterrupt``) the
-    subprocess is killed before the exception propagates.
+    subprocess is killed before the exception propagates; if this process is killed, the
+    subprocess dies with it (:func:`pfd_ase.processes.run`).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -454,41 +456,19 @@ def run_dp(
     with open(workdir / log_name, "a") as log:
         log.write(f"$ {' '.join(cmd)}\n")
         log.flush()
-        if progress is None:
-            proc = subprocess.run(
-                cmd, cwd=workdir, env=dp_env(threads), stdout=log, stderr=subprocess.STDOUT
-            )
-        else:
-            proc = _run_polling(cmd, workdir, dp_env(threads), log, progress, poll_interval)
+        proc = processes.run(
+            cmd,
+            cwd=workdir,
+            env=dp_env(threads),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            progress=progress,
+            poll_interval=poll_interval,
+        )
     if proc.returncode != 0:
         tail = "\n".join((workdir / log_name).read_text().splitlines()[-25:])
         raise RuntimeError(f"deepmd-kit failed ({' '.join(cmd[3:])}) in {workdir}:\n{tail}")
     return proc
-
-
-def _run_polling(
-    cmd: list[str],
-    workdir: Path,
-    env: dict[str, str],
-    log: IO[str],
-    progress: Callable[[], object],
-    poll_interval: float,
-) -> subprocess.CompletedProcess:
-    """``subprocess.run`` with ``progress()`` called while the process runs and after."""
-    with subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT) as popen:
-        try:
-            while True:
-                try:
-                    returncode = popen.wait(timeout=poll_interval)
-                    break
-                except subprocess.TimeoutExpired:
-                    progress()
-        except BaseException:
-            popen.kill()
-            popen.wait()
-            raise
-    progress()
-    return subprocess.CompletedProcess(cmd, returncode)
 
 
 class LcurveProgress:
