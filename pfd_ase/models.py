@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -46,6 +47,7 @@ _CHGNET_DEFAULT_VERSION = "0.3.0"
 #: Head name that asks fine-tuning for a freshly initialised fitting net (deepmd-kit's own).
 RANDOM_HEAD = "RANDOM"
 _CHGNET_SUFFIXES = (".pth.tar", ".chgnet.pt")
+_MODEL_SUFFIXES = (".pt", ".pth", ".tar")
 _HASH_CHUNK = 1 << 20
 
 
@@ -92,9 +94,33 @@ def checkpoint_params(path: str | os.PathLike) -> dict[str, Any]:
         import torch
     except ImportError as exc:  # pragma: no cover - torch is a deepmd dependency
         raise _missing("deepmd", exc) from exc
-    state = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
-    state = state.get("model", state)
-    return state["_extra_state"]["model_params"]
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read deepmd-kit checkpoint {path}: {_load_error(exc)}") from exc
+    state = state.get("model", state) if isinstance(state, dict) else None
+    try:
+        params = state["_extra_state"]["model_params"]
+    except (KeyError, TypeError):
+        params = None
+    if not isinstance(params, dict):
+        raise ValueError(
+            f"{path} is not a deepmd-kit PyTorch checkpoint (no model_params in its _extra_state)"
+        )
+    return params
+
+
+def _load_error(exc: Exception) -> str:
+    """One line on why ``torch.load``/``torch.jit.load`` failed (their messages run long)."""
+    text = str(exc)
+    if "Unsupported global" in text:
+        found = text[text.index("Unsupported global") :].splitlines()[0]
+        return f"it needs Python objects beyond tensors and plain data ({found}); not unpickled"
+    if isinstance(exc, pickle.UnpicklingError) or "zip archive" in text:
+        return "damaged or not a torch file"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def list_heads(path: str | os.PathLike) -> list[str]:
@@ -189,7 +215,13 @@ class ModelSpec:
             import torch
         except ImportError as exc:  # pragma: no cover
             raise _missing("deepmd", exc) from exc
-        return tuple(torch.jit.load(str(self.path), map_location="cpu").get_type_map())
+        try:
+            model = torch.jit.load(str(self.path), map_location="cpu")
+        except Exception as exc:
+            raise ValueError(
+                f"cannot read frozen deepmd-kit model {self.path}: {_load_error(exc)}"
+            ) from exc
+        return tuple(model.get_type_map())
 
     @cached_property
     def identity(self) -> str:
@@ -305,8 +337,16 @@ def resolve_model(
             f"no CHGNet checkpoint at {path} (pre-trained names: 'chgnet', "
             f"{', '.join(repr('CHGNet-' + v) for v in CHGNET_PRETRAINED_VERSIONS)})"
         )
-    if path.name != source:
-        raise ModelNotFoundError(f"model file not found: {path}")
+    if path.name != source or path.suffix in _MODEL_SUFFIXES:
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise ModelNotFoundError(f"model file not found: {path}{where}")
+    if source.strip().lower().startswith("chgnet"):
+        raise ModelNotFoundError(
+            f"no pre-trained CHGNet named {source!r}: the chgnet wheel ships 'chgnet' (= "
+            f"'CHGNet-{_CHGNET_DEFAULT_VERSION}'), "
+            f"{', '.join(repr('CHGNet-' + v) for v in CHGNET_PRETRAINED_VERSIONS)}; "
+            "a fine-tuned CHGNet is a *.pth.tar or *.chgnet.pt file"
+        )
     known = ["chgnet", *(f"CHGNet-{v}" for v in CHGNET_PRETRAINED_VERSIONS), *names]
     raise ModelNotFoundError(
         f"{source!r} is neither an existing model file nor a pre-trained model name "

@@ -267,8 +267,8 @@ def test_finetune_resumes_after_interruption_and_is_deterministic(tmp_path, sw_f
     first = json.loads((straight.parent / "pfd_train.json").read_text())
     assert record["best_epoch"] == first["best_epoch"]
     assert record["best_valid_loss"] == first["best_valid_loss"]
-    a = torch.load(straight, weights_only=False)["model"]["state_dict"]
-    b = torch.load(resumed, weights_only=False)["model"]["state_dict"]
+    a = torch.load(straight, weights_only=True)["model"]["state_dict"]
+    b = torch.load(resumed, weights_only=True)["model"]["state_dict"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
@@ -302,8 +302,8 @@ def test_finetune_resumes_when_killed_between_checkpoint_and_record(tmp_path, sw
     assert (record["best_epoch"], record["best_valid_loss"]) == (
         first["best_epoch"], first["best_valid_loss"],
     )  # fmt: skip
-    a = torch.load(straight, weights_only=False)["model"]["state_dict"]
-    b = torch.load(resumed, weights_only=False)["model"]["state_dict"]
+    a = torch.load(straight, weights_only=True)["model"]["state_dict"]
+    b = torch.load(resumed, weights_only=True)["model"]["state_dict"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
@@ -348,7 +348,7 @@ def test_refit_zeroes_mean_energy_residual_and_checkpoint_keeps_it(finetuned, sw
     # the fine-tuned checkpoint keeps the refitted reference energy (never trained)
     ckpt, _ = finetuned
     record = json.loads((ckpt.parent / "pfd_train.json").read_text())
-    state = torch.load(ckpt, weights_only=False)["model"]["state_dict"]
+    state = torch.load(ckpt, weights_only=True)["model"]["state_dict"]
     saved = state["composition_model.fc.weight"][0, 13].item()
     assert saved == pytest.approx(reference + record["energy_shift_eV_per_atom"]["Si"], abs=1e-5)
     assert abs(_mean_energy_residual(load_chgnet_model(ckpt), sw_frames)) < 0.05
@@ -399,7 +399,7 @@ def test_finetune_stops_early_and_may_return_the_refitted_base(tmp_path, sw_fram
     assert record["stopped_early"] == 2 and record["epochs_done"] == 2
     assert record["best_epoch"] == 0 and record["done"]
     base = load_chgnet_model("0.3.0").state_dict()
-    saved = torch.load(ckpt, weights_only=False)["model"]["state_dict"]
+    saved = torch.load(ckpt, weights_only=True)["model"]["state_dict"]
     for key, value in base.items():
         if not key.startswith("composition_model"):
             torch.testing.assert_close(saved[key], value, rtol=0, atol=0)

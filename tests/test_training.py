@@ -91,8 +91,10 @@ def test_finetune_rejects_a_wrong_head_before_training(pretrained, tersoff_data,
 
 
 def test_unknown_registry_name_and_offline_download(monkeypatch):
-    with pytest.raises(ValueError, match="neither an existing model file"):
+    with pytest.raises(ValueError, match="model file not found: no-such-model.pt"):
         stages.resolve_base_model("no-such-model.pt")
+    with pytest.raises(ValueError, match="neither an existing model file"):
+        stages.resolve_base_model("no-such-model")
     import deepmd.pretrained.download as download
     from deepmd.pretrained.registry import available_model_names
 

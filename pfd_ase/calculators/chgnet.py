@@ -11,6 +11,11 @@ GPa with ASE's sign (``σ = (1/V) ∂E/∂ε``, positive under tension). The bac
 the total energy (eV), forces, per-atom energies (eV) and the virial
 ``-σ·V`` (eV, 3×3; ``None`` for a non-periodic structure). ``chgnet`` and ``torch`` are
 imported only when a model is loaded.
+
+Checkpoint files are read with ``torch.load(..., weights_only=True)``
+(:func:`read_chgnet_checkpoint`): tensors and plain data (dicts, lists, strings, numbers),
+which is all a CHGNet checkpoint holds; a file that needs any other Python object to load
+is refused instead of unpickled (unpickling runs code the file names).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,7 @@ __all__ = [
     "atoms_to_structure",
     "chgnet_version",
     "load_chgnet_model",
+    "read_chgnet_checkpoint",
 ]
 
 #: CHGNet's own conversion factor from eV/Å³ to GPa (``chgnet.model.model``), so that
@@ -69,6 +76,58 @@ def chgnet_version() -> str | None:
         return version("chgnet")
     except PackageNotFoundError:
         return None
+
+
+def read_chgnet_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The contents of a CHGNet checkpoint file, loaded safely (``weights_only=True``).
+
+    Accepts CHGNet ``Trainer.save`` files (``{"model": {"state_dict", "model_args"},
+    "optimizer", "scheduler", "training_history", "trainer_args"}``) and ``CHGNet.as_dict()``
+    files (``{"state_dict", "model_args"}``): tensors and plain data only.
+
+    Returns
+    -------
+    dict
+        What the file holds (the ``Trainer.save`` layout or the ``as_dict()`` one).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        The file cannot be read, needs Python objects beyond tensors and plain data (it is
+        not unpickled), or does not hold a CHGNet model; the message names the file.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no CHGNet checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found is None:  # not a global: a damaged or foreign file
+            raise ValueError(
+                f"cannot read CHGNet checkpoint {path}: damaged or not a torch file"
+            ) from exc
+        raise ValueError(
+            f"{path} needs the Python object {found.group(1)} to load, which a CHGNet "
+            "checkpoint does not hold (tensors and plain data only): not unpickled"
+        ) from exc
+    except Exception as exc:
+        raise ValueError(
+            f"cannot read CHGNet checkpoint {path}: {type(exc).__name__}: {exc}"
+        ) from exc
+    model = state.get("model", state) if isinstance(state, dict) else None
+    if not isinstance(model, dict) or "state_dict" not in model or "model_args" not in model:
+        raise ValueError(
+            f"{path} is not a CHGNet checkpoint (expected Trainer.save or CHGNet.as_dict() "
+            "contents: state_dict and model_args)"
+        )
+    return state
 
 
 def load_chgnet_model(model: str | os.PathLike, use_device: str | None = None) -> Any:
@@ -104,16 +163,8 @@ def load_chgnet_model(model: str | os.PathLike, use_device: str | None = None) -
                     f"no CHGNet checkpoint at {path} (pre-trained names: 'chgnet', "
                     f"{', '.join(repr('CHGNet-' + v) for v in CHGNET_PRETRAINED_VERSIONS)})"
                 )
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            if not isinstance(state, dict):
-                raise ValueError(f"{path} is not a CHGNet checkpoint")
-            state = state.get("model", state)
-            if "state_dict" not in state or "model_args" not in state:
-                raise ValueError(
-                    f"{path} is not a CHGNet checkpoint (expected Trainer.save or "
-                    "CHGNet.as_dict() contents)"
-                )
-            net = cm.CHGNet.from_dict(state)
+            state = read_chgnet_checkpoint(path)
+            net = cm.CHGNet.from_dict(state.get("model", state))
     net = net.to(determine_device(use_device=use_device))
     net.eval()
     return net

@@ -44,6 +44,7 @@ from pfd_ase.calculators.chgnet import (
     atoms_to_structure,
     chgnet_version,
     load_chgnet_model,
+    read_chgnet_checkpoint,
 )
 
 __all__ = [
@@ -503,7 +504,6 @@ def _run(
     """The training run proper (inside :func:`_torch_state`)."""
     import shutil
 
-    import torch
     from chgnet.data.dataset import collate_graphs
     from chgnet.model import CHGNet
     from chgnet.trainer import Trainer
@@ -521,7 +521,7 @@ def _run(
 
     state = None
     if resume is not None:  # continue from the last completed epoch
-        state = torch.load(resume[1], map_location="cpu", weights_only=False)
+        state = read_chgnet_checkpoint(resume[1])  # weights_only: tensors and plain data
         with contextlib.redirect_stdout(log):
             model = CHGNet.from_dict(state["model"])
     else:
