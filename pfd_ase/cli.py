@@ -102,16 +102,22 @@ def run(
 
     The configuration is checked completely (keys, units, structures, base model, labeler
     set-up) before any work starts. Rerun the same command to resume an interrupted run.
+    Only one run works in a run directory at a time: a second one stops with an error that
+    names the first (PID, host, start time).
     """
     from pfd_ase.workflow import ConfigError, load_config
     from pfd_ase.workflow import run as run_workflow
+    from pfd_ase.workflow.lock import RunLockedError
 
     try:
         cfg = load_config(config)
     except ConfigError as exc:
         _fail(exc)
     cfg["progress"] = progress and cfg["progress"]
-    summary = run_workflow(cfg)
+    try:
+        summary = run_workflow(cfg)
+    except RunLockedError as exc:
+        _fail(exc)
     _echo_json({k: summary.get(k) for k in ("teacher", "student", "validation", "finished")})
 
 

@@ -551,11 +551,23 @@ def run(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
     A rerun with changed settings redoes exactly the steps that depend on them (and says
     which, through the ``pfd_ase.workflow`` logger); the summary lists the steps of this
     run in run order, each with the inputs that produced it.
+
+    The run holds the lock of its ``workdir`` (:func:`pfd_ase.workflow.lock.run_lock`):
+    while another run works there, this one raises
+    :class:`~pfd_ase.workflow.lock.RunLockedError` before any work.
     """
-    from pfd_ase.parallel import make_executor
     from pfd_ase.workflow.config import load_config
+    from pfd_ase.workflow.lock import run_lock
 
     config = load_config(config)
+    with run_lock(config["workdir"]):
+        return _run_locked(config)
+
+
+def _run_locked(config: dict[str, Any]) -> dict[str, Any]:
+    """The body of :func:`run`, under the run directory's lock."""
+    from pfd_ase.parallel import make_executor
+
     config = write_structures(config, config["workdir"])
     state = RunState(config["workdir"], config)
     for key in [k for k in state.summary if k.startswith(_OUTCOMES)]:
