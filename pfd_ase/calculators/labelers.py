@@ -47,6 +47,7 @@ __all__ = [
     "VASP_DEFAULTS",
     "LabelerSetupError",
     "check_labeler",
+    "check_labeler_settings",
     "check_vasp_setup",
     "is_calculator",
     "labeler_info",
@@ -382,9 +383,20 @@ def check_labeler(
 ) -> None:
     """Fail early (and cheaply) when a labeler cannot run for these elements.
 
-    Checks the name, that the Python package is installed and, for VASP (by
-    name or a ``Vasp`` object), the command and the POTCAR of every element.
-    Nothing expensive is built.
+    Checks the name, that the Python package is installed, the override keys (each must be
+    a keyword of that calculator: for VASP an INCAR tag or ``Vasp`` setting that ASE knows,
+    see :func:`check_labeler_settings`), builds the calculators that are cheap to build
+    (GPAW, without computing anything; the classical ones) so that a bad value fails here,
+    and, for VASP (by name or a ``Vasp`` object), checks the command and the POTCAR of every
+    element. A CHGNet model is resolved, not loaded.
+
+    Raises
+    ------
+    ValueError
+        Unknown name, an unknown override key (the message suggests the nearest known one),
+        or a value the calculator refuses (the message names the labeler and the settings).
+    LabelerSetupError
+        The program, its data or the Python package is missing.
     """
     overrides = dict(overrides or {})
     if not isinstance(name, str):
@@ -399,14 +411,154 @@ def check_labeler(
             check_vasp_setup(symbols, command=getattr(name, "command", None), **params)
         return
     key = _canonical_name(name)
-    if key == "vasp":
-        check_vasp_setup(symbols, **overrides)
-    elif key in _PACKAGES:
+    if key in _PACKAGES:
         module, extra = _PACKAGES[key]
         if importlib.util.find_spec(module) is None:
             raise LabelerSetupError(
                 f"the {key} labeler needs {module!r}: pip install pfd_ase[{extra}]"
             )
+    check_labeler_settings(key, overrides)
+    if key == "vasp":
+        check_vasp_setup(symbols, **overrides)
+
+
+#: Hints for keys that belong elsewhere in a labeler's settings (a common first guess).
+_KEY_HINTS: dict[str, dict[str, str]] = {
+    "gpaw": {
+        "ecut": "GPAW sets the plane-wave cutoff inside mode: {name: pw, ecut: 400}",
+        "encut": "GPAW sets the plane-wave cutoff inside mode: {name: pw, ecut: 400}",
+        "kspacing": "GPAW sets the k-point density in kpts: {density: 2.0, gamma: false}",
+        "sigma": "GPAW sets the smearing width in occupations: {name: ..., width: 0.05}",
+        "smearing": "GPAW sets the smearing in occupations: {name: ..., width: 0.05}",
+    },
+}
+
+
+def check_labeler_settings(name: str, overrides: Mapping[str, Any]) -> None:
+    """Check a labeler's override keys (and, where building is cheap, their values).
+
+    Every key must be a keyword of the labeler's calculator: for ``vasp`` an INCAR tag or
+    ``Vasp`` setting that ASE knows (the lists of ``ase.calculators.vasp.create_input``;
+    a tag ASE does not know goes under ``custom: {TAG: value}``), for ``gpaw`` a ``GPAW``
+    keyword, for ``chgnet`` ``model``, ``use_device`` or a ``CHGNetCalculator`` keyword
+    (the model is resolved, not loaded), for ``tersoff``/``sw`` ``parameters``. GPAW, EMT
+    and the classical labelers are then built (nothing is computed) so that a bad value
+    fails here rather than in every labelling task.
+
+    Raises
+    ------
+    ValueError
+        An unknown key (with the nearest known key, or where the setting belongs), or a
+        value the calculator refuses; the message names the labeler and the settings.
+    """
+    key = _canonical_name(name)
+    overrides = dict(overrides)
+    known = _known_keys(key)
+    if known is not None:
+        for item in overrides:
+            if item not in known:
+                raise ValueError(_unknown_key_message(key, str(item), known))
+    if key == "chgnet":
+        _check_chgnet_model(overrides.get("model", _CHGNET_DEFAULT_MODEL))
+        return
+    if key == "vasp":
+        return  # building a Vasp object checks nothing more than the keys
+    try:
+        if key == "gpaw":
+            _make_gpaw(None, {**overrides, "txt": None})  # no log file, no computation
+        else:
+            _BUILDERS[key](None, overrides)
+    except LabelerSetupError:
+        raise
+    except Exception as exc:
+        raise ValueError(
+            f"{key} labeler with overrides {overrides}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _known_keys(key: str) -> frozenset[str] | None:
+    """The override keys a labeler takes (``None``: its builder checks them itself)."""
+    import inspect
+
+    from ase.calculators.calculator import Calculator
+
+    base = set(inspect.signature(Calculator.__init__).parameters) - {"self", "kwargs"}
+    if key == "vasp":
+        return _vasp_keys()
+    if key == "gpaw":
+        try:
+            from gpaw.dft import GPAW as gpaw_factory  # noqa: N811 - GPAW >= 25
+        except ImportError:  # older GPAW: the keywords are its default parameters
+            try:
+                from gpaw.calculator import GPAW as gpaw_class  # noqa: N811
+            except ImportError:
+                return None
+            return frozenset(gpaw_class.default_parameters) | {"txt", "communicator"}
+        return frozenset(inspect.signature(gpaw_factory).parameters) - {"filename"}
+    if key == "emt":
+        from ase.calculators.emt import EMT
+
+        return frozenset(EMT.default_parameters) | base
+    if key == "chgnet":
+        try:
+            from chgnet.model.dynamics import CHGNetCalculator
+        except ImportError:
+            return None
+        params = inspect.signature(CHGNetCalculator.__init__).parameters
+        return frozenset(params) - {"self", "kwargs"} | base | {"model", "use_device"}
+    return None  # tersoff, sw: _manybody refuses unknown settings itself
+
+
+@functools.cache
+def _vasp_keys() -> frozenset[str]:
+    """Every keyword ASE's ``Vasp`` knows: the INCAR tags of ``create_input`` and the
+    ``Vasp``/``GenerateVaspInput`` settings (``xc``, ``pp``, ``kpts``, ``command``...)."""
+    import inspect
+
+    from ase.calculators.vasp import Vasp
+    from ase.calculators.vasp import create_input as ci
+
+    keys: set[str] = set()
+    for attr in dir(ci):
+        value = getattr(ci, attr)
+        if attr.endswith("_keys") and isinstance(value, list | tuple | set | frozenset):
+            keys |= {str(k) for k in value}
+    keys |= set(ci.GenerateVaspInput().input_params)
+    keys |= set(inspect.signature(Vasp.__init__).parameters) - {"self", "kwargs"}
+    return frozenset(keys)
+
+
+def _unknown_key_message(labeler: str, key: str, known: frozenset[str]) -> str:
+    import difflib
+
+    text = f"unknown {labeler} setting {key!r} in the labeler overrides"
+    hint = _KEY_HINTS.get(labeler, {}).get(key.lower())
+    if hint is not None:
+        return f"{text}: {hint}"
+    if labeler == "vasp" and key.lower() in known:
+        return f"{text}: ASE's Vasp takes lower-case keywords, {key.lower()!r}"
+    close = difflib.get_close_matches(key.lower(), sorted(known), n=1, cutoff=0.6)
+    text += f"; did you mean {close[0]!r}?" if close else ""
+    if labeler == "vasp":
+        return (
+            f"{text} (not an INCAR tag or Vasp setting that ASE knows; a tag ASE does not know "
+            f"goes under custom: {{{key.upper()}: value}})"
+        )
+    if len(known) <= 60:
+        text += f" (known: {', '.join(sorted(known))})"
+    return text
+
+
+def _check_chgnet_model(model: Any) -> None:
+    """The chgnet labeler's ``model`` resolves to a CHGNet model (nothing is loaded)."""
+    if not isinstance(model, str | os.PathLike):
+        return  # a model object, from Python
+    from pfd_ase.models import CHGNET_PRETRAINED_VERSIONS, resolve_model
+
+    bare_version = str(model) in CHGNET_PRETRAINED_VERSIONS and not Path(model).is_file()
+    spec = resolve_model(f"CHGNet-{model}" if bare_version else model)
+    if spec.kind != "chgnet":
+        raise ValueError(f"the chgnet labeler needs a CHGNet model, not {model!r}")
 
 
 # --------------------------------------------------------------------------- provenance
