@@ -77,8 +77,12 @@ def _main(
 _EXISTING = {"exists": True, "dir_okay": False, "readable": True}
 
 
-def _read_frames(path: Path, what: str = "frames") -> list:
-    """Frames of ``path``, or a clear error when it cannot be read or holds none."""
+def _read_frames(path: Path, what: str = "frames", labelled: bool = False) -> list:
+    """Frames of ``path``, or a clear error when it cannot be read or holds none.
+
+    ``labelled``: every frame must carry an energy and forces (training and evaluation
+    data); the first frame without them is named.
+    """
     from pfd_ase.data import read_frames
 
     try:
@@ -87,6 +91,15 @@ def _read_frames(path: Path, what: str = "frames") -> list:
         _fail(f"cannot read {what} from {path}: {exc}")
     if not frames:
         _fail(f"{path} holds no frames")
+    if labelled:
+        for i, atoms in enumerate(frames):
+            results = atoms.calc.results if atoms.calc is not None else {}
+            missing = [key for key in ("energy", "forces") if key not in results]
+            if missing:
+                _fail(
+                    f"{path}: frame {i} has no {' and no '.join(missing)}; {what} must be "
+                    "labelled (extxyz with energy= and forces, e.g. from `pfd-ase label`)"
+                )
     return frames
 
 
@@ -123,13 +136,41 @@ def run(
 
 @app.command(epilog=_CONFIG_EPILOG)
 def validate(config: Annotated[Path, typer.Argument(help=CONFIG_HELP)]):
-    """Check CONFIG (keys, units, structures, base model, labeler set-up) without running."""
-    from pfd_ase.workflow import ConfigError, load_config
+    """Check CONFIG without running anything.
 
-    try:
-        load_config(config)
-    except ConfigError as exc:
-        _fail(exc)
+    Checks the keys, units and plausible ranges, the structures, the student's neighbour
+    limit, the base model, the labeler (its settings built, nothing computed) and the run
+    directory. Warnings (settings that run but probably not as meant) and the settings that
+    differ from those of an existing run directory (a rerun redoes what depends on them)
+    are printed on stderr.
+    """
+    import warnings
+
+    from pfd_ase.workflow.config import ConfigError, ConfigWarning, load_config, workdir_changes
+
+    error = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            cfg = load_config(config)
+        except ConfigError as exc:
+            error = exc
+    for warning in caught:
+        if issubclass(warning.category, ConfigWarning):
+            typer.secho(f"warning: {warning.message}", fg=typer.colors.YELLOW, err=True)
+        else:  # another library's: as Python would have shown it
+            warnings.showwarning(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    if error is not None:
+        _fail(error)
+    changed = workdir_changes(cfg)
+    if changed:
+        typer.echo(
+            f"note: {cfg['workdir']} holds a run made with other settings ({', '.join(changed)});"
+            " `pfd-ase run` redoes the steps that depend on them",
+            err=True,
+        )
     typer.echo(f"{config}: OK")
 
 
@@ -190,6 +231,11 @@ def select(
     if method not in ("entropy", "random"):
         _fail(f"unknown method {method!r}: entropy or random")
     frames = _read_frames(candidates, "candidates")
+    if n > len(frames):
+        _fail(
+            f"-n {n} asks for more frames than the {len(frames)} candidates in {candidates}: "
+            f"pass -n {len(frames)} or fewer"
+        )
     ref = _read_frames(reference, "reference frames") if reference else None
     if method == "entropy":
         selector = EntropySelector(n_target=n, chunk_size=chunk_size)
@@ -337,7 +383,9 @@ def pretrain(
         if not Path(path).is_file():
             _fail(f"--dataset {head}: file not found: {path}")
         paths[head] = Path(path)
-    datasets = {head: _read_frames(path, f"dataset {head}") for head, path in paths.items()}
+    datasets = {
+        head: _read_frames(path, f"dataset {head}", labelled=True) for head, path in paths.items()
+    }
     result = run_pretrain(datasets, workdir, steps=steps)
     _echo_json({"checkpoint": str(result.checkpoint), **result.info})
 
@@ -353,7 +401,7 @@ def finetune(
     """Fine-tune a pre-trained deepmd-kit model on labelled frames and freeze it."""
     from pfd_ase.training.stages import finetune as run_finetune
 
-    data = _read_frames(frames)
+    data = _read_frames(frames, "training frames", labelled=True)
     try:
         result = run_finetune(base_model, data, workdir, head=model_branch, steps=steps)
     except (ValueError, RuntimeError) as exc:
@@ -371,7 +419,8 @@ def student(
     """Train the distilled student (se_atten_v2, attn_layer 0, rcut 6.5 Å)."""
     from pfd_ase.training.stages import train_student
 
-    result = train_student(_read_frames(frames), workdir, steps=steps, compress=compress)
+    data = _read_frames(frames, "training frames", labelled=True)
+    result = train_student(data, workdir, steps=steps, compress=compress)
     _echo_json({"model": str(result.model), "compressed": result.compressed, **result.info})
 
 
@@ -386,7 +435,7 @@ def evaluate(
     from pfd_ase.training.evaluate import evaluate as run_evaluate
     from pfd_ase.training.evaluate import parity_plot
 
-    data = _read_frames(frames)
+    data = _read_frames(frames, "reference frames", labelled=True)
     try:
         result = run_evaluate(model, data, head=head, return_predictions=plot is not None)
     except (ValueError, FileNotFoundError) as exc:

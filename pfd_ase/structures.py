@@ -1,42 +1,67 @@
-"""Starting structures from plain specifications, and seeded perturbations of them."""
+"""Starting structures from plain specifications, checks of them, and seeded perturbations."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ase import Atoms
 
+__all__ = ["STRUCTURE_FORMS", "build_structure", "closest_pair", "perturb"]
+
 _SPEC_KEYS = {"bulk", "file", "repeat", "vacancy", "index"}
 
+#: The accepted shapes of a structure specification, for error messages.
+STRUCTURE_FORMS = (
+    "a file path (any file ASE reads), {file: path, index: n}, or {bulk: {name: Si, "
+    "crystalstructure: diamond, a: 5.43}} (ase.build.bulk arguments), optionally with "
+    "repeat: [n1, n2, n3] and vacancy: atom index"
+)
 
-def build_structure(spec: Mapping[str, Any] | Atoms) -> Atoms:
+
+def build_structure(spec: Mapping[str, Any] | str | os.PathLike | Atoms) -> Atoms:
     """Build one structure.
 
-    ``spec`` holds either ``bulk`` (keyword arguments of :func:`ase.build.bulk`, e.g.
+    ``spec`` is a file path (any file ASE reads; its last frame), or a mapping that holds
+    either ``bulk`` (keyword arguments of :func:`ase.build.bulk`, e.g.
     ``{"name": "Si", "crystalstructure": "diamond", "a": 5.43, "cubic": True}``) or ``file``
-    (any file ASE reads; ``index`` picks a frame), then optionally ``repeat`` (``[n1, n2, n3]``)
-    and ``vacancy`` (index of an atom to delete after repeating). An ``Atoms`` (a structure
+    (a path; ``index`` picks a frame), then optionally ``repeat`` (``[n1, n2, n3]``) and
+    ``vacancy`` (index of an atom to delete after repeating). An ``Atoms`` (a structure
     given from Python) is returned as a copy without its calculator.
+
+    Raises
+    ------
+    ValueError
+        A spec of another shape (the message says which are accepted), unknown keys, a file
+        that does not exist or that ASE cannot read (the message names the file), a vacancy
+        index out of range.
     """
     if isinstance(spec, Atoms):
         atoms = spec.copy()
         atoms.calc = None
         return atoms
+    if isinstance(spec, str | os.PathLike):
+        spec = {"file": os.fspath(spec)}
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"a structure is {STRUCTURE_FORMS}; got {spec!r}")
     unknown = set(spec) - _SPEC_KEYS
     if unknown:
         raise ValueError(f"unknown structure keys {sorted(unknown)}; known: {sorted(_SPEC_KEYS)}")
     if ("bulk" in spec) == ("file" in spec):
-        raise ValueError("a structure needs exactly one of 'bulk' or 'file'")
+        raise ValueError(f"a structure needs exactly one of 'bulk' or 'file': {STRUCTURE_FORMS}")
     if "bulk" in spec:
         from ase.build import bulk
 
+        if not isinstance(spec["bulk"], Mapping):
+            raise ValueError(
+                f"bulk takes the arguments of ase.build.bulk as a mapping, got {spec['bulk']!r}"
+            )
         atoms = bulk(**dict(spec["bulk"]))
     else:
-        from ase.io import read
-
-        atoms = read(spec["file"], index=spec.get("index", -1))
+        atoms = _read_structure(spec["file"], spec.get("index", -1))
     if "repeat" in spec:
         atoms = atoms.repeat(tuple(int(n) for n in spec["repeat"]))
     if "vacancy" in spec:
@@ -46,6 +71,61 @@ def build_structure(spec: Mapping[str, Any] | Atoms) -> Atoms:
         del atoms[index]
     atoms.calc = None
     return atoms
+
+
+def _read_structure(file: Any, index: Any) -> Atoms:
+    """One frame of a structure file; a clear ``ValueError`` naming the file otherwise."""
+    from ase.io import read
+
+    path = Path(os.fspath(file))
+    if not path.is_file():
+        raise ValueError(f"structure file not found: {path}")
+    try:
+        atoms = read(path, index=index)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(
+            f"cannot read structure file {path}: {type(exc).__name__}"
+            + (f": {text}" if text else "")
+        ) from exc
+    if not isinstance(atoms, Atoms) or len(atoms) == 0:
+        raise ValueError(f"structure file {path} holds no atoms (index {index!r})")
+    return atoms
+
+
+def closest_pair(atoms: Atoms, factor: float = 0.5) -> tuple[int, int, float, float] | None:
+    """The closest pair of atoms nearer than ``factor`` times the sum of their covalent radii.
+
+    Periodic images count (a cell too small for its atoms has an atom overlapping its own
+    image: ``i == j``).
+
+    Parameters
+    ----------
+    atoms
+        The structure.
+    factor
+        Fraction of the sum of covalent radii (:data:`ase.data.covalent_radii`) below which
+        two atoms overlap; 0.5 flags only unphysical structures (a H-H bond is 1.2 times
+        the sum, the densest crystals about 0.8-1).
+
+    Returns
+    -------
+    tuple or None
+        ``(i, j, distance_A, limit_A)`` of the worst pair (smallest distance over limit), or
+        ``None`` when no pair overlaps.
+    """
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) == 0:
+        return None
+    radii = factor * covalent_radii[atoms.numbers]
+    i, j, d = neighbor_list("ijd", atoms, radii, self_interaction=False)
+    if len(i) == 0:
+        return None
+    limit = radii[i] + radii[j]
+    k = int(np.argmin(d / limit))
+    return int(i[k]), int(j[k]), float(d[k]), float(limit[k])
 
 
 def perturb(

@@ -15,6 +15,16 @@ its :class:`~pfd_ase.selectors.filters.FrameFilter` (``frame_filter:`` in YAML).
 :class:`ConfigError` naming the key), checks that the structures referenced exist, that
 the elements are in the base model's type map and that the labeler is set up.
 
+Beyond the types and signs, :func:`validate` refuses MD settings outside the physically
+plausible ranges of :data:`~pfd_ase.workflow.schema.PLAUSIBLE_RANGES` (a time step in ps, a
+pressure in bar), overlapping atoms in a start structure, a student whose neighbour limit
+``sel`` is below the neighbours measured within its cut-off in one of its structures, and a
+run directory that holds a run labelled with another labeler (rerunning would discard every
+label). Shorthands: ``labeler: gpaw`` is ``{name: gpaw}``, ``base_model: chgnet`` is
+``{path: chgnet}`` and a structure given as a plain path is ``{file: path}``. Problems that
+do not stop a run (a student ``sel`` with less than 10 % headroom) are a
+:class:`ConfigWarning`.
+
 ``config["structures"][name]`` is a structure spec (``bulk``/``file`` ...; see
 :func:`pfd_ase.structures.build_structure`) or, from Python, an :class:`ase.Atoms`
 (the workflow writes it to ``workdir/structures/<name>.extxyz``).
@@ -28,6 +38,7 @@ import difflib
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +52,7 @@ from pfd_ase.selectors.filters import FrameFilter
 from pfd_ase.workflow.schema import (
     DEFAULTS,
     EXPLORE_KEYS,
+    PLAUSIBLE_RANGES,
     SCHEMA,
     STAGE_DEFAULTS,
     default_config_text,
@@ -54,6 +66,7 @@ __all__ = [
     "SCHEMA",
     "STAGE_DEFAULTS",
     "ConfigError",
+    "ConfigWarning",
     "DistillConfig",
     "InitConfig",
     "StageConfig",
@@ -67,11 +80,25 @@ __all__ = [
     "student_training",
     "teacher_training",
     "validate",
+    "workdir_changes",
 ]
 
 
 class ConfigError(ValueError):
     """A configuration problem, found before any expensive work starts."""
+
+
+class ConfigWarning(UserWarning):
+    """A configuration that runs but probably not as meant (the message says why)."""
+
+
+#: Sections that may be given as one value: ``labeler: gpaw`` is ``{name: gpaw}``.
+_SHORTHANDS = {"labeler": "name", "base_model": "path"}
+#: Headroom wanted over the neighbours measured in the student's structures (deepmd-kit's
+#: own ``sel: auto`` takes 10 % over the largest count in the data).
+_SEL_HEADROOM = 1.1
+#: Two atoms nearer than this fraction of the sum of their covalent radii overlap.
+_OVERLAP_FACTOR = 0.5
 
 
 _KEY_NAMES = key_names(SCHEMA) | {f.name for f in dataclasses.fields(ExploreTask)}
@@ -438,15 +465,24 @@ def load_config(
             raise ConfigError(f"{path}: the top level must be a mapping")
         base = path.parent
     labeler_obj = raw.pop("labeler", None) if _is_calculator(raw.get("labeler")) else None
+    for section, key in _SHORTHANDS.items():  # labeler: gpaw -> labeler: {name: gpaw}
+        if isinstance(raw.get(section), str | os.PathLike):
+            raw[section] = {key: os.fspath(raw[section])}
     config = _merge(SCHEMA, raw, ())
     if labeler_obj is not None:  # Python API: any ASE calculator object labels
         config["labeler"] = labeler_obj
     structures = config["structures"]
     if not isinstance(structures, Mapping):
-        raise ConfigError("structures must be a mapping of names to structures")
-    for spec in structures.values():
-        if isinstance(spec, dict) and "file" in spec and not Path(spec["file"]).is_absolute():
-            spec["file"] = str(base / spec["file"])
+        raise ConfigError(
+            "structures must be a mapping of names to structures, e.g. "
+            "{diamond: diamond.cif, fcc: {bulk: {name: Si, crystalstructure: fcc, a: 3.87}}}"
+        )
+    for name, spec in structures.items():
+        if isinstance(spec, str | os.PathLike):  # a plain path: a file
+            spec = structures[name] = {"file": os.fspath(spec)}
+        if isinstance(spec, dict) and "file" in spec:
+            if isinstance(spec["file"], str | os.PathLike):
+                spec["file"] = str(base / Path(spec["file"]).expanduser())
     validate(config, check_setup=check_setup)
     return config
 
@@ -455,7 +491,10 @@ def _merge(schema: Mapping[str, Any], given: Any, where: tuple[str, ...]) -> dic
     if given is None:
         given = {}
     if not isinstance(given, Mapping):
-        raise ConfigError(f"{_name(where)} must be a mapping, got {type(given).__name__}")
+        raise ConfigError(
+            f"{_name(where)} must be a mapping of the keys {', '.join(schema)}; got "
+            f"{type(given).__name__} {given!r}"
+        )
     out = schema_defaults(schema)
     for key, value in given.items():
         if key not in schema:
@@ -498,8 +537,12 @@ def validate(config: Mapping[str, Any], check_setup: bool = True) -> None:
     """Raise :class:`ConfigError` for the first problem found.
 
     Builds the typed settings (each validates itself), checks the structure names and the
-    type map. With ``check_setup`` also checks that the base model exists and knows every
-    element, and that the labeler is usable (e.g. VASP command and POTCARs): cheap checks.
+    type map, the plausible ranges of the MD settings, that no start structure has
+    overlapping atoms, that the student's ``sel`` covers the neighbours of its structures
+    and that the run directory was not labelled with another labeler. With ``check_setup``
+    also checks that the base model exists (and reads), knows every element, and that the
+    labeler is usable (override keys, e.g. VASP command and POTCARs): cheap checks, nothing
+    is computed.
     """
     structures = config["structures"]
     if not isinstance(structures, Mapping) or not structures:
@@ -510,6 +553,8 @@ def validate(config: Mapping[str, Any], check_setup: bool = True) -> None:
             built[name] = structure_atoms(spec)
         except Exception as exc:
             raise ConfigError(f"structures.{name}: {exc}") from exc
+    for name, atoms in built.items():
+        _check_overlaps(name, atoms)
 
     def check_names(names: Any, where: str) -> None:
         missing = [n for n in names or () if n not in structures]
@@ -529,10 +574,14 @@ def validate(config: Mapping[str, Any], check_setup: bool = True) -> None:
     )
     for i, stage in enumerate(finetune_stages(config)):
         check_names(stage.structures, f"finetune.stages[{i}].structures")
+        _check_plausible(stage.explore, f"finetune.stages[{i}]")
     if config["distill"]["enabled"]:
         distill = distill_config(config)
         student_training(config)
         check_names(distill.structures, "distill.explore.structures")
+        _check_plausible(distill.explore, "distill.explore")
+        names = distill.structures or list(built)
+        _check_student_neighbours({name: built[name] for name in names})
 
     executor = config["executor"]
     if executor["kind"] not in KINDS:
@@ -545,9 +594,176 @@ def validate(config: Mapping[str, Any], check_setup: bool = True) -> None:
         missing = sorted(set(symbols) - set(type_map))
         if missing:
             raise ConfigError(f"type_map {type_map} lacks elements {missing} of the structures")
+    _check_workdir(config)
     if check_setup:
         _check_base_model(config["base_model"], symbols)
         _check_labeler(config["labeler"], symbols)
+
+
+# --------------------------------------------------------------------------- physics checks
+def _check_plausible(explore: ExploreTask, where: str) -> None:
+    """MD settings inside :data:`~pfd_ase.workflow.schema.PLAUSIBLE_RANGES` (units mixed up)."""
+    values = {
+        "timestep_fs": [explore.timestep_fs],
+        "temperatures_K": list(explore.temperatures_K),
+        "pressures_GPa": [p for p in explore.pressures_GPa if p is not None],
+    }
+    for key, found in values.items():
+        low, high, unit = PLAUSIBLE_RANGES[key]
+        for value in found:
+            if not low <= value <= high:
+                raise ConfigError(
+                    f"{where}.{key} {value:g} is outside the plausible range {low:g} to "
+                    f"{high:g} {unit}{_unit_hint(key, value)}"
+                )
+
+
+def _unit_hint(key: str, value: float) -> str:
+    """A guess at the unit a value outside its plausible range was given in."""
+    low, high, _ = PLAUSIBLE_RANGES[key]
+    guesses = {
+        "timestep_fs": [("ps", 1000.0, "fs")],
+        "pressures_GPa": [("bar", 1e-4, "GPa"), ("kbar", 0.1, "GPa"), ("Pa", 1e-9, "GPa")],
+    }.get(key, [])
+    for unit, factor, ours in guesses:
+        if low <= value * factor <= high:
+            return f" (given in {unit}? {value:g} {unit} = {value * factor:g} {ours})"
+    return ""
+
+
+def _check_overlaps(name: str, atoms: Atoms) -> None:
+    """No two atoms of a start structure (or an atom and its periodic image) overlap."""
+    from pfd_ase.structures import closest_pair
+
+    pair = closest_pair(atoms, _OVERLAP_FACTOR)
+    if pair is None:
+        return
+    i, j, distance, limit = pair
+    what = f"atom {i} and its periodic image" if i == j else f"atoms {i} and {j}"
+    symbols = atoms.get_chemical_symbols()
+    raise ConfigError(
+        f"structures.{name}: {what} ({symbols[i]}, {symbols[j]}) are {distance:.3f} Å apart, "
+        f"less than {_OVERLAP_FACTOR:g} x the sum of their covalent radii ({limit:.2f} Å): "
+        "overlapping atoms (a duplicated atom, a wrong cell or lattice constant?)"
+    )
+
+
+def _check_student_neighbours(structures: Mapping[str, Atoms]) -> None:
+    """The student's ``sel`` covers the neighbours within its ``rcut`` in its structures.
+
+    deepmd-kit keeps at most ``sel`` neighbours per atom and drops the farthest beyond them:
+    a student trained on denser structures would have a truncated, discontinuous energy. The
+    count is measured (ASE's neighbour list) on the distillation's start structures; MD at
+    pressure or temperature only adds to it, so less than 10 % headroom is a warning.
+    """
+    import numpy as np
+    from ase.neighborlist import neighbor_list
+
+    from pfd_ase.training.deepmd import STUDENT_DESCRIPTOR
+
+    sel = STUDENT_DESCRIPTOR.get("sel")
+    rcut = float(STUDENT_DESCRIPTOR["rcut"])
+    if isinstance(sel, list | tuple):
+        sel = sum(int(n) for n in sel)
+    if isinstance(sel, bool) or not isinstance(sel, int):
+        return  # "auto": deepmd-kit measures it itself
+    counts = {}
+    for name, atoms in structures.items():
+        if len(atoms):
+            counts[name] = int(np.bincount(neighbor_list("i", atoms, rcut), minlength=1).max())
+    if not counts:
+        return
+    densest = max(counts, key=lambda name: counts[name])
+    most = counts[densest]
+    what = (
+        f"the student (se_atten_v2, rcut {rcut:g} Å) keeps at most sel = {sel} neighbours per "
+        f"atom; structures.{densest} has {most} atoms within {rcut:g} Å of one atom"
+    )
+    if most > sel:
+        raise ConfigError(
+            f"distill.explore.structures: {what}, so deepmd-kit would drop neighbours and the "
+            "student's energy would be truncated. Leave that structure out of "
+            "distill.explore.structures, or set distill.enabled: false (the student's sel is "
+            "pfd_ase.training.deepmd.STUDENT_DESCRIPTOR['sel'])"
+        )
+    if most * _SEL_HEADROOM > sel:
+        warnings.warn(
+            f"{what}: less than {_SEL_HEADROOM - 1:.0%} headroom, and MD at pressure or "
+            "temperature packs more atoms within the cut-off (deepmd-kit then drops the "
+            "farthest)",
+            ConfigWarning,
+            stacklevel=3,
+        )
+
+
+# --------------------------------------------------------------------------- run directory
+def _recorded_config(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The configuration recorded in the run directory's ``summary.json`` (``None``: none)."""
+    path = Path(os.fspath(config["workdir"])) / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return None  # not ours to judge here: the run itself reports a damaged summary
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _check_workdir(config: Mapping[str, Any]) -> None:
+    """Refuse a run directory whose labels came from another labeler or other structures.
+
+    A rerun redoes the steps whose settings changed; with another labeler (name or
+    overrides) that is every labelled frame, and a run directory holding none of this
+    configuration's structures is another run (two configurations sharing the default
+    ``runs/pfd``). Other changes are allowed (see :func:`workdir_changes`).
+    """
+    recorded = _recorded_config(config)
+    if recorded is None:
+        return
+    workdir = config["workdir"]
+    fix = f"use another workdir, or remove {workdir} to start over"
+    old, new = recorded.get("labeler"), config["labeler"]
+    if isinstance(old, Mapping) and "overrides" in old and isinstance(new, Mapping):
+        old_id = (str(old.get("name", "")).strip().lower(), _jsonable(old.get("overrides") or {}))
+        new_id = (str(new["name"]).strip().lower(), _jsonable(dict(new.get("overrides") or {})))
+        if old_id != new_id:
+            raise ConfigError(
+                f"workdir {workdir} was labelled by another labeler ({old_id[0]} with "
+                f"overrides {old_id[1]} there, {new_id[0]} with {new_id[1]} here): a rerun "
+                f"would discard and redo every labelled frame; {fix}"
+            )
+    old_names = set(recorded.get("structures") or {})
+    if old_names and not old_names & set(config["structures"]):
+        raise ConfigError(
+            f"workdir {workdir} holds a run of other structures ({sorted(old_names)}; here: "
+            f"{sorted(config['structures'])}); {fix}"
+        )
+
+
+def workdir_changes(config: Mapping[str, Any]) -> list[str]:
+    """Settings that differ from those recorded in the run directory (dotted names).
+
+    Empty for a new run directory. A rerun redoes the steps that depend on these settings
+    (:class:`~pfd_ase.workflow.state.RunState`); ``pfd-ase validate`` lists them.
+    """
+    recorded = _recorded_config(config)
+    if recorded is None:
+        return []
+    from pfd_ase.workflow.state import changed_inputs
+
+    current = {k: v for k, v in config.items() if k not in ("progress", "workdir")}
+    if not isinstance(current.get("labeler"), Mapping):
+        current.pop("labeler", None)
+    current["structures"] = {
+        name: {"atoms": spec.get_chemical_formula()} if isinstance(spec, Atoms) else spec
+        for name, spec in current["structures"].items()
+    }
+    old = {k: recorded[k] for k in current if k in recorded}
+    return changed_inputs(old, _jsonable(current))
 
 
 # --------------------------------------------------------------------------- set-up checks
@@ -570,8 +786,18 @@ def _check_base_model(base: Mapping[str, Any], symbols: list[str]) -> None:
             import chgnet  # noqa: F401
         except ImportError as exc:
             raise ConfigError("base model CHGNet needs: pip install 'pfd_ase[chgnet]'") from exc
+        if spec.path is not None:  # a fine-tuned checkpoint: it must read (weights only)
+            from pfd_ase.calculators.chgnet import read_chgnet_checkpoint
+
+            try:
+                read_chgnet_checkpoint(spec.path)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"base_model.path: {exc}") from exc
         return
-    type_map = spec.type_map
+    try:
+        type_map = spec.type_map  # reads the checkpoint: a damaged file fails here
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"base_model.path: {exc}") from exc
     if type_map is not None:
         missing = sorted(set(symbols) - set(type_map))
         if missing:

@@ -6,6 +6,10 @@ YAML (``pfd-ase config``). The MD keys of a stage are the fields of
 :class:`~pfd_ase.explore.ExploreTask` with its defaults (``steps`` is named ``md_steps``,
 see :data:`EXPLORE_KEYS`), and ``frame_filter`` the fields of
 :class:`~pfd_ase.selectors.filters.FrameFilter` with its defaults.
+
+:data:`PLAUSIBLE_RANGES` holds the physically plausible range of the MD settings that are
+easy to give in the wrong unit (a time step in ps, a pressure in bar) or mistype (a
+temperature of 60 000 K): a value outside it is refused, with the range in the message.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pfd_ase.selectors.filters import FrameFilter
 __all__ = [
     "DEFAULTS",
     "EXPLORE_KEYS",
+    "PLAUSIBLE_RANGES",
     "SCHEMA",
     "STAGE_DEFAULTS",
     "STAGE_SCHEMA",
@@ -58,14 +63,35 @@ class Setting:
 #: configuration (``steps`` would read as training steps there).
 EXPLORE_KEYS: dict[str, str] = {"steps": "md_steps"}
 
+#: Physically plausible ranges ``(low, high, unit)`` of MD settings (YAML names), inclusive:
+#: a time step of 0.1-10 fs (0.002 is a time step in ps), temperatures of 1-10 000 K,
+#: pressures of -50 to 500 GPa (tension to the Earth's core; 1000 is a pressure in bar).
+#: The configuration refuses values outside them.
+PLAUSIBLE_RANGES: dict[str, tuple[float, float, str]] = {
+    "timestep_fs": (0.1, 10.0, "fs"),
+    "temperatures_K": (1.0, 10000.0, "K"),
+    "pressures_GPa": (-50.0, 500.0, "GPa"),
+}
+
+
+def _range_text(key: str) -> str:
+    low, high, unit = PLAUSIBLE_RANGES[key]
+    return f"{low:g} to {high:g} {unit}"
+
+
 #: Defaults that :class:`ExploreTask` leaves to its caller.
 _EXPLORE_CONFIG_DEFAULTS: dict[str, Any] = {"temperatures_K": [500.0], "seed": None}
 
 _EXPLORE_DOCS: dict[str, str] = {
-    "temperatures_K": "MD temperatures (K, > 0): one walker per structure, temperature, pressure",
-    "pressures_GPa": "MD pressures (GPa); null in the list = an NVT walker",
+    "temperatures_K": (
+        f"MD temperatures ({_range_text('temperatures_K')}): one walker per structure, "
+        "temperature, pressure"
+    ),
+    "pressures_GPa": (
+        f"MD pressures ({_range_text('pressures_GPa')}); null in the list = an NVT walker"
+    ),
     "steps": "MD steps per walker (integer > 0)",
-    "timestep_fs": "MD time step (fs, > 0)",
+    "timestep_fs": f"MD time step ({_range_text('timestep_fs')})",
     "sample_every": "keep a frame every this many MD steps (integer, <= md_steps)",
     "thermostat": f"NVT thermostat: {', '.join(THERMOSTATS)}",
     "barostat": f"NPT barostat: {', '.join(BAROSTATS)} (isotropic)",
@@ -130,8 +156,14 @@ _STRUCTURE_NAMES = "names from `structures`; null = all of them"
 
 #: One line on each section (a key whose value is a mapping of known keys).
 _SECTION_DOCS: dict[str, str] = {
-    "labeler": "the DFT code that labels frames (or any ASE calculator object, from Python)",
-    "base_model": "the pre-trained model fine-tuned into the teacher",
+    "labeler": (
+        "the DFT code that labels frames (or any ASE calculator object, from Python); "
+        "`labeler: gpaw` is short for {name: gpaw}"
+    ),
+    "base_model": (
+        "the pre-trained model fine-tuned into the teacher; `base_model: chgnet` is short "
+        "for {path: chgnet}"
+    ),
     "init": "initial data: perturbed copies of the structures, labelled",
     "finetune": "the fine-tune loop (teacher): explore, filter, select, label, evaluate, train",
     "distill": "the distillation loop (student): teacher MD, compare, teacher labels, train",
@@ -158,7 +190,7 @@ SCHEMA: dict[str, Any] = {
     "structures": Setting(
         {},
         "named structures: {name: {bulk: {ase.build.bulk arguments}} or {file: path, index: n},"
-        " optional repeat: [n1, n2, n3], vacancy: atom index}",
+        " optional repeat: [n1, n2, n3], vacancy: atom index} or {name: path} (a file)",
     ),
     "labeler": {
         "name": Setting("gpaw", f"DFT labeler: {', '.join(KNOWN_LABELERS)}"),
