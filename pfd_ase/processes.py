@@ -25,9 +25,11 @@ of using ``PR_SET_PDEATHSIG``: a pool starts its workers from whichever thread s
 a worker must not die when that thread ends. The thread runs whenever the worker's Python
 code lets go of the GIL (numpy, torch and Python loops all do within milliseconds).
 
-``python -m pfd_ase.processes [--parent PID] -- CMD...`` is also usable by hand, e.g. as the
-prefix of a labeler's command line (``python -m pfd_ase.processes -- mpirun vasp_std``), to
-end a program started through a shell with the Python process that started the shell.
+``python -m pfd_ase.processes [--parent PID] -- CMD...`` is also usable by hand: it runs CMD
+until CMD ends or the watchdog's parent ends (then CMD is killed). Through a shell, the
+watchdog must replace the shell (``exec``), or it watches the shell, which outlives the
+Python process that started it: e.g. a labeler command line
+``exec python -m pfd_ase.processes -- mpirun vasp_std``.
 """
 
 from __future__ import annotations
@@ -254,9 +256,12 @@ def _watchdog(command: list[str], parent: int, portable: bool, interval: float) 
         if child.poll() is None:
             child.send_signal(signum)
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the child
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGHUP, forward)
+    # a terminal's Ctrl-C reaches the child directly; so do signals sent to the group of a
+    # leader (popen's kill and terminate); others are passed on. The watchdog ends with the
+    # child, the way the child ended.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN if leader else forward)
     while True:
         try:
             returncode = child.wait(timeout=interval)

@@ -91,6 +91,24 @@ def test_child_dies_with_its_killed_parent(tmp_path, portable):
         _cleanup([child])
 
 
+def test_watchdog_by_hand_in_a_shell_command(tmp_path):
+    """``exec python -m pfd_ase.processes -- CMD`` as a shell command line (ASE's way of
+    running e.g. VASP): CMD ends with the Python process that started the shell."""
+    script = f"""
+    import shlex, subprocess, sys, time
+    command = [sys.executable, "-m", "pfd_ase.processes", "--", sys.executable, "-c", {SLEEPER!r}]
+    subprocess.Popen("exec " + shlex.join(command), shell=True)
+    time.sleep(60)
+    """
+    driver, (child,) = _driver(script, tmp_path)
+    try:
+        assert _alive(child)
+        _kill_driver(driver)
+        assert _gone_within(child, 3.0) is not None
+    finally:
+        _cleanup([child])
+
+
 def test_blocking_run_in_a_thread_ends_with_the_process(tmp_path):
     """``run`` from a worker thread: the child lives while the thread waits on it."""
     script = f"""
