@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -114,10 +115,14 @@ def checkpoint_params(path: str | os.PathLike) -> dict[str, Any]:
 def _load_error(exc: Exception) -> str:
     """One line on why ``torch.load``/``torch.jit.load`` failed (their messages run long)."""
     text = str(exc)
-    if "Unsupported global" in text:
-        found = text[text.index("Unsupported global") :].splitlines()[0]
-        return f"it needs Python objects beyond tensors and plain data ({found}); not unpickled"
-    if isinstance(exc, pickle.UnpicklingError) or "zip archive" in text:
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found is not None:
+        return (
+            f"it needs the Python object {found.group(1)}, beyond tensors and plain data: "
+            "not unpickled"
+        )
+    damaged = ("zip archive", "mmap can only be used", "PytorchStreamReader", "magic number")
+    if isinstance(exc, pickle.UnpicklingError) or any(d in text for d in damaged):
         return "damaged or not a torch file"
     first = text.strip().splitlines()[0] if text.strip() else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -108,7 +108,7 @@ def read_chgnet_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found is None:  # not a global: a damaged or foreign file
             raise ValueError(
                 f"cannot read CHGNet checkpoint {path}: damaged or not a torch file"
