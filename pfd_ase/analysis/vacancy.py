@@ -32,6 +32,7 @@ __all__ = [
     "perfect_cell_stability",
     "plot_vacancy_bars",
     "space_group",
+    "stability_settings",
     "vacancy_flags",
     "vacancy_formation_energy",
     "vacancy_series",
@@ -129,7 +130,7 @@ def space_group(atoms: Atoms, symprec_A: float = 0.1) -> int | None:
     return int(dataset["number"] if isinstance(dataset, dict) else dataset.number)
 
 
-def _stability_settings(check: bool | Mapping[str, Any]) -> dict[str, Any] | None:
+def stability_settings(check: bool | Mapping[str, Any]) -> dict[str, Any] | None:
     """:data:`STABILITY_CHECK` updated with ``check`` (a mapping), or ``None`` when off."""
     if check is False or check is None:
         return None
@@ -332,7 +333,7 @@ def vacancy_formation_energy(
     if fmax_eV_A <= 0 or max_steps < 0:
         raise ValueError("fmax_eV_A must be positive and max_steps non-negative")
 
-    settings = _stability_settings(stability_check) if relax else None
+    settings = stability_settings(stability_check) if relax else None
 
     bulk = supercell.copy()
     bulk.calc = calc

@@ -38,6 +38,7 @@ __all__ = [
     "model_errors",
     "plot_entropy",
     "run_directly",
+    "stage_walls",
 ]
 
 #: ``step(key, func, inputs)``: the result of ``func()`` (a JSON-safe dict) for step ``key``,
@@ -220,13 +221,13 @@ def compare_vacancies(
         phase → ``"perfect cell unstable under <name>: <why>"``, only unstable phases).
     """
     from pfd_ase.analysis.vacancy import (
-        _stability_settings,
         plot_vacancy_bars,
+        stability_settings,
         vacancy_flags,
         vacancy_series,
     )
 
-    check = _stability_settings(kwargs.get("stability_check", True))
+    check = stability_settings(kwargs.get("stability_check", True))
     details: dict[str, dict[str, Any]] = {}
     for name, subject in subjects.items():
         record = step(
@@ -281,6 +282,28 @@ def entropy_curve(summary: Mapping[str, Any]) -> list[tuple[str, float]]:
         for key, rec in summary["steps"].items()
         if key.startswith("ft.") and key.endswith(".label") and rec.get("dataset_entropy")
     ]
+
+
+def stage_walls(summary: Mapping[str, Any]) -> dict[str, float]:
+    """Wall time (s) per stage of a run, from its step records.
+
+    Parameters
+    ----------
+    summary
+        A run's summary (``steps``: key → record with ``wall_s``).
+
+    Returns
+    -------
+    dict
+        ``init``, ``ft.<stage>`` for each fine-tune stage, ``distill`` and ``validate``
+        (and any other first key part), in run order, rounded to 0.1 s.
+    """
+    out: dict[str, float] = {}
+    for key, record in summary["steps"].items():
+        parts = key.split(".")
+        stage = ".".join(parts[:2]) if parts[0] == "ft" else parts[0]
+        out[stage] = out.get(stage, 0.0) + float(record.get("wall_s") or 0.0)
+    return {k: round(v, 1) for k, v in out.items()}
 
 
 def plot_entropy(curve: Sequence[tuple[str, float]], path: str | os.PathLike) -> Path | None:
