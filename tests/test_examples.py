@@ -62,7 +62,7 @@ def test_vasp_dpa_example_needs_only_its_external_setup(monkeypatch):
 
 
 def test_silicon_quick_is_the_recipe_config(tmp_path):
-    """examples/silicon_quick.yaml = ``silicon_config(quick=True)`` of the recipe: the same
+    """examples/silicon_quick.yaml = ``silicon_config(preset="quick")`` of the recipe: the same
     settings and the same structures (atom for atom)."""
     from pfd_ase.recipes.silicon import silicon_config
     from pfd_ase.structures import build_structure
@@ -71,7 +71,7 @@ def test_silicon_quick_is_the_recipe_config(tmp_path):
     default = inspect.signature(silicon_config).parameters["workdir"].default
     assert example["workdir"] == str(default)
     # the recipe writes its structures into the run directory, here a temporary one
-    recipe = load_config(silicon_config(tmp_path, quick=True, base_model="chgnet"))
+    recipe = load_config(silicon_config(tmp_path, preset="quick", base_model="chgnet"))
     recipe["workdir"] = example["workdir"]
     # structures: as files (the recipe) or bulk specs (the example); compare what they build
     assert list(example["structures"]) == list(recipe["structures"])

@@ -13,11 +13,13 @@ import argparse
 import copy
 import functools
 import json
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pfd_ase.analysis.validate import Step, Subject
+from pfd_ase.data import read_frames, write_frames
 
 #: Labelers cheap enough for vacancy relaxations and 3×3×3 phonons in any preset.
 CLASSICAL = ("sw", "tersoff", "emt")
@@ -73,22 +75,95 @@ def trained_structures(config: Mapping[str, Any]) -> dict[str, list[str]]:
     return {"PF": teacher, "PFD": list(config["distill"]["explore"]["structures"])}
 
 
+def held_out_test(
+    config: Mapping[str, Any],
+    models: Mapping[str, tuple[str, str | None]],
+    settings: Mapping[str, Any],
+    report: str | os.PathLike,
+) -> dict[str, Any]:
+    """Label the run's held-out test set and score ``models`` on it (resumable).
+
+    :func:`pfd_ase.analysis.testset.make_test_set` of every structure of the run (seeds no
+    training step draws) is labelled by the run's labeler in ``workdir/test`` (one task
+    folder per frame, reused on a rerun; failed frames are recorded and left out) and written
+    to ``workdir/test/labelled.extxyz``; the scores are the step ``validate.held_out`` (redone
+    when a model or the frames change).
+
+    Parameters
+    ----------
+    config
+        The recipe's workflow configuration (``structures``, ``seed``, ``labeler``, and
+        ``executor`` if any).
+    models
+        Name (``"base"``, ``"PF"``, ``"PFD"``) → (model path or name, head).
+    settings
+        ``n_frames`` per structure, and optionally ``cell_strain`` and ``displacement_A``.
+    report
+        The report folder (parity plots ``parity_test_<name>.png``).
+
+    Returns
+    -------
+    dict
+        ``test_set`` (``path``, ``n_frames``, ``failures``: ids of frames the labeler
+        failed on) and ``held_out`` (name → :func:`~pfd_ase.analysis.testset.score_models`).
+    """
+    from pfd_ase.analysis.testset import make_test_set, score_models
+    from pfd_ase.calculators import PFDCalculator
+    from pfd_ase.label import label_frames
+    from pfd_ase.models import resolve_model
+    from pfd_ase.parallel import make_executor
+    from pfd_ase.structures import build_structure
+    from pfd_ase.workflow.state import frames_identity
+
+    folder = Path(config["workdir"]) / "test"
+    path = folder / "labelled.extxyz"
+    structures = {k: build_structure(v) for k, v in config["structures"].items()}
+    options = {k: settings[k] for k in ("cell_strain", "displacement_A") if k in settings}
+    frames = make_test_set(structures, int(settings["n_frames"]), int(config["seed"]), **options)
+    labeler = (config["labeler"]["name"], dict(config["labeler"]["overrides"]))
+    step = validation_step(config["workdir"])
+
+    def label() -> dict[str, Any]:
+        with make_executor(config.get("executor")) as executor:
+            result = label_frames(frames, labeler, folder, executor)
+        write_frames(path, result.frames)
+        return {
+            "n_frames": len(result.frames),
+            "failures": [f["frame_id"] for f in result.failures],
+        }
+
+    done = step("test_label", label, {"frames": frames_identity(frames), "labeler": labeler})
+    labelled = read_frames(path)
+    identities = {n: resolve_model(m, head=h).identity for n, (m, h) in models.items()}
+
+    def score() -> dict[str, Any]:
+        calcs = {n: PFDCalculator(m, head=h) for n, (m, h) in models.items()}
+        return score_models(calcs, labelled, report)
+
+    scores = step("held_out", score, {"frames": frames_identity(labelled), **identities})
+    return {
+        "test_set": {"path": str(path), **done},
+        "held_out": scores,
+    }
+
+
 def validate_run(
     config: Mapping[str, Any],
     summary: Mapping[str, Any],
     title: str,
-    preset: Mapping[str, Any],
+    validation: Mapping[str, Any],
     phonons: Mapping[str, Any],
     vacancies: Mapping[str, Any],
     **info: Any,
 ) -> dict[str, Any]:
     """Validate a finished run and write its report folder (``workdir/report``).
 
-    Errors (teacher and student vs DFT, student vs teacher) with parity plots, the entropy
-    curve, phonons (DFT, PF, PFD) and vacancy formation energies (PF, PFD, and the labeler
-    when it is classical); phonons and vacancies are resumable steps ``validate.<key>`` of
-    the run directory (see :func:`validation_step`), the labeler's files go to
-    ``workdir/validation/labeler``.
+    Errors on the held-out test set (base, PF and PFD models, :func:`held_out_test`),
+    errors on the training data (teacher and student vs DFT, student vs teacher) with parity
+    plots, the entropy curve, phonons (DFT, PF, PFD) and vacancy formation energies (PF,
+    PFD, and the labeler when it is classical); phonons and vacancies are resumable steps
+    ``validate.<key>`` of the run directory (see :func:`validation_step`), the labeler's
+    files go to ``workdir/validation/labeler``.
 
     Parameters
     ----------
@@ -98,15 +173,18 @@ def validate_run(
         The run's summary (``teacher``, ``student``, ``steps``).
     title
         The report's heading.
-    preset
-        ``dft_phonon_supercell`` (a classical labeler always gets 3×3×3) and
-        ``vacancy_max_steps``.
+    validation
+        The preset's validation settings: ``dft_phonon_supercell`` (a classical labeler
+        always gets 3×3×3), ``vacancy_max_steps``, ``test_set`` (the settings of
+        :func:`held_out_test`; no held-out scores when missing) and ``dft_vacancy``
+        (``{"phase": name, "relax": bool}``: the labeler's own vacancy formation energy of
+        that phase, unrelaxed unless ``relax``; a classical labeler does every phase).
     phonons
         ``{"primitive": Atoms, "title": str}``.
     vacancies
         ``{"cells": {phase: Atoms}, "reference": Atoms, "title": str}``.
     **info
-        Recorded at the top of the results (e.g. ``quick``).
+        Recorded at the top of the results (e.g. ``preset``).
 
     Returns
     -------
@@ -121,9 +199,12 @@ def validate_run(
         entropy_curve,
         model_errors,
         plot_entropy,
+        stage_walls,
     )
     from pfd_ase.calculators import labeler_info
     from pfd_ase.data import read_frames
+    from pfd_ase.structures import build_structure
+    from pfd_ase.workflow.state import RunState
 
     workdir = Path(config["workdir"])
     report, folder = workdir / "report", workdir / "validation"
@@ -140,6 +221,15 @@ def validate_run(
     result["labeler"] = config["labeler"]["name"]
     result["base_model"] = config["base_model"]["path"]
     result["errors"] = model_errors(sets, report)
+    if validation.get("test_set"):
+        base = config["base_model"]
+        held = {"base": (base["path"], base.get("head")), "PF": (teacher, None)}
+        if student:
+            held["PFD"] = (student, None)
+        result |= held_out_test(config, held, validation["test_set"], report)
+    result["cells"] = {  # what the preset chose: atoms per structure
+        name: len(build_structure(atoms)) for name, atoms in config["structures"].items()
+    }
     result["entropy_per_iteration"] = entropy_curve(summary)
     plot_entropy(result["entropy_per_iteration"], report / "entropy.png")
 
@@ -156,17 +246,19 @@ def validate_run(
         phonons["primitive"],
         {**dft, **models},
         {
-            "DFT": (3, 3, 3) if cheap else preset["dft_phonon_supercell"],
+            "DFT": (3, 3, 3) if cheap else validation["dft_phonon_supercell"],
             **dict.fromkeys(models, (3, 3, 3)),
         },
         step=step,
         plot=report / "phonons.png",
         title=phonons["title"],
+        folder=folder / "phonons",
     )
     result["phonons"] = {
         k: {"special_points": v["special_points"], "supercell": v["supercell"]}
         for k, v in bands.items()
     }
+    result |= bands.summary  # every branch at Γ/X/L against DFT's, C_v and F_vib at 300 K
     result |= compare_vacancies(
         vacancies["cells"],
         {**models, **(dft if cheap else {})},
@@ -174,20 +266,51 @@ def validate_run(
         step=step,
         plot=report / "vacancies.png",
         title=vacancies["title"],
-        max_steps=preset["vacancy_max_steps"],
+        max_steps=validation["vacancy_max_steps"],
     )
+    dft_vacancy = validation.get("dft_vacancy")
+    if not cheap and dft_vacancy:  # DFT: one phase, relaxed only where the preset pays for it
+        phase = dft_vacancy["phase"]
+        own = compare_vacancies(
+            {phase: vacancies["cells"][phase]},
+            dft,
+            vacancies["reference"],
+            step=step,
+            relax=bool(dft_vacancy.get("relax", False)),
+            stability_check=False,
+            max_steps=validation["vacancy_max_steps"],
+        )
+        for key, value in own.items():
+            result.setdefault(key, {}).update(value)
     result["run_summary"] = str(workdir / "summary.json")
+    # wall time per stage, validation included (the steps this call recorded)
+    result["stage_wall_s"] = stage_walls(RunState(workdir).summary)
     write_report(report, result, title)
     return result
 
 
 def recipe_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
-    """The command line every workflow recipe shares (``--quick``, ``--labeler`` ...)."""
+    """The command line every workflow recipe shares (``--quick``, ``--labeler`` ...).
+
+    ``--quick`` and ``--production`` choose the ``preset`` keyword of the recipe's run
+    function (``"default"`` without either, the function's own default).
+    """
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workdir", default=f"runs/{prog.rsplit('.', 1)[-1]}")
-    parser.add_argument("--quick", action="store_true", help="laptop-sized settings")
+    presets = parser.add_mutually_exclusive_group()
+    presets.add_argument(
+        "--quick", dest="preset", action="store_const", const="quick", help="minutes: a smoke test"
+    )
+    presets.add_argument(
+        "--production",
+        dest="preset",
+        action="store_const",
+        const="production",
+        help="the paper's settings (cluster-sized)",
+    )
+    parser.set_defaults(preset="default")
     parser.add_argument("--labeler", default="gpaw", help="gpaw (default), vasp, sw, tersoff")
     parser.add_argument("--labeler-overrides", default="{}", help="JSON, e.g. '{\"encut\": 520}'")
     parser.add_argument(

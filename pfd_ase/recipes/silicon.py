@@ -1,15 +1,17 @@
-"""Silicon, end to end (PFD supplement §II.B–D, Table S1): fine-tune, distil, validate.
+"""Silicon, end to end (PFD supplement §II.B–D, Tables S1–S2): fine-tune, distil, validate.
 
-``python -m pfd_ase.recipes.silicon --quick`` runs offline in minutes (CHGNet as the base
-model, GPAW as the DFT labeler on small cells); without ``--quick`` it runs the paper's
-settings. Production: ``--base-model DPA-3.1-3M.pt --head Omat --labeler vasp``.
+Three presets, one meaning each (the Python default is the command line's): ``quick``
+(``--quick``, what ``make demo`` runs, minutes), ``default`` (8-atom cells of every phase,
+a 15-atom vacancy cell and converged GPAW k-points, sized for an hour on 2 cores) and
+``production`` (``--production``: the supplement's 32-atom cells, 31-atom vacancy, 20 000
+fine-tuning steps; with ``--base-model DPA-3.1-3M.pt --head Omat --labeler vasp``).
 ``--labeler sw`` or ``tersoff`` gives a classical ground truth.
 
 Stages (Table S1): init (all phases, perturbed) → stage 1 diamond + hex-diamond → stage 2
-FCC/BCC/HCP/β-Sn → stage 3 diamond with a vacancy; MD at 500 K and 0.001 / 1 GPa, 2000 steps
-of 2 fs, a frame every 100 steps. Then phonons of diamond Si (phonopy, 3×3×3) for the
-labeler (DFT), the fine-tuned (PF) and the distilled (PFD) model, and vacancy formation
-energies E_f = E_vac − E_bulk + μ(diamond) of six phases, flagged where not physical.
+FCC/BCC/HCP/β-Sn → stage 3 diamond with a vacancy; MD at 500 K and 0.001 / 1 GPa. Then the
+validation (:func:`pfd_ase.recipes._base.validate_run`): base, PF and PFD models on a
+held-out test set of every phase labelled by the run's labeler, phonons of diamond Si
+against the labeler's, vacancy formation energies of six phases, flagged where not physical.
 """
 
 from __future__ import annotations
@@ -21,50 +23,85 @@ from typing import Any
 from pfd_ase.recipes._base import deep_update, parsed_arguments, recipe_parser
 
 VACANCY_PHASES = ("diamond", "bc8", "beta_sn", "fcc", "hex_diamond", "hcp")
-STAGES = {
-    "stage1": ["diamond", "hex_diamond"],
-    "stage2": ["fcc", "bcc", "hcp", "beta_sn"],
-    "stage3": ["diamond_vacancy"],
-}
+STAGES = {"stage1": ["diamond", "hex_diamond"], "stage2": ["fcc", "bcc", "hcp", "beta_sn"]}
+STAGES["stage3"] = ["diamond_vacancy"]
 CONDITIONS = {"temperatures_K": [500.0], "pressures_GPa": [0.001, 1.0]}
 MD = {"md_steps": 2000, "timestep_fs": 2.0, "sample_every": 100}
+#: Supercell repeats of each structure's conventional cell (Table S2: 32 atoms per phase,
+#: 31 with the vacancy); ``diamond_vacancy`` is the repeated diamond cell less one atom.
+CELLS_32 = dict(diamond=(2, 2, 1), hex_diamond=(2, 2, 2), fcc=(2, 2, 2), bcc=(2, 2, 4))
+CELLS_32 |= dict(hcp=(2, 2, 4), beta_sn=(2, 2, 2), bc8=(1, 1, 2), diamond_vacancy=(2, 2, 1))
+CELLS_8 = dict(hex_diamond=(2, 1, 1), fcc=(2, 1, 1), bcc=(2, 2, 1), hcp=(2, 2, 1))
+CELLS_8 |= dict(beta_sn=(2, 1, 1), diamond=1, bc8=1, diamond_vacancy=(1, 1, 2))  # BC8: 16
+#: GPAW k-points: density 2 per Å⁻¹ is 0.066 eV/Å (β-Sn 0.16) and 37 meV/atom from a 3.5 /
+#: 500 eV reference on every phase, 3.5 agrees to 3e-4 eV/Å (bench/gpaw_convergence.py).
+CONVERGED_GPAW = {"gpaw": {"kpts": {"density": 3.5, "gamma": False}}}
 PRODUCTION: dict[str, Any] = {
-    "vacancy_repeat": 2,  # diamond_vacancy: 63 atoms
+    "cells": CELLS_32,
+    "labeler": CONVERGED_GPAW,
     "stage": {**CONDITIONS, **MD, "max_iterations": 5, "n_select": 20, "chunk_size": 10},
     "workflow": {
         "init": {"structures": None, "n_perturb": 6, "cell_strain": 0.03, "displacement_A": 0.05},
         "finetune": {"steps": 20000, "chgnet_epochs": 50, "force_rmse_threshold_eV_A": 0.06},
-        "distill": {"steps": 100000, "learning_rate": None, "max_iterations": 5, "n_frames": 100},
+        "distill": {"steps": 1000000, "max_iterations": 5, "n_frames": 100},
     },
     "explore": {"structures": ["diamond", "hex_diamond", "beta_sn", "diamond_vacancy"], **MD},
-    "validation": {"dft_phonon_supercell": (3, 3, 3), "vacancy_max_steps": 300},
+    "validation": {
+        "dft_phonon_supercell": (3, 3, 3),
+        "vacancy_max_steps": 300,
+        "test_set": {"n_frames": 5},
+        "dft_vacancy": {"phase": "diamond", "relax": True},
+    },
 }
-#: ``--quick``: a 7-atom diamond_vacancy, one short iteration per stage. The student: 3000
-#: steps at 2e-3 -> 1e-5 (on 20 frames the paper's 0.01 -> 1e-8 left a force RMSE of 0.59
-#: eV/Å against the teacher, 5e-3 -> 1e-5 0.16 but diverged on SW data), trained on MD of
-#: the diamond cells only (with hex-diamond / beta-Sn it came out soft, Γ 12.6 vs 16.7 THz).
-QUICK_STUDENT_LR = dict(type="exp", start_lr=2e-3, stop_lr=1e-5, decay_steps=100)
-QUICK = deep_update(
+#: ``default``: the largest cells a 60-minute budget allows with converged k-points: 8 atoms
+#: (GPAW at density 3.5: 30-50 s a frame on one core, BC8's 16 atoms 150 s; 16-atom cells
+#: would take about 4 times as long), the vacancy in 15; two iterations of 4 frames per
+#: stage, labelling in 2 processes, 2 test frames per structure, a 5000-step student.
+DEFAULT = deep_update(
     PRODUCTION,
     {
-        "vacancy_repeat": 1,
-        "stage": dict(md_steps=40, sample_every=10, max_iterations=1, n_select=2, chunk_size=2),
+        "stage": dict(md_steps=300, sample_every=20, max_iterations=2, n_select=4, chunk_size=4),
         "workflow": {
-            "init": {"n_perturb": 1},
-            "finetune": {"steps": 400, "chgnet_epochs": 20},
-            "distill": dict(
-                steps=3000, max_iterations=2, n_frames=40, learning_rate=QUICK_STUDENT_LR
-            ),
+            "init": {"n_perturb": 2},
+            "finetune": {"steps": 2000, "chgnet_epochs": 30},
+            "distill": dict(steps=5000, max_iterations=2, n_frames=60),
+            "executor": {"kind": "process", "max_workers": 2},
         },
-        "explore": dict(structures=["diamond", "diamond_vacancy"], md_steps=100, sample_every=5),
-        "validation": {"dft_phonon_supercell": (2, 2, 2), "vacancy_max_steps": 100},
+        "explore": dict(md_steps=400, sample_every=10),
+        "validation": {
+            "dft_phonon_supercell": (2, 2, 2),
+            "test_set": {"n_frames": 2},
+            "dft_vacancy": {"phase": "diamond", "relax": False},
+        },
     },
 )
+#: ``quick``: conventional cells (2–16 atoms, a 7-atom vacancy cell), one short iteration
+#: per stage. The student: 3000 steps at 2e-3 -> 1e-5 (on 20 frames the paper's 0.01 ->
+#: 1e-8 left a force RMSE of 0.59 eV/Å against the teacher), trained on MD of the diamond
+#: cells only (with hex-diamond / beta-Sn it came out soft, Γ 12.6 vs 16.7 THz).
+QUICK_STUDENT_LR = dict(type="exp", start_lr=2e-3, stop_lr=1e-5, decay_steps=100)
+QUICK = deep_update(
+    DEFAULT,
+    {
+        "stage": dict(md_steps=40, sample_every=10, max_iterations=1, n_select=2, chunk_size=2),
+        "workflow": {
+            "executor": {"kind": "serial"},
+            "init": {"n_perturb": 1},
+            "finetune": {"steps": 400, "chgnet_epochs": 20},
+            "distill": dict(steps=3000, n_frames=40, learning_rate=QUICK_STUDENT_LR),
+        },
+        "explore": dict(structures=["diamond", "diamond_vacancy"], md_steps=100, sample_every=5),
+        "validation": {"vacancy_max_steps": 100, "test_set": {"n_frames": 2}},
+    },
+)
+DEFAULT["cells"] = CELLS_8  # replaced, not merged
+QUICK["cells"], QUICK["labeler"] = {}, {}  # conventional cells, GPAW's defaults
+PRESETS = {"quick": QUICK, "default": DEFAULT, "production": PRODUCTION}
 
 
 def silicon_config(
     workdir: str | Path = "runs/silicon",
-    quick: bool = False,
+    preset: str = "default",
     labeler: str = "gpaw",
     labeler_overrides: dict[str, Any] | None = None,
     base_model: str = "chgnet",
@@ -73,32 +110,34 @@ def silicon_config(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The workflow configuration of the silicon recipe (data and ``ase.Atoms`` structures)."""
-    from pfd_ase.materials import silicon, silicon_phases
+    from pfd_ase.materials import SILICON_STRUCTURES, silicon
 
-    preset = QUICK if quick else PRODUCTION
-    structures = {
-        **silicon_phases(),
-        "diamond_vacancy": silicon("diamond_vacancy", preset["vacancy_repeat"]),
-    }
-    stages = [{"name": k, "structures": v, **preset["stage"]} for k, v in STAGES.items()]
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {list(PRESETS)}")
+    p = PRESETS[preset]
+    structures = {name: silicon(name, p["cells"].get(name, 1)) for name in SILICON_STRUCTURES}
+    stages = [{"name": k, "structures": v, **p["stage"]} for k, v in STAGES.items()]
     config = deep_update(
-        preset["workflow"],
+        p["workflow"],
         {
             "workdir": str(workdir),
             "seed": seed,
             "type_map": ["Si"],
             "structures": structures,  # the workflow writes them to workdir/structures
-            "labeler": {"name": labeler, "overrides": dict(labeler_overrides or {})},
+            "labeler": {
+                "name": labeler,
+                "overrides": {**p["labeler"].get(labeler, {}), **(labeler_overrides or {})},
+            },
             "base_model": {"path": base_model, "head": head},
             "finetune": {"stages": stages},
-            "distill": {"explore": {**CONDITIONS, **preset["explore"]}},
+            "distill": {"explore": {**CONDITIONS, **p["explore"]}},
         },
     )
     return deep_update(config, overrides)
 
 
 def run_silicon(
-    workdir: str | Path = "runs/silicon", quick: bool = False, **kwargs: Any
+    workdir: str | Path = "runs/silicon", preset: str = "default", **kwargs: Any
 ) -> dict[str, Any]:
     """Run the whole silicon recipe (resumable); return the report summary (plain data).
 
@@ -108,28 +147,35 @@ def run_silicon(
     from pfd_ase.materials import silicon, silicon_phases
     from pfd_ase.recipes._base import validate_run
     from pfd_ase.workflow import run
+    from pfd_ase.workflow.lock import run_lock
 
-    config = silicon_config(workdir, quick, **kwargs)
-    return validate_run(
-        config,
-        run(config),
-        "PFD silicon recipe",
-        (QUICK if quick else PRODUCTION)["validation"],
-        phonons={"primitive": silicon("diamond", primitive=True), "title": "Diamond Si phonons"},
-        vacancies={
-            "cells": vacancy_supercells(silicon_phases(VACANCY_PHASES), quick=quick),
-            "reference": silicon("diamond"),
-            "title": "Si vacancy formation energy",
-        },
-        quick=quick,
-    )
+    config = silicon_config(workdir, preset, **kwargs)
+    with run_lock(config["workdir"]):  # one run per directory, across run and validation
+        return validate_run(
+            config,
+            run(config),
+            f"PFD silicon recipe ({preset} preset)",
+            PRESETS[preset]["validation"],
+            phonons={
+                "primitive": silicon("diamond", primitive=True),
+                "title": "Diamond Si phonons",
+            },
+            vacancies={
+                "cells": vacancy_supercells(
+                    silicon_phases(VACANCY_PHASES), quick=preset == "quick"
+                ),
+                "reference": silicon("diamond"),
+                "title": "Si vacancy formation energy",
+            },
+            preset=preset,
+        )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parsed_arguments(recipe_parser("python -m pfd_ase.recipes.silicon", __doc__), argv)
     result = run_silicon(**args)
-    keys = ("teacher", "student", "phonons", "vacancy_formation_eV", "vacancy_flags")
-    print(json.dumps({k: result[k] for k in keys}, indent=2, default=str))
+    keys = ("held_out", "phonons", "vacancy_formation_eV", "vacancy_flags")
+    print(json.dumps({k: result.get(k) for k in keys}, indent=2, default=str))
     print(f"report: {Path(args['workdir']) / 'report' / 'report.md'}")
     return result
 
