@@ -173,7 +173,14 @@ def finetuned(tmp_path_factory, sw_frames):
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
     ckpt = finetune_chgnet(
-        sw_frames, workdir, epochs=1, batch_size=2, learning_rate=1e-3, threads=1, progress=True
+        sw_frames,
+        workdir,
+        epochs=1,
+        batch_size=2,
+        learning_rate=1e-3,
+        min_valid_frames=1,  # split off one frame of 10 (the default wants 5 or more)
+        threads=1,
+        progress=True,
     )
     wall = time.perf_counter() - t0
     assert torch.equal(rng_state, torch.random.get_rng_state())  # no global side effect
@@ -217,7 +224,13 @@ def test_finetune_is_not_repeated(finetuned, sw_frames):
     ckpt, _ = finetuned
     mtime = ckpt.stat().st_mtime_ns
     again = finetune_chgnet(
-        sw_frames, ckpt.parent, epochs=1, batch_size=2, learning_rate=1e-3, threads=1
+        sw_frames,
+        ckpt.parent,
+        epochs=1,
+        batch_size=2,
+        learning_rate=1e-3,
+        min_valid_frames=1,  # the fixture's settings
+        threads=1,
     )
     assert again == ckpt and ckpt.stat().st_mtime_ns == mtime
 
