@@ -1,0 +1,95 @@
+"""Accuracy of the silicon recipe on its own held-out test set (runs or reuses a recipe run).
+
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/silicon_accuracy.py --quick    # make demo's run
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/silicon_accuracy.py            # default preset
+    .venv/bin/python bench/silicon_accuracy.py --quick --labeler sw              # SW as the truth
+
+The recipe (:func:`pfd_ase.recipes.silicon.run_silicon`) is resumable: pointed at a finished
+run directory (``--workdir``, default ``runs/silicon`` for ``--quick`` and
+``runs/silicon_<preset>`` otherwise) it only reads the results back. Prints a table and writes
+``bench/results/silicon_accuracy[_<preset>][_<labeler>].json``: ``{"preset", "wall_s",
+"labeler", "models": {"base"|"PF"|"PFD": {"force_rmse_eV_A", "energy_rmse_meV_atom",
+"stress_rmse_GPa", "per_phase": {...}}}, "phonon_max_dev_THz": {"PF", "PFD"},
+"vacancy_diamond_eV": {"DFT", "PF", "PFD"}, "stage_wall_s": {...}, "targets": {...}}``.
+``wall_s`` is the recipe's wall time as recorded by its steps (the sum of every step's
+``wall_s``, validation included), not this script's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+#: Issue targets (force eV/Å, energy meV/atom, phonon THz, vacancy eV) per preset.
+TARGETS = {
+    "default": {"PF": (0.10, 10.0), "PFD": (0.13, 15.0), "phonon_THz": 0.5, "vacancy_eV": 0.3},
+    "quick": {"PF": (0.15, None), "PFD": (0.20, None), "phonon_THz": 1.0, "vacancy_eV": None},
+}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from pfd_ase.recipes.silicon import run_silicon
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--quick", dest="preset", action="store_const", const="quick")
+    group.add_argument("--production", dest="preset", action="store_const", const="production")
+    p.set_defaults(preset="default")
+    p.add_argument("--labeler", default="gpaw")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    suffix = "" if args.preset == "quick" else f"_{args.preset}"
+    workdir = Path(args.workdir or f"runs/silicon{suffix}")
+    t0 = time.perf_counter()
+    result = run_silicon(workdir, args.preset, labeler=args.labeler, seed=args.seed)
+    bench_wall = time.perf_counter() - t0
+    walls = result["stage_wall_s"]
+    vacancy = {
+        name: (energies or {}).get("diamond")
+        for name, energies in result["vacancy_formation_eV"].items()
+    }
+    out = {
+        "preset": args.preset,
+        "labeler": args.labeler,
+        "seed": args.seed,
+        "wall_s": round(sum(walls.values()), 1),
+        "stage_wall_s": walls,
+        "this_call_wall_s": round(bench_wall, 1),
+        "machine": f"{platform.node()} {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+        "models": result["held_out"],
+        "test_set": result["test_set"],
+        "phonon_max_dev_THz": result["phonon_max_dev_THz"],
+        "phonon_thermal": result.get("phonon_thermal"),
+        "vacancy_diamond_eV": {"DFT": vacancy.get("DFT"), **vacancy},
+        "targets": TARGETS.get(args.preset),
+    }
+    name = "silicon_accuracy" + (f"_{args.preset}" if args.preset != "default" else "")
+    name += "" if args.labeler == "gpaw" else f"_{args.labeler}"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
+
+    print(f"preset {args.preset}, labeler {args.labeler}, recipe wall {out['wall_s']} s")
+    print(f"{'model':6s} {'F RMSE eV/Å':>12s} {'E RMSE meV/at':>14s} {'S RMSE GPa':>11s}")
+    for model, s in out["models"].items():
+        stress = s["stress_rmse_GPa"]
+        print(
+            f"{model:6s} {s['force_rmse_eV_A']:12.3f} {s['energy_rmse_meV_atom']:14.1f}"
+            f" {float('nan') if stress is None else stress:11.2f}"
+        )
+    print("phonon max |Δf| at Γ/X/L (THz):", out["phonon_max_dev_THz"])
+    print("diamond vacancy E_f (eV):", out["vacancy_diamond_eV"])
+    print("wall per stage (s):", walls)
+    print(f"-> {RESULTS / (name + '.json')}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
