@@ -6,22 +6,12 @@ import inspect
 
 import numpy as np
 import pytest
-from ase.calculators.singlepoint import SinglePointCalculator
 
 
 def _labelled(frames, calc):
-    out = []
-    for atoms in frames:
-        atoms = atoms.copy()
-        atoms.calc = calc
-        results = {
-            "energy": atoms.get_potential_energy(),
-            "forces": atoms.get_forces(),
-            "stress": atoms.get_stress(),
-        }
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        out.append(atoms)
-    return out
+    from pfd_ase.label import label_in_memory
+
+    return label_in_memory(frames, calc)
 
 
 def _si(names=("diamond", "bc8", "diamond_vacancy")):
