@@ -1,0 +1,94 @@
+"""Presets of the silicon recipe (:mod:`pfd_ase.recipes.silicon`): data, no logic.
+
+Three presets, one meaning each: :data:`QUICK` (``--quick``, what ``make demo`` runs),
+:data:`DEFAULT` (8-atom cells of every phase, a 15-atom vacancy cell, converged GPAW
+k-points, sized for an hour on 2 cores) and :data:`PRODUCTION` (``--production``: Table S2's
+32-atom cells, the supplement's steps). Each holds ``cells`` (supercell repeats by structure),
+``labeler`` (default overrides per labeler name), ``stage`` (the settings of every fine-tune
+stage), ``workflow`` (init, finetune, distill, executor), ``explore`` (the student's
+exploration) and ``validation`` (:func:`pfd_ase.recipes._base.validate_run`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pfd_ase.recipes._base import deep_update
+
+__all__ = ["CONDITIONS", "DEFAULT", "PRESETS", "PRODUCTION", "QUICK", "STAGES", "VACANCY_PHASES"]
+
+VACANCY_PHASES = ("diamond", "bc8", "beta_sn", "fcc", "hex_diamond", "hcp")
+STAGES = {"stage1": ["diamond", "hex_diamond"], "stage2": ["fcc", "bcc", "hcp", "beta_sn"]}
+STAGES["stage3"] = ["diamond_vacancy"]
+CONDITIONS = {"temperatures_K": [500.0], "pressures_GPa": [0.001, 1.0]}
+MD = {"md_steps": 2000, "timestep_fs": 2.0, "sample_every": 100}
+#: Supercell repeats of each structure's conventional cell (Table S2: 32 atoms per phase,
+#: 31 with the vacancy); ``diamond_vacancy`` is the repeated diamond cell less one atom.
+CELLS_32 = dict(diamond=(2, 2, 1), hex_diamond=(2, 2, 2), fcc=(2, 2, 2), bcc=(2, 2, 4))
+CELLS_32 |= dict(hcp=(2, 2, 4), beta_sn=(2, 2, 2), bc8=(1, 1, 2), diamond_vacancy=(2, 2, 1))
+CELLS_8 = dict(hex_diamond=(2, 1, 1), fcc=(2, 1, 1), bcc=(2, 2, 1), hcp=(2, 2, 1))
+CELLS_8 |= dict(beta_sn=(2, 1, 1), diamond=1, bc8=1, diamond_vacancy=(1, 1, 2))  # BC8: 16
+#: GPAW k-points: density 2 per Å⁻¹ is 0.066 eV/Å (β-Sn 0.16) and 37 meV/atom from a 3.5 /
+#: 500 eV reference on every phase, 3.5 agrees to 3e-4 eV/Å (bench/gpaw_convergence.py).
+CONVERGED_GPAW = {"gpaw": {"kpts": {"density": 3.5, "gamma": False}}}
+PRODUCTION: dict[str, Any] = {
+    "cells": CELLS_32,
+    "labeler": CONVERGED_GPAW,
+    "stage": {**CONDITIONS, **MD, "max_iterations": 5, "n_select": 20, "chunk_size": 10},
+    "workflow": {
+        "init": {"structures": None, "n_perturb": 6, "cell_strain": 0.03, "displacement_A": 0.05},
+        "finetune": {"steps": 20000, "chgnet_epochs": 50, "force_rmse_threshold_eV_A": 0.06},
+        "distill": {"steps": 1000000, "max_iterations": 5, "n_frames": 100},
+    },
+    "explore": {"structures": ["diamond", "hex_diamond", "beta_sn", "diamond_vacancy"], **MD},
+    "validation": {
+        "dft_phonon_supercell": (3, 3, 3),
+        "vacancy_max_steps": 300,
+        "test_set": {"n_frames": 5},
+        "dft_vacancy": {"phase": "diamond", "relax": True},
+    },
+}
+#: ``default``: the largest cells a 60-minute budget allows with converged k-points: 8 atoms
+#: (GPAW at density 3.5: 30-50 s a frame on one core, BC8's 16 atoms 150 s; 16-atom cells
+#: would take about 4 times as long), the vacancy in 15; two iterations of 4 frames per
+#: stage, labelling in 2 processes, 2 test frames per structure, a 5000-step student.
+DEFAULT = deep_update(
+    PRODUCTION,
+    {
+        "stage": dict(md_steps=300, sample_every=20, max_iterations=2, n_select=4, chunk_size=4),
+        "workflow": {
+            "init": {"n_perturb": 2},
+            "finetune": {"steps": 2000, "chgnet_epochs": 30},
+            "distill": dict(steps=5000, max_iterations=2, n_frames=60),
+            "executor": {"kind": "process", "max_workers": 2},
+        },
+        "explore": dict(md_steps=400, sample_every=10),
+        "validation": {
+            "dft_phonon_supercell": (2, 2, 2),
+            "test_set": {"n_frames": 2},
+            "dft_vacancy": {"phase": "diamond", "relax": False},
+        },
+    },
+)
+#: ``quick``: conventional cells (2–16 atoms, a 7-atom vacancy cell), one short iteration
+#: per stage. The student: 3000 steps at 2e-3 -> 1e-5 (on 20 frames the paper's 0.01 ->
+#: 1e-8 left a force RMSE of 0.59 eV/Å against the teacher), trained on MD of the diamond
+#: cells only (with hex-diamond / beta-Sn it came out soft, Γ 12.6 vs 16.7 THz).
+QUICK_STUDENT_LR = dict(type="exp", start_lr=2e-3, stop_lr=1e-5, decay_steps=100)
+QUICK = deep_update(
+    DEFAULT,
+    {
+        "stage": dict(md_steps=40, sample_every=10, max_iterations=1, n_select=2, chunk_size=2),
+        "workflow": {
+            "executor": {"kind": "serial"},
+            "init": {"n_perturb": 1},
+            "finetune": {"steps": 400, "chgnet_epochs": 20},
+            "distill": dict(steps=3000, n_frames=40, learning_rate=QUICK_STUDENT_LR),
+        },
+        "explore": dict(structures=["diamond", "diamond_vacancy"], md_steps=100, sample_every=5),
+        "validation": {"vacancy_max_steps": 100, "test_set": {"n_frames": 2}},
+    },
+)
+DEFAULT["cells"] = CELLS_8  # replaced, not merged
+QUICK["cells"], QUICK["labeler"] = {}, {}  # conventional cells, GPAW's defaults
+PRESETS = {"quick": QUICK, "default": DEFAULT, "production": PRODUCTION}
