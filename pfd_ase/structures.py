@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-__all__ = ["STRUCTURE_FORMS", "build_structure", "closest_pair", "perturb"]
+__all__ = ["STRUCTURE_FORMS", "build_structure", "closest_pair", "perturb", "repeated_to"]
 
 _SPEC_KEYS = {"bulk", "file", "repeat", "vacancy", "index"}
 
@@ -170,4 +170,40 @@ def perturb(
             new.set_cell(new.cell.array @ (np.eye(3) + (eps + eps.T) / 2), scale_atoms=True)
         new.positions += rng.normal(0.0, displacement_A, new.positions.shape)
         out.append(new)
+    return out
+
+
+def repeated_to(atoms: Atoms, min_atoms: int) -> Atoms:
+    """``atoms`` repeated until it holds at least ``min_atoms`` atoms, as compact as possible.
+
+    Each step adds one repeat along the lattice vector whose repeated perpendicular height
+    (``n_i / |b_i|``, ``b`` the reciprocal vectors) is the smallest (the lowest index on a
+    tie), so the supercell grows towards a cube. Only periodic directions are repeated.
+
+    Parameters
+    ----------
+    atoms
+        The structure (never modified).
+    min_atoms
+        The least number of atoms of the result (an integer > 0); a structure that already
+        holds as many is returned as a copy.
+
+    Returns
+    -------
+    Atoms
+        A new object without a calculator.
+    """
+    if isinstance(min_atoms, bool) or not isinstance(min_atoms, int | np.integer):
+        raise ValueError(f"min_atoms must be an integer > 0, got {min_atoms!r}")
+    if min_atoms < 1:
+        raise ValueError(f"min_atoms must be an integer > 0, got {min_atoms}")
+    periodic = np.flatnonzero(atoms.pbc)
+    repeats = np.ones(3, dtype=int)
+    if len(atoms) and len(periodic) and atoms.cell.rank == 3:
+        heights = 1.0 / np.linalg.norm(np.linalg.inv(atoms.cell.array), axis=0)
+        while len(atoms) * repeats.prod() < min_atoms:
+            axis = periodic[np.argmin((heights * repeats)[periodic])]
+            repeats[axis] += 1
+    out = atoms.repeat(tuple(int(n) for n in repeats))
+    out.calc = None
     return out

@@ -237,6 +237,12 @@ CASES = [
         r"distill\.explore\.md_steps must be a positive integer",
     ),
     (
+        "zero-distill-min-atoms",
+        {"distill": {"explore": {"min_atoms": 0}}},
+        None,
+        r"distill\.explore\.min_atoms must be a positive integer",
+    ),
+    (
         "zero-training-steps",
         {"finetune": {"steps": 0}},
         None,
@@ -538,10 +544,16 @@ def _most_neighbours(spec: dict, rcut: float) -> int:
     return int(np.bincount(neighbor_list("i", atoms, rcut)).max())
 
 
-def test_student_sel_too_small_for_the_densest_phase(tmp_path):
+#: A student ``sel`` of 80 (the value before close-packed Si needed 100): fcc Cu (86 atoms
+#: within 6.5 Å) exceeds it, fcc Si (78) fits with under 10 % headroom.
+SMALL_SEL = 80
+
+
+def test_student_sel_too_small_for_the_densest_phase(tmp_path, monkeypatch):
     """fcc Cu has more atoms within the student's rcut than its sel: measured, refused."""
     from pfd_ase.training.deepmd import STUDENT_DESCRIPTOR
 
+    monkeypatch.setitem(STUDENT_DESCRIPTOR, "sel", SMALL_SEL)
     rcut, sel = STUDENT_DESCRIPTOR["rcut"], STUDENT_DESCRIPTOR["sel"]
     most = _most_neighbours(CU, rcut)
     assert most > sel  # the premise, measured independently of pfd_ase
@@ -557,9 +569,10 @@ def test_student_sel_too_small_for_the_densest_phase(tmp_path):
     load_config(config_file(tmp_path, {**change, "distill": {"enabled": False}}))
 
 
-def test_student_sel_with_little_headroom_is_a_warning(tmp_path):
+def test_student_sel_with_little_headroom_is_a_warning(tmp_path, monkeypatch):
     from pfd_ase.training.deepmd import STUDENT_DESCRIPTOR
 
+    monkeypatch.setitem(STUDENT_DESCRIPTOR, "sel", SMALL_SEL)
     rcut, sel = STUDENT_DESCRIPTOR["rcut"], STUDENT_DESCRIPTOR["sel"]
     most = _most_neighbours(SI_FCC, rcut)
     assert sel >= most > sel / 1.1
@@ -569,6 +582,16 @@ def test_student_sel_with_little_headroom_is_a_warning(tmp_path):
     result = runner.invoke(app, ["validate", str(path)], terminal_width=400)
     assert result.exit_code == 0, result.output
     assert "warning: the student" in result.output and f"{path}: OK" in result.output
+
+
+def test_student_sel_covers_close_packed_silicon(tmp_path):
+    """The silicon recipe's student explores FCC and HCP Si: no warning with the real sel."""
+    import warnings
+
+    path = config_file(tmp_path, {"structures": {"fcc": SI_FCC}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigWarning)
+        load_config(path)
 
 
 # --------------------------------------------------------------------------- run directory

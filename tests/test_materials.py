@@ -13,7 +13,7 @@ from pfd_ase.materials import (
     silicon_phases,
     supercell,
 )
-from pfd_ase.structures import perturb
+from pfd_ase.structures import perturb, repeated_to
 
 SPACEGROUPS = {
     "diamond": 227,
@@ -80,6 +80,40 @@ def test_supercell_sizes_and_matrices():
     with pytest.raises(ValueError):
         supercell(cube, (1, 2))
     assert len(silicon_phases(["bc8", "fcc"])) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "min_atoms", "count"),
+    [("diamond", 32, 32), ("diamond", 64, 64), ("bcc", 32, 36), ("hcp", 32, 36), ("bc8", 16, 16)],
+)
+def test_repeated_to_reaches_min_atoms_in_a_compact_cell(name, min_atoms, count):
+    atoms = silicon(name)
+    out = repeated_to(atoms, min_atoms)
+    assert len(out) == count >= min_atoms
+    assert out.get_chemical_formula() == f"Si{count}"
+    heights = 1.0 / np.linalg.norm(np.linalg.inv(out.cell.array), axis=0)
+    # grown towards a cube: no height under half the largest one (a 1x1xN column would fail)
+    assert heights.min() >= 0.5 * heights.max() - 1e-9
+    # a supercell of the same crystal: same volume and energy per atom (Stillinger-Weber)
+    from pfd_ase.calculators.labelers import make_labeler
+
+    out.calc, atoms.calc = make_labeler("sw"), make_labeler("sw")
+    assert out.get_volume() / len(out) == pytest.approx(atoms.get_volume() / len(atoms))
+    assert out.get_potential_energy() / len(out) == pytest.approx(
+        atoms.get_potential_energy() / len(atoms), abs=1e-9
+    )
+    assert len(atoms) == len(silicon(name))  # input untouched
+
+
+def test_repeated_to_repeats_only_periodic_axes_and_rejects_bad_counts():
+    slab = silicon("diamond")
+    slab.pbc = (True, True, False)
+    out = repeated_to(slab, 40)
+    assert len(out) == 48 and np.allclose(out.cell[2], slab.cell[2])  # 3x2x1
+    assert len(repeated_to(silicon("diamond"), 1)) == 8
+    for bad in (0, -3, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="min_atoms"):
+            repeated_to(slab, bad)
 
 
 def test_perturb_is_seeded_and_deterministic():

@@ -116,5 +116,15 @@ def test_presets_one_meaning_each():
     assert sizes["default"]["bc8"] == 16
     assert sizes["production"] == {**dict.fromkeys(sizes["production"], 32), "diamond_vacancy": 31}
     assert sizes["quick"]["diamond_vacancy"] == 7
+    # the student learns from teacher MD of every structure, stresses included; outside
+    # --quick in cells of 32+ atoms (issue 14: the teacher explores 32-64-atom cells)
+    from pfd_ase.recipes._base import trained_structures
+
+    for preset in PRESETS:
+        config = silicon_config("run", preset, labeler="sw")
+        assert set(trained_structures(config)["PFD"]) == set(config["structures"])
+        assert config["distill"]["virial"] is True
+        min_atoms = config["distill"]["explore"]["min_atoms"]
+        assert min_atoms >= (1 if preset == "quick" else 32)
     with pytest.raises(ValueError, match="unknown preset"):
         silicon_config("run", "fast")

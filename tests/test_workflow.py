@@ -59,7 +59,7 @@ def si_config(workdir, base, **overrides):
             "target_force_rmse_eV_A": 0.001,
             "min_improvement": 0.0,
             "compress": False,  # compression is tested in test_training.py
-            "explore": {**MD},
+            "explore": {**MD, "min_atoms": 16},
         },
         "progress": False,
     }
@@ -111,6 +111,9 @@ def test_end_to_end_finetune_and_distill(finished_run):
     # distillation: the student was trained on teacher labels and compared to the teacher
     assert steps["distill.000.explore"]["n_new"] == 4
     assert steps["distill.001.explore"]["student_vs_teacher_force_rmse_eV_A"] > 0
+    # the teacher explored the 8-atom diamond cell repeated to 16 atoms (min_atoms)
+    student_set = read_frames(work / "distill" / "teacher_labelled.extxyz")
+    assert {len(a) for a in student_set} == {16} and {len(a) for a in data} == {8}
     assert Path(summary["student"]).exists() and Path(summary["teacher"]).exists()
     assert summary["validation"]["student_force_rmse_eV_A"] > 0
     status = run_status(work)

@@ -52,6 +52,7 @@ from typing import Any
 from ase import Atoms
 
 from pfd_ase.data import FRAME_ID_KEY, frame_fingerprint, merge_frames, read_frames, write_frames
+from pfd_ase.structures import repeated_to
 from pfd_ase.workflow import steps
 from pfd_ase.workflow.config import (
     DistillConfig,
@@ -486,7 +487,10 @@ def distill_loop(
         return None
     run = recorder or RecordedSteps(config, state, executor)
     training = student_training(config)
-    structures = _structures(config, ds.structures)
+    structures = {
+        name: repeated_to(atoms, ds.min_atoms)
+        for name, atoms in _structures(config, ds.structures).items()
+    }
     student: str | None = None
     previous: float | None = None
     for it in range(ds.max_iterations):

@@ -258,6 +258,12 @@ SCHEMA: dict[str, Any] = {
         "virial": Setting(False, "fit the teacher's stresses too (virial loss): true or false"),
         "explore": {
             "structures": Setting(None, f"starting structures of the MD: {_STRUCTURE_NAMES}"),
+            "min_atoms": Setting(
+                1,
+                "repeat each starting structure until it holds at least this many atoms "
+                "(integer > 0; the teacher is cheap, larger cells give the student more "
+                "environments per frame)",
+            ),
             **_explore_schema(),
         },
     },
