@@ -330,3 +330,30 @@ def test_phonon_labeler_settings():
     kept = phonon_labeler("GPAW", symmetry={"point_group": True}, txt=None)
     with pytest.raises(ValueError, match='symmetry="off"'):
         phonons._check_shared_calculator(kept)  # the user's setting wins, and is refused
+
+
+def test_stage_walls_sum_step_records_per_stage_in_run_order():
+    from pfd_ase.analysis.validate import stage_walls
+
+    walls = {
+        "init.label": 10.0,
+        "init.train": 2.5,
+        "ft.stage1.000.md": 3.0,
+        "ft.stage1.001.train": 4.04,
+        "ft.stage2.000.label": 7.0,
+        "distill.000.train": 5.0,
+        "validation": 0.5,  # the workflow's own check counts as validation
+        "validate.held_out": 1.0,
+    }
+    summary = {"steps": {k: {"wall_s": v} for k, v in walls.items()}}
+    out = stage_walls(summary)
+    assert list(out) == ["init", "ft.stage1", "ft.stage2", "distill", "validate"]
+    assert out == {
+        "init": 12.5,
+        "ft.stage1": 7.0,
+        "ft.stage2": 7.0,
+        "distill": 5.0,
+        "validate": 1.5,
+    }
+    summary["steps"]["init.label"]["wall_s"] = None  # a step without a wall time counts 0
+    assert stage_walls(summary)["init"] == 2.5

@@ -370,15 +370,21 @@ def test_refit_zeroes_mean_energy_residual_and_checkpoint_keeps_it(finetuned, sw
 def test_validation_split_is_seeded_and_skipped_for_few_frames(sw_frames):
     from pfd_ase.training.chgnet import split_validation
 
-    train, valid = split_validation(sw_frames, 0.2, seed=1)
+    train, valid = split_validation(sw_frames, 0.2, seed=1, min_valid_frames=2)
     assert len(train) == 8 and len(valid) == 2
-    again = split_validation(sw_frames, 0.2, seed=1)[1]
+    again = split_validation(sw_frames, 0.2, seed=1, min_valid_frames=2)[1]
     assert [id(a) for a in again] == [id(a) for a in valid]
-    assert len(split_validation(sw_frames, 0.01)[1]) == 1  # at least one frame
-    assert split_validation(sw_frames[:4], 0.5)[1] == []  # too few frames
-    assert split_validation(sw_frames, 0.0)[1] == []
+    assert len(split_validation(sw_frames, 0.01, min_valid_frames=1)[1]) == 1  # at least one
+    # one rule: the share (here 2 of 10 frames) must reach min_valid_frames (default 5)
+    assert split_validation(sw_frames, 0.2, seed=1)[1] == []
+    assert len(split_validation(sw_frames, 0.5, seed=1)[1]) == 5
+    assert split_validation(sw_frames[:4], 0.5, min_valid_frames=3)[1] == []
+    assert split_validation(sw_frames, 0.0, min_valid_frames=1)[1] == []
     with pytest.raises(ValueError, match="valid_fraction"):
         split_validation(sw_frames, 1.0)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="min_valid_frames"):
+            split_validation(sw_frames, 0.2, min_valid_frames=bad)
 
 
 def test_finetune_returns_the_best_epoch(tmp_path, sw_frames):

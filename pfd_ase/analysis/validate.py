@@ -296,12 +296,14 @@ def stage_walls(summary: Mapping[str, Any]) -> dict[str, float]:
     -------
     dict
         ``init``, ``ft.<stage>`` for each fine-tune stage, ``distill`` and ``validate``
-        (and any other first key part), in run order, rounded to 0.1 s.
+        (the workflow's own ``validation`` step and a recipe's ``validate.*`` steps), and
+        any other first key part, in run order, rounded to 0.1 s.
     """
     out: dict[str, float] = {}
     for key, record in summary["steps"].items():
         parts = key.split(".")
         stage = ".".join(parts[:2]) if parts[0] == "ft" else parts[0]
+        stage = "validate" if stage == "validation" else stage
         out[stage] = out.get(stage, 0.0) + float(record.get("wall_s") or 0.0)
     return {k: round(v, 1) for k, v in out.items()}
 

@@ -16,10 +16,13 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pfd_ase.analysis.validate import Step, Subject
 from pfd_ase.data import read_frames, write_frames
+
+if TYPE_CHECKING:
+    from pfd_ase.workflow.state import RunState
 
 #: Labelers cheap enough for vacancy relaxations and 3×3×3 phonons in any preset.
 CLASSICAL = ("sw", "tersoff", "emt")
@@ -36,16 +39,18 @@ def deep_update(base: Mapping[str, Any], updates: Mapping[str, Any] | None) -> d
     return out
 
 
-def validation_step(workdir: str | Path) -> Step:
+def validation_step(run: str | Path | RunState) -> Step:
     """The :data:`~pfd_ase.analysis.validate.Step` of a run directory: its resumable steps.
 
     Each result is the step ``validate.<key>`` of :meth:`RunState.run_step
     <pfd_ase.workflow.state.RunState.run_step>` (record ``state/validate.<key>.json``), redone
-    when its inputs (model identity, labeler settings, supercell ...) change.
+    when its inputs (model identity, labeler settings, supercell ...) change. ``run`` is the
+    run directory or its :class:`~pfd_ase.workflow.state.RunState` (pass the one object a
+    caller already holds: each object keeps its own copy of ``summary.json``).
     """
     from pfd_ase.workflow.state import RunState
 
-    state = RunState(workdir)
+    state = run if isinstance(run, RunState) else RunState(run)
 
     def step(key: str, func: Callable[[], Any], inputs: Mapping[str, Any]) -> Any:
         return state.run_step(f"validate.{key}", lambda: {"result": func()}, inputs)["result"]
@@ -72,7 +77,8 @@ def trained_structures(config: Mapping[str, Any]) -> dict[str, list[str]]:
     teacher = list(config["init"]["structures"] or config["structures"])
     for stage in config["finetune"]["stages"]:
         teacher += [s for s in stage["structures"] if s not in teacher]
-    return {"PF": teacher, "PFD": list(config["distill"]["explore"]["structures"])}
+    student = config["distill"]["explore"]["structures"] or config["structures"]
+    return {"PF": teacher, "PFD": list(student)}
 
 
 def held_out_test(
@@ -80,6 +86,7 @@ def held_out_test(
     models: Mapping[str, tuple[str, str | None]],
     settings: Mapping[str, Any],
     report: str | os.PathLike,
+    step: Step | None = None,
 ) -> dict[str, Any]:
     """Label the run's held-out test set and score ``models`` on it (resumable).
 
@@ -100,6 +107,8 @@ def held_out_test(
         ``n_frames`` per structure, and optionally ``cell_strain`` and ``displacement_A``.
     report
         The report folder (parity plots ``parity_test_<name>.png``).
+    step
+        The run directory's steps (:func:`validation_step`; default: a new one).
 
     Returns
     -------
@@ -121,7 +130,7 @@ def held_out_test(
     options = {k: settings[k] for k in ("cell_strain", "displacement_A") if k in settings}
     frames = make_test_set(structures, int(settings["n_frames"]), int(config["seed"]), **options)
     labeler = (config["labeler"]["name"], dict(config["labeler"]["overrides"]))
-    step = validation_step(config["workdir"])
+    step = step or validation_step(config["workdir"])
 
     def label() -> dict[str, Any]:
         with make_executor(config.get("executor")) as executor:
@@ -209,6 +218,8 @@ def validate_run(
     workdir = Path(config["workdir"])
     report, folder = workdir / "report", workdir / "validation"
     report.mkdir(parents=True, exist_ok=True)
+    state = RunState(workdir)  # one object: every validation step records into it
+    step = validation_step(state)
     teacher, student = summary["teacher"], summary.get("student")
     data = read_frames(workdir / "data" / "labelled.extxyz")
     sets = {"teacher_vs_dft": (teacher, data)}
@@ -226,7 +237,7 @@ def validate_run(
         held = {"base": (base["path"], base.get("head")), "PF": (teacher, None)}
         if student:
             held["PFD"] = (student, None)
-        result |= held_out_test(config, held, validation["test_set"], report)
+        result |= held_out_test(config, held, validation["test_set"], report, step)
     result["cells"] = {  # what the preset chose: atoms per structure
         name: len(build_structure(atoms)) for name, atoms in config["structures"].items()
     }
@@ -241,7 +252,6 @@ def validate_run(
     reference = phonon_labeler(name, folder / "labeler", **overrides)
     dft = {"DFT": Subject(lambda: reference, {"labeler": labeler_info(reference)})}
     cheap = name in CLASSICAL
-    step = validation_step(workdir)
     bands = compare_phonons(
         phonons["primitive"],
         {**dft, **models},
@@ -284,7 +294,7 @@ def validate_run(
             result.setdefault(key, {}).update(value)
     result["run_summary"] = str(workdir / "summary.json")
     # wall time per stage, validation included (the steps this call recorded)
-    result["stage_wall_s"] = stage_walls(RunState(workdir).summary)
+    result["stage_wall_s"] = stage_walls(state.summary)
     write_report(report, result, title)
     return result
 

@@ -137,7 +137,7 @@ def _data_digest(frames: Sequence[Atoms]) -> str:
 
 
 def split_validation(
-    frames: Sequence[Atoms], fraction: float, seed: int = 0, min_frames: int = 5
+    frames: Sequence[Atoms], fraction: float, seed: int = 0, min_valid_frames: int = 5
 ) -> tuple[list[Atoms], list[Atoms]]:
     """Seeded split of ``frames`` into (train, valid).
 
@@ -150,8 +150,9 @@ def split_validation(
         out when ``fraction > 0``.
     seed
         Seeds the choice (``np.random.default_rng([seed, 1])``).
-    min_frames
-        Fewer frames than this: nothing is held out.
+    min_valid_frames
+        Hold out only when the share is at least this many frames (an integer >= 1);
+        otherwise nothing is (the one rule of :func:`finetune_chgnet`'s split).
 
     Returns
     -------
@@ -160,11 +161,15 @@ def split_validation(
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"valid_fraction must be in [0, 1), got {fraction}")
+    if isinstance(min_valid_frames, bool) or not isinstance(min_valid_frames, int):
+        raise ValueError(f"min_valid_frames must be an integer >= 1, got {min_valid_frames!r}")
+    if min_valid_frames < 1:
+        raise ValueError(f"min_valid_frames must be >= 1, got {min_valid_frames}")
     frames = list(frames)
     n = len(frames)
-    if fraction == 0.0 or n < min_frames:
+    n_valid = min(n - 1, max(1, int(round(fraction * n)))) if fraction > 0.0 else 0
+    if n_valid < min_valid_frames:
         return frames, []
-    n_valid = min(n - 1, max(1, int(round(fraction * n))))
     held = set(np.random.default_rng([seed, 1]).permutation(n)[:n_valid].tolist())
     train = [a for i, a in enumerate(frames) if i not in held]
     return train, [a for i, a in enumerate(frames) if i in held]
@@ -423,8 +428,6 @@ def finetune_chgnet(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if min_valid_frames < 1:
-        raise ValueError(f"min_valid_frames must be >= 1, got {min_valid_frames}")
     if early_stopping is not None and early_stopping < 1:
         raise ValueError(f"early_stopping must be >= 1 or None, got {early_stopping}")
     train_frames = list(train_frames)
@@ -436,8 +439,10 @@ def finetune_chgnet(
             if "energy" not in results or "forces" not in results:
                 raise ValueError(f"{name} frame {i} is not labelled (energy and forces)")
     split = valid_frames is None
-    if split and round(valid_fraction * len(train_frames)) >= min_valid_frames:
-        train_frames, valid_frames = split_validation(train_frames, valid_fraction, seed)
+    if split:
+        train_frames, valid_frames = split_validation(
+            train_frames, valid_fraction, seed, min_valid_frames
+        )
     valid_frames = list(valid_frames or [])
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
