@@ -13,12 +13,82 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+# click's exception base for usage errors (typer vendors click in its newer versions)
+_CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _one_line(exc: BaseException | str) -> str:
+    """The message of ``exc`` on one line.
+
+    A YAML parse error (the cause of a configuration error) becomes its problem and
+    position; other multi-line messages (a subprocess's log tail) keep their first and
+    last lines.
+    """
+    text = str(exc)
+    cause = getattr(exc, "__cause__", None)
+    if cause is not None and str(cause) and str(cause) in text:
+        import yaml
+
+        if isinstance(cause, yaml.MarkedYAMLError):
+            text = text.replace(str(cause), _yaml_problem(cause))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 3:
+        return f"{lines[0]} [...] {lines[-1]}"
+    return " ".join(lines)
+
+
+def _yaml_problem(exc) -> str:
+    """'while parsing X at line 1, column 17: expected Y at line 2, column 1'."""
+    parts = []
+    for what, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark)):
+        if what:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            parts.append(f"{what}{where}")
+    return ": ".join(parts) or type(exc).__name__
+
+
+def _fail(exc: Exception | str) -> None:
+    typer.secho(f"error: {_one_line(exc)}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@contextmanager
+def _usage_errors_on_one_line() -> Iterator[None]:
+    try:
+        yield
+    except _CLICK_EXCEPTION as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help text, shown as is
+            raise
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = _one_line(exc.format_message()).rstrip(".")
+        typer.secho(f"error: {message}{hint}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=exc.exit_code) from None
+
+
+class _OneLineErrors(TyperGroup):
+    """typer's group, with usage errors (a bad option value, a missing argument or file, an
+    unknown command) on one ``error: ...`` line, as :func:`_fail` writes them, instead of a box."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _usage_errors_on_one_line():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with _usage_errors_on_one_line():
+            return super().invoke(ctx)
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     help=(
         "PFD machine-learning force fields: pre-train, fine-tune, distil (ASE + deepmd-kit).\n\n"
         "Start with `pfd-ase config > run.yaml` (every key, its default and unit) or a file "
@@ -48,9 +118,11 @@ def _echo_json(data) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def _fail(exc: Exception | str) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
+def _os_error(exc: OSError, action: str, path: Path) -> str:
+    """'cannot write PATH: Not a directory (FILE)': what failed, why, and where if elsewhere."""
+    elsewhere = exc.filename and Path(exc.filename).resolve() != path.resolve()
+    where = f" ({exc.filename})" if elsewhere else ""
+    return f"{action} {path}: {exc.strerror or exc}{where}"
 
 
 def _version_callback(value: bool) -> None:
@@ -194,7 +266,10 @@ def config_(
     else:
         if output.exists():
             _fail(f"{output} exists; not overwritten")
-        output.write_text(text)
+        try:
+            output.write_text(text)
+        except OSError as exc:
+            _fail(_os_error(exc, "cannot write", output))
         typer.echo(f"wrote {output}")
 
 
@@ -204,9 +279,14 @@ def status(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> No
     from pfd_ase.workflow import run_status
 
     try:
-        _echo_json(run_status(run_dir))
+        info = run_status(run_dir)
     except FileNotFoundError as exc:
         _fail(exc)
+    except json.JSONDecodeError as exc:
+        _fail(f"{run_dir / 'summary.json'} is damaged (not JSON: {exc})")
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot read run directory {run_dir}: {exc}")
+    _echo_json(info)
 
 
 # --------------------------------------------------------------------------- one stage
@@ -242,7 +322,10 @@ def select(
     else:
         selector = RandomSelector(n_target=n, seed=seed)
     idx = selector.select(frames, ref)
-    write_frames(output, [frames[i] for i in idx])
+    try:
+        write_frames(output, [frames[i] for i in idx])
+    except OSError as exc:
+        _fail(_os_error(exc, "cannot write", output))
     _echo_json({"selected": idx, "output": str(output)})
 
 
@@ -282,7 +365,11 @@ def labeler_overrides(settings: list[str] | None, file: Path | None = None) -> d
     """
     out: dict[str, Any] = {}
     if file is not None:
-        value = _yaml_value(file.read_text(), str(file), block=True)
+        try:
+            text = file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(f"cannot read labeler settings from {file}: {exc}")
+        value = _yaml_value(text, str(file), block=True)
         if value is None:
             value = {}
         if not isinstance(value, dict):
@@ -360,7 +447,12 @@ def label(
         result = label_frames(data, (name, extra), workdir, retries=retries)
     except (ValueError, RuntimeError) as exc:
         _fail(exc)
-    write_frames(output, result.frames)
+    except OSError as exc:
+        _fail(_os_error(exc, "cannot label in", workdir))
+    try:
+        write_frames(output, result.frames)
+    except OSError as exc:
+        _fail(_os_error(exc, "cannot write", output))
     _echo_json({"labelled": len(result.frames), "failed": result.failures, "out": str(output)})
 
 
@@ -386,7 +478,12 @@ def pretrain(
     datasets = {
         head: _read_frames(path, f"dataset {head}", labelled=True) for head, path in paths.items()
     }
-    result = run_pretrain(datasets, workdir, steps=steps)
+    try:
+        result = run_pretrain(datasets, workdir, steps=steps)
+    except (ValueError, RuntimeError) as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail(_os_error(exc, "cannot train in", workdir))
     _echo_json({"checkpoint": str(result.checkpoint), **result.info})
 
 
@@ -406,6 +503,8 @@ def finetune(
         result = run_finetune(base_model, data, workdir, head=model_branch, steps=steps)
     except (ValueError, RuntimeError) as exc:
         _fail(exc)
+    except OSError as exc:
+        _fail(_os_error(exc, "cannot train in", workdir))
     _echo_json({"model": str(result.model), "checkpoint": str(result.checkpoint)})
 
 
@@ -420,7 +519,12 @@ def student(
     from pfd_ase.training.stages import train_student
 
     data = _read_frames(frames, "training frames", labelled=True)
-    result = train_student(data, workdir, steps=steps, compress=compress)
+    try:
+        result = train_student(data, workdir, steps=steps, compress=compress)
+    except (ValueError, RuntimeError) as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail(_os_error(exc, "cannot train in", workdir))
     _echo_json({"model": str(result.model), "compressed": result.compressed, **result.info})
 
 
@@ -432,16 +536,24 @@ def evaluate(
     plot: Annotated[Path | None, typer.Option(help="write a parity plot (PNG)")] = None,
 ) -> None:
     """Energy, force and virial errors of MODEL on labelled frames."""
+    from pfd_ase.calculators import PFDCalculator
     from pfd_ase.training.evaluate import evaluate as run_evaluate
     from pfd_ase.training.evaluate import parity_plot
 
     data = _read_frames(frames, "reference frames", labelled=True)
     try:
-        result = run_evaluate(model, data, head=head, return_predictions=plot is not None)
-    except (ValueError, FileNotFoundError) as exc:
+        calc = PFDCalculator(model, head=head)
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
+        _fail(exc)  # no such model or head, a damaged file, offline, deepmd-kit missing
+    try:
+        result = run_evaluate(calc, data, return_predictions=plot is not None)
+    except ValueError as exc:  # an element the model lacks
         _fail(exc)
     if plot is not None:
-        parity_plot(data, result, plot)
+        try:
+            parity_plot(data, result, plot)
+        except OSError as exc:
+            _fail(_os_error(exc, "cannot write", plot))
     _echo_json({k: v for k, v in result.items() if k not in ("frames", "predictions")})
 
 

@@ -99,7 +99,9 @@ def checkpoint_params(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
-        raise ValueError(f"cannot read deepmd-kit checkpoint {path}: {_load_error(exc)}") from exc
+        raise ValueError(
+            f"cannot read deepmd-kit checkpoint {path}: {load_error_reason(exc)}"
+        ) from exc
     state = state.get("model", state) if isinstance(state, dict) else None
     try:
         params = state["_extra_state"]["model_params"]
@@ -112,7 +114,7 @@ def checkpoint_params(path: str | os.PathLike) -> dict[str, Any]:
     return params
 
 
-def _load_error(exc: Exception) -> str:
+def load_error_reason(exc: Exception) -> str:
     """One line on why ``torch.load``/``torch.jit.load`` failed (their messages run long)."""
     text = str(exc)
     found = re.search(r"GLOBAL ([\w.]+)", text)
@@ -224,7 +226,7 @@ class ModelSpec:
             model = torch.jit.load(str(self.path), map_location="cpu")
         except Exception as exc:
             raise ValueError(
-                f"cannot read frozen deepmd-kit model {self.path}: {_load_error(exc)}"
+                f"cannot read frozen deepmd-kit model {self.path}: {load_error_reason(exc)}"
             ) from exc
         return tuple(model.get_type_map())
 

@@ -7,20 +7,63 @@ imported only when a model of that kind is loaded.
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from ase import Atoms
 
 from pfd_ase.calculators.neighbours import VerletList
 from pfd_ase.calculators.prediction import ModelBackend, Prediction
-from pfd_ase.models import ModelSpec, resolve_model
+from pfd_ase.models import ModelSpec, load_error_reason, resolve_model
 
-__all__ = ["DeepmdBackend", "ModelBackend", "Prediction", "load_backend"]
+__all__ = ["DeepmdBackend", "ModelBackend", "Prediction", "load_backend", "quiet_model_load"]
 
 
 def _missing(extra: str, exc: ImportError) -> ImportError:
     return ImportError(f"{exc}. Install the optional dependency: pip install 'pfd_ase[{extra}]'")
+
+
+#: Advisory log records that loading a deepmd-kit model emits, by logger name and message
+#: start: torch's "Triton not available" (nine at the first load in a process, one per
+#: Triton kernel deepmd-kit registers), deepmd-kit's thread-count advice (at its first
+#: PyTorch import) and its DP_INFER_BATCH_SIZE advice (at every load, on CPU).
+LOAD_ADVISORIES: dict[str, tuple[str, ...]] = {
+    "torch._library.triton": ("Triton not available",),
+    "deepmd.env": ("To get the best performance, it is recommended to adjust the number of",),
+    "deepmd.utils.batch_size": ("You can use the environment variable DP_INFER_BATCH_SIZE",),
+}
+
+
+class AdvisoryFilter(logging.Filter):
+    """Drops the log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+@contextmanager
+def quiet_model_load() -> Iterator[None]:
+    """While loading a model: drop the advisory records of :data:`LOAD_ADVISORIES`.
+
+    A filter on each of those named loggers, removed on exit; every other record of theirs,
+    and every other logger, is left alone (nothing is configured on import).
+    """
+    filters = [(logging.getLogger(n), AdvisoryFilter(p)) for n, p in LOAD_ADVISORIES.items()]
+    for logger, advisory in filters:
+        logger.addFilter(advisory)
+    try:
+        yield
+    finally:
+        for logger, advisory in filters:
+            logger.removeFilter(advisory)
 
 
 class DeepmdBackend:
@@ -58,11 +101,23 @@ class DeepmdBackend:
         self.spec = spec
         self.path = spec.path
         self.head = head = spec.head
-        try:
-            from deepmd.infer import DeepPot
-        except ImportError as exc:
-            raise _missing("deepmd", exc) from exc
-        self._dp = DeepPot(str(self.path), head=head) if head else DeepPot(str(self.path))
+        with quiet_model_load():
+            try:
+                from deepmd.infer import DeepPot
+            except ImportError as exc:
+                raise _missing("deepmd", exc) from exc
+            kwargs = {"head": head} if head else {}
+            try:
+                self._dp = DeepPot(str(self.path), **kwargs)
+            except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:  # a damaged file
+                what = (
+                    "frozen deepmd-kit model"
+                    if self.path.suffix == ".pth"
+                    else "deepmd-kit checkpoint"
+                )
+                raise ValueError(
+                    f"cannot read {what} {self.path}: {load_error_reason(exc)}"
+                ) from exc
         self.type_map: list[str] = list(self._dp.get_type_map())
         self._type_index = {el: i for i, el in enumerate(self.type_map)}
         self._lower = None

@@ -55,6 +55,13 @@ def _systems(
     return train, valid
 
 
+def _is_chgnet(model: str | os.PathLike | ModelSpec) -> bool:
+    try:
+        return resolve_model(model).kind == "chgnet"
+    except ValueError:
+        return False
+
+
 def resolve_base_model(
     name_or_path: str | os.PathLike | ModelSpec, head: str | None = None
 ) -> Path:
@@ -65,11 +72,23 @@ def resolve_base_model(
     download the checkpoint elsewhere and pass its path.
     """
     path = name_or_path.path if isinstance(name_or_path, ModelSpec) else name_or_path
-    if head is None and not str(path).endswith(".pth"):
+    not_deepmd = (
+        f"{name_or_path!r} is not a deepmd-kit model: CHGNet is fine-tuned by "
+        "pfd_ase.training.chgnet.finetune_chgnet (a workflow config with base_model: chgnet)"
+    )
+    chosen = head is None and not str(path).endswith(".pth")
+    if chosen:
         head = RANDOM_HEAD  # no head given: a fresh fitting net (any checkpoint, multi-task too)
-    spec = resolve_model(name_or_path, head=head, fetch=True)
+    try:
+        spec = resolve_model(name_or_path, head=head, fetch=True)
+    except ValueError:
+        if chosen and _is_chgnet(name_or_path):  # it refuses the head chosen here
+            raise ValueError(not_deepmd) from None
+        raise
     if spec.kind != "deepmd" or spec.path is None:
-        raise ValueError(f"{name_or_path!r} is not a deepmd-kit model: use finetune_chgnet")
+        raise ValueError(not_deepmd)
+    if spec.path.suffix == ".pth":
+        _ = spec.type_map  # reads the frozen model: a damaged file fails here, not in deepmd-kit
     return spec.path
 
 
