@@ -182,6 +182,14 @@ def _read_frames(path: Path, what: str = "frames", labelled: bool = False) -> li
 def run(
     config: Annotated[Path, typer.Argument(help=CONFIG_HELP)],
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="label again the frames the labeler failed on (see `pfd-ase status`); "
+            "finished tasks are reused",
+        ),
+    ] = False,
 ) -> None:
     """Run (or resume) the fine-tune and distillation loops described by CONFIG.
 
@@ -189,6 +197,11 @@ def run(
     set-up) before any work starts. Rerun the same command to resume an interrupted run.
     Only one run works in a run directory at a time: a second one stops with an error that
     names the first (PID, host, start time).
+
+    Frames the labeler fails on (an SCF that does not converge, a crashed program, a task
+    past `labeler.timeout_s`) are recorded with their cause and left out; `pfd-ase status`
+    counts them. A rerun leaves them alone unless `--retry-failed` is given: then only those
+    frames are labelled again, and the steps that depend on the new frames are redone.
     """
     from pfd_ase.workflow import ConfigError, load_config
     from pfd_ase.workflow import run as run_workflow
@@ -200,7 +213,7 @@ def run(
         _fail(exc)
     cfg["progress"] = progress and cfg["progress"]
     try:
-        summary = run_workflow(cfg)
+        summary = run_workflow(cfg, retry_failed=retry_failed)
     except RunLockedError as exc:
         _fail(exc)
     _echo_json({k: summary.get(k) for k in ("teacher", "student", "validation", "finished")})
@@ -275,7 +288,9 @@ def config_(
 
 @app.command()
 def status(run_dir: Annotated[Path, typer.Argument(help="run directory")]) -> None:
-    """Show what a run directory holds: finished steps, dataset size, models."""
+    """Show what a run directory holds: finished steps, dataset size, models, and the failed
+    labelling tasks of each step with their causes (`labelling_failures`, `n_failed_tasks`;
+    `pfd-ase run CONFIG --retry-failed` labels them again)."""
     from pfd_ase.workflow import run_status
 
     try:
@@ -429,6 +444,14 @@ def label(
         ),
     ] = None,
     retries: Annotated[int, typer.Option(min=0, help="extra attempts per failed frame")] = 0,
+    timeout_s: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout-s",
+            min=0.001,
+            help="wall-time limit per frame (s); a frame past it is recorded as failed",
+        ),
+    ] = None,
 ) -> None:
     """Label frames with a DFT code or another reference calculator (resumable).
 
@@ -444,7 +467,7 @@ def label(
     data = _read_frames(frames)
     name = _check_labeler_settings(labeler, extra, data)
     try:
-        result = label_frames(data, (name, extra), workdir, retries=retries)
+        result = label_frames(data, (name, extra), workdir, retries=retries, timeout_s=timeout_s)
     except (ValueError, RuntimeError) as exc:
         _fail(exc)
     except OSError as exc:

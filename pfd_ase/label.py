@@ -10,7 +10,8 @@
     the labelled frame: the done record, written atomically when the calculation
     finishes;
 ``failure.json``
-    frame id, exception type and text, traceback, attempts and cause of a failed
+    frame id, exception type and text, traceback, attempts, the exception it was raised
+    from (``cause``) and the kind of failure (``kind``, :func:`failure_kind`) of a failed
     calculation.
 
 A frame's key (:func:`pfd_ase.tasks.task_key`) hashes the frame's structure
@@ -23,6 +24,18 @@ another labeler) stops the run before any calculation (``ValueError``: use a fre
 workdir); one that cannot be read is moved aside to ``labelled.extxyz.stale`` with a
 warning and the frame is labelled again.
 
+Failures
+--------
+A frame whose calculation fails (after ``retries`` more attempts) is recorded, never
+dropped silently: its ``failure.json``, and a record in :attr:`LabelResult.failures`; the
+other frames are labelled as usual. :func:`failure_kind` sorts the failures
+(:data:`FAILURE_KINDS`): an SCF that did not converge (GPAW's ``KohnShamConvergenceError``;
+a VASP run whose OUTCAR says EDIFF was not reached, which ASE's ``Vasp`` itself accepts), a
+program that exited with an error, output that is missing or truncated, a task past its
+time limit (``timeout_s``, :func:`pfd_ase.tasks.time_limit`: a ``SIGALRM`` timer in the
+main thread, so it works serially and in process pools, not in thread pools or Dask
+workers), a worker the executor lost.
+
 :func:`label_in_memory` labels a few frames in this process without task directories
 (tests, benchmarks): the same labelled frames, nothing written, no resume.
 """
@@ -31,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import traceback
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -53,6 +67,7 @@ from pfd_ase.data import (
 from pfd_ase.tasks import FAILURE_FILE as FAILURE_FILE  # the task's failure record
 from pfd_ase.tasks import (
     CalculatorSpec,
+    TaskTimeoutError,
     calculator,
     calculator_spec,
     clear_calculators,
@@ -62,10 +77,21 @@ from pfd_ase.tasks import (
     split_finished,
     start_task,
     task_key,
+    time_limit,
     write_failure,
 )
 
-__all__ = ["ENERGY_SIGMA0_KEY", "LabelResult", "label_frames", "label_in_memory", "task_dir"]
+__all__ = [
+    "ENERGY_SIGMA0_KEY",
+    "FAILURE_KINDS",
+    "LabelResult",
+    "NotSinglePointError",
+    "SCFNotConvergedError",
+    "failure_kind",
+    "label_frames",
+    "label_in_memory",
+    "task_dir",
+]
 
 #: ``atoms.info`` key of the energy extrapolated to zero smearing (eV), kept when it
 #: differs from the force-consistent energy of the labels.
@@ -75,6 +101,29 @@ TASK_FILE = "task.json"
 _PROPERTIES = ("energy", "forces", "stress")
 _POSITION_TOL = 1e-6  # Å; a labeler that moves atoms further than this is an error
 _MISMATCH = "finished results for other frames or another labeler"
+
+#: The kinds of labelling failure (the ``kind`` of a failure record) and what they mean.
+FAILURE_KINDS: dict[str, str] = {
+    "timeout": "the task ran past its time limit (timeout_s, labeler.timeout_s)",
+    "scf-not-converged": "the SCF did not converge (GPAW ConvergenceError, VASP EDIFF not "
+    "reached, ASE SCFError)",
+    "calculator-crashed": "the program exited with an error (ASE CalculationFailed: a "
+    "non-zero exit status)",
+    "bad-output": "the program's output is missing, truncated or unreadable",
+    "setup": "the calculator cannot run with these settings (program, pseudopotentials, keywords)",
+    "not-single-point": "the calculator moved the atoms (a relaxation, not a single point)",
+    "worker-lost": "the executor lost the task (a dead worker, an object it cannot pickle)",
+    "error": "any other exception (see exception, message and traceback)",
+}
+
+
+class SCFNotConvergedError(RuntimeError):
+    """The calculator finished but says its SCF did not converge (``calc.converged`` is
+    False: ASE's ``Vasp`` when the OUTCAR says EDIFF was not reached)."""
+
+
+class NotSinglePointError(RuntimeError):
+    """The calculator moved the atoms: labelling needs single-point calculations."""
 
 
 @dataclass
@@ -88,7 +137,8 @@ class LabelResult:
     failures
         One record per failed frame: ``index``, ``frame_id``, ``task_dir``,
         ``exception`` (type name), ``message``, ``traceback``, ``attempts``, ``cause``
-        (see :func:`pfd_ase.tasks.failure_record`).
+        (see :func:`pfd_ase.tasks.failure_record`) and ``kind``
+        (:func:`failure_kind`).
     n_cached
         How many frames came from a previous run instead of a new calculation.
     """
@@ -108,6 +158,7 @@ class _Task:
     properties: tuple[str, ...]
     retries: int
     key: str
+    timeout_s: float | None = None
 
 
 def task_dir(workdir: str | os.PathLike, index: int) -> Path:
@@ -128,6 +179,7 @@ def label_frames(
     properties: Sequence[str] = _PROPERTIES,
     *,
     retries: int = 0,
+    timeout_s: float | None = None,
 ) -> LabelResult:
     """Label frames with energy, forces and stress, each in its own task directory.
 
@@ -153,6 +205,11 @@ def label_frames(
         calculators that implement it.
     retries
         Extra attempts for a failed calculation before it is recorded as failed.
+    timeout_s
+        Wall-time limit of one frame's task, all its attempts together (s); a task past
+        it is stopped and recorded as failed (kind ``"timeout"``, not retried).
+        ``None``: no limit. Enforced where the task runs in a main thread (serially, in
+        process pools, Slurm jobs; see :func:`pfd_ase.tasks.time_limit` for its limits).
 
     Returns
     -------
@@ -183,6 +240,10 @@ def label_frames(
     properties = _checked_properties(properties)
     if retries < 0:
         raise ValueError("retries must be >= 0")
+    if timeout_s is not None and (
+        isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0
+    ):
+        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     spec = calculator_spec(labeler, kinds=("labeler", "object"), what="labeler")
 
     workdir = Path(workdir)
@@ -196,6 +257,7 @@ def label_frames(
             properties=properties,
             retries=retries,
             key=_frame_key(atoms, spec),
+            timeout_s=None if timeout_s is None else float(timeout_s),
         )
         for i, atoms in enumerate(frames)
     ]
@@ -285,18 +347,29 @@ def _run_task(task: _Task) -> Atoms | dict[str, Any]:
         {"index": task.index, "frame_id": task.frame_id, "labeler": task.spec.description},
     )
     attempts = 0
-    while True:
-        attempts += 1
-        try:
-            with calculator(task.spec, directory) as calc:
-                labelled = _label(task.frame, calc, task.properties)
-            break
-        except Exception as exc:
-            clear_calculators()  # a retry starts from a fresh calculator
-            if attempts > task.retries:
-                failure = _failure(task, exc, attempts)
-                write_failure(directory, failure)
-                return failure
+    labelled: Atoms | None = None
+    error: BaseException | None = None
+    try:
+        with time_limit(task.timeout_s, f"labelling frame {task.frame_id}"):
+            while labelled is None:
+                attempts += 1
+                try:
+                    with calculator(task.spec, directory) as calc:
+                        labelled = _label(task.frame, calc, task.properties)
+                except TaskTimeoutError:
+                    raise  # the time is up for every attempt
+                except Exception as exc:
+                    error = exc
+                    clear_calculators()  # a retry starts from a fresh calculator
+                    if attempts > task.retries:
+                        break
+    except TaskTimeoutError as exc:
+        error = exc
+        clear_calculators()  # interrupted anywhere: do not reuse it
+    if labelled is None:  # (a time limit passed just after the result came is no failure)
+        failure = _failure(task, error or RuntimeError("no result"), attempts)
+        write_failure(directory, failure)
+        return failure
     labelled.info[FRAME_ID_KEY] = task.frame_id
     path = directory / RESULT_FILE
     write_frames(path, [labelled])  # the done record: atomic, full precision, last
@@ -307,18 +380,77 @@ def _run_task(task: _Task) -> Atoms | dict[str, Any]:
 
 def _executor_failed(task: _Task, exc: Exception) -> dict[str, Any]:
     """The failure record of a task the executor lost (pickling, a dead worker)."""
-    failure = _failure(task, exc, attempts=1)
+    failure = _failure(task, exc, attempts=1, kind="worker-lost")
     write_failure(task.directory, failure)
     return failure
 
 
-def _failure(task: _Task, exc: BaseException, attempts: int) -> dict[str, Any]:
+def _failure(
+    task: _Task, exc: BaseException, attempts: int, kind: str | None = None
+) -> dict[str, Any]:
     return {
         "index": task.index,
         "frame_id": task.frame_id,
         "task_dir": task.directory,
         **failure_record(exc, attempts),
+        "kind": kind or failure_kind(exc),
     }
+
+
+def failure_kind(exc: BaseException) -> str:
+    """The kind of a labelling failure (a key of :data:`FAILURE_KINDS`).
+
+    Decided by the exception's type and those it was raised from (``raise ... from``, or
+    while handling): :class:`~pfd_ase.tasks.TaskTimeoutError` is ``"timeout"``; GPAW's
+    ``ConvergenceError``, ASE's ``SCFError`` and :class:`SCFNotConvergedError` are
+    ``"scf-not-converged"``; ASE's ``CalculationFailed`` (VASP exited non-zero) is
+    ``"calculator-crashed"``; ASE's ``ReadError``, an XML parse error, or any error raised
+    while an ASE calculator reads its output files (a truncated OUTCAR, a missing
+    vasprun.xml) is ``"bad-output"``; :class:`NotSinglePointError` is
+    ``"not-single-point"``; ASE's ``CalculatorSetupError`` and
+    :class:`~pfd_ase.calculators.labelers.LabelerSetupError` are ``"setup"``; otherwise
+    ``"error"``.
+    """
+    from xml.etree.ElementTree import ParseError
+
+    from ase.calculators.calculator import CalculationFailed, CalculatorSetupError, ReadError
+
+    from pfd_ase.calculators.labelers import LabelerSetupError
+
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    names = {cls.__name__ for e in chain for cls in type(e).__mro__}
+    if any(isinstance(e, TaskTimeoutError) for e in chain):
+        return "timeout"
+    if names & {"ConvergenceError", "SCFError", "SCFNotConvergedError"}:  # and subclasses
+        return "scf-not-converged"
+    if any(isinstance(e, ReadError | ParseError) for e in chain):
+        return "bad-output"
+    if any(isinstance(e, CalculationFailed) for e in chain):
+        return "calculator-crashed"
+    if any(isinstance(e, CalculatorSetupError | LabelerSetupError) for e in chain):
+        return "setup"
+    if any(isinstance(e, NotSinglePointError) for e in chain):
+        return "not-single-point"
+    if any(_raised_reading_output(e) for e in chain):
+        return "bad-output"
+    return "error"
+
+
+def _raised_reading_output(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised under a method of an ASE calculator that reads output
+    (``read_results``, ``read_*``, ``_read_*``: how ASE's file-based calculators read a
+    program's output files)."""
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        name = frame.f_code.co_name
+        if frame.f_globals.get("__name__", "").startswith("ase.calculators") and (
+            name == "read" or name.startswith(("read_", "_read_"))
+        ):
+            return True
+    return False
 
 
 def _label(frame: Atoms, calc: Any, properties: tuple[str, ...]) -> Atoms:
@@ -347,9 +479,13 @@ def _label(frame: Atoms, calc: Any, properties: tuple[str, ...]) -> Atoms:
             if stress.shape == (3, 3):
                 stress = stress.ravel()[[0, 4, 8, 5, 2, 1]]
             results["stress"] = stress
+    if getattr(calc, "converged", None) is False:  # ASE's Vasp: EDIFF not reached
+        raise SCFNotConvergedError(
+            f"{type(calc).__name__} finished but its SCF did not converge (converged=False)"
+        )
     moved = np.abs(work.positions - frame.positions).max(initial=0.0)
     if moved > _POSITION_TOL or np.abs(work.cell[:] - frame.cell[:]).max() > _POSITION_TOL:
-        raise RuntimeError(
+        raise NotSinglePointError(
             f"the calculator moved the atoms by up to {moved:.3g} Å (a relaxation?); "
             "labelling needs single-point calculations"
         )

@@ -25,6 +25,9 @@ calculator spec
     calculator object; :func:`calculator` turns it into a calculator inside a task.
 executor loop
     :func:`run_each`: every task through an executor (or serially in this process).
+time limit
+    :func:`time_limit`: a task's wall-time limit (a ``SIGALRM`` timer),
+    :class:`TaskTimeoutError` when it is passed.
 
 Existing records: one rule for every user
 -----------------------------------------
@@ -67,7 +70,9 @@ import hashlib
 import json
 import os
 import pickle
+import signal
 import threading
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -96,6 +101,7 @@ __all__ = [
     "MismatchedTaskError",
     "StaleRecordWarning",
     "TaskLike",
+    "TaskTimeoutError",
     "calculator",
     "calculator_spec",
     "canonical_definition",
@@ -108,6 +114,7 @@ __all__ = [
     "split_finished",
     "start_task",
     "task_key",
+    "time_limit",
     "write_done",
     "write_failure",
 ]
@@ -575,6 +582,76 @@ def _single_threaded_blas(calc: Any) -> Iterator[None]:
         return
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+# --------------------------------------------------------------------------- time limit
+
+
+class TaskTimeoutError(TimeoutError):
+    """A task ran past its wall-time limit (:func:`time_limit`)."""
+
+
+@contextmanager
+def time_limit(timeout_s: float | None, what: str = "the task") -> Iterator[bool]:
+    """Raise :class:`TaskTimeoutError` in this thread once ``timeout_s`` seconds have passed.
+
+    A hung Python calculator cannot be stopped safely from another thread, so the limit is
+    a ``SIGALRM`` timer (``signal.setitimer``) whose handler raises the error in the main
+    thread, where the task runs: serially in this process, in a ``ProcessPoolExecutor``
+    worker, in a Slurm job. The error unwinds the calculation as any exception does: a
+    program the calculator waits for through :mod:`subprocess` (VASP) is killed by
+    ``subprocess.run``'s clean-up (its own children only when they die with it, e.g.
+    through :mod:`pfd_ase.processes`).
+
+    Limits: Python runs a signal handler between bytecodes, so a calculator blocked inside
+    one long C call is stopped only when that call returns, and one that catches
+    ``TimeoutError`` (or every exception) itself is not stopped. Another ``ITIMER_REAL``
+    timer is suspended while the limit runs and re-armed afterwards. Outside the main
+    thread (a thread pool, a Dask worker) or without ``setitimer`` (Windows) the limit
+    cannot be set: the task runs without it, with a ``RuntimeWarning``.
+
+    Parameters
+    ----------
+    timeout_s
+        The limit (s, > 0); ``None``: none.
+    what
+        What runs, for the error message.
+
+    Yields
+    ------
+    bool
+        Whether the limit is enforced.
+    """
+    if timeout_s is None:
+        yield False
+        return
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0:
+        raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    in_main = threading.current_thread() is threading.main_thread()
+    if not (in_main and hasattr(signal, "setitimer")):
+        warnings.warn(
+            f"no time limit on {what}: a time limit needs SIGALRM and the main thread "
+            f"(this is {threading.current_thread().name})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        yield False
+        return
+
+    def expired(signum: int, frame: Any) -> None:
+        raise TaskTimeoutError(f"{what} took longer than the time limit of {timeout_s:g} s")
+
+    previous_handler = signal.signal(signal.SIGALRM, expired)
+    previous_timer = signal.setitimer(signal.ITIMER_REAL, float(timeout_s))
+    start = time.monotonic()
+    try:
+        yield True
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_handler)
+        if previous_timer[0] > 0:  # someone else's timer: what is left of it
+            left = max(previous_timer[0] - (time.monotonic() - start), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, left, previous_timer[1])
 
 
 # --------------------------------------------------------------------------- executor loop

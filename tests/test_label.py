@@ -367,5 +367,7 @@ def test_failure_record_has_attempts_and_cause(tmp_path):
         "traceback",
         "attempts",
         "cause",
+        "kind",
     }
+    assert failure["kind"] == "error"
     assert json.loads((tmp_path / "task.000000" / "failure.json").read_text()) == failure

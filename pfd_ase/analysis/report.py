@@ -1,8 +1,9 @@
 """The report folder of a validation: ``summary.json``, ``report.md`` and the figures.
 
 :func:`write_report` writes the results of :mod:`pfd_ase.analysis.validate` (errors,
-phonons, vacancy formation energies with their flags) as JSON and as a short Markdown page
-that links every PNG in the folder.
+phonons, vacancy formation energies with their flags) and the run's failed labelling tasks
+per step with their causes as JSON and as a short Markdown page that links every PNG in the
+folder.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pfd_ase._io import write_json
+from pfd_ase._io import read_json, write_json
 
 __all__ = ["report_lines", "write_report"]
 
@@ -29,9 +30,10 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
         ``phonon_deviation_THz``, ``phonon_max_dev_THz``, ``phonon_thermal``,
         ``phonopy_params`` ...), ``vacancy_formation_eV`` (model → phase → E_f, ``None``
         where unstable), ``vacancy_flags`` (model → phase → flags) and
-        ``vacancy_unstable`` (model → phase → reason); any may be missing. A flagged
-        formation energy is printed with its flags and "not a result", an unstable phase
-        as "unstable" with the reason, never as a number.
+        ``vacancy_unstable`` (model → phase → reason) and ``labelling_failures`` (step →
+        ``{"n_failed", "causes"}``, :func:`pfd_ase.workflow.state.labelling_failures`);
+        any may be missing. A flagged formation energy is printed with its flags and "not
+        a result", an unstable phase as "unstable" with the reason, never as a number.
 
     Returns
     -------
@@ -51,7 +53,46 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
         lines.append(f"- phonons {key}: Γ optical {max(gamma):.2f} THz")
     lines += _phonon_tables(summary)
     lines += _vacancy_lines(summary)
+    lines += _failure_lines(summary)
     return lines
+
+
+def _failure_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Failed labelling tasks per step, with their causes (a table), or "none"."""
+    failures = summary.get("labelling_failures")
+    if failures is None:
+        return []
+    if not failures:
+        return ["- failed labelling tasks: none"]
+    total = sum(int(f["n_failed"]) for f in failures.values())
+    lines = [
+        "",
+        f"Failed labelling tasks: {total} in {len(failures)} step(s), left out of the data "
+        "(causes: see `pfd_ase.label.FAILURE_KINDS` and each task's failure.json; "
+        "`pfd-ase run --retry-failed` labels them again):",
+        "",
+        "| step | failed tasks | causes |",
+        "|---|---|---|",
+    ]
+    for step, f in failures.items():
+        causes = ", ".join(f"{kind} {n}" for kind, n in f.get("causes", {}).items())
+        lines.append(f"| {step} | {f['n_failed']} | {causes or '–'} |")
+    lines.append("")
+    return lines
+
+
+def _run_failures(summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``labelling_failures`` of the run whose ``summary.json`` is ``summary["run_summary"]``."""
+    from pfd_ase.workflow.state import labelling_failures
+
+    path = summary.get("run_summary")
+    if not isinstance(path, str | os.PathLike) or not Path(path).is_file():
+        return None
+    try:
+        steps = read_json(path).get("steps") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return labelling_failures(steps)
 
 
 def _supercell_text(matrix: Any) -> str:
@@ -165,7 +206,8 @@ def write_report(folder: str | os.PathLike, summary: dict[str, Any], title: str)
     folder
         The report folder (created if needed); every ``*.png`` in it is linked.
     summary
-        JSON-safe results.
+        JSON-safe results. Without ``labelling_failures``, those of the run whose
+        ``summary.json`` is ``summary["run_summary"]`` (a recipe's) are counted and added.
     title
         The page's heading.
 
@@ -176,6 +218,10 @@ def write_report(folder: str | os.PathLike, summary: dict[str, Any], title: str)
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if "labelling_failures" not in summary:
+        failures = _run_failures(summary)
+        if failures is not None:
+            summary["labelling_failures"] = failures
     write_json(folder / "summary.json", summary)
     lines = [f"# {title}", "", *report_lines(summary), ""]
     for png in sorted(folder.glob("*.png")):

@@ -590,6 +590,10 @@ def validate(config: Mapping[str, Any], check_setup: bool = True) -> None:
         names = distill.structures or list(built)
         _check_student_neighbours({name: built[name] for name in names})
 
+    labeler = config["labeler"]
+    if isinstance(labeler, Mapping) and labeler.get("timeout_s") is not None:
+        _typed("labeler", lambda: _number(labeler["timeout_s"], "timeout_s", "s"))
+
     executor = config["executor"]
     if executor["kind"] not in KINDS:
         raise ConfigError(f"executor.kind must be one of {KINDS}, got {executor['kind']!r}")

@@ -25,6 +25,14 @@ recorded step            named steps          inputs
 The dataset (``data/labelled.extxyz``) is the merge of this run's labelling outputs, in run
 order: a labelling step that is redone replaces its frames.
 
+A frame the labeler fails on (an SCF that does not converge, a crashed program, a task past
+``labeler.timeout_s``) is recorded with its cause (``failure.json`` in its task folder, and
+``failures`` with ``n_failed`` in the step's record) and left out; the loop goes on with the
+frames that were labelled. A rerun reuses such a step as it is; ``run(config,
+retry_failed=True)`` (``pfd-ase run --retry-failed``) runs the labelling steps with failures
+again: only their failed tasks are computed, and the steps that depend on the dataset are
+redone through their inputs when frames were added.
+
 Run directory layout (``config["workdir"]``)::
 
     structures/<name>.extxyz       structures given as ase.Atoms (Python API)
@@ -65,7 +73,13 @@ from pfd_ase.workflow.config import (
     student_training,
     teacher_training,
 )
-from pfd_ase.workflow.state import RunState, frames_identity, merge_into, model_identity
+from pfd_ase.workflow.state import (
+    RunState,
+    frames_identity,
+    labelling_failures,
+    merge_into,
+    model_identity,
+)
 
 __all__ = [
     "CANDIDATES_FILE",
@@ -102,6 +116,13 @@ def _labeler(config: Mapping[str, Any]) -> Any:
     return labeler  # a calculator object (Python API)
 
 
+def _labeler_timeout_s(config: Mapping[str, Any]) -> float | None:
+    """``labeler.timeout_s`` (None for a calculator object given from Python)."""
+    labeler = config["labeler"]
+    timeout = labeler.get("timeout_s") if isinstance(labeler, Mapping) else None
+    return None if timeout is None else float(timeout)
+
+
 def _structures(config: Mapping[str, Any], names: Sequence[str] | None) -> dict[str, Atoms]:
     names = list(names or config["structures"])
     return {name: structure_atoms(config["structures"][name]) for name in names}
@@ -112,10 +133,8 @@ def _structure_ids(structures: Mapping[str, Atoms]) -> list[list[str]]:
 
 
 def _failures(result: Any) -> list[dict[str, Any]]:
-    return [
-        {k: f.get(k) for k in ("index", "frame_id", "exception", "message", "task_dir")}
-        for f in result.failures
-    ]
+    keys = ("index", "frame_id", "kind", "exception", "message", "task_dir")
+    return [{k: f.get(k) for k in keys} for f in result.failures]
 
 
 def _recover(source: Path, merged: Path, prefix: str) -> None:
@@ -146,16 +165,22 @@ def _filter_counts(*counts: Mapping[str, int]) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- recorded steps
 def initial_data(
-    config: Mapping[str, Any], state: RunState, executor: Executor | None = None
+    config: Mapping[str, Any],
+    state: RunState,
+    executor: Executor | None = None,
+    timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Perturb the initial structures (seeded) and label them (PFD stage "init").
 
     Writes ``init/label/labelled.extxyz`` and makes it the dataset; returns the record.
+    ``timeout_s``: the labelling tasks' time limit (default: ``labeler.timeout_s``).
     """
     init = init_config(config)
     frames = steps.perturb(init, _structures(config, init.structures), config["seed"])
     folder = state.workdir / "init" / "label"
-    result = steps.label(frames, _labeler(config), folder, executor=executor)
+    if timeout_s is None:
+        timeout_s = _labeler_timeout_s(config)
+    result = steps.label(frames, _labeler(config), folder, executor=executor, timeout_s=timeout_s)
     size = state.set_dataset([folder / steps.LABELLED_FILE])
     return {
         "n_frames": len(frames),
@@ -220,10 +245,13 @@ def _label_and_test(
     model: str,
     dataset: list[Atoms],
     executor: Executor | None,
+    timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Steps label and evaluate: the current model on frames it has never seen."""
     selected = read_frames(folder / SELECTED_FILE, missing_ok=True)
-    result = steps.label(selected, labeler, folder / "label", executor=executor)
+    result = steps.label(
+        selected, labeler, folder / "label", executor=executor, timeout_s=timeout_s
+    )
     merged = merge_frames(dataset, result.frames)
     test = steps.evaluate(model, result.frames)
     return {
@@ -296,14 +324,24 @@ class RecordedSteps:
         The run directory.
     executor
         Where labelling and MD tasks run (``None``: here, serially).
+    retry_failed
+        Run the labelling steps whose record holds failed tasks again (their finished
+        tasks are reused); otherwise such a record is reused as it is.
     """
 
     def __init__(
-        self, config: Mapping[str, Any], state: RunState, executor: Executor | None = None
+        self,
+        config: Mapping[str, Any],
+        state: RunState,
+        executor: Executor | None = None,
+        *,
+        retry_failed: bool = False,
     ) -> None:
         self.config, self.state, self.executor = config, state, executor
+        self.retry_failed = retry_failed
         self.progress = bool(config["progress"])
         self.labeler = _labeler(config)
+        self.timeout_s = _labeler_timeout_s(config)
         self.labeler_id = labeler_identity(config["labeler"])
         self.sources: list[Path] = []  # labelled-frame files of this run (the dataset)
         self.teacher_sources: list[Path] = []  # teacher-labelled files (the student's data)
@@ -316,7 +354,7 @@ class RecordedSteps:
         folder = state.workdir / "init" / "label"
         record = state.run_step(
             "init.label",
-            partial(initial_data, config, state, self.executor),
+            partial(initial_data, config, state, self.executor, self.timeout_s),
             inputs={
                 "init": asdict(init),
                 "seed": config["seed"],
@@ -324,6 +362,7 @@ class RecordedSteps:
                 "labeler": self.labeler_id,
             },
             outputs=[folder],
+            rerun=self._retry("init.label"),
         )
         self._add_labelled(folder / steps.LABELLED_FILE, "init.")
         return record
@@ -386,7 +425,9 @@ class RecordedSteps:
         data = self.state.dataset()
         record = self.state.run_step(
             key,
-            partial(_label_and_test, self.labeler, folder, model, data, self.executor),
+            partial(
+                _label_and_test, self.labeler, folder, model, data, self.executor, self.timeout_s
+            ),
             inputs={
                 "selected": _file_identity(folder / SELECTED_FILE),
                 "labeler": self.labeler_id,
@@ -394,6 +435,7 @@ class RecordedSteps:
                 "data": frames_identity(data),
             },
             outputs=[folder / "label"],
+            rerun=self._retry(key),
         )
         self._add_labelled(folder / "label" / steps.LABELLED_FILE, f"{prefix}.")
         return record
@@ -422,12 +464,20 @@ class RecordedSteps:
                 "train_set": frames_identity(train_set),
             },
             outputs=[folder / "label"],
+            rerun=self._retry(key),
         )
         source = folder / "label" / steps.LABELLED_FILE
         _recover(source, self.train_path, f"{prefix}.")
         self.teacher_sources.append(source)
         merge_into(self.train_path, self.teacher_sources)
         return record
+
+    def _retry(self, key: str) -> bool:
+        """Whether to run labelling step ``key`` again: asked to, and it has failed tasks."""
+        if not self.retry_failed:
+            return False
+        record = self.state.done(key)
+        return bool(record and record.get("n_failed"))
 
     def _add_labelled(self, source: Path, prefix: str) -> None:
         _recover(source, self.state.dataset_path, prefix)
@@ -448,9 +498,14 @@ def finetune_loop(
 ) -> str:
     """Fine-tune loop over the configured stages; return the final teacher model path."""
     run = recorder or RecordedSteps(config, state, executor)
-    run.init_label()
+    init = run.init_label()
     if not state.dataset():
-        raise RuntimeError("no initial frame could be labelled; see state/init.label.json")
+        causes = labelling_failures({"init.label": init}).get("init.label", {}).get("causes")
+        raise RuntimeError(
+            f"no initial frame could be labelled (failures by cause: {causes}); see "
+            "state/init.label.json and the failure.json of each task in init/label; once the "
+            "labeler is fixed, rerun with --retry-failed (retry_failed=True)"
+        )
     training = teacher_training(config)
     model = run.train("init.train", training, state.workdir / "finetune" / "init")["model"]
     state.save_summary(teacher=model)
@@ -549,12 +604,17 @@ def _validation(teacher: str, student: str | None, data: list[Atoms]) -> dict[st
 _OUTCOMES = ("converged.", "distill_converged", "distill_stalled", "validation")
 
 
-def run(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+def run(config: Mapping[str, Any] | str | Path, *, retry_failed: bool = False) -> dict[str, Any]:
     """Run (or resume) a whole PFD workflow; return the run summary.
 
     A rerun with changed settings redoes exactly the steps that depend on them (and says
     which, through the ``pfd_ase.workflow`` logger); the summary lists the steps of this
     run in run order, each with the inputs that produced it.
+
+    Frames the labeler failed on are recorded with their cause and left out (see the
+    module docstring); a rerun reuses those steps unless ``retry_failed``: then every
+    labelling step with failed tasks runs again, computing only those tasks, and what
+    depends on the new frames is redone.
 
     The run holds the lock of its ``workdir`` (:func:`pfd_ase.workflow.lock.run_lock`):
     while another run works there, this one raises
@@ -565,10 +625,10 @@ def run(config: Mapping[str, Any] | str | Path) -> dict[str, Any]:
 
     config = load_config(config)
     with run_lock(config["workdir"]):
-        return _run_locked(config)
+        return _run_locked(config, retry_failed)
 
 
-def _run_locked(config: dict[str, Any]) -> dict[str, Any]:
+def _run_locked(config: dict[str, Any], retry_failed: bool = False) -> dict[str, Any]:
     """The body of :func:`run`, under the run directory's lock."""
     from pfd_ase.parallel import make_executor
 
@@ -578,7 +638,7 @@ def _run_locked(config: dict[str, Any]) -> dict[str, Any]:
         del state.summary[key]  # the outcome of a previous run, maybe of other settings
     state.save_summary(finished=False)
     with make_executor(config["executor"]) as executor:
-        recorder = RecordedSteps(config, state, executor)
+        recorder = RecordedSteps(config, state, executor, retry_failed=retry_failed)
         teacher = finetune_loop(config, state, recorder=recorder)
         student = distill_loop(config, state, teacher, recorder=recorder)
     data = state.dataset()

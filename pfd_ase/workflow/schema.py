@@ -195,6 +195,12 @@ SCHEMA: dict[str, Any] = {
     "labeler": {
         "name": Setting("gpaw", f"DFT labeler: {', '.join(KNOWN_LABELERS)}"),
         "overrides": Setting({}, "labeler settings replacing its defaults (e.g. VASP INCAR)"),
+        "timeout_s": Setting(
+            None,
+            "wall-time limit of one frame's labelling (s, > 0): a task past it is stopped and "
+            "recorded as failed (cause timeout; `pfd-ase run --retry-failed` tries it again); "
+            "null = none",
+        ),
     },
     "base_model": {
         "path": Setting("chgnet", "pre-trained model: a .pt/.pth file, a registry name, chgnet"),

@@ -16,6 +16,11 @@ with its partial outputs only when its inputs are the same (a marker in
 Records written by older versions carry no inputs: they are trusted (reused) and the
 current inputs are written into them (``"inputs_adopted": true``), so that later changes are
 detected; a step run without ``inputs`` reuses any record, as before.
+
+A finished step is run again with the same inputs only when asked (``rerun=True``): its
+outputs are kept and the step resumes from them. ``pfd-ase run --retry-failed`` does this
+for the labelling steps with failed tasks: finished tasks are reused, failed ones tried
+again, and the steps that depend on the dataset follow through their inputs.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ __all__ = [
     "changed_inputs",
     "frames_identity",
     "inputs_hash",
+    "labelling_failures",
     "merge_into",
     "model_identity",
     "package_versions",
@@ -196,6 +202,8 @@ class RunState:
         func: Callable[[], Mapping[str, Any]],
         inputs: Mapping[str, Any] | None = None,
         outputs: Iterable[str | Path] = (),
+        *,
+        rerun: bool = False,
     ) -> dict[str, Any]:
         """Run ``func`` unless step ``key`` already finished with the same inputs.
 
@@ -213,6 +221,10 @@ class RunState:
         outputs
             Files or folders the step writes; removed before the step is redone with
             other inputs (so that no result of the old inputs is mistaken for a new one).
+        rerun
+            Run ``func`` again even when the step finished with the same inputs, keeping
+            its outputs (it resumes from them): e.g. to retry a labelling step's failed
+            tasks. Its new record replaces the old one.
 
         Returns
         -------
@@ -227,14 +239,18 @@ class RunState:
         self.visited.append(key)
         record = self.done(key)
         if record is not None:
-            if digest is None or record.get("inputs_hash") == digest:
-                return self._reuse(key, record)
-            if "inputs_hash" not in record:  # an older version's record: trust it
+            same = digest is None or record.get("inputs_hash") == digest
+            if not same and "inputs_hash" not in record:  # an older version's: trust it
                 record.update(inputs=new, inputs_hash=digest, inputs_adopted=True)
                 write_json(self.record_path(key), record)
                 logger.info("step %s: record of an older version adopted for these inputs", key)
+                same = True
+            if same and not rerun:
                 return self._reuse(key, record)
-            self._redo(key, record.get("inputs") or {}, new, outputs, "finished")
+            if same:
+                logger.warning("step %s: run again on request, resuming from its outputs", key)
+            else:
+                self._redo(key, record.get("inputs") or {}, new, outputs, "finished")
         elif digest is not None:
             started = self.started_path(key)
             if started.exists():
@@ -370,12 +386,53 @@ def merge_into(path: str | Path, sources: Sequence[str | Path]) -> list[Atoms]:
     return frames
 
 
+def labelling_failures(steps: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Failed labelling tasks per step, with their causes.
+
+    Parameters
+    ----------
+    steps
+        Step records by key (``summary["steps"]``): a labelling step records ``n_failed``
+        and ``failures`` (one entry per failed task, with its ``kind``: see
+        :data:`pfd_ase.label.FAILURE_KINDS`); a recipe's ``validate.test_label`` records
+        the failed frame ids under ``result.failures``.
+
+    Returns
+    -------
+    dict
+        For each step with failed tasks, in the given order: ``n_failed`` and ``causes``
+        (kind → number of tasks, most frequent first; ``"unrecorded"`` for entries
+        written before kinds were recorded).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for key, record in steps.items():
+        if not isinstance(record, Mapping):
+            continue
+        if "failures" not in record and isinstance(record.get("result"), Mapping):
+            record = record["result"]  # a validation step's result
+        failures = record.get("failures")
+        n_failed = int(record.get("n_failed") or (len(failures) if failures else 0))
+        if not n_failed:
+            continue
+        causes: dict[str, int] = {}
+        for failure in failures or ():
+            kind = failure.get("kind") if isinstance(failure, Mapping) else None
+            causes[kind or "unrecorded"] = causes.get(kind or "unrecorded", 0) + 1
+        if sum(causes.values()) < n_failed:
+            causes["unrecorded"] = causes.get("unrecorded", 0) + n_failed - sum(causes.values())
+        ordered = sorted(causes.items(), key=lambda item: (-item[1], item[0]))
+        out[key] = {"n_failed": n_failed, "causes": dict(ordered)}
+    return out
+
+
 def run_status(workdir: str | Path) -> dict[str, Any]:
-    """What a run directory holds: finished steps, dataset size, models.
+    """What a run directory holds: finished steps, dataset size, models, failed tasks.
 
     The steps are in run order: those of the summary (the last run's) first, then records
     the summary does not list (e.g. of steps a changed configuration no longer reaches), by
-    the time they finished.
+    the time they finished. ``labelling_failures`` (:func:`labelling_failures`) counts the
+    failed labelling tasks of each finished step and their causes; ``n_failed_tasks`` is
+    their total (``pfd-ase run --retry-failed`` tries them again).
     """
     workdir = Path(workdir)
     summary_path = workdir / "summary.json"
@@ -393,10 +450,20 @@ def run_status(workdir: str | Path) -> dict[str, Any]:
             finished = path.stat().st_mtime
         others.append((finished, path.stem))
     finished_steps = [k for k in in_summary if (workdir / "state" / f"{k}.json").exists()]
+    finished_steps += [key for _, key in sorted(others)]
+    records = {}
+    for key in finished_steps:
+        try:
+            records[key] = read_json(workdir / "state" / f"{key}.json")
+        except (OSError, ValueError):
+            records[key] = summary.get("steps", {}).get(key) or {}
+    failures = labelling_failures(records)
     dataset = workdir / "data" / "labelled.extxyz"
     return {
         "workdir": str(workdir),
-        "finished_steps": finished_steps + [key for _, key in sorted(others)],
+        "finished_steps": finished_steps,
+        "labelling_failures": failures,
+        "n_failed_tasks": sum(f["n_failed"] for f in failures.values()),
         "n_labelled": len(read_frames(dataset, missing_ok=True)),
         "teacher": summary.get("teacher"),
         "student": summary.get("student"),

@@ -198,13 +198,15 @@ def label(
     folder: str | os.PathLike,
     *,
     executor: Executor | None = None,
+    timeout_s: float | None = None,
 ) -> LabelResult:
-    """Label ``frames`` (see :func:`pfd_ase.label.label_frames`); the labelled frames are
-    also written to ``folder/labelled.extxyz`` (:data:`LABELLED_FILE`)."""
+    """Label ``frames`` (see :func:`pfd_ase.label.label_frames`, ``timeout_s`` its
+    per-task wall-time limit); the labelled frames are also written to
+    ``folder/labelled.extxyz`` (:data:`LABELLED_FILE`)."""
     from pfd_ase.label import label_frames
 
     folder = Path(folder)
-    result = label_frames(list(frames), labeler, folder, executor)
+    result = label_frames(list(frames), labeler, folder, executor, timeout_s=timeout_s)
     write_frames(folder / LABELLED_FILE, result.frames)
     return result
 
