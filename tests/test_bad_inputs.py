@@ -391,7 +391,7 @@ def test_labeler_and_base_model_shorthands(tmp_path):
     text = text.replace("base_model:\n  path: chgnet\n", "base_model: chgnet\n")
     path.write_text(text)
     config = load_config(path)
-    assert config["labeler"] == {"name": "sw", "overrides": {}}
+    assert config["labeler"] == {"name": "sw", "overrides": {}, "timeout_s": None}
     assert config["base_model"] == {"path": "chgnet", "head": None}
 
 
@@ -533,7 +533,7 @@ def test_labeler_shorthand_for_gpaw(tmp_path):
     if importlib.util.find_spec("gpaw") is None:
         assert_refused(path, r"labeler: the gpaw labeler needs 'gpaw'")
     else:
-        assert load_config(path)["labeler"] == {"name": "gpaw", "overrides": {}}
+        assert load_config(path)["labeler"] == {"name": "gpaw", "overrides": {}, "timeout_s": None}
 
 
 # --------------------------------------------------------------------------- the student
