@@ -113,8 +113,9 @@ def held_out_test(
     Returns
     -------
     dict
-        ``test_set`` (``path``, ``n_frames``, ``failures``: ids of frames the labeler
-        failed on) and ``held_out`` (name → :func:`~pfd_ase.analysis.testset.score_models`).
+        ``test_set`` (``path``, ``n_frames``, ``failures``: ``frame_id`` and ``kind`` of
+        each frame the labeler failed on) and ``held_out`` (name →
+        :func:`~pfd_ase.analysis.testset.score_models`).
     """
     from pfd_ase.analysis.testset import make_test_set, score_models
     from pfd_ase.calculators import PFDCalculator
@@ -138,7 +139,7 @@ def held_out_test(
         write_frames(path, result.frames)
         return {
             "n_frames": len(result.frames),
-            "failures": [f["frame_id"] for f in result.failures],
+            "failures": [{"frame_id": f["frame_id"], "kind": f["kind"]} for f in result.failures],
         }
 
     done = step("test_label", label, {"frames": frames_identity(frames), "labeler": labeler})
