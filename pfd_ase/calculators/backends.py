@@ -184,4 +184,8 @@ def load_backend(model: str | os.PathLike | ModelSpec, head: str | None = None) 
         from pfd_ase.calculators.chgnet import CHGNetBackend
 
         return CHGNetBackend(spec)
+    if spec.kind == "sevennet":
+        from pfd_ase.calculators.sevennet import SevenNetBackend
+
+        return SevenNetBackend(spec)
     return DeepmdBackend(spec)

@@ -1,4 +1,4 @@
-"""PFDCalculator: every PFD model (deepmd-kit, CHGNet, committees) as one ASE calculator."""
+"""PFDCalculator: every PFD model (deepmd-kit, CHGNet, SevenNet, committees), one ASE calculator."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ class PFDCalculator(Calculator):
     Parameters
     ----------
     model
-        A model: a deepmd-kit frozen ``.pth`` or checkpoint ``.pt``, a CHGNet checkpoint,
-        a pre-trained name (``"chgnet"``, ``"DPA-3.1-3M"``...) or a
+        A model: a deepmd-kit frozen ``.pth`` or checkpoint ``.pt``, a CHGNet or SevenNet
+        checkpoint, a pre-trained name (``"chgnet"``, ``"7net-0"``, ``"DPA-3.1-3M"``...) or a
         :class:`~pfd_ase.models.ModelSpec` (see :func:`pfd_ase.models.resolve_model`);
         or a sequence of those for a committee.
     head

@@ -25,12 +25,10 @@ Label conventions for CHGNet's trainer (checked against ``chgnet`` 0.4.2 sources
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -38,13 +36,28 @@ import numpy as np
 from ase import Atoms
 from ase.stress import voigt_6_to_full_3x3_stress
 
-from pfd_ase._io import atomic_path, read_json, write_json
+from pfd_ase._io import atomic_path, write_json
 from pfd_ase.calculators.chgnet import (
     GPA_PER_EV_A3,
     atoms_to_structure,
-    chgnet_version,
     load_chgnet_model,
     read_chgnet_checkpoint,
+)
+from pfd_ase.training.finetuning import (
+    RECORD_FILE,
+    Tee,
+    check_finetune_inputs,
+    data_digest,
+    distribution_versions,
+    epoch_generator,
+    fit_element_shifts,
+    fmt_mae,
+    frame_ids,
+    previous_record,
+    split_validation,
+    torch_state,
+    valid_loss,
+    with_stress_labels,
 )
 
 __all__ = [
@@ -59,7 +72,6 @@ __all__ = [
     "valid_loss",
 ]
 
-RECORD_FILE = "pfd_train.json"
 #: Name of the fine-tuned checkpoint (``*.pth.tar``: recognised by ``load_backend``).
 CHECKPOINT_NAME = "chgnet_finetuned.pth.tar"
 _EPOCH_DIR = "epochs"
@@ -121,68 +133,6 @@ def frames_to_graphs(
     return data
 
 
-def _data_digest(frames: Sequence[Atoms]) -> str:
-    """Hash of structures and labels (bit-exact)."""
-    from pfd_ase.data import frame_fingerprint
-
-    h = hashlib.sha1()
-    for atoms in frames:
-        h.update(frame_fingerprint(atoms).encode())
-        for key in ("energy", "forces", "stress"):
-            value = atoms.calc.results.get(key) if atoms.calc is not None else None
-            if value is not None:
-                h.update(key.encode())
-                h.update(np.ascontiguousarray(value, dtype=float).tobytes())
-    return h.hexdigest()
-
-
-def split_validation(
-    frames: Sequence[Atoms], fraction: float, seed: int = 0, min_valid_frames: int = 5
-) -> tuple[list[Atoms], list[Atoms]]:
-    """Seeded split of ``frames`` into (train, valid).
-
-    Parameters
-    ----------
-    frames
-        The frames to split (order kept within each part).
-    fraction
-        Share of the frames held out, ``0 <= fraction < 1``; at least one frame is held
-        out when ``fraction > 0``.
-    seed
-        Seeds the choice (``np.random.default_rng([seed, 1])``).
-    min_valid_frames
-        Hold out only when the share is at least this many frames (an integer >= 1);
-        otherwise nothing is (the one rule of :func:`finetune_chgnet`'s split).
-
-    Returns
-    -------
-    tuple of list
-        Training frames and validation frames (empty when nothing is held out).
-    """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"valid_fraction must be in [0, 1), got {fraction}")
-    if isinstance(min_valid_frames, bool) or not isinstance(min_valid_frames, int):
-        raise ValueError(f"min_valid_frames must be an integer >= 1, got {min_valid_frames!r}")
-    if min_valid_frames < 1:
-        raise ValueError(f"min_valid_frames must be >= 1, got {min_valid_frames}")
-    frames = list(frames)
-    n = len(frames)
-    n_valid = min(n - 1, max(1, int(round(fraction * n)))) if fraction > 0.0 else 0
-    if n_valid < min_valid_frames:
-        return frames, []
-    held = set(np.random.default_rng([seed, 1]).permutation(n)[:n_valid].tolist())
-    train = [a for i, a in enumerate(frames) if i not in held]
-    return train, [a for i, a in enumerate(frames) if i in held]
-
-
-def valid_loss(mae: dict[str, float], weights: dict[str, float]) -> float:
-    """The model-selection score: ``w_e · MAE_e + w_f · MAE_f`` (eV/atom, eV/Å).
-
-    Stress is left out: its errors (GPa) would outweigh energy and forces.
-    """
-    return float(sum(weights[k] * mae[k] for k in ("e", "f") if k in mae))
-
-
 # --------------------------------------------------------------------------- model set-up
 def default_freeze_layers(model: Any) -> list[str]:
     """CHGNet's fine-tuning recipe: freeze embeddings, basis expansions and every
@@ -222,8 +172,10 @@ def refit_composition_energies(model: Any, data: Sequence[tuple[Any, dict]]) -> 
 
     The residual ``e_label - e_CHGNet`` of each frame (per atom for intensive models) is
     fitted as ``Σ_el x_el δ_el`` (``x_el``: fraction, or count, of element ``el``) and
-    ``δ_el`` is added to the composition model's weight of that element; for one element
-    this is the mean residual per atom. Returns ``{element: δ (eV/atom)}``.
+    ``δ_el`` is added to the composition model's weight of that element
+    (:func:`~pfd_ase.training.finetuning.fit_element_shifts`; a model that is not intensive
+    is fitted on its residuals per atom as well); for one element this is the mean
+    residual per atom. Returns ``{element: δ (eV/atom)}``.
     """
     import torch
     from ase.data import chemical_symbols
@@ -236,58 +188,17 @@ def refit_composition_energies(model: Any, data: Sequence[tuple[Any, dict]]) -> 
     preds = [preds] if isinstance(preds, dict) else preds
     labels = np.array([float(t["e"]) for _, t in data])
     residual = labels - np.array([float(p["e"]) for p in preds])
-    numbers = sorted({int(z) for g in graphs for z in g.atomic_number.tolist()})
-    features = np.zeros((len(graphs), len(numbers)))
-    for i, g in enumerate(graphs):
-        counts = np.bincount(g.atomic_number.numpy(), minlength=max(numbers) + 1)[numbers]
-        features[i] = counts / counts.sum() if model.is_intensive else counts
-    delta = np.linalg.lstsq(features, residual, rcond=None)[0]
+    numbers = [g.atomic_number.numpy() for g in graphs]
+    if not model.is_intensive:
+        residual = residual / np.array([len(z) for z in numbers])
+    shifts = fit_element_shifts(numbers, residual)
     with torch.no_grad():
-        for z, d in zip(numbers, delta, strict=True):
-            comp.fc.weight[0, z - 1] += float(d)
-    return {chemical_symbols[z]: float(d) for z, d in zip(numbers, delta, strict=True)}
+        for z, d in shifts.items():
+            comp.fc.weight[0, z - 1] += d
+    return {chemical_symbols[z]: d for z, d in shifts.items()}
 
 
 # --------------------------------------------------------------------------- helpers
-class _Tee(io.TextIOBase):
-    def __init__(self, *streams: TextIO) -> None:
-        self.streams = streams
-
-    def write(self, text: str) -> int:
-        for s in self.streams:
-            s.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        for s in self.streams:
-            s.flush()
-
-
-@contextlib.contextmanager
-def _torch_state(seed: int, threads: int | None, device: str) -> Iterator[None]:
-    """Seed torch inside a forked RNG and set the thread count; both restored on exit."""
-    import torch
-
-    devices = [device] if str(device).startswith("cuda") else []
-    old_threads = torch.get_num_threads()
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        if threads:
-            torch.set_num_threads(int(threads))
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old_threads)
-
-
-def _epoch_generator(seed: int, epoch: int) -> Any:
-    """A torch generator for the data order of one epoch (same order when resumed)."""
-    import torch
-
-    value = int(np.random.default_rng([seed, epoch]).integers(2**62))
-    return torch.Generator().manual_seed(value)
-
-
 def _latest_epoch_checkpoint(epoch_dir: Path) -> tuple[int, Path] | None:
     found = []
     for p in epoch_dir.glob("epoch*_*.pth.tar"):
@@ -296,23 +207,6 @@ def _latest_epoch_checkpoint(epoch_dir: Path) -> tuple[int, Path] | None:
         except ValueError:
             continue
     return max(found) if found else None
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {"chgnet": chgnet_version()}
-    for dist in ("torch", "pymatgen", "ase", "pfd_ase"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def _fmt_mae(mae: dict[str, float]) -> str:
-    units = {"e": "eV/atom", "f": "eV/Å", "s": "GPa"}
-    return " ".join(f"{k} {v:.4g} {units.get(k, '')}".rstrip() for k, v in mae.items())
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -424,20 +318,8 @@ def finetune_chgnet(
     scheduler states, best epoch so far); a run with other settings starts afresh in
     the same folder.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if early_stopping is not None and early_stopping < 1:
-        raise ValueError(f"early_stopping must be >= 1 or None, got {early_stopping}")
     train_frames = list(train_frames)
-    if not train_frames:
-        raise ValueError("no training frames")
-    for name, frames in (("train", train_frames), ("valid", valid_frames or [])):
-        for i, atoms in enumerate(frames):
-            results = getattr(atoms.calc, "results", {})
-            if "energy" not in results or "forces" not in results:
-                raise ValueError(f"{name} frame {i} is not labelled (energy and forces)")
+    check_finetune_inputs(train_frames, valid_frames, epochs, batch_size, early_stopping)
     split = valid_frames is None
     if split:
         train_frames, valid_frames = split_validation(
@@ -464,16 +346,12 @@ def finetune_chgnet(
         "seed": int(seed),
         "n_train": len(train_frames),
         "n_valid": len(valid_frames),
-        "train_digest": _data_digest(train_frames),
-        "valid_digest": _data_digest(valid_frames),
+        "train_digest": data_digest(train_frames),
+        "valid_digest": data_digest(valid_frames),
     }
-    record: dict[str, Any] = {}
-    if record_path.exists():
-        record = read_json(record_path)
-        if record.get("settings") == settings and record.get("done") and final.exists():
-            return final
-        if record.get("settings") != settings:
-            record = {}
+    record = previous_record(record_path, settings)
+    if record.get("done") and final.exists():
+        return final
     resume = _latest_epoch_checkpoint(epoch_dir) if record else None
     if not record:  # a fresh run: forget what an earlier run left
         for old in (*epoch_dir.glob("*.pth.tar"), final):
@@ -481,9 +359,9 @@ def finetune_chgnet(
 
     log = open(workdir / _LOG_FILE, "a")  # noqa: SIM115 - closed in finally
     try:
-        out = _Tee(sys.stdout, log) if progress else log
+        out = Tee(sys.stdout, log) if progress else log
         device = _device_name(use_device)
-        with _torch_state(seed, threads, device):
+        with torch_state(seed, threads, device):
             return _run(
                 settings, record, resume, (train_frames, valid_frames), workdir, out, log, device
             )
@@ -517,7 +395,7 @@ def _run(
     log: TextIO,
     device: str,
 ) -> Path:
-    """The training run proper (inside :func:`_torch_state`)."""
+    """The training run proper (inside :func:`~pfd_ase.training.finetuning.torch_state`)."""
     import shutil
 
     from chgnet.data.dataset import collate_graphs
@@ -543,9 +421,7 @@ def _run(
     else:
         model = load_chgnet_model(settings["base"], use_device="cpu")
 
-    with_stress = all(a.pbc.all() and "stress" in a.calc.results for a in train_frames) and all(
-        a.pbc.all() and "stress" in a.calc.results for a in valid_frames
-    )
+    with_stress = with_stress_labels(train_frames, valid_frames)
     targets = "efs" if with_stress else "ef"
     train_data = frames_to_graphs(train_frames, model, with_stress, "train")
     valid_data = frames_to_graphs(valid_frames, model, with_stress, "valid")
@@ -560,14 +436,14 @@ def _run(
             shifts = refit_composition_energies(model, train_data)
         record = {
             "settings": settings,
-            "versions": _versions(),
+            "versions": distribution_versions("chgnet", "torch", "pymatgen", "ase", "pfd_ase"),
             "base_version": model.version,
             "targets": targets,
             "frozen": list(freeze),
             "n_params": n_params,
             "n_trainable": n_trainable,
             "energy_shift_eV_per_atom": shifts,
-            "valid_split": _frame_ids(valid_frames),
+            "valid_split": frame_ids(valid_frames),
             "initial_valid_mae": None,
             "initial_valid_loss": None,
             "history": [],
@@ -632,7 +508,7 @@ def _run(
                 batch_size=settings["batch_size"],
                 shuffle=True,
                 collate_fn=collate_graphs,
-                generator=_epoch_generator(settings["seed"], epoch),
+                generator=epoch_generator(settings["seed"], epoch),
             )
             trainer.starting_epoch, trainer.epochs = epoch, epoch + 1
             trainer.train(train_loader, valid_loader, save_dir=str(epoch_dir))
@@ -651,9 +527,9 @@ def _run(
             per_epoch = np.mean([r["seconds"] for r in record["history"][start_epoch:]])
             line = (
                 f"CHGNet fine-tune epoch {epoch + 1}/{epochs} (step {row['steps']}): "
-                f"train MAE {_fmt_mae(row['train_mae'])}"
+                f"train MAE {fmt_mae(row['train_mae'])}"
                 + (
-                    f" | valid MAE {_fmt_mae(row['valid_mae'])}, loss "
+                    f" | valid MAE {fmt_mae(row['valid_mae'])}, loss "
                     f"{row['valid_loss']:.4g} (best: epoch {record['best_epoch']})"
                     if valid_data
                     else ""
@@ -728,13 +604,6 @@ def _recover_last_row(
     record["epochs_done"] = epoch + 1
     if valid_data and row["valid_loss"] < record["best_valid_loss"]:
         _save_best(trainer, best_path, record, epoch + 1, row["valid_loss"])
-
-
-def _frame_ids(frames: Sequence[Atoms]) -> list[str]:
-    """Short fingerprints of the validation frames (which frames were held out)."""
-    from pfd_ase.data import frame_fingerprint
-
-    return [frame_fingerprint(a)[:12] for a in frames]
 
 
 def _device_name(use_device: str | None) -> str:

@@ -55,9 +55,10 @@ def _systems(
     return train, valid
 
 
-def _is_chgnet(model: str | os.PathLike | ModelSpec) -> bool:
+def _is_universal(model: str | os.PathLike | ModelSpec) -> bool:
+    """Whether ``model`` is CHGNet or SevenNet (fine-tuned by their own functions)."""
     try:
-        return resolve_model(model).kind == "chgnet"
+        return resolve_model(model).kind in ("chgnet", "sevennet")
     except ValueError:
         return False
 
@@ -74,7 +75,8 @@ def resolve_base_model(
     path = name_or_path.path if isinstance(name_or_path, ModelSpec) else name_or_path
     not_deepmd = (
         f"{name_or_path!r} is not a deepmd-kit model: CHGNet is fine-tuned by "
-        "pfd_ase.training.chgnet.finetune_chgnet (a workflow config with base_model: chgnet)"
+        "pfd_ase.training.chgnet.finetune_chgnet (a workflow config with base_model: chgnet), "
+        "SevenNet by pfd_ase.training.sevennet.finetune_sevennet"
     )
     chosen = head is None and not str(path).endswith(".pth")
     if chosen:
@@ -82,7 +84,7 @@ def resolve_base_model(
     try:
         spec = resolve_model(name_or_path, head=head, fetch=True)
     except ValueError:
-        if chosen and _is_chgnet(name_or_path):  # it refuses the head chosen here
+        if chosen and _is_universal(name_or_path):  # it refuses the head chosen here
             raise ValueError(not_deepmd) from None
         raise
     if spec.kind != "deepmd" or spec.path is None:
