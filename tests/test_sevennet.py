@@ -280,3 +280,48 @@ def test_finetune_refuses_bad_input(tmp_path, sw_frames):
             finetune_sevennet(sw_frames[:2], tmp_path, **kwargs)
     with pytest.raises(ValueError, match="train frame 1 is not labelled"):
         finetune_sevennet([sw_frames[0], bare], tmp_path, [])
+
+
+# --------------------------------------------------------------------------- the workflow
+def test_workflow_train_step_fine_tunes_a_sevennet_base(tmp_path, sw_frames):
+    """``base_model: 7net-0`` in a workflow: the teacher step fine-tunes SevenNet-0 and its
+    checkpoint resolves (and loads) as a SevenNet model; the config check accepts it."""
+    from pfd_ase.calculators import PFDCalculator
+    from pfd_ase.models import resolve_model
+    from pfd_ase.workflow import steps
+    from pfd_ase.workflow.config import TrainConfig
+
+    training = TrainConfig(
+        role="teacher",
+        steps=1,
+        learning_rate=None,
+        seed=0,
+        type_map=("Si",),
+        base_model="7net-0",
+        head=None,
+        chgnet_epochs=1,
+        compress=False,
+    )
+    out = steps.train(training, sw_frames[:4], tmp_path / "train", progress=False)
+    assert resolve_model(out.model).kind == "sevennet"
+    atoms = sw_frames[5].copy()
+    atoms.calc = PFDCalculator(out.model)
+    forces = atoms.get_forces()
+    assert forces.shape == (len(atoms), 3) and np.isfinite(forces).all()
+    record = json.loads((tmp_path / "train" / "pfd_train.json").read_text())
+    assert record["epochs_done"] == 1
+
+
+def test_config_accepts_a_sevennet_base(tmp_path):
+    from pfd_ase.workflow import load_config
+
+    diamond = {"bulk": {"name": "Si", "crystalstructure": "diamond", "a": 5.43, "cubic": True}}
+    config = load_config(
+        {
+            "workdir": str(tmp_path / "run"),
+            "structures": {"diamond": diamond},
+            "labeler": {"name": "sw"},
+            "base_model": "7net-0",
+        }
+    )
+    assert config["base_model"]["path"] == "7net-0"

@@ -273,7 +273,7 @@ class TrainConfig:
     head
         Teacher: the branch of a multi-task base model.
     chgnet_epochs
-        Teacher on a CHGNet base model: epochs.
+        Teacher on a CHGNet or SevenNet base model: epochs.
     compress
         Student: compress it (``dp compress``) where possible.
     virial
@@ -805,6 +805,13 @@ def _check_base_model(base: Mapping[str, Any], symbols: list[str]) -> None:
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"base_model.path: {exc}") from exc
         return
+    if spec.kind == "sevennet":
+        try:
+            import sevenn  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(
+                "base model SevenNet needs: pip install 'pfd_ase[sevennet]' (sevenn)"
+            ) from exc
     try:
         type_map = spec.type_map  # reads the checkpoint: a damaged file fails here
     except (OSError, ValueError, RuntimeError) as exc:

@@ -203,7 +203,10 @@ SCHEMA: dict[str, Any] = {
         ),
     },
     "base_model": {
-        "path": Setting("chgnet", "pre-trained model: a .pt/.pth file, a registry name, chgnet"),
+        "path": Setting(
+            "chgnet",
+            "pre-trained model: a .pt/.pth file, a registry name, chgnet or 7net-0 (SevenNet-0)",
+        ),
         "head": Setting(None, "branch of a multi-task model; RANDOM = a new fitting net"),
     },
     "init": {
@@ -235,7 +238,8 @@ SCHEMA: dict[str, Any] = {
         ),
         "chgnet_epochs": Setting(
             20,
-            "epochs of each CHGNet fine-tuning; the best by validation loss is kept (integer > 0)",
+            "epochs of each CHGNet or SevenNet fine-tuning; the best by validation loss is "
+            "kept (integer > 0)",
         ),
         "stages": Setting(
             [], "exploration stages, in order; each entry has the keys below", item=STAGE_SCHEMA

@@ -305,9 +305,10 @@ def train(
     """Train a model on labelled ``frames`` in ``folder``.
 
     A teacher fine-tunes ``config.base_model``: deepmd-kit (``finetune``, seed
-    ``config.seed + 1``) or CHGNet (``finetune_chgnet``, ``config.chgnet_epochs``, seed
-    ``config.seed``). A student is a deepmd-kit se_atten_v2 model trained from scratch
-    (``train_student``, seed ``config.seed + 2``), compressed if ``config.compress``.
+    ``config.seed + 1``), CHGNet (``finetune_chgnet``) or SevenNet (``finetune_sevennet``;
+    both ``config.chgnet_epochs`` epochs, seed ``config.seed``). A student is a deepmd-kit
+    se_atten_v2 model trained from scratch (``train_student``, seed ``config.seed + 2``),
+    compressed if ``config.compress``.
     """
     frames = list(frames)
     type_map = list(config.type_map) if config.type_map is not None else None
@@ -336,6 +337,19 @@ def train(
         base = str(spec.path) if spec.path is not None else spec.source
         model = finetune_chgnet(
             frames, folder, epochs=config.chgnet_epochs, seed=config.seed, base=base
+        )
+        return TrainOutput(str(model))
+    if spec.kind == "sevennet":
+        from pfd_ase.training.sevennet import finetune_sevennet
+
+        base = str(spec.path) if spec.path is not None else "7net-0"
+        model = finetune_sevennet(
+            frames,
+            folder,
+            epochs=config.chgnet_epochs,
+            seed=config.seed,
+            base=base,
+            progress=progress,
         )
         return TrainOutput(str(model))
     from pfd_ase.training.stages import finetune
