@@ -441,3 +441,34 @@ def test_finetuned_beats_base_on_held_out_sw_silicon(tmp_path, sw_frames, chgnet
     # (lr 1e-3, CHGNet's freezing, stress weight 0.1) only 0.68 (0.72 × base)
     assert after["force_rmse"] < 0.5 * before["force_rmse"]
     assert after["energy_rmse"] < 0.1 < before["energy_rmse"]
+
+
+def test_record_early_stopping_and_progress_lines_of_a_fine_tuning():
+    """The shared record rules of CHGNet and SevenNet fine-tuning (training.finetuning)."""
+    from pfd_ase.training.finetuning import (
+        early_stop_due,
+        early_stop_line,
+        epoch_line,
+        new_record,
+    )
+
+    record = new_record({"epochs": 4}, targets="ef")
+    assert record["settings"] == {"epochs": 4} and record["targets"] == "ef"
+    assert record["history"] == [] and record["best_epoch"] is None and not record["done"]
+    assert not early_stop_due(record, 2, 3)  # no best epoch yet
+    record["best_epoch"] = 1
+    assert not early_stop_due(record, None, 3) and not early_stop_due(record, 3, 3)
+    assert record["stopped_early"] is None and early_stop_line("CHGNet", record, 2) is None
+    assert early_stop_due(record, 2, 3) and record["stopped_early"] == 3
+    assert early_stop_line("CHGNet", record, 2) == (
+        "CHGNet fine-tune stopped early after epoch 3: no improvement for 2 epochs"
+    )
+    mae = {"e": 0.01, "f": 0.1}
+    row = {"epoch": 2, "steps": 8, "seconds": 3.0, "train_mae": mae, "valid_mae": mae}
+    row["valid_loss"] = 0.11
+    record["history"] = [dict(row, epoch=1, seconds=1.0), row]
+    line = epoch_line("SevenNet", record, row, epochs=4, start_epoch=0)
+    assert line.startswith("SevenNet fine-tune epoch 2/4 (step 8): train MAE e 0.01 eV/atom")
+    assert "loss 0.11 (best: epoch 1)" in line and line.endswith("3.0 s/epoch, ETA 4 s")
+    row["valid_mae"] = None
+    assert "valid" not in epoch_line("SevenNet", record, row, epochs=4, start_epoch=1)

@@ -49,10 +49,13 @@ from pfd_ase.training.finetuning import (
     check_finetune_inputs,
     data_digest,
     distribution_versions,
+    early_stop_due,
+    early_stop_line,
     epoch_generator,
+    epoch_line,
     fit_element_shifts,
-    fmt_mae,
     frame_ids,
+    new_record,
     previous_record,
     split_validation,
     torch_state,
@@ -434,26 +437,17 @@ def _run(
         shifts = {}
         if settings["refit_energy_bias"]:
             shifts = refit_composition_energies(model, train_data)
-        record = {
-            "settings": settings,
-            "versions": distribution_versions("chgnet", "torch", "pymatgen", "ase", "pfd_ase"),
-            "base_version": model.version,
-            "targets": targets,
-            "frozen": list(freeze),
-            "n_params": n_params,
-            "n_trainable": n_trainable,
-            "energy_shift_eV_per_atom": shifts,
-            "valid_split": frame_ids(valid_frames),
-            "initial_valid_mae": None,
-            "initial_valid_loss": None,
-            "history": [],
-            "best_epoch": None,
-            "best_valid_loss": None,
-            "epochs_done": 0,
-            "stopped_early": None,
-            "done": False,
-            "wall_s": 0.0,
-        }
+        record = new_record(
+            settings,
+            versions=distribution_versions("chgnet", "torch", "pymatgen", "ase", "pfd_ase"),
+            base_version=model.version,
+            targets=targets,
+            frozen=list(freeze),
+            n_params=n_params,
+            n_trainable=n_trainable,
+            energy_shift_eV_per_atom=shifts,
+            valid_split=frame_ids(valid_frames),
+        )
 
     # CHGNet's trainer prints: into the log file
     with contextlib.redirect_stdout(log):
@@ -498,9 +492,7 @@ def _run(
         write_json(record_path, record)
 
         for epoch in range(start_epoch, epochs):
-            patience = settings["early_stopping"]
-            if valid_data and patience and epoch - record["best_epoch"] >= patience:
-                record["stopped_early"] = epoch
+            if valid_data and early_stop_due(record, settings["early_stopping"], epoch):
                 break
             t0 = time.perf_counter()
             train_loader = DataLoader(
@@ -524,27 +516,11 @@ def _run(
                 _save_best(trainer, best_path, record, epoch + 1, row["valid_loss"])
             record["wall_s"] = round(wall_before + time.perf_counter() - t_start, 3)
             write_json(record_path, record)
-            per_epoch = np.mean([r["seconds"] for r in record["history"][start_epoch:]])
-            line = (
-                f"CHGNet fine-tune epoch {epoch + 1}/{epochs} (step {row['steps']}): "
-                f"train MAE {fmt_mae(row['train_mae'])}"
-                + (
-                    f" | valid MAE {fmt_mae(row['valid_mae'])}, loss "
-                    f"{row['valid_loss']:.4g} (best: epoch {record['best_epoch']})"
-                    if valid_data
-                    else ""
-                )
-                + f" | {row['seconds']:.1f} s/epoch, ETA {per_epoch * (epochs - epoch - 1):.0f} s"
-            )
-            print(line, file=out, flush=True)
+            print(epoch_line("CHGNet", record, row, epochs, start_epoch), file=out, flush=True)
         if valid_data:
-            if record["stopped_early"] is not None:
-                print(
-                    f"CHGNet fine-tune stopped early after epoch {record['stopped_early']}: "
-                    f"no improvement for {settings['early_stopping']} epochs",
-                    file=out,
-                    flush=True,
-                )
+            stopped = early_stop_line("CHGNet", record, settings["early_stopping"])
+            if stopped:
+                print(stopped, file=out, flush=True)
             with atomic_path(final) as tmp:
                 shutil.copyfile(best_path, tmp)
         else:

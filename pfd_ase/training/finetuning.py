@@ -29,10 +29,14 @@ __all__ = [
     "check_finetune_inputs",
     "data_digest",
     "distribution_versions",
+    "early_stop_due",
+    "early_stop_line",
     "epoch_generator",
+    "epoch_line",
     "fit_element_shifts",
     "fmt_mae",
     "frame_ids",
+    "new_record",
     "previous_record",
     "split_validation",
     "torch_state",
@@ -246,3 +250,66 @@ def fmt_mae(mae: dict[str, float]) -> str:
     """``"e 0.01 eV/atom f 0.1 eV/Å s 1 GPa"``: one line of errors."""
     units = {"e": "eV/atom", "f": "eV/Å", "s": "GPa"}
     return " ".join(f"{k} {v:.4g} {units.get(k, '')}".rstrip() for k, v in mae.items())
+
+
+# --------------------------------------------------------------------------- the record
+def new_record(settings: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """The ``pfd_train.json`` record of a fresh run: ``settings``, the model's ``fields``
+    (versions, targets, parameter counts, energy shifts, validation split ...) and the
+    progress keys every fine-tuning fills in (history, best epoch, done, wall time)."""
+    return {
+        "settings": settings,
+        **fields,
+        "initial_valid_mae": None,
+        "initial_valid_loss": None,
+        "history": [],
+        "best_epoch": None,
+        "best_valid_loss": None,
+        "epochs_done": 0,
+        "stopped_early": None,
+        "done": False,
+        "wall_s": 0.0,
+    }
+
+
+def early_stop_due(record: dict[str, Any], patience: int | None, epoch: int) -> bool:
+    """Whether a validated run stops before ``epoch`` (0-based): ``patience`` epochs without
+    a better validation loss; marks ``record["stopped_early"]`` when it does."""
+    best = record.get("best_epoch")
+    if not patience or best is None or epoch - best < patience:
+        return False
+    record["stopped_early"] = epoch
+    return True
+
+
+def epoch_line(
+    model: str,
+    record: dict[str, Any],
+    row: dict[str, Any],
+    epochs: int,
+    start_epoch: int,
+) -> str:
+    """The progress line of one finished epoch: errors, best epoch, seconds and ETA."""
+    epoch = row["epoch"]
+    per_epoch = float(np.mean([r["seconds"] for r in record["history"][start_epoch:]]))
+    valid = ""
+    if row.get("valid_mae") is not None:
+        valid = (
+            f" | valid MAE {fmt_mae(row['valid_mae'])}, loss {row['valid_loss']:.4g}"
+            f" (best: epoch {record['best_epoch']})"
+        )
+    return (
+        f"{model} fine-tune epoch {epoch}/{epochs} (step {row['steps']}): "
+        f"train MAE {fmt_mae(row['train_mae'])}{valid}"
+        f" | {row['seconds']:.1f} s/epoch, ETA {per_epoch * (epochs - epoch):.0f} s"
+    )
+
+
+def early_stop_line(model: str, record: dict[str, Any], patience: int | None) -> str | None:
+    """The line saying a run stopped early (``None`` when it did not)."""
+    if record.get("stopped_early") is None:
+        return None
+    return (
+        f"{model} fine-tune stopped early after epoch {record['stopped_early']}: "
+        f"no improvement for {patience} epochs"
+    )

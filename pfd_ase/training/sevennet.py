@@ -53,10 +53,13 @@ from pfd_ase.training.finetuning import (
     check_finetune_inputs,
     data_digest,
     distribution_versions,
+    early_stop_due,
+    early_stop_line,
     epoch_generator,
+    epoch_line,
     fit_element_shifts,
-    fmt_mae,
     frame_ids,
+    new_record,
     previous_record,
     split_validation,
     torch_state,
@@ -528,25 +531,16 @@ def _run(
             shifts = refit_energy_shift(trainer, train_data, train_frames, config)
         record.clear()
         record.update(
-            {
-                "settings": settings,
-                "versions": distribution_versions("sevenn", "torch", "e3nn", "ase", "pfd_ase"),
-                "base_version": config.get("version"),
-                "targets": "efs" if with_stress else "ef",
-                "n_params": sum(p.numel() for p in model.parameters()),
-                "n_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                "energy_shift_eV_per_atom": shifts,
-                "valid_split": frame_ids(valid_frames),
-                "initial_valid_mae": None,
-                "initial_valid_loss": None,
-                "history": [],
-                "best_epoch": None,
-                "best_valid_loss": None,
-                "epochs_done": 0,
-                "stopped_early": None,
-                "done": False,
-                "wall_s": 0.0,
-            }
+            new_record(
+                settings,
+                versions=distribution_versions("sevenn", "torch", "e3nn", "ase", "pfd_ase"),
+                base_version=config.get("version"),
+                targets="efs" if with_stress else "ef",
+                n_params=sum(p.numel() for p in model.parameters()),
+                n_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                energy_shift_eV_per_atom=shifts,
+                valid_split=frame_ids(valid_frames),
+            )
         )
         start_epoch = 0
         if valid_loader is not None:  # epoch 0: the base model after the energy refit
@@ -567,9 +561,7 @@ def _run(
     write_json(record_path, record)
 
     for epoch in range(start_epoch, epochs):
-        patience = settings["early_stopping"]
-        if valid_loader is not None and patience and epoch - record["best_epoch"] >= patience:
-            record["stopped_early"] = epoch
+        if valid_loader is not None and early_stop_due(record, settings["early_stopping"], epoch):
             break
         t0 = time.perf_counter()
         loader = DataLoader(
@@ -599,28 +591,12 @@ def _run(
             save_best(epoch + 1, row["valid_loss"])
         record["wall_s"] = round(wall_before + time.perf_counter() - t_start, 3)
         write_json(record_path, record)
-        per_epoch = np.mean([r["seconds"] for r in record["history"][start_epoch:]])
-        line = (
-            f"SevenNet fine-tune epoch {epoch + 1}/{epochs} (step {row['steps']}): "
-            f"train MAE {fmt_mae(row['train_mae'])}"
-            + (
-                f" | valid MAE {fmt_mae(row['valid_mae'])}, loss "
-                f"{row['valid_loss']:.4g} (best: epoch {record['best_epoch']})"
-                if valid_loader is not None
-                else ""
-            )
-            + f" | {row['seconds']:.1f} s/epoch, ETA {per_epoch * (epochs - epoch - 1):.0f} s"
-        )
-        print(line, file=out, flush=True)
+        print(epoch_line("SevenNet", record, row, epochs, start_epoch), file=out, flush=True)
 
     if valid_loader is not None:
-        if record["stopped_early"] is not None:
-            print(
-                f"SevenNet fine-tune stopped early after epoch {record['stopped_early']}: "
-                f"no improvement for {settings['early_stopping']} epochs",
-                file=out,
-                flush=True,
-            )
+        stopped = early_stop_line("SevenNet", record, settings["early_stopping"])
+        if stopped:
+            print(stopped, file=out, flush=True)
         with atomic_path(final) as tmp:
             shutil.copyfile(best_path, tmp)
     else:
