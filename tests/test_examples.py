@@ -71,7 +71,7 @@ def test_silicon_quick_is_the_recipe_config(tmp_path):
     default = inspect.signature(silicon_config).parameters["workdir"].default
     assert example["workdir"] == str(default)
     # the recipe writes its structures into the run directory, here a temporary one
-    recipe = load_config(silicon_config(tmp_path, preset="quick", base_model="chgnet"))
+    recipe = load_config(silicon_config(tmp_path, preset="quick"))
     recipe["workdir"] = example["workdir"]
     # structures: as files (the recipe) or bulk specs (the example); compare what they build
     assert list(example["structures"]) == list(recipe["structures"])

@@ -326,8 +326,9 @@ def recipe_parser(prog: str, description: str | None) -> argparse.ArgumentParser
     parser.add_argument("--labeler-overrides", default="{}", help="JSON, e.g. '{\"encut\": 520}'")
     parser.add_argument(
         "--base-model",
-        default="chgnet",
-        help="'chgnet' (default, offline), a deepmd-kit .pt, or a registry name",
+        default="7net-0",
+        help="'7net-0' (SevenNet-0, default, offline), 'chgnet', a deepmd-kit .pt, or a "
+        "registry name",
     )
     parser.add_argument("--head", default=None, help="branch of a multi-task base model")
     parser.add_argument("--seed", type=int, default=0)

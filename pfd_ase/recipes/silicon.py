@@ -29,7 +29,7 @@ def silicon_config(
     preset: str = "default",
     labeler: str = "gpaw",
     labeler_overrides: dict[str, Any] | None = None,
-    base_model: str = "chgnet",
+    base_model: str = "7net-0",
     head: str | None = None,
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
