@@ -3,12 +3,13 @@
     OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/silicon_accuracy.py --quick    # make demo's run
     OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/silicon_accuracy.py            # default preset
     .venv/bin/python bench/silicon_accuracy.py --quick --labeler sw              # SW as the truth
-    .venv/bin/python bench/silicon_accuracy.py --quick --base-model 7net-0       # SevenNet-0 base
+    .venv/bin/python bench/silicon_accuracy.py --quick --base-model chgnet       # CHGNet base
 
 The recipe (:func:`pfd_ase.recipes.silicon.run_silicon`) is resumable: pointed at a finished
 run directory (``--workdir``, default ``runs/silicon`` for ``--quick`` and
 ``runs/silicon_<preset>`` otherwise) it only reads the results back. Prints a table and writes
-``bench/results/silicon_accuracy[_<preset>][_<labeler>][_<base>].json``: ``{"preset", "wall_s",
+``bench/results/silicon_accuracy[_<preset>][_<labeler>][_<base>].json`` (``_<base>`` when
+not the recipe's default base): ``{"preset", "wall_s",
 "labeler", "models": {"base"|"PF"|"PFD": {"force_rmse_eV_A", "energy_rmse_meV_atom",
 "stress_rmse_GPa", "per_phase": {...}}}, "phonon_max_dev_THz": {"PF", "PFD"},
 "vacancy_diamond_eV": {"DFT", "PF", "PFD"}, "stage_wall_s": {...}, "targets": {...}}``.
@@ -35,7 +36,7 @@ TARGETS = {
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from pfd_ase.recipes.silicon import run_silicon
+    from pfd_ase.recipes.silicon import DEFAULT_BASE_MODEL, run_silicon
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = p.add_mutually_exclusive_group()
@@ -43,7 +44,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     group.add_argument("--production", dest="preset", action="store_const", const="production")
     p.set_defaults(preset="default")
     p.add_argument("--labeler", default="gpaw")
-    p.add_argument("--base-model", default="chgnet", help="chgnet (default) or 7net-0")
+    p.add_argument(
+        "--base-model", default=DEFAULT_BASE_MODEL, help=f"{DEFAULT_BASE_MODEL} (default) or chgnet"
+    )
     p.add_argument("--workdir", default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     name = "silicon_accuracy" + (f"_{args.preset}" if args.preset != "default" else "")
     name += "" if args.labeler == "gpaw" else f"_{args.labeler}"
-    name += "" if args.base_model == "chgnet" else f"_{Path(args.base_model).stem}"
+    name += "" if args.base_model == DEFAULT_BASE_MODEL else f"_{Path(args.base_model).stem}"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
 

@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pfd_ase.recipes._base import deep_update, parsed_arguments, recipe_parser
+from pfd_ase.recipes._base import DEFAULT_BASE_MODEL, deep_update, parsed_arguments, recipe_parser
 from pfd_ase.recipes._silicon_presets import CONDITIONS, PRESETS, STAGES, VACANCY_PHASES
 
-__all__ = ["PRESETS", "main", "run_silicon", "silicon_config"]
+__all__ = ["DEFAULT_BASE_MODEL", "PRESETS", "main", "run_silicon", "silicon_config"]
 
 
 def silicon_config(
@@ -29,7 +29,7 @@ def silicon_config(
     preset: str = "default",
     labeler: str = "gpaw",
     labeler_overrides: dict[str, Any] | None = None,
-    base_model: str = "7net-0",
+    base_model: str = DEFAULT_BASE_MODEL,
     head: str | None = None,
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
