@@ -5,8 +5,9 @@ starting structure, temperature and pressure and runs them through a
 ``concurrent.futures.Executor`` (in-process and serial when none is given). Walker
 ``i`` enumerates the grid structure-major: ``for structure: for T: for P``. A
 pressure of ``None`` means NVT with the chosen ``thermostat`` (Langevin, Bussi,
-Nosé–Hoover chain); a number means NPT with the chosen ``barostat`` (ASE's
-isotropic MTK barostat with a Nosé–Hoover chain thermostat, or Berendsen).
+Nosé–Hoover chain), or NVE (Velocity Verlet) with ``thermostat="nve"``; a number
+means NPT with the chosen ``barostat`` (ASE's isotropic MTK barostat with a
+Nosé–Hoover chain thermostat, or Berendsen).
 
 Walker ``i`` works in ``workdir/walker.{i:04d}``:
 

@@ -61,7 +61,11 @@ class ExploreTask(ExploreSettings):
     sample_every
         A frame every this many steps (``<= steps``).
     thermostat
-        NVT thermostat: ``"langevin"``, ``"bussi"`` or ``"nose-hoover"`` (chain).
+        Thermostat of the walkers with pressure ``None``: ``"langevin"``, ``"bussi"``
+        or ``"nose-hoover"`` (chain) for NVT; ``"nve"`` (or ``"none"``) for NVE with
+        ASE's Velocity Verlet, from the Maxwell-Boltzmann momenta at the walker's
+        temperature (total momentum zero), so the MD temperature settles near half
+        of it in a crystal (equipartition with the potential energy).
     barostat
         NPT barostat: ``"mtk"`` (ASE ``IsotropicMTKNPT``) or ``"berendsen"``
         (ASE ``NPTBerendsen``, isotropic).
@@ -69,7 +73,7 @@ class ExploreTask(ExploreSettings):
         Seed of every walker's random stream (velocities, Langevin and Bussi noise).
     tdamp_fs
         Thermostat time constant (fs); default 100 time steps. Langevin uses the
-        friction ``1 / tdamp``.
+        friction ``1 / tdamp``; NVE ignores it.
     pdamp_fs
         Barostat time constant (fs); default 1000 time steps.
     compressibility_per_GPa

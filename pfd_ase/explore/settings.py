@@ -17,8 +17,9 @@ from pfd_ase.selectors.filters import FrameFilter
 
 __all__ = ["BAROSTATS", "THERMOSTATS", "ExploreSettings"]
 
-#: NVT thermostats (walkers with pressure ``None``).
-THERMOSTATS: tuple[str, ...] = ("langevin", "bussi", "nose-hoover")
+#: Thermostats of the walkers with pressure ``None``: NVT, or ``"nve"`` (none: NVE with
+#: ASE's Velocity Verlet).
+THERMOSTATS: tuple[str, ...] = ("langevin", "bussi", "nose-hoover", "nve")
 #: NPT barostats (walkers with a pressure).
 BAROSTATS: tuple[str, ...] = ("mtk", "berendsen")
 _ALIASES = {
@@ -28,6 +29,9 @@ _ALIASES = {
     "isotropic-mtk": "mtk",
     "npt-mtk": "mtk",
     "npt-berendsen": "berendsen",
+    "none": "nve",
+    "verlet": "nve",
+    "velocity-verlet": "nve",
 }
 
 # --------------------------------------------------------------------------- settings
@@ -104,8 +108,11 @@ class ExploreSettings:
         return self.steps // self.sample_every + int(self.include_initial)
 
     def ensemble(self, pressure_GPa: float | None) -> str:
-        """Name of the ensemble of a walker at this pressure (``nvt-langevin``, ``npt-mtk``...)."""
-        return f"nvt-{self.thermostat}" if pressure_GPa is None else f"npt-{self.barostat}"
+        """Name of the ensemble of a walker at this pressure (``nvt-langevin``, ``nve``,
+        ``npt-mtk``...)."""
+        if pressure_GPa is not None:
+            return f"npt-{self.barostat}"
+        return "nve" if self.thermostat == "nve" else f"nvt-{self.thermostat}"
 
     def grid(self, n_structures: int) -> list[tuple[int, float, float | None]]:
         """``(structure_index, temperature_K, pressure_GPa)`` of every walker, in walker order."""

@@ -172,6 +172,7 @@ _MD_CLASSES = {
     "nvt-langevin": ("ase.md.langevin", "Langevin"),
     "nvt-bussi": ("ase.md.bussi", "Bussi"),
     "nvt-nose-hoover": ("ase.md.nose_hoover_chain", "NoseHooverChainNVT"),
+    "nve": ("ase.md.verlet", "VelocityVerlet"),
     "npt-mtk": ("ase.md.nose_hoover_chain", "IsotropicMTKNPT"),
     "npt-berendsen": ("ase.md.nptberendsen", "NPTBerendsen"),
 }
@@ -202,6 +203,8 @@ def _dynamics(atoms: Atoms, walker: Walker, rng: np.random.Generator) -> Any:
     tdamp = (task.tdamp_fs or 100.0 * task.timestep_fs) * units.fs
     pdamp = (task.pdamp_fs or 1000.0 * task.timestep_fs) * units.fs
     temp = walker.temperature_K
+    if walker.ensemble == "nve":  # momenta already drawn at temp, total momentum zero
+        return cls(atoms, dt)
     if walker.ensemble == "nvt-langevin":
         from ase.constraints import FixCom
 

@@ -93,7 +93,9 @@ _EXPLORE_DOCS: dict[str, str] = {
     "steps": "MD steps per walker (integer > 0)",
     "timestep_fs": f"MD time step ({_range_text('timestep_fs')})",
     "sample_every": "keep a frame every this many MD steps (integer, <= md_steps)",
-    "thermostat": f"NVT thermostat: {', '.join(THERMOSTATS)}",
+    "thermostat": (
+        f"thermostat of the walkers with pressure null: {', '.join(THERMOSTATS)} (nve = none)"
+    ),
     "barostat": f"NPT barostat: {', '.join(BAROSTATS)} (isotropic)",
     "seed": "base seed of the MD walkers (iteration i adds i); null = from the top-level seed",
     "tdamp_fs": "thermostat time constant (fs, > 0); null = 100 time steps",
