@@ -1,4 +1,5 @@
-"""ASE calculators: trained PFD models (:class:`PFDCalculator`) and labelers (:func:`make_labeler`).
+"""ASE calculators: trained PFD models (:class:`PFDCalculator`), labelers (:func:`make_labeler`)
+and :class:`DHMonitor` (any calculator plus the per-atom dH against a training set).
 
 Imports are lazy so that ``import pfd_ase.calculators`` does not load torch or deepmd-kit.
 """
@@ -9,6 +10,7 @@ from typing import Any
 
 _EXPORTS = {
     "PFDCalculator": "pfd_ase.calculators.pfd",
+    "DHMonitor": "pfd_ase.calculators.dh_monitor",
     "list_heads": "pfd_ase.models",
     "resolve_model": "pfd_ase.models",
     "ModelSpec": "pfd_ase.models",

@@ -51,7 +51,13 @@ per walker that runs to the end, plus the starting structure (step 0) when
 ``pfd_model_energy``, ``pfd_model_stress`` (and ``atoms.arrays["pfd_model_forces"]``)
     the MD model's predictions, when its calculator computed them anyway;
 ``pfd_max_force_devi``, ``pfd_energy_devi`` (and ``atoms.arrays["pfd_force_devi"]``)
-    the committee deviations of a committee :class:`~pfd_ase.calculators.PFDCalculator`.
+    the committee deviations of a committee :class:`~pfd_ase.calculators.PFDCalculator`;
+``pfd_max_dH`` (and ``atoms.arrays["pfd_dH"]``), ``pfd_dH_exceeded``
+    the dH (nats) against a training set's descriptor bank, of a
+    :class:`~pfd_ase.calculators.DHMonitor` model or of the run's :class:`DHWatch`
+    (``explore(..., dh_watch=DHWatch(bank, max_dH=2.0, action="stop"))``), and whether it
+    exceeds the watch's threshold; ``action="stop"`` stops the walker there instead
+    (status ``"stopped"``, that state kept as a marked frame).
 
 Blow-ups are detected with :mod:`pfd_ase.selectors.filters`: non-finite
 positions, energy or forces and cell limits at every step, too-close atoms every
@@ -70,10 +76,12 @@ executor loop come from :mod:`pfd_ase.tasks`.
 
 from pfd_ase.explore.driver import ExploreTask, explore
 from pfd_ase.explore.results import ExploreResult, walker_dir
-from pfd_ase.explore.settings import BAROSTATS, THERMOSTATS
+from pfd_ase.explore.settings import BAROSTATS, DH_ACTIONS, THERMOSTATS, DHWatch
 
 __all__ = [
     "BAROSTATS",
+    "DH_ACTIONS",
+    "DHWatch",
     "THERMOSTATS",
     "ExploreResult",
     "ExploreTask",

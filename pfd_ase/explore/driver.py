@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from pfd_ase.explore.results import (
     ExploreResult,
     walker_dir,
 )
-from pfd_ase.explore.settings import ExploreSettings
+from pfd_ase.explore.settings import DHWatch, ExploreSettings, as_dh_watch
 from pfd_ase.explore.walker import (
     Walker,
     md_class,
@@ -96,10 +96,17 @@ class ExploreTask(ExploreSettings):
         *,
         executor: Executor | None = None,
         progress: bool = True,
+        dh_watch: DHWatch | Mapping[str, Any] | None = None,
     ) -> ExploreResult:
         """Run this exploration; see :func:`explore`."""
         return run_exploration(
-            self, structures, model, workdir, executor=executor, progress=progress
+            self,
+            structures,
+            model,
+            workdir,
+            executor=executor,
+            progress=progress,
+            dh_watch=dh_watch,
         )
 
 
@@ -111,6 +118,7 @@ def explore(
     *,
     executor: Executor | None = None,
     progress: bool = True,
+    dh_watch: DHWatch | Mapping[str, Any] | None = None,
     **settings: Any,
 ) -> ExploreResult:
     """Run MD walkers over a temperature × pressure × structure grid and sample frames.
@@ -138,6 +146,11 @@ def explore(
         this process.
     progress
         Show progress bars (walkers; and steps when serial).
+    dh_watch
+        Watch the walkers' dH against a training set's descriptor bank: a
+        :class:`~pfd_ase.explore.DHWatch` or a dict of its fields (``bank``, ``max_dH``,
+        ``action``, ``every``); sampled frames carry their dH, and frames over the
+        threshold are marked, or stop their walker (status ``"stopped"``).
     **settings
         :class:`ExploreTask` fields when no ``task`` is given.
 
@@ -148,9 +161,10 @@ def explore(
     Raises
     ------
     ValueError
-        Bad settings or structures, unknown model name, a starting structure that
-        fails the filter, or a workdir holding finished walkers of other settings
-        (:class:`~pfd_ase.tasks.MismatchedTaskError`); all raised before any MD runs.
+        Bad settings or structures, unknown model name, a bad dH watch (its bank is
+        read here), a starting structure that fails the filter, or a workdir holding
+        finished walkers of other settings (:class:`~pfd_ase.tasks.MismatchedTaskError`);
+        all raised before any MD runs.
 
     Warns
     -----
@@ -164,7 +178,9 @@ def explore(
         task = ExploreTask(**settings)
     if not isinstance(task, ExploreTask):
         raise TypeError(f"task must be an ExploreTask, not {type(task).__name__}")
-    return run_exploration(task, structures, model, workdir, executor=executor, progress=progress)
+    return run_exploration(
+        task, structures, model, workdir, executor=executor, progress=progress, dh_watch=dh_watch
+    )
 
 
 def run_exploration(
@@ -175,12 +191,14 @@ def run_exploration(
     *,
     executor: Executor | None = None,
     progress: bool = True,
+    dh_watch: DHWatch | Mapping[str, Any] | None = None,
 ) -> ExploreResult:
     """Run the exploration ``task``; see :func:`pfd_ase.explore.explore`.
 
-    Everything is checked (ensembles, structures, model, existing walker directories)
-    before the first walker starts.
+    Everything is checked (ensembles, structures, model, dH watch, existing walker
+    directories) before the first walker starts.
     """
+    dh_watch = as_dh_watch(dh_watch)
     for ensemble in {task.ensemble(p) for p in task.pressures_GPa}:
         md_class(ensemble)
     structures = _check_structures(structures, task)
@@ -190,7 +208,7 @@ def run_exploration(
     workdir = Path(workdir)
     walkers: list[Walker] = []
     for index, (s, t, p) in enumerate(task.grid(len(structures))):
-        definition = walker_definition(task, index, structures[s], t, p, spec)
+        definition = walker_definition(task, index, structures[s], t, p, spec, dh_watch)
         walkers.append(
             Walker(
                 index=index,
@@ -204,6 +222,7 @@ def run_exploration(
                 directory=str(walker_dir(workdir, index)),
                 key=task_key(definition),
                 definition=definition,
+                dh_watch=dh_watch,
             )
         )
     records, todo = split_finished(

@@ -12,6 +12,7 @@ from ase import Atoms
 from pfd_ase.tasks import FAILURE_FILE, numbered_dir
 
 __all__ = [
+    "DH_EXCEEDED_KEY",
     "DONE_FILE",
     "FAILURE_FILE",
     "FINISHED",
@@ -33,8 +34,10 @@ REJECTED_FILE = "rejected.extxyz"
 LOG_FILE = "md.log"
 #: The done record, written atomically when the walker ends.
 DONE_FILE = "done.json"
-#: Statuses of a done record.
-FINISHED: tuple[str, ...] = ("finished", "exploded")
+#: Statuses of a done record ("stopped": by a :class:`~pfd_ase.explore.DHWatch`).
+FINISHED: tuple[str, ...] = ("finished", "exploded", "stopped")
+#: ``atoms.info`` key of a sampled frame: its max dH exceeds the watch's threshold.
+DH_EXCEEDED_KEY = "pfd_dH_exceeded"
 
 
 def walker_dir(workdir: str | os.PathLike, index: int) -> Path:
@@ -54,9 +57,12 @@ class ExploreResult:
     walkers
         One record per walker, in walker order: ``index``, ``directory``,
         ``structure_index``, ``temperature_K``, ``pressure_GPa``, ``ensemble``,
-        ``status`` (``"finished"``, ``"exploded"`` or ``"failed"``), ``steps_done``,
-        ``n_frames`` (kept frames), ``n_rejected``, ``wall_time_s``, ``cached``; an
-        exploded walker adds ``exploded_step`` and ``reason``, a failed one
+        ``status`` (``"finished"``, ``"exploded"``, ``"stopped"`` or ``"failed"``),
+        ``steps_done``, ``n_frames`` (kept frames), ``n_rejected``, ``wall_time_s``,
+        ``cached``; with a :class:`~pfd_ase.explore.DHWatch`, ``dH``: ``{"checks",
+        "max_dH" (largest seen, nats), "n_exceeded" (checks over the threshold),
+        "first_exceeded_step"}``; an exploded walker adds ``exploded_step`` and
+        ``reason``, one stopped by the watch ``stopped_step`` and ``reason``, a failed one
         ``exception``, ``message``, ``traceback``, ``attempts`` and ``cause`` (see
         :func:`pfd_ase.tasks.failure_record`).
     rejected
@@ -79,6 +85,16 @@ class ExploreResult:
     def exploded(self) -> list[dict[str, Any]]:
         """Records of the walkers that blew up."""
         return [w for w in self.walkers if w["status"] == "exploded"]
+
+    @property
+    def stopped(self) -> list[dict[str, Any]]:
+        """Records of the walkers that a :class:`~pfd_ase.explore.DHWatch` stopped."""
+        return [w for w in self.walkers if w["status"] == "stopped"]
+
+    @property
+    def dH_exceeded(self) -> list[Atoms]:
+        """Frames whose max dH exceeds the watch's threshold (to be labelled)."""
+        return [f for f in self.frames if bool(f.info.get(DH_EXCEEDED_KEY, False))]
 
     @property
     def failed(self) -> list[dict[str, Any]]:

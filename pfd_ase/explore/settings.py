@@ -1,21 +1,25 @@
-"""Settings of an exploration: thermostats, barostats, :class:`ExploreSettings`.
+"""Settings of an exploration: thermostats, barostats, :class:`ExploreSettings`, :class:`DHWatch`.
 
 :class:`ExploreSettings` holds the fields of :class:`~pfd_ase.explore.ExploreTask` and
 validates them; the task itself, which can :meth:`~pfd_ase.explore.ExploreTask.run`,
 lives in :mod:`pfd_ase.explore.driver`, so that nothing here imports what runs the MD.
+:class:`DHWatch` is the optional extrapolation watch of a run (dH against a training set's
+descriptor bank); like the model, it is given to the run, not to the settings.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any
 
+from pfd_ase.selectors.bank import DescriptorBank
 from pfd_ase.selectors.filters import FrameFilter
 
-__all__ = ["BAROSTATS", "THERMOSTATS", "ExploreSettings"]
+__all__ = ["BAROSTATS", "DH_ACTIONS", "THERMOSTATS", "DHWatch", "ExploreSettings", "as_dh_watch"]
 
 #: Thermostats of the walkers with pressure ``None``: NVT, or ``"nve"`` (none: NVE with
 #: ASE's Velocity Verlet).
@@ -122,6 +126,88 @@ class ExploreSettings:
             for t in self.temperatures_K
             for p in self.pressures_GPa
         ]
+
+
+#: What a walker does when a frame's max dH exceeds :attr:`DHWatch.max_dH`.
+DH_ACTIONS: tuple[str, ...] = ("mark", "stop")
+
+
+@dataclass(frozen=True, eq=False)
+class DHWatch:
+    """Watch the walkers' dH against a training set: a model-free extrapolation signal.
+
+    The per-atom dH (nats) of the MD state against ``bank``
+    (:meth:`~pfd_ase.selectors.DescriptorBank.delta_entropy`) is computed on every
+    sampled frame and, for ``every``, every ``every`` MD steps. Sampled frames carry it
+    (``atoms.arrays["pfd_dH"]``, ``atoms.info["pfd_max_dH"]``); where the frame's
+    largest dH exceeds ``max_dH``:
+
+    * ``action="mark"``: the frame gets ``info["pfd_dH_exceeded"] = True`` (False on the
+      others), a frame to label;
+    * ``action="stop"``: the walker stops at the first such step, status ``"stopped"``
+      (its record has ``stopped_step`` and ``reason``); that state is kept as a frame,
+      marked, even between samples.
+
+    Parameters
+    ----------
+    bank
+        A :class:`~pfd_ase.selectors.DescriptorBank`, or a path that
+        :meth:`DescriptorBank.load <pfd_ase.selectors.DescriptorBank.load>` reads
+        (``.npz``, or an extxyz of training frames, built with the default settings).
+    max_dH
+        Threshold on a frame's largest per-atom dH (nats); ``None``: record dH only.
+    action
+        ``"mark"`` or ``"stop"`` (which needs ``max_dH``).
+    every
+        Also check every this many MD steps (``None``: sampled frames only).
+    """
+
+    bank: DescriptorBank | str | os.PathLike
+    max_dH: float | None = None
+    action: str = "mark"
+    every: int | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        bank = self.bank
+        if isinstance(bank, str | os.PathLike):
+            bank = DescriptorBank.load(bank)
+        if not isinstance(bank, DescriptorBank):
+            raise ValueError(f"bank must be a DescriptorBank or a path, not {bank!r}")
+        set_(self, "bank", bank)
+        if self.max_dH is not None:
+            value = self.max_dH
+            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+                raise ValueError(f"max_dH must be a finite number (nats) or None, got {value!r}")
+            set_(self, "max_dH", float(value))
+        set_(self, "action", _choice(self.action, DH_ACTIONS, "dH action"))
+        if self.action == "stop" and self.max_dH is None:
+            raise ValueError("dH action 'stop' needs a threshold max_dH (nats)")
+        if self.every is not None:
+            set_(self, "every", _count(self.every, "dH every"))
+
+    def exceeded(self, max_dH: float) -> bool:
+        """Whether a frame whose largest per-atom dH is ``max_dH`` exceeds the threshold."""
+        return self.max_dH is not None and max_dH > self.max_dH
+
+    def describe(self) -> dict[str, Any]:
+        """What defines the watch (hashed into walker keys): bank, threshold, action, every."""
+        return {
+            "bank": self.bank.identity,
+            "bank_environments": self.bank.n_environments,
+            "max_dH": self.max_dH,
+            "action": self.action,
+            "every": self.every,
+        }
+
+
+def as_dh_watch(value: DHWatch | Mapping[str, Any] | None) -> DHWatch | None:
+    """A :class:`DHWatch` from itself, a dict of its fields, or None (no watch)."""
+    if value is None or isinstance(value, DHWatch):
+        return value
+    if isinstance(value, Mapping):
+        return DHWatch(**value)
+    raise ValueError(f"dh_watch must be a DHWatch, a dict of its fields or None, not {value!r}")
 
 
 def _as_tuple(value: Any) -> tuple:

@@ -13,13 +13,14 @@ import numpy as np
 from ase import Atoms
 
 from pfd_ase.explore.results import (
+    DH_EXCEEDED_KEY,
     DONE_FILE,
     LOG_FILE,
     REJECTED_FILE,
     TASK_FILE,
     TRAJECTORY_FILE,
 )
-from pfd_ase.explore.settings import ExploreSettings
+from pfd_ase.explore.settings import DHWatch, ExploreSettings
 from pfd_ase.selectors.filters import check_finite, check_max_force, check_min_distance
 from pfd_ase.tasks import (
     CalculatorSpec,
@@ -63,6 +64,8 @@ class Walker:
         What defines the walker (:func:`walker_definition`), written to its task record.
     progress
         Show a progress bar of the steps (serial runs).
+    dh_watch
+        The run's dH watch, if any.
     """
 
     index: int
@@ -77,6 +80,7 @@ class Walker:
     key: str
     definition: dict[str, Any]
     progress: bool = False
+    dh_watch: DHWatch | None = None
 
     def describe(self) -> dict[str, Any]:
         """The fields that start every walker record."""
@@ -97,10 +101,12 @@ def walker_definition(
     temperature_K: float,
     pressure_GPa: float | None,
     model: CalculatorSpec,
+    dh_watch: DHWatch | None = None,
 ) -> dict[str, Any]:
     """What defines walker ``index`` (in canonical JSON form): its structure's
-    fingerprint, conditions, every setting that changes its MD (the grid aside) and the
-    model's description."""
+    fingerprint, conditions, every setting that changes its MD (the grid aside), the
+    model's description and the dH watch's (only when there is one, so that the keys of
+    walkers without one stay as they were)."""
     from pfd_ase.data import frame_fingerprint
 
     settings = {f.name: getattr(task, f.name) for f in fields(task)}
@@ -116,6 +122,8 @@ def walker_definition(
         "settings": settings,
         "model": model.description,
     }
+    if dh_watch is not None:
+        definition["dh_watch"] = dh_watch.describe()
     return canonical_definition(definition)
 
 
@@ -253,6 +261,7 @@ def _run_md(walker: Walker, calc: Any, directory: Path) -> dict[str, Any]:
         return reason
 
     out: dict[str, Any] = {"status": "finished", "n_frames": 0, "n_rejected": 0}
+    watch = _DHCheck(walker.dh_watch, task.sample_every) if walker.dh_watch else None
     rejected: list[dict[str, Any]] = []
     bar = progress_bar(walker.progress, task.steps, f"walker {walker.index}", leave=False)
     with (
@@ -288,8 +297,12 @@ def _run_md(walker: Walker, calc: Any, directory: Path) -> dict[str, Any]:
                 rejected.append({"walker": walker.index, "step": step, "reason": reason})
                 out.update(status="exploded", exploded_step=step, reason=reason)
                 break
-            if sampled:
+            dh = watch.check(atoms, step, sampled) if watch is not None else None
+            stop = dh is not None and watch.stops(dh)
+            if sampled or stop:
                 frame = _snapshot(atoms, walker, step)
+                if dh is not None:
+                    watch.label(frame, dh)
                 soft = check_max_force(frame, flt.max_force_eV_A)
                 if soft is None:
                     _append(write_frame, traj, frame)
@@ -300,9 +313,65 @@ def _run_md(walker: Walker, calc: Any, directory: Path) -> dict[str, Any]:
                     rejected.append({"walker": walker.index, "step": step, "reason": soft})
             if bar is not None and step > 0:
                 bar.update(1)
+            if stop:
+                reason = f"max dH {float(dh.max()):.3g} > {watch.watch.max_dH:g} nats"
+                out.update(status="stopped", stopped_step=step, reason=reason)
+                break
+    if watch is not None:
+        out["dH"] = watch.record()
     out["n_rejected"] = len(rejected)
     out["rejected"] = rejected
     return out
+
+
+class _DHCheck:
+    """A walker's use of its :class:`DHWatch`: when to check, what to record."""
+
+    def __init__(self, watch: DHWatch, sample_every: int) -> None:
+        self.watch = watch
+        self.every = watch.every
+        self.checks = 0
+        self.max_seen = -np.inf
+        self.n_exceeded = 0
+        self.first_exceeded: int | None = None
+
+    def check(self, atoms: Atoms, step: int, sampled: bool) -> np.ndarray | None:
+        """Per-atom dH of the state at ``step`` if it is checked (sampled, or every
+        ``every`` steps after step 0), else None."""
+        if not (sampled or (self.every and step > 0 and step % self.every == 0)):
+            return None
+        dh = self.watch.bank.delta_entropy(atoms)
+        worst = float(dh.max()) if len(dh) else -np.inf
+        self.checks += 1
+        self.max_seen = max(self.max_seen, worst)
+        if self.watch.exceeded(worst):
+            self.n_exceeded += 1
+            if self.first_exceeded is None:
+                self.first_exceeded = step
+        return dh
+
+    def stops(self, dh: np.ndarray) -> bool:
+        return self.watch.action == "stop" and len(dh) > 0 and self.watch.exceeded(dh.max())
+
+    def label(self, frame: Atoms, dh: np.ndarray) -> None:
+        """Put the dH of this state on its frame (and the mark, with a threshold)."""
+        from pfd_ase.selectors.bank import DH_KEY, MAX_DH_KEY
+
+        worst = float(dh.max()) if len(dh) else -np.inf
+        frame.arrays[DH_KEY] = np.array(dh, dtype=float)
+        frame.info[MAX_DH_KEY] = worst
+        if self.watch.max_dH is not None:
+            frame.info[DH_EXCEEDED_KEY] = bool(self.watch.exceeded(worst))
+
+    def record(self) -> dict[str, Any]:
+        """The walker record's ``dH`` entry (non-finite values as strings, as JSON lacks them)."""
+        worst = self.max_seen
+        return {
+            "checks": self.checks,
+            "max_dH": worst if np.isfinite(worst) else (None if worst < 0 else "inf"),
+            "n_exceeded": self.n_exceeded,
+            "first_exceeded_step": self.first_exceeded,
+        }
 
 
 @contextmanager
@@ -323,6 +392,7 @@ def _snapshot(atoms: Atoms, walker: Walker, step: int, with_results: bool = True
     """The sampled frame: the structure, the walker's metadata and the model's cached results
     (``with_results``: they belong to this state)."""
     from pfd_ase.calculators.pfd import ENERGY_DEVI_KEY, FORCE_DEVI_KEY, MAX_FORCE_DEVI_KEY
+    from pfd_ase.selectors.bank import DH_KEY, MAX_DH_KEY
 
     frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     info = frame.info
@@ -344,11 +414,12 @@ def _snapshot(atoms: Atoms, walker: Walker, step: int, with_results: bool = True
             info["pfd_model_stress"] = stress.copy()
     if "forces" in results:
         frame.arrays["pfd_model_forces"] = np.array(results["forces"], dtype=float)
-    for key in (MAX_FORCE_DEVI_KEY, ENERGY_DEVI_KEY):
+    for key in (MAX_FORCE_DEVI_KEY, ENERGY_DEVI_KEY, MAX_DH_KEY):  # committee; DHMonitor
         if with_results and key in atoms.info:
             info[key] = float(atoms.info[key])
-    if with_results and FORCE_DEVI_KEY in atoms.arrays:
-        frame.arrays[FORCE_DEVI_KEY] = np.array(atoms.arrays[FORCE_DEVI_KEY], dtype=float)
+    for key in (FORCE_DEVI_KEY, DH_KEY):
+        if with_results and key in atoms.arrays:
+            frame.arrays[key] = np.array(atoms.arrays[key], dtype=float)
     return frame
 
 
