@@ -270,3 +270,71 @@ def test_bad_watches_are_refused_before_any_md(tmp_path, watch, error, match):
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="dh_watch must be"):
         explore(cu(), "emt", tmp_path / "run", dh_watch=2.0, **MD)
+
+
+# --------------------------------------------------------------------------- bench/dh_error.py
+
+
+@pytest.fixture(scope="module")
+def bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "dh_error.py"
+    spec = importlib.util.spec_from_file_location("dh_error_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_statistics_of_a_known_series(bench):
+    dh = np.array([-1.0, 0.5, 1.0, 2.0, 2.5, 4.0, np.inf])
+    err = np.array([0.01, 0.02, 0.04, 0.03, 0.2, 0.3, 0.5])
+    out = bench.analyse(dh, err)
+    assert out["spearman_rho"] == pytest.approx(1 - 6 * 2 / (7 * 48))  # one swapped pair
+    below, above = out["force_error_eV_A"]["dH<=2"], out["force_error_eV_A"]["dH>2"]
+    assert (below["n"], above["n"]) == (4, 3)  # dH = 2 counts below; +inf above
+    assert below["mean"] == pytest.approx(0.025) and above["median"] == pytest.approx(0.3)
+    assert below["p90"] == pytest.approx(np.percentile(err[:4], 90))
+    assert out["mean_error_above_over_below"] == pytest.approx(1.0 / 3 / 0.025)
+    assert bench.analyse(dh[:4], err[:4])["mean_error_above_over_below"] is None
+
+
+def test_bench_pipeline_with_classical_stand_ins(bench, tmp_path, monkeypatch):
+    from ase.calculators.lj import LennardJones
+
+    from conftest import emt_frames
+
+    train = emt_frames(3, seed=0)
+    test = emt_frames(2, seed=1)
+    hot = emt_frames(1, seed=2)[0]
+    hot.positions += np.random.default_rng(4).normal(0.0, 0.2, hot.positions.shape)
+    hot.calc = EMT()
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    hot.calc = SinglePointCalculator(
+        hot, energy=hot.get_potential_energy(), forces=hot.get_forces()
+    )
+    for k, atoms in enumerate([*test, hot]):
+        atoms.info["pfd_frame_id"] = f"test.{'cold' if k < 2 else 'hot'}.{k:03d}"
+    lj = LennardJones(sigma=2.3, epsilon=0.4, rc=5.0)
+    signal = bench.error_signal(train, [*test, hot], {"PF": lj, "base": EMT()})
+    assert signal["n_test_atoms"] == 24 and len(signal["points"]["dH"]) == 24
+    assert max(signal["points"]["force_error_base_eV_A"]) < 1e-9  # the labeler itself
+    expected = np.linalg.norm(lj.get_forces(hot) - hot.get_forces(), axis=1)
+    assert np.allclose(signal["points"]["force_error_PF_eV_A"][16:], expected, atol=1e-5)
+    per = signal["per_structure"]
+    assert per["hot"]["median_dH"] > per["cold"]["median_dH"] + 1.0
+    # outputs: the JSON's headline prefers a full-form entry; the figure is drawn
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench, "JSON_PATH", tmp_path / "dh_error.json")
+    monkeypatch.setattr(bench, "PNG_PATH", tmp_path / "dh_error.png")
+    signal.pop("bank_object")
+    overhead = {"overhead_pct": 4.0, "goal_pct": 20.0}
+    entry = {**signal, "form": "quick", "labeler": "emt", "monitor_overhead": overhead}
+    out = bench.write_outputs(entry, "quick")
+    assert out["headline"]["source"] == "quick" and out["goal"]["spearman_rho"] == ">= 0.5"
+    assert out["met"]["monitor_overhead"] is True
+    out = bench.write_outputs({**entry, "form": "full", "n_test_atoms": 1}, "some_run")
+    assert out["headline"]["source"] == "some_run" and set(out["results"]) == {"quick", "some_run"}
+    assert (tmp_path / "dh_error.png").stat().st_size > 10_000
