@@ -623,6 +623,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--nve-timestep-fs", type=float, default=1.0)
     p.add_argument("--nvt-timestep-fs", type=float, default=2.0)
     p.add_argument("--nve-steps", type=int, help="override the form's NVE steps")
+    p.add_argument("--nvt-size", type=int, help="override the form's NVT cell (k: 8 k^3 atoms)")
+    p.add_argument("--nvt-steps", type=int, help="override the form's NVT sampling steps")
     p.add_argument("--student", help="this student model file instead (e.g. uncompressed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=int(os.environ.get("PFD_THREADS", "1")))
@@ -638,8 +640,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     form_name = "quick" if args.quick else "full"
     form = dict(FORMS[form_name])
-    if args.nve_steps:
-        form["nve_steps"] = args.nve_steps
+    for key in ("nve_steps", "nvt_size", "nvt_steps"):
+        if getattr(args, key):
+            form[key] = getattr(args, key)
     out_path = (
         Path(args.out)
         if args.out

@@ -697,18 +697,31 @@ def freeze(
     head: str | None = None,
     threads: int | None = None,
 ) -> Path:
-    """Freeze a training folder's checkpoint to TorchScript ``.pth`` (``head`` for multi-task)."""
+    """Freeze a training folder's checkpoint to TorchScript ``.pth`` (``head`` for multi-task).
+
+    deepmd-kit writes the model under a temporary name that is renamed to ``output`` once
+    complete (:func:`_partial`), so a run killed while it writes never leaves a truncated
+    ``output`` that a rerun would take for a frozen model.
+    """
     workdir = Path(workdir).resolve()
     output = Path(output)
     output = workdir / output if output.parent == Path(".") else output.resolve()
     ckpt = workdir / "model.ckpt.pt"
     if output.exists() and ckpt.exists() and output.stat().st_mtime >= ckpt.stat().st_mtime:
         return output  # already frozen from this checkpoint
-    args = ["freeze", "-o", str(output)]
+    partial = _partial(output)
+    args = ["freeze", "-o", str(partial)]
     if head:
         args += ["--head", head]
     run_dp(args, workdir, threads=threads)
+    os.replace(partial, output)
     return output
+
+
+def _partial(output: Path) -> Path:
+    """Where deepmd-kit writes ``output`` before it is renamed (same folder, ``.pth``
+    suffix: ``dp freeze`` replaces any other)."""
+    return output.with_name(f".{output.stem}.partial.pth")
 
 
 def compress(
@@ -725,10 +738,12 @@ def compress(
     model, output = Path(model).resolve(), Path(output).resolve()
     if output.exists() and output.stat().st_mtime >= model.stat().st_mtime:
         return output
-    args = ["compress", "-i", str(model), "-o", str(output)]
+    partial = _partial(output)  # renamed once complete, as in freeze
+    args = ["compress", "-i", str(model), "-o", str(partial)]
     if input_json is not None:
         args += ["-t", str(Path(input_json).resolve())]
     run_dp(args, output.parent, threads=threads, log_name="compress.log")
+    os.replace(partial, output)
     return output
 
 

@@ -1,0 +1,198 @@
+"""Fault injection over a whole run (issue 16.1): the instrument of ``bench/faults.py`` and,
+in the slow suite, a small campaign (SIGKILL in labelling, training and freezing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import requires_deepmd
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "faults.py"
+
+
+@pytest.fixture(scope="module")
+def faults():
+    """``bench/faults.py`` as a module."""
+    spec = importlib.util.spec_from_file_location("bench_faults", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def _journal(path, *events):
+    with open(path, "w") as fh:
+        for event, task in events:
+            fh.write(json.dumps({"event": event, "task": task, "frame": "f" + task}) + "\n")
+
+
+def test_journal_tells_interrupted_from_repeated_calls(faults, tmp_path):
+    path = tmp_path / "journal.jsonl"
+    # a killed during its calculation, then done; b done; c done, then computed again
+    _journal(path, ("start", "a"), ("start", "a"), ("end", "a"), ("start", "b"), ("end", "b"))
+    figures = faults.journal_figures(path)
+    assert (figures["started"], figures["finished"]) == (3, 2)
+    assert (figures["interrupted"], figures["repeated"]) == (1, 0)
+    _journal(path, ("start", "c"), ("end", "c"), ("start", "c"), ("end", "c"))
+    figures = faults.journal_figures(path)
+    assert (figures["interrupted"], figures["repeated"]) == (0, 1)
+    assert figures["ended"] == {("c", "fc")}
+
+
+def test_journal_counts_each_labelling_calculation_once(faults, tmp_path):
+    from pfd_ase.data import write_frames
+    from pfd_ase.label import label_frames
+    from pfd_ase.materials import labelled_silicon
+
+    frames = [a.copy() for a in labelled_silicon(3, seed=5, labeler="sw")]
+    run, journal = tmp_path / "run", tmp_path / "journal.jsonl"
+    with faults.journal_labeler_calls(journal, run):
+        result = label_frames(frames, "sw", run / "init" / "label")
+        write_frames(run / "data" / "labelled.extxyz", result.frames)
+        label_frames(frames, "sw", run / "init" / "label")  # a resume: every task reused
+    figures = faults.journal_figures(journal)
+    assert (figures["started"], figures["finished"], figures["repeated"]) == (3, 3, 0)
+    assert {task for task, _ in figures["ended"]} == {f"init/label/task.{i:06d}" for i in range(3)}
+    assert faults.lost_frames(run, figures["ended"]) == []
+    # a finished result that a rerun does not find is computed again: a repeat, and the
+    # frame left out of the dataset is lost
+    (run / "init" / "label" / "task.000001" / "labelled.extxyz").unlink()
+    with faults.journal_labeler_calls(journal, run):
+        label_frames(frames, "sw", run / "init" / "label")
+    assert faults.journal_figures(journal)["repeated"] == 1
+    write_frames(run / "data" / "labelled.extxyz", result.frames[:2])
+    assert faults.lost_frames(run, figures["ended"]) == ["init/label/task.000002"]
+    import pfd_ase.label
+
+    assert pfd_ase.label._label.__name__ == "_label"  # the journal is gone again
+
+
+def test_survivors_finds_a_child_left_by_a_killed_parent(faults):
+    script = (
+        "import subprocess, time\n"
+        "from pfd_ase import processes\n"
+        "plain = subprocess.Popen(['sleep', '60'])\n"
+        "guarded = processes.popen(['sleep', '60'])\n"
+        "print(plain.pid, guarded.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    plain, guarded = map(int, parent.stdout.readline().split())
+    try:
+        seen = faults.run_processes(parent.pid)
+        assert {parent.pid, plain, guarded} <= set(seen)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        left = faults.survivors(seen, parent.pid, grace_s=2.0)
+        assert [p["pid"] for p in left] == [plain]  # the guarded child died with its parent
+        assert "sleep 60" in left[0]["cmdline"]
+    finally:
+        for pid in (plain, guarded):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        parent.stdout.close()
+
+
+def test_kill_plan_reaches_every_kind_and_follows_the_seed(faults):
+    Segment = faults.Segment
+    timeline = faults.segments(
+        [(0.0, None, None), (1.0, "init.label", None), (3.0, "init.train", None)]
+        + [(3.5, "init.train", "train"), (9.0, "init.train", "freeze"), (11.0, "ft.s.000.md", None)]
+        + [(14.0, "ft.s.000.select", None), (14.5, "ft.s.000.label", None)]
+        + [(16.0, "distill.000.train", "train"), (30.0, "distill.000.train", "compress")]
+        + [(33.0, "validate.phonons.PF", None), (40.0, None, None)]
+    )
+    assert timeline[4] == Segment("init.train", "freeze", 9.0, 11.0)
+    plan = faults.plan_kills(timeline, 12, seed=4)
+    assert len(plan) == 12 and {t.kind for t in plan} == set(faults.KINDS)
+    assert [t.t_ref for t in plan] == sorted(t.t_ref for t in plan)
+    assert all(t.step is not None for t in plan)
+    for t in plan:
+        seg = next(s for s in timeline if s.step == t.step and s.sub == t.sub and s.t0 <= t.t_ref)
+        start = seg.t0 if t.sub else min(s.t0 for s in timeline if s.step == t.step)
+        assert t.offset_s == pytest.approx(t.t_ref - start) and t.offset_s >= 0
+    assert plan == faults.plan_kills(timeline, 12, seed=4)
+    assert plan != faults.plan_kills(timeline, 12, seed=5)
+    with pytest.raises(ValueError, match="kinds"):
+        faults.plan_kills(timeline, 3, seed=4)
+    with pytest.raises(ValueError, match="no selection"):
+        faults.plan_kills([s for s in timeline if s.kind != "selection"], 12, seed=4)
+
+
+def test_step_kinds(faults):
+    kind = faults.step_kind
+    assert kind("ft.stage1.000.md", None) == kind("distill.000.md", None) == "exploration"
+    assert kind("init.label", None) == kind("ft.stage3.000.label", None) == "labelling"
+    assert kind("init.train", "train") == kind("ft.stage1.000.train", None) == "training"
+    assert kind("init.train", "freeze") == kind("distill.000.train", "compress")
+    assert kind("distill.000.train", "train") == kind("distill.000.explore", None)
+    assert kind("distill.000.explore", None) == "distillation"
+    assert kind("validate.test_label", None) == kind("validation", None) == "validation"
+    assert kind(None, None) == "between steps"
+
+
+@pytest.mark.parametrize("command", ["freeze", "compress"])
+def test_a_model_write_cut_short_is_never_taken_for_a_model(tmp_path, monkeypatch, command):
+    """A run killed while deepmd-kit writes a frozen or compressed model leaves no file under
+    the model's name, so a rerun writes it again instead of reusing a truncated one."""
+    from pfd_ase.training import deepmd as dp
+
+    (tmp_path / "model.ckpt.pt").write_bytes(b"checkpoint")
+    (tmp_path / "model.pth").write_bytes(b"frozen")
+
+    def write(content, fail):
+        def run_dp(args, workdir, **kwargs):
+            Path(args[args.index("-o") + 1]).write_bytes(content)
+            if fail:
+                raise RuntimeError("deepmd-kit failed: killed while writing")
+
+        return run_dp
+
+    def make():
+        if command == "freeze":
+            return dp.freeze(tmp_path, "out.pth")
+        return dp.compress(tmp_path / "model.pth", tmp_path / "out.pth")
+
+    monkeypatch.setattr(dp, "run_dp", write(b"PK half a model", fail=True))
+    with pytest.raises(RuntimeError, match="killed"):
+        make()
+    assert not (tmp_path / "out.pth").exists()
+    monkeypatch.setattr(dp, "run_dp", write(b"PK the whole model", fail=False))
+    assert make().read_bytes() == b"PK the whole model"
+    assert [p.name for p in tmp_path.glob("*out*")] == ["out.pth"]
+
+
+@pytest.mark.slow
+@requires_deepmd
+def test_sigkill_in_labelling_training_and_freezing_loses_and_repeats_nothing(faults, tmp_path):
+    """The silicon recipe's fastest form (quick form of bench/faults.py), its main process
+    SIGKILLed once in labelling, in training and while freezing, rerun until it finishes."""
+    kinds = ("labelling", "training", "freezing/compression")
+    result = faults.campaign(tmp_path, form="quick", n_kills=3, seed=1, kinds=kinds)
+    print(json.dumps({k: v for k, v in result.items() if k != "dataset"}, indent=1))
+    assert result["kills"] == 3 and result["resumes"] == 3
+    assert result["completed"]
+    assert result["frames_lost"] == 0
+    assert result["repeated_labeler_calls"] == 0
+    assert result["survivors"] == 0 and result["processes_left_at_end"] == 0
+    assert all(k["processes"] >= 1 for k in result["kill_log"])
+    # a deepmd-kit subprocess was running at some kill: the kill reached a process tree
+    assert any(k["processes"] > 1 for k in result["kill_log"])
+    calls = result["labeler_calls"]
+    assert calls["faulted"]["finished"] >= calls["reference"]["finished"] > 0
+    # the initial labelling depends on nothing a kill can change: frame for frame the same
+    assert result["dataset"]["steps"]["init.label"]["identical"]
+    assert result["dataset"]["steps"]["init.label"]["n_reference"] > 0
