@@ -160,3 +160,56 @@ def test_validation_results_are_reused_until_the_model_changes(tmp_path):
     store("phonons_PF", compute, {**model_key(model), "supercell": (2, 2, 2)})
     assert len(calls) == 3
     assert (tmp_path / "run" / "state" / "validate.phonons_PF.json").exists()
+
+
+def test_dft_validation_compares_like_with_like(tmp_path, monkeypatch):
+    """With a DFT labeler (SW standing in, as if not classical) the models' phonons are
+    computed in the DFT's supercell and the vacancy the DFT's way (unrelaxed, the same cell),
+    so the deviations measure the models, not the protocol."""
+    import pfd_ase.analysis.validate as validate
+    import pfd_ase.recipes._base as base
+    from pfd_ase.analysis.vacancy import vacancy_formation_energy
+    from pfd_ase.analysis.validate import Subject
+    from pfd_ase.calculators.labelers import make_labeler
+    from pfd_ase.data import write_frames
+    from pfd_ase.materials import silicon
+    from pfd_ase.recipes.silicon import silicon_config
+
+    from conftest import si_frames
+
+    monkeypatch.setattr(base, "CLASSICAL", ())  # SW gets the DFT's treatment
+    monkeypatch.setattr(
+        base, "model_subject", lambda m, t=None: Subject(lambda: make_labeler("tersoff"), {}, t)
+    )
+    monkeypatch.setattr(validate, "model_errors", lambda sets, folder=None: {})
+    config = silicon_config(tmp_path, preset="quick", labeler="sw", base_model="unused")
+    write_frames(tmp_path / "data" / "labelled.extxyz", si_frames(2, seed=1))
+    cell = silicon("diamond")
+    validation = {
+        "dft_phonon_supercell": (2, 2, 2),
+        "vacancy_max_steps": 20,
+        "dft_vacancy": {"phase": "diamond", "relax": False},
+    }
+    result = base.validate_run(
+        config,
+        {"teacher": "tersoff", "student": None, "steps": {}},
+        "like with like",
+        validation,
+        phonons={"primitive": silicon("diamond", primitive=True), "title": "phonons"},
+        vacancies={"cells": {"diamond": cell}, "reference": cell, "title": "vacancy"},
+    )
+    two = np.diag([2, 2, 2]).tolist()
+    assert {k: v["supercell"] for k, v in result["phonons"].items()} == {"DFT": two, "PF": two}
+    assert result["phonon_same_supercell"] == {"PF": True}
+    versus = result["vacancy_vs_dft"]
+    assert versus["phase"] == "diamond" and versus["relaxed"] is False
+    sw = vacancy_formation_energy(cell, make_labeler("sw"), relax=False)["E_f_eV"]
+    tersoff = vacancy_formation_energy(cell, make_labeler("tersoff"), relax=False)["E_f_eV"]
+    assert versus["E_f_eV"] == pytest.approx({"DFT": sw, "PF": tersoff})
+    assert versus["error_eV"]["PF"] == pytest.approx(tersoff - sw)
+    assert abs(tersoff - sw) > 0.1  # two potentials: a difference to measure
+    # the relaxed PF value of the same phase stays where it was, beside it
+    assert result["vacancy_details"]["PF"]["diamond"]["relaxed"] is True
+    assert (
+        "vacancy vs DFT (diamond, all unrelaxed" in (tmp_path / "report" / "report.md").read_text()
+    )

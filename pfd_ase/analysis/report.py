@@ -183,6 +183,21 @@ def _vacancy_lines(summary: Mapping[str, Any]) -> list[str]:
                 text += f" (not a result: {', '.join(why)})" if why else ""
             parts.append(text)
         lines.append(f"- vacancy E_f ({model}): " + ", ".join(parts))
+    versus = summary.get("vacancy_vs_dft")
+    if versus:
+        how = "relaxed" if versus["relaxed"] else "unrelaxed"
+        parts = [
+            f"{name} {e:.2f} eV" if e is not None else f"{name} no value"
+            for name, e in versus["E_f_eV"].items()
+        ]
+        errors = [
+            f"{name} {err:+.2f} eV" for name, err in versus["error_eV"].items() if err is not None
+        ]
+        lines.append(
+            f"- vacancy vs DFT ({versus['phase']}, all {how}, the DFT's cell): "
+            + ", ".join(parts)
+            + (f"; errors {', '.join(errors)}" if errors else "")
+        )
     if any(any(per.values()) for per in flags.values()):
         from pfd_ase.analysis.vacancy import PHYSICAL_FORMATION_ENERGY_EV
 

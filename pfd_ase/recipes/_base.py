@@ -188,11 +188,14 @@ def validate_run(
     title
         The report's heading.
     validation
-        The preset's validation settings: ``dft_phonon_supercell`` (a classical labeler
-        always gets 3×3×3), ``vacancy_max_steps``, ``test_set`` (the settings of
-        :func:`held_out_test`; no held-out scores when missing) and ``dft_vacancy``
-        (``{"phase": name, "relax": bool}``: the labeler's own vacancy formation energy of
-        that phase, unrelaxed unless ``relax``; a classical labeler does every phase).
+        The preset's validation settings: ``dft_phonon_supercell`` (the DFT's and the
+        models' phonon supercell, so that Γ, X and L are compared in the same one; a
+        classical labeler always gets 3×3×3), ``vacancy_max_steps``, ``test_set`` (the
+        settings of :func:`held_out_test`; no held-out scores when missing) and
+        ``dft_vacancy`` (``{"phase": name, "relax": bool}``: the labeler's own vacancy
+        formation energy of that phase, unrelaxed unless ``relax``, with the models' computed
+        the same way beside it in ``vacancy_vs_dft`` (:func:`vacancy_versus_dft`); a
+        classical labeler does every phase).
     phonons
         ``{"primitive": Atoms, "title": str}``.
     vacancies
@@ -257,12 +260,13 @@ def validate_run(
     reference = phonon_labeler(name, folder / "labeler", **overrides)
     dft = {"DFT": Subject(lambda: reference, {"labeler": labeler_info(reference)})}
     cheap = name in CLASSICAL
+    phonon_sc = (3, 3, 3) if cheap else tuple(validation["dft_phonon_supercell"])
     bands = compare_phonons(
         phonons["primitive"],
         {**dft, **models},
         {
-            "DFT": (3, 3, 3) if cheap else validation["dft_phonon_supercell"],
-            **dict.fromkeys(models, (3, 3, 3)),
+            "DFT": phonon_sc,
+            **dict.fromkeys(models, phonon_sc),  # Γ, X, L compared in the same supercell
         },
         step=step,
         plot=report / "phonons.png",
@@ -297,11 +301,44 @@ def validate_run(
         )
         for key, value in own.items():
             result.setdefault(key, {}).update(value)
+        relaxed = bool(dft_vacancy.get("relax", False))
+        if not relaxed:  # the models the DFT's way too: unrelaxed, in the same cell
+            same_way = compare_vacancies(
+                {phase: vacancies["cells"][phase]},
+                {f"{m}_unrelaxed": s for m, s in models.items()},
+                vacancies["reference"],
+                step=step,
+                relax=False,
+                stability_check=False,
+            )["vacancy_formation_eV"]
+            models_e = {m: same_way[f"{m}_unrelaxed"][phase] for m in models}
+        else:
+            models_e = {m: result["vacancy_formation_eV"][m][phase] for m in models}
+        result["vacancy_vs_dft"] = vacancy_versus_dft(
+            phase, relaxed, result["vacancy_formation_eV"]["DFT"][phase], models_e
+        )
     result["run_summary"] = str(workdir / "summary.json")
     # wall time per stage, validation included (the steps this call recorded)
     result["stage_wall_s"] = stage_walls(state.summary)
     write_report(report, result, title)
     return result
+
+
+def vacancy_versus_dft(
+    phase: str, relaxed: bool, dft_eV: float | None, models_eV: Mapping[str, float | None]
+) -> dict[str, Any]:
+    """Each model's vacancy formation energy against the DFT's, computed the same way
+    (``relaxed`` or not, the same cell): ``{"phase", "relaxed", "E_f_eV": {name: E_f},
+    "error_eV": {model: E_f - E_f(DFT)}}`` (``None`` where either is missing)."""
+    errors = {
+        m: None if e is None or dft_eV is None else float(e - dft_eV) for m, e in models_eV.items()
+    }
+    return {
+        "phase": phase,
+        "relaxed": relaxed,
+        "E_f_eV": {"DFT": dft_eV, **models_eV},
+        "error_eV": errors,
+    }
 
 
 def recipe_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
