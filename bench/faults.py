@@ -189,6 +189,9 @@ def _drive(spec_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     from pfd_ase.recipes.silicon import run_silicon
 
+    if spec.get("kill_in_step"):
+        _kill_self_in(spec["kill_in_step"])
+
     with journal_labeler_calls(spec["journal"], spec["workdir"]):
         run_silicon(
             spec["workdir"],
@@ -199,6 +202,26 @@ def _drive(spec_file: str) -> None:
             seed=spec["seed"],
             overrides=recipe_overrides(spec["form"]),
         )
+
+
+def _kill_self_in(key: str) -> None:
+    """Make this process SIGKILL itself when the work of step ``key`` begins (after its
+    start marker is written): a kill inside a step too short to be caught from outside."""
+    from pfd_ase.workflow.state import RunState
+
+    original = RunState.run_step
+
+    def run_step(self: Any, step: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        if step == key:
+
+            def killed() -> Any:
+                os.kill(os.getpid(), signal.SIGKILL)
+                return func()  # never reached
+
+            return original(self, step, killed, *args, **kwargs)
+        return original(self, step, func, *args, **kwargs)
+
+    RunState.run_step = run_step
 
 
 def _start(spec: Mapping[str, Any], log: Path) -> subprocess.Popen:
@@ -349,13 +372,16 @@ class Segment:
 @dataclass
 class Target:
     """A planned kill: in ``step`` (while ``sub`` runs, when it is a deepmd-kit
-    subcommand), ``offset_s`` after that started; ``t_ref`` is its moment in the reference."""
+    subcommand), ``offset_s`` after that started; ``t_ref`` is its moment in the reference.
+    ``in_process``: a step too short to be caught from outside (selection takes ~20 ms):
+    the run's main process SIGKILLs itself as the step's work begins (:func:`_drive`)."""
 
     step: str
     sub: str | None
     offset_s: float
     t_ref: float
     kind: str
+    in_process: bool = False
 
 
 def segments(samples: Sequence[tuple[float, str | None, str | None]]) -> list[Segment]:
@@ -375,12 +401,16 @@ def plan_kills(
     n_kills: int,
     seed: int,
     kinds: Sequence[str] = KINDS,
+    short_steps: Mapping[str, float] | None = None,
 ) -> list[Target]:
     """Kill moments on a reference timeline, in time order.
 
     One moment in each of ``kinds`` (uniform over the time spent in that kind), the rest
     uniform over the time spent in any step. A moment in a deepmd-kit subprocess is taken
-    from that subprocess's start, any other from its step's start.
+    from that subprocess's start, any other from its step's start. A kind the timeline
+    never caught (its steps shorter than the sampling interval) is reached through
+    ``short_steps`` (step -> its start in the reference, s): one of them is drawn and killed
+    from inside as its work begins (``in_process``).
 
     Raises
     ------
@@ -403,11 +433,17 @@ def plan_kills(
         return Target(seg.step, seg.sub, t - start, t, seg.kind)
 
     targets = []
+    short = dict(short_steps or {})
     for kind in kinds:
         pool = [s for s in in_steps if s.kind == kind]
-        if not pool:
+        if pool:
+            targets.append(draw(pool))
+            continue
+        brief = sorted(step for step in short if step_kind(step, None) == kind)
+        if not brief:
             raise ValueError(f"the reference run has no {kind} step")
-        targets.append(draw(pool))
+        step = brief[int(rng.integers(len(brief)))]
+        targets.append(Target(step, None, 0.0, short[step], kind, in_process=True))
     targets += [draw(in_steps) for _ in range(n_kills - len(kinds))]
     return sorted(targets, key=lambda t: t.t_ref)
 
@@ -417,14 +453,33 @@ def run_reference(spec: Mapping[str, Any], log: Path) -> dict[str, Any]:
     workdir = Path(spec["workdir"])
     t0 = time.time()
     proc = _start(spec, log)
-    samples = []
+    samples: list[tuple[float, str | None, str | None]] = []
     while proc.poll() is None:
         pids = list(run_processes(proc.pid))
         samples.append(
             (round(time.time() - t0, 3), _step_in_progress(workdir, t0), _subcommand(pids))
         )
         time.sleep(SAMPLE_S)
-    return {"wall_s": round(time.time() - t0, 1), "returncode": proc.returncode, "samples": samples}
+    return {
+        "wall_s": round(time.time() - t0, 1),
+        "returncode": proc.returncode,
+        "samples": samples,
+        "t0": t0,
+    }
+
+
+def short_steps(workdir: Path, t0: float) -> dict[str, float]:
+    """Steps of a finished run shorter than two timeline samples (step -> its start, s
+    after ``t0``), from their records' ``finished_at`` and ``wall_s``."""
+    from pfd_ase._io import read_json
+
+    out = {}
+    for record in sorted((workdir / "state").glob("*.json")):
+        data = read_json(record)
+        wall, end = data.get("wall_s"), data.get("finished_at")
+        if wall is not None and end is not None and wall < 2 * SAMPLE_S:
+            out[record.stem] = round(end - wall - t0, 3)
+    return out
 
 
 # --------------------------------------------------------------------------- faulted run
@@ -473,15 +528,19 @@ def run_faulted(
     failures = 0
     while True:
         since, t0 = time.time(), time.monotonic()
-        proc = _start(spec, log)
         original = target = queue.pop(0) if queue else None
         planned = asdict(target) if target else None
         if target is not None and _finished(workdir, target.step):
             target = Target("*", None, target.offset_s, target.t_ref, target.kind)
+        inside = target is not None and target.in_process
+        proc = _start({**spec, "kill_in_step": target.step if inside else None}, log)
         armed: float | None = None
         killed = False
+        seen: dict[int, int] = {}
         while proc.poll() is None:
-            if target is not None:
+            if inside:
+                seen = run_processes(proc.pid) or seen  # the last view before it kills itself
+            elif target is not None:
                 now = time.monotonic()
                 step = _step_in_progress(workdir, since)
                 if armed is None and step is not None and target.step in ("*", step):
@@ -504,6 +563,28 @@ def run_faulted(
                     killed = True
                     break
             time.sleep(WATCH_S)
+        if inside and proc.returncode == -signal.SIGKILL:  # it killed itself in the step
+            left = survivors(seen, proc.pid)
+            for entry in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(entry["pid"], signal.SIGKILL)
+            kills.append(
+                {
+                    "pid": proc.pid,
+                    "step": target.step,
+                    "sub": None,
+                    "kind": target.kind,
+                    "processes": max(len(seen), 1),
+                    "survivors": left,
+                    "children_gone_s": None,
+                    "planned": planned,
+                    "moved_to_next_step": False,
+                    "killed_early": False,
+                    "in_process": True,
+                    "attempt_wall_s": round(time.monotonic() - t0, 1),
+                }
+            )
+            killed = True
         attempts.append({"wall_s": round(time.monotonic() - t0, 1), "returncode": proc.returncode})
         if killed:
             continue
@@ -708,10 +789,11 @@ def campaign(
     (root / "reference.timeline.json").write_text(
         json.dumps([asdict(s) for s in timeline], indent=1)
     )
-    targets = plan_kills(timeline, n_kills, seed, kinds)
+    ref_dir = root / "reference"
+    targets = plan_kills(timeline, n_kills, seed, kinds, short_steps(ref_dir, ref["t0"]))
     order = list(dict.fromkeys(s.step for s in timeline if s.step is not None))
     faulted = run_faulted(runs["faulted"], targets, root / "faulted.log", order)
-    ref_dir, got_dir = root / "reference", root / "faulted"
+    got_dir = root / "faulted"
     completed = _finished_run(got_dir)
     calls_ref = journal_figures(runs["reference"]["journal"])
     calls = journal_figures(runs["faulted"]["journal"])

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,8 +129,28 @@ def test_kill_plan_reaches_every_kind_and_follows_the_seed(faults):
     assert plan != faults.plan_kills(timeline, 12, seed=5)
     with pytest.raises(ValueError, match="kinds"):
         faults.plan_kills(timeline, 3, seed=4)
+    no_selection = [s for s in timeline if s.kind != "selection"]
     with pytest.raises(ValueError, match="no selection"):
-        faults.plan_kills([s for s in timeline if s.kind != "selection"], 12, seed=4)
+        faults.plan_kills(no_selection, 12, seed=4)
+    # a selection too short to be sampled is killed from inside, as its work begins
+    short = {"ft.s.000.select": 14.2, "ft.s.000.label": 14.3}
+    plan = faults.plan_kills(no_selection, 12, seed=4, short_steps=short)
+    inside = [t for t in plan if t.in_process]
+    assert [(t.step, t.kind, t.offset_s, t.t_ref) for t in inside] == [
+        ("ft.s.000.select", "selection", 0.0, 14.2)
+    ]
+    assert {t.kind for t in plan} == set(faults.KINDS)
+
+
+def test_short_steps_come_from_the_step_records(faults, tmp_path):
+    from pfd_ase.workflow.state import RunState
+
+    state = RunState(tmp_path)
+    t0 = time.time()
+    state.run_step("ft.s.000.select", lambda: {}, {"n": 1})
+    state.run_step("ft.s.000.md", lambda: time.sleep(0.3) or {}, {"n": 1})
+    short = faults.short_steps(tmp_path, t0)
+    assert list(short) == ["ft.s.000.select"] and 0 <= short["ft.s.000.select"] < 0.2
 
 
 def test_step_kinds(faults):
@@ -179,11 +200,14 @@ def test_a_model_write_cut_short_is_never_taken_for_a_model(tmp_path, monkeypatc
 @requires_deepmd
 def test_sigkill_in_labelling_training_and_freezing_loses_and_repeats_nothing(faults, tmp_path):
     """The silicon recipe's fastest form (quick form of bench/faults.py), its main process
-    SIGKILLed once in labelling, in training and while freezing, rerun until it finishes."""
-    kinds = ("labelling", "training", "freezing/compression")
-    result = faults.campaign(tmp_path, form="quick", n_kills=3, seed=1, kinds=kinds)
+    SIGKILLed once in labelling, in training, while freezing and in selection, rerun until it
+    finishes."""
+    kinds = ("labelling", "training", "freezing/compression", "selection")
+    result = faults.campaign(tmp_path, form="quick", n_kills=4, seed=1, kinds=kinds)
     print(json.dumps({k: v for k, v in result.items() if k != "dataset"}, indent=1))
-    assert result["kills"] == 3 and result["resumes"] == 3
+    assert result["kills"] == 4 and result["resumes"] == 4
+    # selection (~20 ms) is killed from inside the step
+    assert [k["kind"] for k in result["kill_log"] if k.get("in_process")] == ["selection"]
     assert result["completed"]
     assert result["frames_lost"] == 0
     assert result["repeated_labeler_calls"] == 0
