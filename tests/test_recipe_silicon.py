@@ -190,14 +190,18 @@ def test_dft_validation_compares_like_with_like(tmp_path, monkeypatch):
         "vacancy_max_steps": 20,
         "dft_vacancy": {"phase": "diamond", "relax": False},
     }
-    result = base.validate_run(
-        config,
-        {"teacher": "tersoff", "student": None, "steps": {}},
-        "like with like",
-        validation,
-        phonons={"primitive": silicon("diamond", primitive=True), "title": "phonons"},
-        vacancies={"cells": {"diamond": cell}, "reference": cell, "title": "vacancy"},
-    )
+
+    def validate(config):
+        return base.validate_run(
+            config,
+            {"teacher": "tersoff", "student": None, "steps": {}},
+            "like with like",
+            validation,
+            phonons={"primitive": silicon("diamond", primitive=True), "title": "phonons"},
+            vacancies={"cells": {"diamond": cell}, "reference": cell, "title": "vacancy"},
+        )
+
+    result = validate(config)
     two = np.diag([2, 2, 2]).tolist()
     assert {k: v["supercell"] for k, v in result["phonons"].items()} == {"DFT": two, "PF": two}
     assert result["phonon_same_supercell"] == {"PF": True}
@@ -210,6 +214,12 @@ def test_dft_validation_compares_like_with_like(tmp_path, monkeypatch):
     assert abs(tersoff - sw) > 0.1  # two potentials: a difference to measure
     # the relaxed PF value of the same phase stays where it was, beside it
     assert result["vacancy_details"]["PF"]["diamond"]["relaxed"] is True
-    assert (
-        "vacancy vs DFT (diamond, all unrelaxed" in (tmp_path / "report" / "report.md").read_text()
-    )
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "vacancy vs DFT (diamond, all unrelaxed" in report
+    # the run directory spelled relative: every step reused, none redone (DFT is costly)
+    records = sorted((tmp_path / "state").glob("validate.*.json"))
+    stamps = {r.name: r.stat().st_mtime_ns for r in records}
+    monkeypatch.chdir(tmp_path.parent)
+    again = validate({**config, "workdir": tmp_path.name})
+    assert again["phonon_max_dev_THz"] == result["phonon_max_dev_THz"]
+    assert {r.name: r.stat().st_mtime_ns for r in records} == stamps

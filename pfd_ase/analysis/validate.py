@@ -158,7 +158,8 @@ def compare_phonons(
     out = {}
     for name, subject in subjects.items():
         sc = supercell[name] if isinstance(supercell, Mapping) else supercell
-        target = None if folder is None else Path(folder) / name
+        # resolved: the step's inputs do not depend on how the run directory was spelled
+        target = None if folder is None else Path(folder).resolve() / name
         options = {"folder": target, "mesh": mesh, "temperature_K": temperature_K}
         out[name] = step(
             f"phonons_{name}",
