@@ -84,6 +84,29 @@ def test_finetune_beats_the_pretrained_model(pretrained, tersoff_data, tmp_path,
     assert after.type_map == ["Si"]  # a subset of the pre-trained type map
 
 
+def test_interrupted_finetune_restarts_from_its_checkpoint(pretrained, tersoff_data, tmp_path):
+    """A fine-tune takes its model section from the base checkpoint (--use-pretrain-script),
+    which deepmd-kit's --restart does not read: found by bench/faults.py, where a rerun after
+    a kill in training failed with "key `type` is required" at model/descriptor."""
+    train = tersoff_data[0]
+    stages.finetune(pretrained.checkpoint, train, tmp_path, head="sw", steps=20, progress=False)
+    work = tmp_path / "train"
+    assert sorted(dp._checkpoint_step(p) for p in work.glob("model.ckpt-*.pt")) == [5, 10, 15, 20]
+    # as a kill at step 17 leaves it: no final checkpoint, the record not done
+    (work / "model.ckpt-20.pt").unlink()
+    (work / "model.ckpt.pt").unlink()
+    record = json.loads((work / "pfd_train.json").read_text())
+    (work / "pfd_train.json").write_text(json.dumps({**record, "done": False}))
+    result = stages.finetune(
+        pretrained.checkpoint, train, tmp_path, head="sw", steps=20, progress=False
+    )
+    log = (work / "dp.log").read_text()
+    assert "--restart model.ckpt-15.pt" in log
+    assert json.loads((work / "pfd_train.json").read_text())["done"]
+    assert (work / "model.ckpt-20.pt").exists()
+    assert np.isfinite(_force_rmse(result.model, tersoff_data[1]))
+
+
 def test_finetune_rejects_a_wrong_head_before_training(pretrained, tersoff_data, tmp_path):
     with pytest.raises(ValueError, match=r"no head named 'nope'.*\['emt', 'sw'\]"):
         stages.finetune(pretrained.checkpoint, tersoff_data[0], tmp_path, head="nope", steps=5)
