@@ -352,7 +352,7 @@ def write_outputs(entry: dict[str, Any], label: str) -> dict[str, Any]:
         and dist["dH>2"]["mean"] > dist["dH<=2"]["mean"]
         and dist["dH>2"]["median"] > dist["dH<=2"]["median"]
     )
-    overhead = best["monitor_overhead"]["overhead_pct"]
+    overhead = float(best["monitor_overhead"]["overhead_pct"])
     out = {
         "name": "dh_error",
         "headline": {
@@ -368,8 +368,8 @@ def write_outputs(entry: dict[str, Any], label: str) -> dict[str, Any]:
         },
         "met": {
             "spearman_rho": (pf["spearman_rho"] or -1.0) >= GOAL["spearman_rho"],
-            "errors_above_larger": above_larger,
-            "monitor_overhead": overhead <= GOAL["monitor_overhead_pct"],
+            "errors_above_larger": bool(above_larger),
+            "monitor_overhead": bool(overhead <= GOAL["monitor_overhead_pct"]),
         },
         "threshold_dH": THRESHOLD,
         "results": results,
