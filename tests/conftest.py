@@ -37,6 +37,20 @@ def _has_deepmd() -> bool:
 requires_deepmd = pytest.mark.skipif(not _has_deepmd(), reason="deepmd-kit (PyTorch) missing")
 
 
+def load_bench(name: str):
+    """The benchmark script ``bench/<name>.py`` as a module (for its smoke tests)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def emt_frames(n: int, seed: int, element: str = "Cu", a: float = 3.6, reps=(2, 1, 1)):
     """Perturbed fcc cells labelled with EMT (energy, forces, stress)."""
     from ase.build import bulk

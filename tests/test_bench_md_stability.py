@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,15 +10,12 @@ from ase import Atoms
 
 from pfd_ase.materials import silicon
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "md_stability.py"
+from conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("md_stability_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("md_stability")
 
 
 def test_energy_drift_of_a_known_series(bench):

@@ -15,6 +15,8 @@ from pfd_ase.explore import DHWatch, explore, walker_dir
 from pfd_ase.materials import silicon
 from pfd_ase.selectors import DescriptorBank, quests
 
+from conftest import load_bench
+
 
 def diamond(rattle_A: float = 0.0, seed: int = 0) -> Atoms:
     atoms = bulk("Si", "diamond", a=5.431, cubic=True).repeat(2)
@@ -277,14 +279,7 @@ def test_bad_watches_are_refused_before_any_md(tmp_path, watch, error, match):
 
 @pytest.fixture(scope="module")
 def bench():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "dh_error.py"
-    spec = importlib.util.spec_from_file_location("dh_error_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("dh_error")
 
 
 def test_bench_statistics_of_a_known_series(bench):

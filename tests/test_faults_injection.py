@@ -3,7 +3,6 @@ in the slow suite, a small campaign (SIGKILL in labelling, training and freezing
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,20 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import requires_deepmd
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "faults.py"
+from conftest import load_bench, requires_deepmd
 
 
 @pytest.fixture(scope="module")
 def faults():
     """``bench/faults.py`` as a module."""
-    spec = importlib.util.spec_from_file_location("bench_faults", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    return load_bench("faults")
 
 
 def _journal(path, *events):
