@@ -314,6 +314,27 @@ def _subcommand(pids: Sequence[int]) -> str | None:
     return None
 
 
+def _training_progress(pids: Sequence[int]) -> float | None:
+    """Fraction of its steps a running ``dp --pt train`` among ``pids`` has done (the last
+    row of ``lcurve.out`` over ``numb_steps`` in its working directory)."""
+    for pid in pids:
+        args = _cmdline(pid)
+        if not ("deepmd" in args and "train" in args):
+            continue
+        try:
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+            total = json.loads((cwd / "input.json").read_text())["training"]["numb_steps"]
+            rows = [r for r in (cwd / "lcurve.out").read_text().splitlines() if r.strip()]
+        except (OSError, ValueError, KeyError):
+            return 0.0
+        rows = [r for r in rows if not r.lstrip().startswith("#")]
+        try:
+            return int(rows[-1].split()[0]) / total if rows else 0.0
+        except (ValueError, IndexError):
+            return 0.0
+    return None
+
+
 def _step_in_progress(workdir: Path, since: float) -> str | None:
     """The step whose start marker is newest among those written since ``since``."""
     best: tuple[float, str] | None = None
@@ -373,8 +394,11 @@ class Segment:
 class Target:
     """A planned kill: in ``step`` (while ``sub`` runs, when it is a deepmd-kit
     subcommand), ``offset_s`` after that started; ``t_ref`` is its moment in the reference.
-    ``in_process``: a step too short to be caught from outside (selection takes ~20 ms):
-    the run's main process SIGKILLs itself as the step's work begins (:func:`_drive`)."""
+    ``progress``: in a deepmd-kit training, the fraction of its steps done instead (a
+    resumed training restarts its clock but not its step count, and runs at another speed
+    than the reference did). ``in_process``: a step too short to be caught from outside
+    (selection takes ~20 ms): the run's main process SIGKILLs itself as the step's work
+    begins (:func:`_drive`)."""
 
     step: str
     sub: str | None
@@ -382,6 +406,7 @@ class Target:
     t_ref: float
     kind: str
     in_process: bool = False
+    progress: float | None = None
 
 
 def segments(samples: Sequence[tuple[float, str | None, str | None]]) -> list[Segment]:
@@ -430,7 +455,8 @@ def plan_kills(
         seg = pool[int(rng.choice(len(pool), p=widths / widths.sum()))]
         t = float(rng.uniform(seg.t0, seg.t1))
         start = seg.t0 if seg.sub is not None else step_start[seg.step]
-        return Target(seg.step, seg.sub, t - start, t, seg.kind)
+        progress = (t - seg.t0) / (seg.t1 - seg.t0) if seg.sub == "train" else None
+        return Target(seg.step, seg.sub, t - start, t, seg.kind, progress=progress)
 
     targets = []
     short = dict(short_steps or {})
@@ -531,7 +557,8 @@ def run_faulted(
         original = target = queue.pop(0) if queue else None
         planned = asdict(target) if target else None
         if target is not None and _finished(workdir, target.step):
-            target = Target("*", None, target.offset_s, target.t_ref, target.kind)
+            # passed by an earlier kill's rerun: at the start of the next step instead
+            target = Target("*", None, 0.0, target.t_ref, target.kind)
         inside = target is not None and target.in_process
         proc = _start({**spec, "kill_in_step": target.step if inside else None}, log)
         armed: float | None = None
@@ -551,7 +578,12 @@ def run_faulted(
                     _finished(workdir, target.step)
                     or rank.get(step or "", -1) > rank.get(target.step, len(rank))
                 )
-                if passed or (armed is not None and now - armed >= target.offset_s):
+                if armed is None or target.progress is None:
+                    due = armed is not None and now - armed >= target.offset_s
+                else:  # a training: by its step count
+                    done = _training_progress(run_processes(proc.pid))
+                    due = done is not None and done >= target.progress
+                if passed or due:
                     record = _kill(proc, workdir, since)
                     record.update(
                         planned=planned,

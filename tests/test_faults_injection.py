@@ -113,6 +113,9 @@ def test_kill_plan_reaches_every_kind_and_follows_the_seed(faults):
     assert len(plan) == 12 and {t.kind for t in plan} == set(faults.KINDS)
     assert [t.t_ref for t in plan] == sorted(t.t_ref for t in plan)
     assert all(t.step is not None for t in plan)
+    # in a training, the moment is a fraction of its steps
+    assert all((t.progress is not None) == (t.sub == "train") for t in plan)
+    assert all(0 <= t.progress <= 1 for t in plan if t.progress is not None)
     for t in plan:
         seg = next(s for s in timeline if s.step == t.step and s.sub == t.sub and s.t0 <= t.t_ref)
         start = seg.t0 if t.sub else min(s.t0 for s in timeline if s.step == t.step)
@@ -132,6 +135,19 @@ def test_kill_plan_reaches_every_kind_and_follows_the_seed(faults):
         ("ft.s.000.select", "selection", 0.0, 14.2)
     ]
     assert {t.kind for t in plan} == set(faults.KINDS)
+
+
+def test_training_progress_is_read_from_the_running_training(faults, tmp_path):
+    (tmp_path / "input.json").write_text(json.dumps({"training": {"numb_steps": 200}}))
+    (tmp_path / "lcurve.out").write_text("#  step  rmse_trn\n      0  1.0\n     50  0.5\n")
+    fake = [sys.executable, "-c", "import time; time.sleep(30)", "deepmd", "--pt", "train"]
+    proc = subprocess.Popen(fake, cwd=tmp_path)
+    try:
+        assert faults._training_progress([os.getpid()]) is None  # not a training
+        assert faults._training_progress([os.getpid(), proc.pid]) == 0.25
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_short_steps_come_from_the_step_records(faults, tmp_path):
