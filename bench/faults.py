@@ -106,6 +106,7 @@ JOURNAL = "labeler_calls.jsonl"
 SAMPLE_S = 0.1  # timeline sampling of the reference run
 WATCH_S = 0.05  # polling while a kill is armed
 GRACE_S = 5.0  # how long the children of a killed run may take to end
+MIN_OUTSIDE_S = 1.0  # a step shorter than this in the reference is killed from inside
 _DEEPMD_SUBCOMMANDS = ("train", "freeze", "compress")
 
 
@@ -190,7 +191,7 @@ def _drive(spec_file: str) -> None:
     from pfd_ase.recipes.silicon import run_silicon
 
     if spec.get("kill_in_step"):
-        _kill_self_in(spec["kill_in_step"])
+        _kill_self_in(spec["kill_in_step"], spec.get("kill_offset_s", 0.0))
 
     with journal_labeler_calls(spec["journal"], spec["workdir"]):
         run_silicon(
@@ -204,19 +205,28 @@ def _drive(spec_file: str) -> None:
         )
 
 
-def _kill_self_in(key: str) -> None:
-    """Make this process SIGKILL itself when the work of step ``key`` begins (after its
-    start marker is written): a kill inside a step too short to be caught from outside."""
+def _kill_self_in(key: str, offset_s: float = 0.0) -> None:
+    """Make this process SIGKILL itself ``offset_s`` seconds into the work of step ``key``
+    (after its start marker is written), or as its work ends if that comes first (before
+    its record is written): a kill inside a step too short to be caught from outside."""
+    import threading
+
     from pfd_ase.workflow.state import RunState
 
     original = RunState.run_step
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def run_step(self: Any, step: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         if step == key:
 
             def killed() -> Any:
-                os.kill(os.getpid(), signal.SIGKILL)
-                return func()  # never reached
+                if offset_s <= 0:
+                    die()
+                threading.Timer(offset_s, die).start()
+                func()
+                die()  # the work ended first: killed before the step is recorded
 
             return original(self, step, killed, *args, **kwargs)
         return original(self, step, func, *args, **kwargs)
@@ -435,7 +445,8 @@ def plan_kills(
     from that subprocess's start, any other from its step's start. A kind the timeline
     never caught (its steps shorter than the sampling interval) is reached through
     ``short_steps`` (step -> its start in the reference, s): one of them is drawn and killed
-    from inside as its work begins (``in_process``).
+    from inside as its work begins (``in_process``); a moment in a step shorter than
+    :data:`MIN_OUTSIDE_S` is also killed from inside, at its offset into the step.
 
     Raises
     ------
@@ -446,9 +457,10 @@ def plan_kills(
         raise ValueError(f"{n_kills} kills cannot reach the {len(kinds)} kinds {list(kinds)}")
     rng = np.random.default_rng(seed)
     in_steps = [s for s in timeline if s.step is not None and s.t1 > s.t0]
-    step_start = {}
+    step_start, step_end = {}, {}
     for s in in_steps:
         step_start.setdefault(s.step, s.t0)
+        step_end[s.step] = s.t1
 
     def draw(pool: list[Segment]) -> Target:
         widths = np.array([s.t1 - s.t0 for s in pool])
@@ -456,6 +468,9 @@ def plan_kills(
         t = float(rng.uniform(seg.t0, seg.t1))
         start = seg.t0 if seg.sub is not None else step_start[seg.step]
         progress = (t - seg.t0) / (seg.t1 - seg.t0) if seg.sub == "train" else None
+        if seg.sub is None and step_end[seg.step] - start < MIN_OUTSIDE_S:
+            # too short to hit from outside (polling, process start): from inside
+            return Target(seg.step, None, t - start, t, seg.kind, in_process=True)
         return Target(seg.step, seg.sub, t - start, t, seg.kind, progress=progress)
 
     targets = []
@@ -560,7 +575,8 @@ def run_faulted(
             # passed by an earlier kill's rerun: at the start of the next step instead
             target = Target("*", None, 0.0, target.t_ref, target.kind)
         inside = target is not None and target.in_process
-        proc = _start({**spec, "kill_in_step": target.step if inside else None}, log)
+        kill_spec = {"kill_in_step": target.step, "kill_offset_s": target.offset_s}
+        proc = _start({**spec, **(kill_spec if inside else {"kill_in_step": None})}, log)
         armed: float | None = None
         killed = False
         seen: dict[int, int] = {}

@@ -150,6 +150,35 @@ def test_training_progress_is_read_from_the_running_training(faults, tmp_path):
         proc.wait()
 
 
+SELF_KILL = """
+import sys, time
+sys.path.insert(0, {bench!r})
+import faults
+from pfd_ase.workflow.state import RunState
+faults._kill_self_in("slow", {offset})
+state = RunState({run!r})
+state.run_step("before", lambda: {{}})
+state.run_step("slow", lambda: time.sleep({work}) or {{}}, {{"n": 1}})
+state.run_step("after", lambda: {{}})
+"""
+
+
+@pytest.mark.parametrize("offset, work", [(0.3, 5.0), (2.0, 0.1)])
+def test_a_step_kills_itself_at_its_offset_or_end(tmp_path, offset, work):
+    """In the step at ``offset`` s, or as its work ends when that comes first: never
+    recorded as finished, never in a later step."""
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    script = SELF_KILL.format(bench=bench, offset=offset, work=work, run=str(tmp_path))
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    state = tmp_path / "state"
+    assert (state / "before.json").exists() and (state / "started" / "slow.json").exists()
+    assert not (state / "slow.json").exists() and not (state / "after.json").exists()
+    assert wall < min(offset, work) + 4.0  # interpreter start and imports included
+
+
 def test_short_steps_come_from_the_step_records(faults, tmp_path):
     from pfd_ase.workflow.state import RunState
 
