@@ -575,8 +575,10 @@ def run_faulted(
             # passed by an earlier kill's rerun: at the start of the next step instead
             target = Target("*", None, 0.0, target.t_ref, target.kind)
         inside = target is not None and target.in_process
-        kill_spec = {"kill_in_step": target.step, "kill_offset_s": target.offset_s}
-        proc = _start({**spec, **(kill_spec if inside else {"kill_in_step": None})}, log)
+        kill_spec: dict[str, Any] = {"kill_in_step": None}
+        if inside:
+            kill_spec = {"kill_in_step": target.step, "kill_offset_s": target.offset_s}
+        proc = _start({**spec, **kill_spec}, log)
         armed: float | None = None
         killed = False
         seen: dict[int, int] = {}
