@@ -243,8 +243,9 @@ def test_sigkill_in_labelling_training_and_freezing_loses_and_repeats_nothing(fa
     result = faults.campaign(tmp_path, form="quick", n_kills=4, seed=1, kinds=kinds)
     print(json.dumps({k: v for k, v in result.items() if k != "dataset"}, indent=1))
     assert result["kills"] == 4 and result["resumes"] == 4
-    # selection (~20 ms) is killed from inside the step
-    assert [k["kind"] for k in result["kill_log"] if k.get("in_process")] == ["selection"]
+    # every kind was reached; selection (~20 ms) is killed from inside the step
+    assert sorted(k["kind"] for k in result["kill_log"]) == sorted(kinds)
+    assert "selection" in [k["kind"] for k in result["kill_log"] if k.get("in_process")]
     assert result["completed"]
     assert result["frames_lost"] == 0
     assert result["repeated_labeler_calls"] == 0
