@@ -638,18 +638,19 @@ def train(
         record = read_json(record_path)
         if record.get("config") == config and record.get("done") and final.exists():
             return final
-    write_json(workdir / "input.json", config)
     args: list[str] = ["train", "input.json"]
     last = _latest_checkpoint(workdir)
     start = 0
+    given = config
     if last is not None and use_pretrain_script:
         # the model section came from the pre-trained checkpoint (--use-pretrain-script),
         # which a restart does not read: take it from deepmd-kit's record of the run
         out_json = workdir / "out.json"
         if out_json.exists():
-            write_json(workdir / "input.json", {**config, "model": read_json(out_json)["model"]})
+            given = {**config, "model": read_json(out_json)["model"]}
         else:  # killed before deepmd-kit wrote it: fine-tune from the start again
             last = None
+    write_json(workdir / "input.json", given)
     if last is not None:
         args += ["--restart", last.name]
         start = _checkpoint_step(last)
