@@ -315,7 +315,7 @@ def select(
     reference: Annotated[
         Path | None, typer.Option(help="extxyz of labelled frames", **_EXISTING)
     ] = None,
-    chunk_size: Annotated[int, typer.Option(min=1, help="frames added per round")] = 10,
+    chunk_size: Annotated[int, typer.Option(min=1, help="frames added per round")] = 1,
     method: Annotated[str, typer.Option(help="entropy or random")] = "entropy",
     seed: Annotated[int, typer.Option(help="seed of the random selector")] = 0,
 ) -> None:

@@ -65,6 +65,8 @@ def test_chunked_and_greedy_orders_by_hand():
     assert EntropySelector(n_target=2, chunk_size=2, k=4).select(cands, ref) == [1, 0]
     assert EntropySelector(n_target=2, chunk_size=1, k=4).select(cands, ref) == [1, 2]
     assert EntropySelector(n_target=3, chunk_size=1, k=4).select(cands, ref) == [1, 2, 0]
+    # the default is greedy: a chunk holds near-copies (bench/selection_efficiency.py)
+    assert EntropySelector(n_target=2, k=4).select(cands, ref) == [1, 2]
 
 
 def test_infinite_scores_rank_first_then_by_finite_log_sum():

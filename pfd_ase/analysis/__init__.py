@@ -9,6 +9,8 @@
   any recipe (:func:`model_errors`, :func:`compare_phonons`, :func:`compare_vacancies`,
   :func:`entropy_curve`, :func:`plot_entropy`).
 - :mod:`pfd_ase.analysis.report`: the report folder (:func:`write_report`).
+- :mod:`pfd_ase.analysis.diffusion`: MSD, diffusion coefficients, Arrhenius fits and
+  Nernst-Einstein conductivities from any MD trajectory (import it as a module).
 
 The structures (Si phases) are in :mod:`pfd_ase.materials`. phonopy and matplotlib are
 imported only when used.

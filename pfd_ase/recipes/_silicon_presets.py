@@ -34,7 +34,7 @@ CONVERGED_GPAW = {"gpaw": {"kpts": {"density": 3.5, "gamma": False}}}
 PRODUCTION: dict[str, Any] = {
     "cells": CELLS_32,
     "labeler": CONVERGED_GPAW,
-    "stage": {**CONDITIONS, **MD, "max_iterations": 5, "n_select": 20, "chunk_size": 10},
+    "stage": {**CONDITIONS, **MD, "max_iterations": 5, "n_select": 20, "chunk_size": 1},
     "workflow": {
         "init": {"structures": None, "n_perturb": 6, "cell_strain": 0.03, "displacement_A": 0.05},
         "finetune": {"steps": 20000, "chgnet_epochs": 50, "force_rmse_threshold_eV_A": 0.06},
@@ -63,7 +63,7 @@ SHORT_STUDENT_LR = dict(type="exp", start_lr=2e-3, stop_lr=1e-5, decay_steps=100
 DEFAULT = deep_update(
     PRODUCTION,
     {
-        "stage": dict(md_steps=300, sample_every=20, max_iterations=2, n_select=4, chunk_size=4),
+        "stage": dict(md_steps=300, sample_every=20, max_iterations=2, n_select=4, chunk_size=1),
         "workflow": {
             "init": {"n_perturb": 2},
             "finetune": {"steps": 2000, "chgnet_epochs": 30},
@@ -90,7 +90,7 @@ DEFAULT = deep_update(
 QUICK = deep_update(
     DEFAULT,
     {
-        "stage": dict(md_steps=40, sample_every=10, max_iterations=1, n_select=2, chunk_size=2),
+        "stage": dict(md_steps=40, sample_every=10, max_iterations=1, n_select=2, chunk_size=1),
         "workflow": {
             "executor": {"kind": "serial"},
             "init": {"n_perturb": 1},

@@ -74,7 +74,7 @@ def compare_selection(
     path: str | Path,
     *,
     n_target: int,
-    chunk_size: int = 10,
+    chunk_size: int = 1,
     reference: Sequence[Atoms] | None = None,
     seed: int = 0,
     h: float = quests.DEFAULT_BANDWIDTH,
