@@ -423,7 +423,9 @@ def label(
     frames: Annotated[Path, typer.Argument(help="extxyz of frames to label", **_EXISTING)],
     workdir: Annotated[Path, typer.Option(help="one task folder per frame goes here")],
     output: Annotated[Path, typer.Option("--out", "-o", help="extxyz of labelled frames")],
-    labeler: Annotated[str, typer.Option(help="vasp, gpaw, chgnet, sw, tersoff, emt")] = "gpaw",
+    labeler: Annotated[
+        str, typer.Option(help="vasp, gpaw, gpaw-lcao, xtb, chgnet, sw, tersoff, emt")
+    ] = "gpaw",
     settings: Annotated[
         list[str] | None,
         typer.Option(

@@ -249,7 +249,7 @@ def test_workdir_with_other_frames_or_labeler_is_refused(tmp_path):
 
 
 def test_unknown_labeler_name(tmp_path):
-    with pytest.raises(ValueError, match="unknown labeler 'dft'.*vasp, gpaw, emt"):
+    with pytest.raises(ValueError, match="unknown labeler 'dft'.*vasp, gpaw, gpaw-lcao, xtb, emt"):
         label_frames(cu_frames(1), "dft", tmp_path / "label")
     with pytest.raises(TypeError, match="labeler must be"):
         label_frames(cu_frames(1), 42, tmp_path / "label")

@@ -44,6 +44,9 @@ needs_gpaw = pytest.mark.skipif(importlib.util.find_spec("gpaw") is None, reason
 needs_chgnet = pytest.mark.skipif(
     importlib.util.find_spec("chgnet") is None, reason="chgnet missing"
 )
+needs_tblite = pytest.mark.skipif(
+    importlib.util.find_spec("tblite") is None, reason="tblite missing"
+)
 
 
 @pytest.fixture
@@ -227,9 +230,10 @@ def test_vasp_labelling_pipeline_on_real_outputs(tmp_path, vasp_env, monkeypatch
 
 
 def test_unknown_name_lists_known_labelers():
-    with pytest.raises(ValueError, match="vasp, gpaw, emt, tersoff, sw, chgnet"):
+    with pytest.raises(ValueError, match="vasp, gpaw, gpaw-lcao, xtb, emt, tersoff, sw, chgnet"):
         make_labeler("dftb")
-    assert set(KNOWN_LABELERS) == {"vasp", "gpaw", "emt", "tersoff", "sw", "chgnet"}
+    known = {"vasp", "gpaw", "gpaw-lcao", "xtb", "emt", "tersoff", "sw", "chgnet"}
+    assert set(KNOWN_LABELERS) == known
 
 
 def test_calculator_objects_pass_through():
@@ -304,6 +308,8 @@ def test_vasp_parameters_hold_only_vasp_settings(vasp_env):
 
 
 @pytest.mark.parametrize(("name", "module", "extra"), [("gpaw", "gpaw", "gpaw"),
+                                                       ("gpaw-lcao", "gpaw", "gpaw"),
+                                                       ("xtb", "tblite", "xtb"),
                                                        ("chgnet", "chgnet", "chgnet")])  # fmt: skip
 def test_missing_package_says_what_to_install(monkeypatch, name, module, extra):
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
@@ -397,6 +403,77 @@ def test_gpaw_si_single_point_forces_equal_finite_differences(tmp_path):
     numerical = calculate_numerical_forces(atoms, 1e-3, force_consistent=True)
     assert np.abs(labelled.get_forces()).max() > 0.3
     np.testing.assert_allclose(labelled.get_forces(), numerical, atol=2e-4)
+
+
+@needs_gpaw
+def test_gpaw_lcao_labels_energy_and_forces_without_stress(tmp_path):
+    """LCAO (dzp, Γ point): forces equal finite differences; no stress (GPAW has none in
+    LCAO mode, so the labeler does not offer it and frames carry none)."""
+    from pfd_ase.label import label_in_memory
+
+    calc = make_labeler("gpaw-lcao", txt=None)
+    assert "stress" not in calc.implemented_properties
+    frame = bulk("Si", "diamond", a=5.43, cubic=True)
+    frame.positions[0] += [0.08, -0.05, 0.03]
+    labelled = label_in_memory([frame], ("gpaw-lcao", {"txt": None}))[0]
+    assert labelled.info["pfd_labeler"] == "gpaw"
+    settings = json.loads(labelled.info["pfd_labeler_settings"])
+    assert settings["mode"] in ("lcao", {"name": "lcao"})  # GPAW >= 25 records dicts
+    assert settings["basis"] in ("dzp", {"default": "dzp"})
+    assert "stress" not in labelled.calc.results
+    atoms = frame.copy()
+    atoms.calc = calc
+    numerical = calculate_numerical_forces(atoms, 1e-3, force_consistent=True)
+    assert np.abs(labelled.get_forces()).max() > 0.3
+    np.testing.assert_allclose(labelled.get_forces(), numerical, atol=5e-3)
+    with pytest.raises(ValueError, match="LCAO mode"):
+        make_labeler("gpaw-lcao", mode={"name": "pw", "ecut": 300})
+
+
+@needs_tblite
+def test_xtb_forces_and_stress_equal_finite_differences():
+    """GFN1-xTB by default (GFN2 on request); analytic forces and stress of a periodic cell
+    against finite differences; recorded as ``xtb`` with tblite's version."""
+    calc = make_labeler("xtb")
+    assert calc.parameters["method"] == "GFN1-xTB"
+    info = labeler_info(calc)
+    assert info["name"] == "xtb" and info["settings"]["version"].startswith("tblite ")
+    atoms = _rattled(bulk("Si", "diamond", a=5.43, cubic=True), seed=3)
+    atoms.calc = calc
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    assert np.abs(forces).max() > 0.1
+    np.testing.assert_allclose(calculate_numerical_forces(atoms, 1e-4), forces, atol=2e-3)
+    np.testing.assert_allclose(
+        calculate_numerical_stress(atoms, 1e-4, force_consistent=False), stress, atol=2e-4
+    )
+    assert make_labeler("xtb", method="GFN2-xTB").parameters["method"] == "GFN2-xTB"
+
+
+@needs_tblite
+def test_xtb_water_molecule():
+    """A molecule (no cell): H2O relaxes to GFN1-xTB's geometry, near experiment
+    (O-H 0.957 Å, 104.5°): within 0.03 Å and 5°."""
+    from ase.build import molecule
+    from ase.optimize import BFGS
+
+    atoms = molecule("H2O")
+    atoms.calc = make_labeler("xtb")
+    BFGS(atoms, logfile=None).run(fmax=0.01)
+    assert atoms.get_distance(0, 1) == pytest.approx(0.957, abs=0.03)
+    assert atoms.get_angle(1, 0, 2) == pytest.approx(104.5, abs=5)
+
+
+def test_new_labeler_settings_are_checked():
+    from pfd_ase.calculators.labelers import check_labeler_settings
+
+    if importlib.util.find_spec("tblite") is not None:
+        with pytest.raises(ValueError, match="method: GFN1-xTB"):
+            check_labeler_settings("xtb", {"xc": "PBE"})
+        check_labeler_settings("xtb", {"method": "GFN2-xTB", "accuracy": 0.5})
+    if importlib.util.find_spec("gpaw") is not None:
+        with pytest.raises(ValueError, match="basis"):
+            check_labeler_settings("gpaw-lcao", {"basiss": "szp"})
+        check_labeler_settings("gpaw-lcao", {"basis": "szp(dzp)"})
 
 
 # --------------------------------------------------------------------------- CHGNet

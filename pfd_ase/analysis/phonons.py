@@ -61,7 +61,10 @@ _EV_PER_KJ_MOL = 1.0 / 96.48533212  # 1 eV per particle = 96.485 kJ/mol
 #: Labeler settings that let one calculator object compute every supercell of a phonon
 #: calculation: GPAW fixes the point-group symmetry of the first structure it sees and
 #: refuses a displaced one that breaks it (``SymmetryBrokenError``).
-SHARED_LABELER_SETTINGS: dict[str, dict[str, Any]] = {"gpaw": {"symmetry": "off"}}
+SHARED_LABELER_SETTINGS: dict[str, dict[str, Any]] = {
+    "gpaw": {"symmetry": "off"},
+    "gpaw-lcao": {"symmetry": "off"},
+}
 
 
 def _require_phonopy() -> Any:

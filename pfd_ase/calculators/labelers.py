@@ -8,6 +8,10 @@ name      calculator
 vasp      ``ase.calculators.vasp.Vasp`` with the PFD supplement's settings
           (:data:`VASP_DEFAULTS`); production DFT.
 gpaw      GPAW, PBE plane waves, small settings for demos (:data:`GPAW_DEFAULTS`).
+gpaw-lcao GPAW in LCAO mode, PBE, dzp basis, Γ point (:data:`GPAW_LCAO_DEFAULTS`): large
+          cells (oxides of 36-144 atoms) on a few cores; energies and forces, no stress.
+xtb       GFN1-xTB of the ``tblite`` package (:data:`XTB_DEFAULTS`): a fast
+          semi-empirical labeler for tests and quick runs; energies, forces, stress.
 emt       ``ase.calculators.emt.EMT`` (tests).
 tersoff   matscipy Tersoff, Si/C parameters of PRB 39, 5566 (tests).
 sw        matscipy Stillinger-Weber, Si parameters of PRB 31, 5262 (tests).
@@ -43,8 +47,10 @@ from typing import Any
 
 __all__ = [
     "GPAW_DEFAULTS",
+    "GPAW_LCAO_DEFAULTS",
     "KNOWN_LABELERS",
     "VASP_DEFAULTS",
+    "XTB_DEFAULTS",
     "LabelerSetupError",
     "check_labeler",
     "check_labeler_settings",
@@ -80,6 +86,23 @@ GPAW_DEFAULTS: dict[str, Any] = {
     "convergence": {"energy": 1e-6, "density": 1e-5},
     "txt": "gpaw.txt",
 }
+
+#: GPAW in LCAO mode for large cells: PBE, the double-zeta polarised basis, the Γ point only
+#: (a 36-144-atom oxide cell is 8-10 Å or more along each axis), Fermi-Dirac smearing of
+#: 0.05 eV. GPAW computes no stress in LCAO mode: frames get energies and forces.
+GPAW_LCAO_DEFAULTS: dict[str, Any] = {
+    "mode": "lcao",
+    "basis": "dzp",
+    "xc": "PBE",
+    "kpts": {"size": (1, 1, 1), "gamma": True},
+    "occupations": {"name": "fermi-dirac", "width": 0.05},
+    "convergence": {"energy": 1e-6, "density": 1e-5},
+    "txt": "gpaw.txt",
+}
+
+#: tblite's GFN1-xTB (Grimme's semi-empirical tight binding, parametrised up to Rn), with
+#: the electronic temperature and accuracy of tblite's defaults; quiet.
+XTB_DEFAULTS: dict[str, Any] = {"method": "GFN1-xTB", "verbosity": 0}
 
 _VASP_COMMAND_ENV = ("ASE_VASP_COMMAND", "VASP_COMMAND", "VASP_SCRIPT")
 _CHGNET_DEFAULT_MODEL = "0.3.0"
@@ -274,6 +297,26 @@ def _make_gpaw(directory: str | os.PathLike | None, overrides: dict[str, Any]) -
     return gpaw.GPAW(txt=txt, **params)  # its name is "gpaw", its parameters the settings
 
 
+def _make_gpaw_lcao(directory: str | os.PathLike | None, overrides: dict[str, Any]) -> Any:
+    settings = {**GPAW_LCAO_DEFAULTS, **overrides}
+    mode = settings["mode"]
+    name = mode.get("name") if isinstance(mode, Mapping) else mode
+    if name != "lcao":
+        raise ValueError(f"gpaw-lcao is GPAW's LCAO mode, not mode {mode!r} (use gpaw)")
+    calc = _make_gpaw(directory, settings)
+    # GPAW has no LCAO stress (AttributeError): this instance does not offer it
+    calc.implemented_properties = [p for p in calc.implemented_properties if p != "stress"]
+    return calc
+
+
+def _make_xtb(directory: str | os.PathLike | None, overrides: dict[str, Any]) -> Any:
+    tblite_ase = _require("tblite.ase", "xtb")
+    calc = tblite_ase.TBLite(**{**XTB_DEFAULTS, **overrides})  # named "xtb" by labeler_info
+    if directory is not None:
+        calc.directory = str(directory)
+    return calc
+
+
 # --------------------------------------------------------------------------- classical
 
 
@@ -362,6 +405,8 @@ def _make_chgnet(directory: Any, overrides: dict[str, Any]) -> Any:
 _BUILDERS = {
     "vasp": _make_vasp,
     "gpaw": _make_gpaw,
+    "gpaw-lcao": _make_gpaw_lcao,
+    "xtb": _make_xtb,
     "emt": _make_emt,
     "tersoff": _make_tersoff,
     "sw": _make_sw,
@@ -369,6 +414,8 @@ _BUILDERS = {
 }
 _PACKAGES = {
     "gpaw": ("gpaw", "gpaw"),
+    "gpaw-lcao": ("gpaw", "gpaw"),
+    "xtb": ("tblite", "xtb"),
     "tersoff": ("matscipy", "classical"),
     "sw": ("matscipy", "classical"),
     "chgnet": ("chgnet", "chgnet"),
@@ -424,6 +471,7 @@ def check_labeler(
 
 #: Hints for keys that belong elsewhere in a labeler's settings (a common first guess).
 _KEY_HINTS: dict[str, dict[str, str]] = {
+    "xtb": {"xc": "xtb sets its Hamiltonian with method: GFN1-xTB or GFN2-xTB"},
     "gpaw": {
         "ecut": "GPAW sets the plane-wave cutoff inside mode: {name: pw, ecut: 400}",
         "encut": "GPAW sets the plane-wave cutoff inside mode: {name: pw, ecut: 400}",
@@ -464,8 +512,8 @@ def check_labeler_settings(name: str, overrides: Mapping[str, Any]) -> None:
     if key == "vasp":
         return  # building a Vasp object checks nothing more than the keys
     try:
-        if key == "gpaw":
-            _make_gpaw(None, {**overrides, "txt": None})  # no log file, no computation
+        if key in ("gpaw", "gpaw-lcao"):  # no log file, no computation
+            _BUILDERS[key](None, {**overrides, "txt": None})
         else:
             _BUILDERS[key](None, overrides)
     except LabelerSetupError:
@@ -485,7 +533,7 @@ def _known_keys(key: str) -> frozenset[str] | None:
     base = set(inspect.signature(Calculator.__init__).parameters) - {"self", "kwargs"}
     if key == "vasp":
         return _vasp_keys()
-    if key == "gpaw":
+    if key in ("gpaw", "gpaw-lcao"):
         try:
             from gpaw.dft import GPAW as gpaw_factory  # noqa: N811 - GPAW >= 25
         except ImportError:  # older GPAW: the keywords are its default parameters
@@ -506,6 +554,12 @@ def _known_keys(key: str) -> frozenset[str] | None:
             return None
         params = inspect.signature(CHGNetCalculator.__init__).parameters
         return frozenset(params) - {"self", "kwargs"} | base | {"model", "use_device"}
+    if key == "xtb":
+        try:
+            from tblite.ase import TBLite
+        except ImportError:
+            return None
+        return frozenset(TBLite.default_parameters) | base
     return None  # tersoff, sw: _manybody refuses unknown settings itself
 
 
@@ -566,7 +620,7 @@ def _check_chgnet_model(model: Any) -> None:
 
 #: ASE names (``calc.name``) of calculator classes whose labeler name differs
 #: (ASE names a class without its own name by its class name, lower-cased).
-_LABELER_NAMES = {"chgnetcalculator": "chgnet"}
+_LABELER_NAMES = {"chgnetcalculator": "chgnet", "tblite": "xtb"}
 
 
 def labeler_info(calc: Any) -> dict[str, Any]:
