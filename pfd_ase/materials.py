@@ -7,6 +7,10 @@ parameters, :func:`silicon_phases` the conventional cells of the seven crystal p
 :func:`labelled_silicon` makes seeded, perturbed diamond cells labelled by Stillinger-Weber
 (or any labeler): the small data sets of the tests and benchmarks.
 
+LATP (the supplement's solid electrolyte): :func:`nasicon_ltp` builds LiTi₂(PO₄)₃ (NASICON,
+R-3c) from its Wyckoff positions (:data:`LTP_WYCKOFF`), :func:`latp` Li₁₊ₓAlₓTi₂₋ₓ(PO₄)₃ by
+seeded Al-on-Ti substitution with the charge-compensating Li on the empty M2 sites.
+
 Units: Å.
 """
 
@@ -19,11 +23,15 @@ import numpy as np
 from ase import Atoms
 
 __all__ = [
+    "LTP_CELL",
+    "LTP_WYCKOFF",
     "SILICON_LATTICE",
     "SILICON_PHASES",
     "SILICON_STRUCTURES",
     "SILICON_VACANCY_SUPERCELLS",
     "labelled_silicon",
+    "latp",
+    "nasicon_ltp",
     "silicon",
     "silicon_phases",
     "supercell",
@@ -245,3 +253,103 @@ def labelled_silicon(
         atoms.positions += rng.normal(0.0, displacement_A, atoms.positions.shape)
         frames.append(atoms)
     return label_in_memory(frames, labeler)
+
+
+# ----------------------------------------------------------------------------- LATP
+
+#: Hexagonal cell of LiTi₂(PO₄)₃ (R-3c, No. 167; Å), near the room-temperature diffraction
+#: values of the literature (a 8.51, c 20.84).
+LTP_CELL: dict[str, float] = {"a": 8.511, "c": 20.843}
+#: Wyckoff positions of LiTi₂(PO₄)₃ in the hexagonal setting, as reported for NASICON
+#: LiTi₂(PO₄)₃ (rounded literature values; not taken from one verified CIF, so the recipes
+#: relax the cell with their labeler first). Checked in the tests: spglib finds R-3c, Li
+#: (M1) sits in an O octahedron at 2.27 Å, Ti–O 1.95/1.98 Å, P–O 1.45/1.52 Å. ``M2`` is the
+#: empty 18e site (x, 0, ¼), x = 0.64, where the extra Li of LATP goes (nearest O at 2.30 Å,
+#: six O within 2.6 Å, nearest cation 2.87 Å).
+LTP_WYCKOFF: dict[str, tuple[str, tuple[float, float, float]]] = {
+    "Li": ("Li", (0.0, 0.0, 0.0)),  # M1, 6b
+    "Ti": ("Ti", (0.0, 0.0, 0.1418)),  # 12c
+    "P": ("P", (0.2886, 0.0, 0.25)),  # 18e
+    "O1": ("O", (0.1869, -0.0087, 0.1929)),  # 36f
+    "O2": ("O", (0.1909, 0.1641, 0.0810)),  # 36f
+}
+_M2 = (0.64, 0.0, 0.25)  # 18e, empty in LiTi2(PO4)3
+
+
+def _ltp_crystal(sites: dict[str, tuple[str, tuple[float, float, float]]]) -> Atoms:
+    from ase.spacegroup import crystal
+
+    cellpar = [LTP_CELL["a"], LTP_CELL["a"], LTP_CELL["c"], 90, 90, 120]
+    symbols = [symbol for symbol, _ in sites.values()]
+    atoms = crystal(symbols, [xyz for _, xyz in sites.values()], spacegroup=167, cellpar=cellpar)
+    return Atoms(
+        atoms.get_chemical_symbols(),
+        cell=atoms.cell,
+        scaled_positions=atoms.get_scaled_positions(),
+        pbc=True,
+    )
+
+
+def nasicon_ltp(primitive: bool = False) -> Atoms:
+    """LiTi₂(PO₄)₃ (NASICON, R-3c): the 108-atom hexagonal cell (Z = 6), or with
+    ``primitive`` the 36-atom rhombohedral primitive cell (Z = 2)."""
+    atoms = _ltp_crystal(LTP_WYCKOFF)
+    if not primitive:
+        return atoms
+    import spglib
+
+    cell = (atoms.cell[:], atoms.get_scaled_positions(), atoms.numbers)
+    lattice, scaled, numbers = spglib.standardize_cell(cell, to_primitive=True, symprec=1e-4)
+    return Atoms(numbers=numbers, cell=lattice, scaled_positions=scaled, pbc=True)
+
+
+def latp(
+    x: float,
+    size: int | Sequence[int] = 1,
+    seed: int = 0,
+) -> Atoms:
+    """Li₁₊ₓAlₓTi₂₋ₓ(PO₄)₃ in ``size`` repeats of the hexagonal LiTi₂(PO₄)₃ cell.
+
+    ``n = round(x · N_fu)`` Ti atoms (``N_fu`` formula units: 6 per hexagonal cell) become
+    Al, and ``n`` Li fill empty M2 sites (18e) for charge balance, both drawn at random
+    (``np.random.default_rng(seed)``): each seed is another ordering. ``x = 1/3`` in one
+    cell is the supplement's 110-atom Li₈Al₂Ti₁₀(PO₄)₁₈ (its x = 0.3); in 2×2×1 cells, 440.
+
+    Parameters
+    ----------
+    x
+        Al per formula unit, 0 <= x <= 2; it must be reachable in the cell within less than
+        half a substitution (``|n / N_fu − x| < 1 / (2 N_fu)``).
+    size
+        Repeats of the hexagonal cell (k, or three integers).
+    seed
+        Seed of the ordering.
+
+    Returns
+    -------
+    Atoms
+        ``info["latp_x"]``: the realised x; ``info["latp_seed"]``: the seed.
+
+    Raises
+    ------
+    ValueError
+        x outside [0, 2] or not reachable in the cell.
+    """
+    if not 0 <= x <= 2:
+        raise ValueError(f"x must be in [0, 2], got {x}")
+    sites = dict(LTP_WYCKOFF, M2=("X", _M2))  # X: placeholder for the empty M2 sites
+    atoms = supercell(_ltp_crystal(sites), size)
+    n_fu = int(np.sum(atoms.numbers == 22)) // 2
+    n = int(round(x * n_fu))
+    if abs(n / n_fu - x) >= 0.5 / n_fu - 1e-12:  # half-way between two counts: ambiguous
+        raise ValueError(f"x = {x} is not reachable with {n_fu} formula units (nearest {n / n_fu})")
+    rng = np.random.default_rng(seed)
+    ti = np.flatnonzero(atoms.numbers == 22)
+    m2 = np.flatnonzero(atoms.numbers == 0)
+    symbols = np.array(atoms.get_chemical_symbols(), dtype=object)
+    symbols[rng.choice(ti, n, replace=False)] = "Al"
+    symbols[rng.choice(m2, n, replace=False)] = "Li"
+    keep = symbols != "X"
+    out = Atoms(list(symbols[keep]), positions=atoms.positions[keep], cell=atoms.cell, pbc=True)
+    out.info.update(latp_x=n / n_fu, latp_seed=int(seed))
+    return out

@@ -203,3 +203,80 @@ def test_labelled_silicon_draws_and_labels(tmp_path):
         assert {k: v for k, v in b.info.items() if k != "pfd_frame_id"} == a.info
     with pytest.raises(ValueError, match="unknown properties"):
         label_in_memory(bare, "sw", properties=("energy", "dipole"))
+
+
+# ----------------------------------------------------------------------------- LATP
+
+
+def _min_distances(atoms, cutoff: float = 3.2) -> dict[tuple[str, str], float]:
+    from ase.neighborlist import neighbor_list
+
+    i, j, d = neighbor_list("ijd", atoms, cutoff)
+    sym = np.array(atoms.get_chemical_symbols())
+    out: dict[tuple[str, str], float] = {}
+    for a, b, dist in zip(sym[i], sym[j], d, strict=True):
+        key = (a, b)
+        out[key] = min(out.get(key, np.inf), float(dist))
+    return out
+
+
+def _bond_counts(atoms, a: str, b: str, cutoff: float) -> set[int]:
+    from ase.neighborlist import neighbor_list
+
+    i, j = neighbor_list("ij", atoms, cutoff)
+    sym = np.array(atoms.get_chemical_symbols())
+    counts = np.bincount(i[(sym[i] == a) & (sym[j] == b)], minlength=len(atoms))
+    return set(counts[sym == a].tolist())
+
+
+def test_nasicon_ltp_is_r3c_with_octahedra_and_tetrahedra():
+    import spglib
+
+    from pfd_ase.materials import nasicon_ltp
+
+    hexagonal, primitive = nasicon_ltp(), nasicon_ltp(primitive=True)
+    assert hexagonal.get_chemical_formula() == "Li6O72P18Ti12"  # Z = 6
+    assert primitive.get_chemical_formula() == "Li2O24P6Ti4" and len(primitive) == 36
+    for atoms in (hexagonal, primitive):
+        cell = (atoms.cell[:], atoms.get_scaled_positions(), atoms.numbers)
+        assert spglib.get_spacegroup(cell, symprec=1e-3) == "R-3c (167)"
+    assert primitive.get_volume() == pytest.approx(hexagonal.get_volume() / 3)
+    d = _min_distances(hexagonal)
+    assert 1.90 < d[("Ti", "O")] < 2.00 and 1.40 < d[("P", "O")] < 1.56
+    assert 2.1 < d[("Li", "O")] < 2.4 and d[("O", "O")] > 2.3
+    assert _bond_counts(hexagonal, "Ti", "O", 2.1) == {6}  # TiO6 octahedra
+    assert _bond_counts(hexagonal, "P", "O", 1.7) == {4}  # PO4 tetrahedra
+    assert _bond_counts(hexagonal, "Li", "O", 2.4) == {6}  # Li in M1 octahedra
+
+
+def test_latp_substitutes_al_and_fills_m2_with_li():
+    from pfd_ase.materials import latp
+
+    atoms = latp(1 / 3)  # the supplement's 110-atom Li1.3Al0.3Ti1.7(PO4)3 cell
+    assert len(atoms) == 110 and atoms.get_chemical_formula() == "Al2Li8O72P18Ti10"
+    charge = {"Li": 1, "Al": 3, "Ti": 4, "P": 5, "O": -2}
+    assert sum(charge[s] for s in atoms.get_chemical_symbols()) == 0
+    assert atoms.info["latp_x"] == pytest.approx(1 / 3)
+    big = latp(0.3, size=(2, 2, 1), seed=3)  # x = 0.3 is reachable with 24 formula units
+    assert big.get_chemical_formula() == "Al7Li31O288P72Ti41"
+    assert big.info["latp_x"] == pytest.approx(7 / 24)
+    d = _min_distances(big)
+    assert d[("Li", "O")] > 2.2 and d[("Al", "O")] > 1.9  # no atom on top of another
+    assert min(v for (a, b), v in d.items() if "O" not in (a, b)) > 2.7
+
+
+def test_latp_orderings_are_seeded():
+    from pfd_ase.materials import latp
+
+    first, again, other = latp(1 / 3, seed=0), latp(1 / 3, seed=0), latp(1 / 3, seed=1)
+    assert first == again
+    assert first.get_chemical_formula() == other.get_chemical_formula()
+    assert not np.array_equal(first.numbers, other.numbers) or not np.allclose(
+        first.positions, other.positions
+    )
+    assert len(latp(0.0)) == 108
+    for bad in (-0.1, 2.5):
+        with pytest.raises(ValueError, match="x must be in"):
+            latp(bad)
+    with pytest.raises(ValueError, match="not reachable"):
+        latp(0.25)  # 6 formula units: 1.5 substitutions
