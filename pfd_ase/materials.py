@@ -260,18 +260,21 @@ def labelled_silicon(
 #: Hexagonal cell of LiTi₂(PO₄)₃ (R-3c, No. 167; Å), near the room-temperature diffraction
 #: values of the literature (a 8.51, c 20.84).
 LTP_CELL: dict[str, float] = {"a": 8.511, "c": 20.843}
-#: Wyckoff positions of LiTi₂(PO₄)₃ in the hexagonal setting, as reported for NASICON
-#: LiTi₂(PO₄)₃ (rounded literature values; not taken from one verified CIF, so the recipes
-#: relax the cell with their labeler first). Checked in the tests: spglib finds R-3c, Li
-#: (M1) sits in an O octahedron at 2.27 Å, Ti–O 1.95/1.98 Å, P–O 1.45/1.52 Å. ``M2`` is the
-#: empty 18e site (x, 0, ¼), x = 0.64, where the extra Li of LATP goes (nearest O at 2.30 Å,
-#: six O within 2.6 Å, nearest cation 2.87 Å).
+#: Wyckoff positions of LiTi₂(PO₄)₃ in the hexagonal setting. Source: the experimental
+#: lattice above with internal coordinates relaxed at that lattice by SevenNet-0 (a
+#: PBE-trained universal model) under R-3c (ASE ``FixSymmetry``, fmax 0.005 eV/Å), starting
+#: from rounded literature values (Ti z 0.1418, P x 0.2886, O1 (0.1869, −0.0087, 0.1929),
+#: O2 (0.1909, 0.1641, 0.0810); not one verified CIF), which left P–O at 1.45 Å and forces
+#: up to 4.3 eV/Å. Relaxed: Li–O 2.21 Å (×6), Ti–O 1.90/1.98 Å, P–O 1.54 Å; SevenNet-0's
+#: remaining stress −4.3/−2.4 GPa (it would expand the cell, as PBE does). Recipes relax
+#: with their own labeler first. ``M2`` is the empty 18e site (x, 0, ¼), x = 0.64, where the
+#: extra Li of LATP goes.
 LTP_WYCKOFF: dict[str, tuple[str, tuple[float, float, float]]] = {
     "Li": ("Li", (0.0, 0.0, 0.0)),  # M1, 6b
-    "Ti": ("Ti", (0.0, 0.0, 0.1418)),  # 12c
-    "P": ("P", (0.2886, 0.0, 0.25)),  # 18e
-    "O1": ("O", (0.1869, -0.0087, 0.1929)),  # 36f
-    "O2": ("O", (0.1909, 0.1641, 0.0810)),  # 36f
+    "Ti": ("Ti", (0.0, 0.0, 0.1399)),  # 12c
+    "P": ("P", (0.2904, 0.0, 0.25)),  # 18e
+    "O1": ("O", (0.1885, 0.0023, 0.1894)),  # 36f
+    "O2": ("O", (0.1871, 0.1634, 0.0779)),  # 36f
 }
 _M2 = (0.64, 0.0, 0.25)  # 18e, empty in LiTi2(PO4)3
 
