@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -173,3 +175,35 @@ def test_plots(tmp_path):
     fit = dif.arrhenius([600.0, 900.0], fits)
     path = dif.plot_arrhenius([fit], ["PFD"], tmp_path / "arrhenius.png")
     assert path.stat().st_size > 1000
+
+
+def test_diffusion_study_of_liquid_copper_with_emt(tmp_path):
+    """EMT Cu, 32 atoms: molten at 2000-3000 K (D grows with T, an Arrhenius fit with a
+    positive Ea), a solid at 300 K (D orders of magnitude smaller); rerun = the same."""
+    pytest.importorskip("pymatgen.analysis.diffusion")
+    import json
+
+    from ase.build import bulk
+
+    cell = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    kwargs = dict(n_runs=2, steps=300, timestep_fs=2.0, sample_every=5, seed=1)
+    study = dif.diffusion_study("emt", cell, "Cu", [2000, 3000], tmp_path / "hot", **kwargs)
+    assert study.excluded == []
+    d = {t: f.D_cm2_s for t, f in study.fits.items()}
+    assert d[3000] > d[2000] > 1e-5  # liquid metals: ~1e-4 cm²/s
+    assert study.msd[2000].n_runs == 2 and len(study.msd[2000].time_ps) == 31
+    assert study.arrhenius is not None and study.arrhenius.Ea_eV > 0
+    assert {Path(p).name for p in study.plots} == {"msd.png", "arrhenius.png"}
+    summary = json.loads(json.dumps(study.summary()))
+    assert summary["D_cm2_s"]["3000"]["runs"] == 2 and "Ea_eV" in summary["arrhenius"]
+    again = dif.diffusion_study("emt", cell, "Cu", [2000, 3000], tmp_path / "hot", **kwargs)
+    assert again.fits[3000].D_cm2_s == d[3000]  # finished runs are reused
+    cold_kwargs = dict(kwargs, steps=600, equilibration_steps=200)
+    cold = dif.diffusion_study("emt", cell, "Cu", [300], tmp_path / "cold", **cold_kwargs)
+    assert len(cold.msd[300].time_ps) == 41  # 400 steps kept, a frame every 5
+    assert abs(cold.fits[300].D_cm2_s) < 0.05 * d[2000]
+    assert cold.arrhenius is None  # one temperature
+    with pytest.raises(ValueError, match="no Li"):
+        dif.diffusion_study("emt", cell, "Li", [300], tmp_path / "x")
+    with pytest.raises(ValueError, match="multiple of sample_every"):
+        dif.diffusion_study("emt", cell, "Cu", [300], tmp_path / "x", equilibration_steps=7)

@@ -16,7 +16,10 @@ Any ASE trajectory (a list of ``Atoms``, e.g. ``ase.io.read("md.traj", ":")``) o
   :func:`pymatgen.analysis.diffusion.analyzer.fit_arrhenius`, weighted by the errors of D
   when given);
 - :func:`nernst_einstein_conductivity`: σ = n q² D / kB T (pymatgen's conversion factor);
-- :func:`plot_msd`, :func:`plot_arrhenius`: PNG figures.
+- :func:`plot_msd`, :func:`plot_arrhenius`: PNG figures;
+- :func:`diffusion_study`: all of it for one model and structure: independent NVT runs at
+  several temperatures (through :func:`pfd_ase.explore.explore`, so resumable and parallel),
+  MSD, D(T), the Arrhenius fit and both figures.
 
 Why not pymatgen's ``DiffusionAnalyzer`` for the MSD itself: it needs one pymatgen
 ``Structure`` per frame (a 3520-atom, 10⁴-frame run is 3.5·10⁷ sites), its ``smoothed="max"``
@@ -41,8 +44,10 @@ from ase import Atoms
 __all__ = [
     "MSD",
     "Arrhenius",
+    "DiffusionStudy",
     "Diffusivity",
     "arrhenius",
+    "diffusion_study",
     "fit_diffusivity",
     "mean_squared_displacement",
     "nernst_einstein_conductivity",
@@ -522,3 +527,185 @@ def plot_arrhenius(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+# ----------------------------------------------------------------------------- study
+
+
+@dataclass
+class DiffusionStudy:
+    """D(T) of one species under one model: see :func:`diffusion_study`.
+
+    Attributes
+    ----------
+    species
+        The diffusing species.
+    msd, fits
+        Temperature (K) → :class:`MSD` and :class:`Diffusivity`.
+    arrhenius
+        The fit over the temperatures (``None`` with fewer than two, or a D <= 0).
+    excluded
+        Runs left out, each ``{"walker", "temperature_K", "status", "n_frames",
+        "expected"}``: a run that blew up, failed or lost frames to the frame filter
+        cannot give an unbroken trajectory.
+    plots
+        Paths of the figures written.
+    """
+
+    species: str
+    msd: dict[float, MSD]
+    fits: dict[float, Diffusivity]
+    arrhenius: Arrhenius | None
+    excluded: list[dict[str, Any]] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe figures: D ± error per temperature, runs, Ea ± error, D0."""
+        out: dict[str, Any] = {
+            "species": self.species,
+            "D_cm2_s": {
+                f"{t:g}": {
+                    "D": f.D_cm2_s,
+                    "err": None if not np.isfinite(f.D_err_cm2_s) else f.D_err_cm2_s,
+                    "runs": self.msd[t].n_runs,
+                    "window_ps": list(f.window_ps),
+                }
+                for t, f in self.fits.items()
+            },
+            "excluded_runs": self.excluded,
+            "plots": self.plots,
+        }
+        if self.arrhenius is not None:
+            a = self.arrhenius
+            err = None if not np.isfinite(a.Ea_err_eV) else a.Ea_err_eV
+            out["arrhenius"] = {"Ea_eV": a.Ea_eV, "Ea_err_eV": err, "D0_cm2_s": a.D0_cm2_s}
+        return out
+
+
+def diffusion_study(
+    model: Any,
+    structure: Atoms,
+    species: str,
+    temperatures_K: Sequence[float],
+    workdir: str | os.PathLike,
+    *,
+    n_runs: int = 4,
+    steps: int = 2000,
+    timestep_fs: float = 1.0,
+    sample_every: int = 10,
+    equilibration_steps: int = 0,
+    seed: int = 0,
+    thermostat: str = "bussi",
+    window: tuple[float, float] = (0.1, 0.5),
+    executor: Any = None,
+    progress: bool = False,
+    label: str | None = None,
+) -> DiffusionStudy:
+    """Independent NVT runs at each temperature, their MSD, D(T) and the Arrhenius fit.
+
+    Parameters
+    ----------
+    model
+        The MD model, as :func:`pfd_ase.explore.explore` takes it (a labeler name, ``("pfd",
+        {"model": path})``, a calculator factory ...).
+    structure
+        The starting cell (every run starts from it, with its own random velocities).
+    species
+        The diffusing species, e.g. ``"Li"``.
+    temperatures_K
+        Temperatures of the runs (K).
+    workdir
+        Run folder (walker folders; rerunning reuses finished runs) and figures
+        (``msd.png``, ``arrhenius.png``).
+    n_runs
+        Independent runs per temperature (their spread gives the error of D).
+    steps, timestep_fs, sample_every
+        MD steps per run, time step (fs), a frame every this many steps (the MSD's time
+        resolution; the first frame is the start).
+    equilibration_steps
+        Steps at the start of each run left out of the MSD (a multiple of
+        ``sample_every``): the runs start from ``structure`` with Maxwell-Boltzmann
+        velocities, and until the thermostat has brought the kinetic and potential energy
+        into balance the atoms' drift is not diffusion.
+    seed
+        Seed of the runs' velocities and thermostat noise.
+    thermostat
+        ``"bussi"`` (stochastic velocity rescaling: canonical, and the least disturbing of
+        the dynamics among the walkers' thermostats), ``"nose-hoover"``, ``"langevin"``.
+    window
+        The fit window of :func:`fit_diffusivity`.
+    executor, progress
+        As in :func:`~pfd_ase.explore.explore`.
+    label
+        Names the model in the figures.
+
+    Returns
+    -------
+    DiffusionStudy
+    """
+    from pfd_ase.explore import explore
+
+    if n_runs < 1:
+        raise ValueError(f"n_runs must be positive, got {n_runs}")
+    if equilibration_steps % sample_every or not 0 <= equilibration_steps < steps:
+        raise ValueError(
+            f"equilibration_steps ({equilibration_steps}) must be a multiple of sample_every "
+            f"({sample_every}) in [0, steps)"
+        )
+    if species not in structure.get_chemical_symbols():
+        raise ValueError(f"no {species} atoms in the structure")
+    workdir = Path(workdir)
+    result = explore(
+        [structure] * n_runs,
+        model,
+        workdir,
+        temperatures_K=list(temperatures_K),
+        pressures_GPa=[None],
+        steps=steps,
+        timestep_fs=timestep_fs,
+        sample_every=sample_every,
+        thermostat=thermostat,
+        seed=seed,
+        include_initial=True,
+        executor=executor,
+        progress=progress,
+    )
+    expected = (steps - equilibration_steps) // sample_every + 1
+    by_walker: dict[int, list[Atoms]] = {}
+    for frame in result.frames:
+        if int(frame.info["pfd_step"]) >= equilibration_steps:
+            by_walker.setdefault(int(frame.info["pfd_walker"]), []).append(frame)
+    runs: dict[float, list[list[Atoms]]] = {}
+    excluded = []
+    for record in result.walkers:
+        frames = by_walker.get(record["index"], [])
+        temp = float(record["temperature_K"])
+        if record["status"] != "finished" or len(frames) != expected:
+            excluded.append(
+                {
+                    "walker": record["index"],
+                    "temperature_K": temp,
+                    "status": record["status"],
+                    "n_frames": len(frames),
+                    "expected": expected,
+                }
+            )
+            continue
+        runs.setdefault(temp, []).append(frames)
+    interval = timestep_fs * sample_every
+    msds, fits = {}, {}
+    for temp in sorted(runs):
+        m = mean_squared_displacement(runs[temp], species, interval, temperature_K=temp)
+        msds[temp] = m
+        single = runs[temp][0] if m.n_runs == 1 else None
+        fits[temp] = fit_diffusivity(m, window, runs=single, interval_fs=interval)
+    fit = None
+    positive = {t: f for t, f in fits.items() if f.D_cm2_s > 0}
+    if len(positive) >= 2:
+        fit = arrhenius(list(positive), list(positive.values()))
+    plots = []
+    if msds:
+        plots.append(str(plot_msd(list(msds.values()), workdir / "msd.png", list(fits.values()))))
+    if fit is not None:
+        plots.append(str(plot_arrhenius([fit], [label or "model"], workdir / "arrhenius.png")))
+    return DiffusionStudy(species, msds, fits, fit, excluded, plots)
