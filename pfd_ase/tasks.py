@@ -410,16 +410,18 @@ class CalculatorSpec:
         Raises
         ------
         FileNotFoundError
-            A PFD model file does not exist.
+            A PFD model is neither a file nor a pre-trained name
+            (:class:`~pfd_ase.models.ModelNotFoundError`).
         LabelerSetupError
             A labeler's program, pseudopotentials or Python package is missing.
         """
         if self.kind == "pfd":
+            from pfd_ase.models import resolve_model
+
             paths = self.options["model"]
             paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
-            for path in paths:
-                if not Path(path).exists():
-                    raise FileNotFoundError(f"model file {path} does not exist")
+            for path in paths:  # a file, or a pre-trained name ("7net-0", "chgnet")
+                resolve_model(path)
         elif self.kind == "labeler":
             check_labeler(self.name, symbols, self.options)
         elif self.kind == "object":

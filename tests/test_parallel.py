@@ -313,3 +313,12 @@ def test_factories_and_objects(tmp_path):
         assert same is calc and calc.directory == str(tmp_path)
     assert calc.directory == "."
     clear_calculators()
+
+
+def test_pfd_spec_accepts_pretrained_names_and_refuses_missing_files(tmp_path):
+    from pfd_ase.models import ModelNotFoundError
+    from pfd_ase.tasks import calculator_spec
+
+    calculator_spec(("pfd", {"model": "7net-0"})).check({"Si"})  # shipped in a wheel
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        calculator_spec(("pfd", {"model": str(tmp_path / "missing.pth")})).check({"Si"})
