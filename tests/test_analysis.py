@@ -230,6 +230,29 @@ def test_report_prints_flagged_vacancy_energies_as_not_results(tmp_path):
     assert "(0, 10) eV" in text and "![vacancies](vacancies.png)" in text
 
 
+def test_report_prints_diffusion_coefficients_and_activation_energy(tmp_path):
+    from pfd_ase.analysis.report import report_lines
+
+    summary = {
+        "diffusion": {
+            "PFD_large": {
+                "species": "Li",
+                "n_atoms": 440,
+                "D_cm2_s": {
+                    "900": {"D": 1.2e-6, "err": 3e-7, "runs": 4, "window_ps": [1, 5]},
+                    "1200": {"D": 8.0e-6, "err": None, "runs": 1, "window_ps": [1, 5]},
+                },
+                "arrhenius": {"Ea_eV": 0.301, "Ea_err_eV": 0.02, "D0_cm2_s": 6e-5},
+                "excluded_runs": [{"walker": 3}],
+            }
+        }
+    }
+    (line,) = report_lines(summary)
+    assert line.startswith("- Li diffusion, PFD large (440 atoms): D (cm²/s) 900 K 1.20e-06")
+    assert "± 3.0e-07 (4 runs)" in line and "1200 K 8.00e-06 (1 runs)" in line
+    assert "Ea 0.301 ± 0.020 eV" in line and "1 runs excluded" in line
+
+
 def test_compare_phonons_and_vacancies_reuse_steps(sw, tmp_path):
     from pfd_ase.analysis.validate import Subject, compare_phonons, compare_vacancies
     from pfd_ase.materials import silicon

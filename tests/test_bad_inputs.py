@@ -567,6 +567,25 @@ def test_student_sel_too_small_for_the_densest_phase(tmp_path, monkeypatch):
     student_diamond = {"distill": {"explore": {"structures": ["diamond"]}}}
     load_config(config_file(tmp_path, {**change, **student_diamond}))
     load_config(config_file(tmp_path, {**change, "distill": {"enabled": False}}))
+    # a larger sel of its own: fine; one that is still too small: refused, naming enough
+    load_config(config_file(tmp_path, {**change, "distill": {"sel": most + 20}}))
+    assert_refused(
+        config_file(tmp_path, {**change, "distill": {"sel": most - 1}}),
+        rf"sel = {most - 1} neighbours.*raise distill\.sel \({int(most * 1.1) + 1} leaves",
+    )
+    assert_refused(config_file(tmp_path, {**change, "distill": {"sel": 0}}), "sel")
+
+
+def test_student_sel_reaches_the_student_input(tmp_path):
+    """distill.sel becomes the se_atten_v2 descriptor's sel of the student's training input."""
+    from pfd_ase.training import deepmd as dp
+    from pfd_ase.workflow.config import student_training
+
+    config = load_config(config_file(tmp_path, {"distill": {"sel": 140}}))
+    assert student_training(config).sel == 140
+    assert student_training(load_config(config_file(tmp_path, {}))).sel is None
+    cfg = dp.student_input(["Si"], ["data"], descriptor={"sel": 140})
+    assert cfg["model"]["descriptor"]["sel"] == 140
 
 
 def test_student_sel_with_little_headroom_is_a_warning(tmp_path, monkeypatch):

@@ -249,7 +249,7 @@ class Diffusivity:
     samples_cm2_s
         The per-run (or per-block) values behind the error.
     error_from
-        ``"runs"`` or ``"blocks"``.
+        ``"runs"``, ``"blocks"``, or why there is no error.
     temperature_K
         From the MSD, when known.
     """
@@ -294,8 +294,8 @@ def fit_diffusivity(
         Fit window as fractions of the longest lag of ``msd`` (default 10 % to 50 %).
     runs, interval_fs
         For a single run only: the trajectory again, cut into ``n_blocks`` consecutive
-        blocks whose MSDs (same rules) give the error; without them a single run's error
-        is ``nan``.
+        blocks whose MSDs (same rules) give the error; without them, or when a block is too
+        short for the window, a single run's error is ``nan``.
     n_blocks
         Blocks of a single run (>= 2).
 
@@ -320,16 +320,17 @@ def fit_diffusivity(
             raise ValueError(f"n_blocks must be >= 2, got {n_blocks}")
         run = list(runs) if runs and isinstance(runs[0], Atoms) else list(runs[0])
         size = len(run) // n_blocks
-        if size < 4:
-            raise ValueError(f"{len(run)} frames are too few for {n_blocks} blocks")
         fraction = (len(msd.time_ps) - 1) / (len(run) - 1)
         blocks = [run[b * size : (b + 1) * size] for b in range(n_blocks)]
-        for block in blocks:
-            m = mean_squared_displacement(
-                block, msd.species, interval_fs, max_lag_fraction=min(1.0, fraction)
-            )
-            samples.append(_slope(m.time_ps, m.msd_A2, window)[0] * to_cm2)
         source = "blocks"
+        try:
+            for block in blocks:
+                m = mean_squared_displacement(
+                    block, msd.species, interval_fs, max_lag_fraction=min(1.0, fraction)
+                )
+                samples.append(_slope(m.time_ps, m.msd_A2, window)[0] * to_cm2)
+        except ValueError:  # blocks too short for the window: no error bar, said so
+            samples, source = [], "none: the run is too short for blocks"
     err = float(np.std(samples, ddof=1) / np.sqrt(len(samples))) if len(samples) > 1 else np.nan
     t_max = float(msd.time_ps[-1])
     return Diffusivity(

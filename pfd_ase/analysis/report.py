@@ -34,6 +34,8 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
         ``{"n_failed", "causes"}``, :func:`pfd_ase.workflow.state.labelling_failures`);
         any may be missing. A flagged formation energy is printed with its flags and "not
         a result", an unstable phase as "unstable" with the reason, never as a number.
+        ``diffusion`` (run set → :meth:`~pfd_ase.analysis.diffusion.DiffusionStudy.summary`
+        with ``n_atoms``): D per temperature and the activation energy.
 
     Returns
     -------
@@ -53,7 +55,28 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
         lines.append(f"- phonons {key}: Γ optical {max(gamma):.2f} THz")
     lines += _phonon_tables(summary)
     lines += _vacancy_lines(summary)
+    lines += _diffusion_lines(summary)
     lines += _failure_lines(summary)
+    return lines
+
+
+def _diffusion_lines(summary: Mapping[str, Any]) -> list[str]:
+    """D per temperature and Ea ± error of each diffusion run set; excluded runs counted."""
+    lines = []
+    for key, res in summary.get("diffusion", {}).items():
+        parts = []
+        for temp, d in res.get("D_cm2_s", {}).items():
+            err = f" ± {d['err']:.1e}" if d.get("err") is not None else ""
+            parts.append(f"{temp} K {d['D']:.2e}{err} ({d['runs']} runs)")
+        text = f"- {res.get('species', '?')} diffusion, {key.replace('_', ' ')}"
+        text += f" ({res.get('n_atoms', '?')} atoms): D (cm²/s) " + ", ".join(parts)
+        fit = res.get("arrhenius")
+        if fit:
+            err = f" ± {fit['Ea_err_eV']:.3f}" if fit.get("Ea_err_eV") is not None else ""
+            text += f"; Ea {fit['Ea_eV']:.3f}{err} eV, D0 {fit['D0_cm2_s']:.2e} cm²/s"
+        if res.get("excluded_runs"):
+            text += f"; {len(res['excluded_runs'])} runs excluded (blew up or lost frames)"
+        lines.append(text)
     return lines
 
 

@@ -166,8 +166,9 @@ def validate_run(
     summary: Mapping[str, Any],
     title: str,
     validation: Mapping[str, Any],
-    phonons: Mapping[str, Any],
-    vacancies: Mapping[str, Any],
+    phonons: Mapping[str, Any] | None,
+    vacancies: Mapping[str, Any] | None,
+    diffusion: Mapping[str, Any] | None = None,
     **info: Any,
 ) -> dict[str, Any]:
     """Validate a finished run and write its report folder (``workdir/report``).
@@ -197,9 +198,11 @@ def validate_run(
         the same way beside it in ``vacancy_vs_dft`` (:func:`vacancy_versus_dft`); a
         classical labeler does every phase).
     phonons
-        ``{"primitive": Atoms, "title": str}``.
+        ``{"primitive": Atoms, "title": str}``; ``None``: no phonons.
     vacancies
-        ``{"cells": {phase: Atoms}, "reference": Atoms, "title": str}``.
+        ``{"cells": {phase: Atoms}, "reference": Atoms, "title": str}``; ``None``: none.
+    diffusion
+        The settings of :func:`diffusion_validation`; ``None``: no diffusion runs.
     **info
         Recorded at the top of the results (e.g. ``preset``).
 
@@ -260,68 +263,144 @@ def validate_run(
     reference = phonon_labeler(name, folder / "labeler", **overrides)
     dft = {"DFT": Subject(lambda: reference, {"labeler": labeler_info(reference)})}
     cheap = name in CLASSICAL
-    phonon_sc = (3, 3, 3) if cheap else tuple(validation["dft_phonon_supercell"])
-    bands = compare_phonons(
-        phonons["primitive"],
-        {**dft, **models},
-        {
-            "DFT": phonon_sc,
-            **dict.fromkeys(models, phonon_sc),  # Γ, X, L compared in the same supercell
-        },
-        step=step,
-        plot=report / "phonons.png",
-        title=phonons["title"],
-        folder=folder / "phonons",
-    )
-    result["phonons"] = {
-        k: {"special_points": v["special_points"], "supercell": v["supercell"]}
-        for k, v in bands.items()
-    }
-    result |= bands.summary  # every branch at Γ/X/L against DFT's, C_v and F_vib at 300 K
-    result |= compare_vacancies(
-        vacancies["cells"],
-        {**models, **(dft if cheap else {})},
-        vacancies["reference"],
-        step=step,
-        plot=report / "vacancies.png",
-        title=vacancies["title"],
-        max_steps=validation["vacancy_max_steps"],
-    )
-    dft_vacancy = validation.get("dft_vacancy")
-    if not cheap and dft_vacancy:  # DFT: one phase, relaxed only where the preset pays for it
-        phase = dft_vacancy["phase"]
-        own = compare_vacancies(
-            {phase: vacancies["cells"][phase]},
-            dft,
+    if phonons is not None:
+        phonon_sc = (3, 3, 3) if cheap else tuple(validation["dft_phonon_supercell"])
+        bands = compare_phonons(
+            phonons["primitive"],
+            {**dft, **models},
+            {
+                "DFT": phonon_sc,
+                **dict.fromkeys(models, phonon_sc),  # Γ, X, L compared in the same supercell
+            },
+            step=step,
+            plot=report / "phonons.png",
+            title=phonons["title"],
+            folder=folder / "phonons",
+        )
+        result["phonons"] = {
+            k: {"special_points": v["special_points"], "supercell": v["supercell"]}
+            for k, v in bands.items()
+        }
+        result |= bands.summary  # every branch at Γ/X/L against DFT's, C_v and F_vib at 300 K
+    if vacancies is not None:
+        result |= compare_vacancies(
+            vacancies["cells"],
+            {**models, **(dft if cheap else {})},
             vacancies["reference"],
             step=step,
-            relax=bool(dft_vacancy.get("relax", False)),
-            stability_check=False,
+            plot=report / "vacancies.png",
+            title=vacancies["title"],
             max_steps=validation["vacancy_max_steps"],
         )
-        for key, value in own.items():
-            result.setdefault(key, {}).update(value)
-        relaxed = bool(dft_vacancy.get("relax", False))
-        if not relaxed:  # the models the DFT's way too: unrelaxed, in the same cell
-            same_way = compare_vacancies(
+        dft_vacancy = validation.get("dft_vacancy")
+        if not cheap and dft_vacancy:  # DFT: one phase, relaxed only where the preset pays for it
+            phase = dft_vacancy["phase"]
+            own = compare_vacancies(
                 {phase: vacancies["cells"][phase]},
-                {f"{m}_unrelaxed": s for m, s in models.items()},
+                dft,
                 vacancies["reference"],
                 step=step,
-                relax=False,
+                relax=bool(dft_vacancy.get("relax", False)),
                 stability_check=False,
-            )["vacancy_formation_eV"]
-            models_e = {m: same_way[f"{m}_unrelaxed"][phase] for m in models}
-        else:
-            models_e = {m: result["vacancy_formation_eV"][m][phase] for m in models}
-        result["vacancy_vs_dft"] = vacancy_versus_dft(
-            phase, relaxed, result["vacancy_formation_eV"]["DFT"][phase], models_e
-        )
+                max_steps=validation["vacancy_max_steps"],
+            )
+            for key, value in own.items():
+                result.setdefault(key, {}).update(value)
+            relaxed = bool(dft_vacancy.get("relax", False))
+            if not relaxed:  # the models the DFT's way too: unrelaxed, in the same cell
+                same_way = compare_vacancies(
+                    {phase: vacancies["cells"][phase]},
+                    {f"{m}_unrelaxed": s for m, s in models.items()},
+                    vacancies["reference"],
+                    step=step,
+                    relax=False,
+                    stability_check=False,
+                )["vacancy_formation_eV"]
+                models_e = {m: same_way[f"{m}_unrelaxed"][phase] for m in models}
+            else:
+                models_e = {m: result["vacancy_formation_eV"][m][phase] for m in models}
+            result["vacancy_vs_dft"] = vacancy_versus_dft(
+                phase, relaxed, result["vacancy_formation_eV"]["DFT"][phase], models_e
+            )
+    if diffusion is not None:
+        paths = {"PF": teacher, **({"PFD": student} if student else {})}
+        result["diffusion"] = diffusion_validation(paths, diffusion, folder / "diffusion", report)
     result["run_summary"] = str(workdir / "summary.json")
     # wall time per stage, validation included (the steps this call recorded)
     result["stage_wall_s"] = stage_walls(state.summary)
     write_report(report, result, title)
     return result
+
+
+def diffusion_validation(
+    models: Mapping[str, str],
+    settings: Mapping[str, Any],
+    folder: str | os.PathLike,
+    report: str | os.PathLike,
+) -> dict[str, Any]:
+    """D(T) and the activation energy of each model, from its own MD.
+
+    :func:`pfd_ase.analysis.diffusion.diffusion_study` for each run: every model in the
+    small cell at ``compare["temperatures_K"]`` (the supplement's Fig. S6: PF and PFD side
+    by side, ``compare["n_runs"]`` runs each); the student (PFD) also in the large cell at
+    every temperature of ``temperatures_K``, ``n_runs`` runs each. Resumable (walker
+    folders under ``folder``).
+
+    Parameters
+    ----------
+    models
+        Name → model path (``"PF"``, ``"PFD"``).
+    settings
+        ``species``; ``structure`` (the small cell) and ``large`` (``None``: no large-cell
+        runs); ``temperatures_K``, ``n_runs``, ``steps``, ``timestep_fs``,
+        ``sample_every``, ``equilibration_steps`` of the large-cell runs; ``compare``: the
+        same keys overriding them for the small-cell runs.
+    folder, report
+        Where the runs go; where ``arrhenius.png`` and ``msd_<run>.png`` go.
+
+    Returns
+    -------
+    dict
+        ``<model>_small`` and ``PFD_large``: :meth:`DiffusionStudy.summary
+        <pfd_ase.analysis.diffusion.DiffusionStudy.summary>`, each with ``n_atoms``.
+    """
+    import shutil
+
+    from pfd_ase.analysis.diffusion import diffusion_study, plot_arrhenius
+    from pfd_ase.structures import build_structure
+
+    keys = ("temperatures_K", "n_runs", "steps", "timestep_fs", "sample_every")
+    keys += ("equilibration_steps",)
+    large = {k: settings[k] for k in keys if k in settings}
+    small = {**large, **dict(settings.get("compare", {}))}
+    runs = {f"{name}_small": (path, settings["structure"], small) for name, path in models.items()}
+    if settings.get("large") is not None and "PFD" in models:
+        runs["PFD_large"] = (models["PFD"], settings["large"], large)
+    folder, report = Path(folder), Path(report)
+    out: dict[str, Any] = {}
+    fits, labels = [], []
+    for key, (path, structure, settings_of_run) in runs.items():
+        options = dict(settings_of_run)
+        atoms = build_structure(structure)
+        study = diffusion_study(
+            ("pfd", {"model": path}),
+            atoms,
+            settings["species"],
+            options.pop("temperatures_K"),
+            folder / key,
+            label=key,
+            **options,
+        )
+        out[key] = {"n_atoms": len(atoms), **study.summary()}
+        msd_png = folder / key / "msd.png"
+        if msd_png.exists():
+            shutil.copyfile(msd_png, report / f"msd_{key}.png")
+        if study.arrhenius is not None:
+            fits.append(study.arrhenius)
+            labels.append(f"{key} ({len(atoms)} atoms)")
+    if fits:
+        plot_arrhenius(fits, labels, report / "arrhenius.png")
+    return out
 
 
 def vacancy_versus_dft(
@@ -341,11 +420,14 @@ def vacancy_versus_dft(
     }
 
 
-def recipe_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+def recipe_parser(
+    prog: str, description: str | None, labeler: str | None = "gpaw"
+) -> argparse.ArgumentParser:
     """The command line every workflow recipe shares (``--quick``, ``--labeler`` ...).
 
     ``--quick`` and ``--production`` choose the ``preset`` keyword of the recipe's run
-    function (``"default"`` without either, the function's own default).
+    function (``"default"`` without either, the function's own default). ``labeler`` is
+    the default of ``--labeler`` (``None``: the preset's).
     """
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -363,7 +445,12 @@ def recipe_parser(prog: str, description: str | None) -> argparse.ArgumentParser
         help="the paper's settings (cluster-sized)",
     )
     parser.set_defaults(preset="default")
-    parser.add_argument("--labeler", default="gpaw", help="gpaw (default), vasp, sw, tersoff")
+    shown = labeler or "the preset's"
+    parser.add_argument(
+        "--labeler",
+        default=labeler,
+        help=f"vasp, gpaw, gpaw-lcao, xtb, sw, tersoff, emt (default: {shown})",
+    )
     parser.add_argument("--labeler-overrides", default="{}", help="JSON, e.g. '{\"encut\": 520}'")
     parser.add_argument(
         "--base-model",

@@ -278,6 +278,9 @@ class TrainConfig:
         Student: compress it (``dp compress``) where possible.
     virial
         deepmd-kit training also fits the stress labels (the virial loss).
+    sel
+        Student: neighbours kept within the cut-off (``None``: the template's,
+        :data:`pfd_ase.training.deepmd.STUDENT_DESCRIPTOR`).
     """
 
     role: str
@@ -290,11 +293,14 @@ class TrainConfig:
     chgnet_epochs: int
     compress: bool
     virial: bool = False
+    sel: int | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ("teacher", "student"):
             raise ValueError(f"role must be 'teacher' or 'student', got {self.role!r}")
         _count(self.steps, "steps")
+        if self.sel is not None:
+            object.__setattr__(self, "sel", _count(self.sel, "sel"))
         _count(self.chgnet_epochs, "chgnet_epochs")
         if self.type_map is not None:
             object.__setattr__(self, "type_map", tuple(str(s) for s in self.type_map))
@@ -424,6 +430,7 @@ def student_training(config: Mapping[str, Any]) -> TrainConfig:
             chgnet_epochs=config["finetune"]["chgnet_epochs"],
             compress=ds["compress"],
             virial=bool(ds["virial"]),
+            sel=ds.get("sel"),
         ),
     )
 
@@ -584,11 +591,11 @@ def validate(config: Mapping[str, Any], check_setup: bool = True) -> None:
         _check_plausible(stage.explore, f"finetune.stages[{i}]")
     if config["distill"]["enabled"]:
         distill = distill_config(config)
-        student_training(config)
         check_names(distill.structures, "distill.explore.structures")
         _check_plausible(distill.explore, "distill.explore")
         names = distill.structures or list(built)
-        _check_student_neighbours({name: built[name] for name in names})
+        sel = student_training(config).sel
+        _check_student_neighbours({name: built[name] for name in names}, sel)
 
     labeler = config["labeler"]
     if isinstance(labeler, Mapping) and labeler.get("timeout_s") is not None:
@@ -659,7 +666,7 @@ def _check_overlaps(name: str, atoms: Atoms) -> None:
     )
 
 
-def _check_student_neighbours(structures: Mapping[str, Atoms]) -> None:
+def _check_student_neighbours(structures: Mapping[str, Atoms], sel: int | None = None) -> None:
     """The student's ``sel`` covers the neighbours within its ``rcut`` in its structures.
 
     deepmd-kit keeps at most ``sel`` neighbours per atom and drops the farthest beyond them:
@@ -672,7 +679,8 @@ def _check_student_neighbours(structures: Mapping[str, Atoms]) -> None:
 
     from pfd_ase.training.deepmd import STUDENT_DESCRIPTOR
 
-    sel = STUDENT_DESCRIPTOR.get("sel")
+    configured = sel is not None
+    sel = sel if configured else STUDENT_DESCRIPTOR.get("sel")
     rcut = float(STUDENT_DESCRIPTOR["rcut"])
     if isinstance(sel, list | tuple):
         sel = sum(int(n) for n in sel)
@@ -691,11 +699,13 @@ def _check_student_neighbours(structures: Mapping[str, Atoms]) -> None:
         f"atom; structures.{densest} has {most} atoms within {rcut:g} Å of one atom"
     )
     if most > sel:
+        enough = int(most * _SEL_HEADROOM) + 1
         raise ConfigError(
             f"distill.explore.structures: {what}, so deepmd-kit would drop neighbours and the "
             "student's energy would be truncated. Leave that structure out of "
-            "distill.explore.structures, or set distill.enabled: false (the student's sel is "
-            "pfd_ase.training.deepmd.STUDENT_DESCRIPTOR['sel'])"
+            f"distill.explore.structures, raise distill.sel ({enough} leaves 10 % headroom), "
+            "or set distill.enabled: false"
+            + ("" if configured else " (the template's sel is STUDENT_DESCRIPTOR['sel'])")
         )
     if most * _SEL_HEADROOM > sel:
         warnings.warn(

@@ -272,6 +272,11 @@ SCHEMA: dict[str, Any] = {
         ),
         "compress": Setting(True, "compress the student (dp compress) where possible"),
         "virial": Setting(False, "fit the teacher's stresses too (virial loss): true or false"),
+        "sel": Setting(
+            None,
+            "neighbours the student keeps within its 6.5 Å cut-off (integer > 0); null = 100, "
+            "enough for Si (78 in FCC); oxides need more (LATP: 108)",
+        ),
         "explore": {
             "structures": Setting(None, f"starting structures of the MD: {_STRUCTURE_NAMES}"),
             "min_atoms": Setting(

@@ -325,6 +325,7 @@ def train(
             seed=config.seed + 2,
             progress=progress,
             learning_rate=config.learning_rate,
+            **({} if config.sel is None else {"sel": config.sel}),
         )
         compressed = str(result.compressed) if result.compressed else None
         return TrainOutput(str(result.model), compressed, dict(result.info))

@@ -1,0 +1,99 @@
+"""Presets of the LATP recipe (:mod:`pfd_ase.recipes.latp`): data, no logic.
+
+Each preset holds ``labeler`` (the default labeler's name and per-labeler overrides),
+``cells`` (the training orderings and the diffusion cells), ``stage`` (the fine-tune
+stage), ``workflow`` (init, finetune, distill, executor), ``explore`` (the student's teacher
+MD), ``validation`` (:func:`pfd_ase.recipes._base.validate_run`) and ``diffusion``
+(:func:`pfd_ase.recipes._base.diffusion_validation`).
+
+Temperatures: the supplement gives none for LATP. Li-ion conduction in NASICON LATP is
+thermally activated with Ea ≈ 0.3-0.4 eV in bulk grains (impedance and NMR; MD studies of
+LiTi₂(PO₄)₃ and LATP run 600-1500 K to see hops within nanoseconds). Exploration: 600, 900
+and 1200 K (below 600 K Li barely leaves its site in picoseconds, so such frames add little);
+diffusion: 900-1500 K, where a 110-440-atom cell gives a measurable MSD in tens of ps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pfd_ase.recipes._base import deep_update
+
+__all__ = ["CONDITIONS", "DEFAULT", "PRESETS", "QUICK", "X_AL"]
+
+#: Al per formula unit: one hexagonal cell (6 formula units) with 2 Al, the supplement's
+#: 110-atom Li1.3Al0.3Ti1.7(PO4)3 (x = 1/3 exactly).
+X_AL = 1 / 3
+#: NVT exploration of the fine-tuning (K).
+CONDITIONS: dict[str, Any] = {"temperatures_K": [600.0, 900.0, 1200.0], "pressures_GPa": [None]}
+#: A short student schedule (as the silicon recipe's).
+SHORT_STUDENT_LR = dict(type="exp", start_lr=2e-3, stop_lr=1e-5, decay_steps=100)
+
+DEFAULT: dict[str, Any] = {
+    "labeler": {"name": "gpaw-lcao", "overrides": {"gpaw-lcao": {}, "xtb": {"mixer_damping": 0.2}}},
+    #: Two Al/Li orderings of the 110-atom cell for training; the diffusion cells: the
+    #: small one (PF and PFD side by side) and a 2×2×1 supercell (440 atoms) for the student.
+    "cells": {"orderings": 2, "small": 1, "large": (2, 2, 1)},
+    "stage": {
+        **CONDITIONS,
+        "md_steps": 300,
+        "timestep_fs": 1.0,
+        "sample_every": 20,
+        "max_iterations": 2,
+        "n_select": 4,
+        "chunk_size": 1,
+    },
+    "workflow": {
+        "init": {"structures": None, "n_perturb": 2, "cell_strain": 0.02, "displacement_A": 0.05},
+        "finetune": {"steps": 2000, "chgnet_epochs": 20},
+        # sel: up to 108 atoms within the student's 6.5 Å in LATP (Si FCC: 78)
+        "distill": dict(
+            steps=5000, max_iterations=2, n_frames=60, learning_rate=SHORT_STUDENT_LR, sel=130
+        ),
+        "executor": {"kind": "serial"},
+    },
+    "explore": {
+        "structures": None,
+        **CONDITIONS,
+        "md_steps": 200,
+        "timestep_fs": 1.0,
+        "sample_every": 5,
+    },
+    "validation": {"test_set": {"n_frames": 2, "cell_strain": 0.02, "displacement_A": 0.05}},
+    "diffusion": {
+        "species": "Li",
+        "temperatures_K": [900.0, 1100.0, 1300.0, 1500.0],
+        "n_runs": 4,
+        "steps": 20000,
+        "timestep_fs": 1.0,
+        "sample_every": 20,
+        "equilibration_steps": 2000,
+        # PF (the slow teacher) and PFD side by side in the small cell
+        "compare": {"temperatures_K": [1300.0], "n_runs": 4, "steps": 4000},
+    },
+}
+#: ``quick``: a smoke test on 2 cores: GFN1-xTB labels, one short iteration, a 2000-step
+#: student, diffusion runs of 2 ps — its Ea is a smoke-test number, not a result.
+QUICK = deep_update(
+    DEFAULT,
+    {
+        "labeler": {"name": "xtb"},
+        "stage": {"md_steps": 40, "sample_every": 10, "max_iterations": 1, "n_select": 2},
+        "workflow": {
+            "init": {"n_perturb": 1},
+            "finetune": {"steps": 400, "chgnet_epochs": 10},
+            "distill": {"steps": 2000, "max_iterations": 1, "n_frames": 30},
+        },
+        "explore": {"md_steps": 60, "sample_every": 5},
+        "validation": {"test_set": {"n_frames": 1}},
+        "diffusion": {
+            "n_runs": 2,
+            "steps": 2000,
+            "sample_every": 10,
+            "equilibration_steps": 200,
+            "compare": {"n_runs": 1, "steps": 300, "equilibration_steps": 100},
+        },
+    },
+)
+QUICK["cells"] = {"orderings": 2, "small": 1, "large": None}  # the small cell only
+PRESETS = {"quick": QUICK, "default": DEFAULT}
