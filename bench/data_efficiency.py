@@ -52,7 +52,13 @@ RESULTS = HERE / "results"
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from selection_efficiency import FORMS, frames_to_match, initial_and_test, structures  # noqa: E402
+from selection_efficiency import (  # noqa: E402
+    FORMS,
+    frames_to_match,
+    initial_and_test,
+    structures,
+    train_and_score,
+)
 
 LADDERS = {"quick": (4, 8, 16, 40, 80), "full": (5, 10, 20, 50, 100, 200)}
 N_REF = {"quick": 4, "full": 20}
@@ -108,31 +114,6 @@ def scratch_checkpoint(path: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(raw, path)
     return path
-
-
-def train_and_score(
-    workdir: Path, tag: str, base: str, train: list[Atoms], test: list[Atoms], epochs: int
-) -> dict[str, float]:
-    """Train SevenNet from ``base`` on ``train``; held-out errors (cached in score.json)."""
-    from pfd_ase.analysis.testset import score_models
-    from pfd_ase.training.sevennet import finetune_sevennet
-
-    folder = workdir / "train" / tag
-    record = folder / "score.json"
-    if record.exists():
-        return json.loads(record.read_text())
-    t0 = time.perf_counter()
-    model = finetune_sevennet(train, folder, [], epochs=epochs, base=base, seed=0, progress=False)
-    t_train = time.perf_counter() - t0
-    s = score_models({tag: str(model)}, test)[tag]
-    row = {
-        "force_rmse": s["force_rmse_eV_A"],
-        "energy_rmse_meV": s["energy_rmse_meV_atom"],
-        "n_train": len(train),
-        "train_s": t_train,
-    }
-    record.write_text(json.dumps(row))
-    return row
 
 
 def ratio(ladder, finetuned: list[float], scratch: list[float], n_ref: int) -> dict[str, Any]:
@@ -205,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for n in ladder:
         for name, base in (("fine-tuned", "7net-0"), ("from scratch", scratch)):
             tag = f"{name.replace(' ', '_')}.N{n}"
-            curves[name].append(train_and_score(workdir, tag, base, frames[:n], test, epochs))
+            row = train_and_score(workdir, tag, frames[:n], test, epochs, base=base)
+            curves[name].append(row)
             print(f"{name} N={n}: {curves[name][-1]}", flush=True)
     from pfd_ase.analysis.testset import score_models
 

@@ -275,9 +275,15 @@ def _phase_counts(pool: list[Atoms], order: list[int]) -> dict[str, int]:
 
 
 def train_and_score(
-    workdir: Path, name: str, train: list[Atoms], test: list[Atoms], epochs: int
+    workdir: Path,
+    name: str,
+    train: list[Atoms],
+    test: list[Atoms],
+    epochs: int,
+    base: str = "7net-0",
 ) -> dict[str, float]:
-    """Fine-tune SevenNet-0 on ``train`` in ``workdir/train/<name>``; held-out errors (cached)."""
+    """Train SevenNet from ``base`` on ``train`` in ``workdir/train/<name>`` (seed 0, no
+    validation split); held-out errors (cached in ``score.json``)."""
     from pfd_ase.analysis.testset import score_models
     from pfd_ase.training.sevennet import finetune_sevennet
 
@@ -286,7 +292,7 @@ def train_and_score(
     if record.exists():
         return json.loads(record.read_text())
     t0 = time.perf_counter()
-    model = finetune_sevennet(train, folder, [], epochs=epochs, seed=0, progress=False)
+    model = finetune_sevennet(train, folder, [], epochs=epochs, base=base, seed=0, progress=False)
     t_train = time.perf_counter() - t0
     s = score_models({name: str(model)}, test)[name]
     row = {

@@ -1,10 +1,10 @@
 """Shared recipe machinery: presets, structures for the workflow, validation and report.
 
-A recipe is config → :func:`pfd_ase.workflow.run` → :func:`validate_run` → report; this
-module holds what every recipe needs for that: :func:`deep_update` (presets merged with
-user overrides), the resumable validation steps
-(:func:`validation_step`, :func:`model_subject`), and :func:`recipe_parser` for the
-command line.
+A recipe is config → :func:`pfd_ase.workflow.run` → :func:`validate_run` → report
+(:func:`run_recipe` does the three); this module holds what every recipe needs for that:
+:func:`deep_update` (presets merged with user overrides), the resumable validation steps
+(:func:`validation_step`, :func:`model_subject`), the diffusion runs
+(:func:`diffusion_validation`) and :func:`recipe_parser` for the command line.
 """
 
 from __future__ import annotations
@@ -159,6 +159,18 @@ def held_out_test(
         "test_set": {"path": str(path), **done},
         "held_out": scores,
     }
+
+
+def run_recipe(
+    config: Mapping[str, Any], title: str, validation: Mapping[str, Any], **kwargs: Any
+) -> dict[str, Any]:
+    """A recipe's workflow, then :func:`validate_run` (``kwargs``: its other arguments), under
+    one run lock (one run per directory, across the run and its validation)."""
+    from pfd_ase.workflow import run
+    from pfd_ase.workflow.lock import run_lock
+
+    with run_lock(config["workdir"]):
+        return validate_run(config, run(config), title, validation, **kwargs)
 
 
 def validate_run(

@@ -81,34 +81,29 @@ def run_latp(
     ``kwargs``: the other arguments of :func:`latp_config`.
     """
     from pfd_ase.materials import latp
-    from pfd_ase.recipes._base import validate_run
-    from pfd_ase.workflow import run
-    from pfd_ase.workflow.lock import run_lock
+    from pfd_ase.recipes._base import run_recipe
 
     config = latp_config(workdir, preset, **kwargs)
     p = PRESETS[preset]
-    small = next(iter(config["structures"].values()))
     large = p["cells"]["large"]
     diffusion = {
         **p["diffusion"],
-        "structure": small,
+        "structure": next(iter(config["structures"].values())),
         # its own random ordering over the whole supercell (not one cell's, repeated)
         "large": None if large is None else latp(X_AL, large, seed=config["seed"]),
     }
     title = f"PFD LATP recipe ({preset} preset)"
     if preset == "quick":
         title += ": a smoke test, its Ea is not a result"
-    with run_lock(config["workdir"]):
-        return validate_run(
-            config,
-            run(config),
-            title,
-            p["validation"],
-            phonons=None,
-            vacancies=None,
-            diffusion=diffusion,
-            preset=preset,
-        )
+    return run_recipe(
+        config,
+        title,
+        p["validation"],
+        phonons=None,
+        vacancies=None,
+        diffusion=diffusion,
+        preset=preset,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -70,30 +70,23 @@ def run_silicon(
     """
     from pfd_ase.analysis.vacancy import vacancy_supercells
     from pfd_ase.materials import silicon, silicon_phases
-    from pfd_ase.recipes._base import validate_run
-    from pfd_ase.workflow import run
-    from pfd_ase.workflow.lock import run_lock
+    from pfd_ase.recipes._base import run_recipe
 
-    config = silicon_config(workdir, preset, **kwargs)
-    with run_lock(config["workdir"]):  # one run per directory, across run and validation
-        return validate_run(
-            config,
-            run(config),
-            f"PFD silicon recipe ({preset} preset)",
-            PRESETS[preset]["validation"],
-            phonons={
-                "primitive": silicon("diamond", primitive=True),
-                "title": "Diamond Si phonons",
-            },
-            vacancies={
-                "cells": vacancy_supercells(
-                    silicon_phases(VACANCY_PHASES), quick=preset == "quick"
-                ),
-                "reference": silicon("diamond"),
-                "title": "Si vacancy formation energy",
-            },
-            preset=preset,
-        )
+    return run_recipe(
+        silicon_config(workdir, preset, **kwargs),
+        f"PFD silicon recipe ({preset} preset)",
+        PRESETS[preset]["validation"],
+        phonons={
+            "primitive": silicon("diamond", primitive=True),
+            "title": "Diamond Si phonons",
+        },
+        vacancies={
+            "cells": vacancy_supercells(silicon_phases(VACANCY_PHASES), quick=preset == "quick"),
+            "reference": silicon("diamond"),
+            "title": "Si vacancy formation energy",
+        },
+        preset=preset,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
