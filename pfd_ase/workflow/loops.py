@@ -373,7 +373,10 @@ class RecordedSteps:
             frames = self.state.dataset()
         else:
             frames = read_frames(self.train_path, missing_ok=True)
-        inputs: dict[str, Any] = {"training": asdict(training), "data": frames_identity(frames)}
+        settings = asdict(training)
+        if settings["sel"] is None:  # the template's: run folders from before distill.sel match
+            del settings["sel"]
+        inputs: dict[str, Any] = {"training": settings, "data": frames_identity(frames)}
         if training.base_model is not None:
             inputs["base_model"] = model_identity(training.base_model, training.head)
         return self.state.run_step(
