@@ -332,3 +332,53 @@ def test_finished_steps_return_to_a_lost_summary(tmp_path):
     assert record["dataset_size"] == 8 and len(calls) == 1
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"]["init.label"]["dataset_size"] == 8
+
+
+def test_dh_watch_makes_only_extrapolating_frames_candidates(tmp_path, base_model):
+    """With a stage's dh_watch, candidates are the frames beyond max_dH against the dataset;
+    an iteration whose MD never leaves the dataset's domain ends the stage."""
+    stage = {
+        "name": "s1",
+        **MD,
+        "max_iterations": 2,
+        "n_select": 2,
+        "dh_watch": {"max_dH": 1e6},  # nothing is that far: the stage converges at once
+    }
+    finetune = {"steps": 5, "force_rmse_threshold_eV_A": 0.001, "stages": [stage]}
+    config = si_config(tmp_path / "far", base_model.checkpoint, finetune=finetune)
+    config["distill"] = {"enabled": False}
+    summary = run(config)
+    md = summary["steps"]["ft.s1.000.md"]
+    assert md["n_explored"] > 0 and md["n_over_max_dH"] == 0 and md["n_candidates"] == 0
+    assert summary["converged.s1"] == 0
+    assert "ft.s1.000.select" not in summary["steps"]
+    assert "ft.s1.001.md" not in summary["steps"]
+
+    # the same run folder (initial data and model reused), a threshold every MD state
+    # exceeds: the walker stops at its first check; the label step's test ends the stage
+    stage["dh_watch"] = {"max_dH": 1e-9, "action": "stop", "every": 1}
+    finetune["force_rmse_threshold_eV_A"] = 100.0
+    config = si_config(tmp_path / "far", base_model.checkpoint, finetune=finetune)
+    config["distill"] = {"enabled": False}
+    again = run(config)
+    assert again["steps"]["init.train"] == summary["steps"]["init.train"]
+    md = again["steps"]["ft.s1.000.md"]
+    assert md["walkers_stopped_by_dH"] == 1  # one walker: diamond at 800 K, NVT
+    assert md["n_over_max_dH"] == md["n_candidates"] >= 1
+    folder = tmp_path / "far" / "finetune" / "s1" / "iter.000"
+    assert len(read_frames(folder / "candidates.extxyz")) == md["n_candidates"]
+    assert again["steps"]["ft.s1.000.select"]["n_selected"] >= 1
+    assert "ft.s1.000.train" not in again["steps"]
+
+
+def test_dh_watch_settings_are_checked(tmp_path, base_model):
+    good = si_config(tmp_path / "w", base_model.checkpoint)
+    for watch, message in (
+        ({"max_dH": -1.0}, "dh_watch.max_dH must be a positive number"),
+        ({"max_dH": 2.0, "action": "explode"}, "dh_watch.action must be one of mark, stop"),
+        ({"action": "stop"}, "need dh_watch.max_dH"),
+        ({"max_dH": 2.0, "every": 0}, "dh_watch.every must be a positive integer"),
+    ):
+        stage = dict(good["finetune"]["stages"][0], dh_watch=watch)
+        with pytest.raises(ConfigError, match=message):
+            load_config({**good, "finetune": {**good["finetune"], "stages": [stage]}})

@@ -46,7 +46,7 @@ from typing import Any
 
 from ase import Atoms
 
-from pfd_ase.explore import ExploreTask
+from pfd_ase.explore import DH_ACTIONS, ExploreTask
 from pfd_ase.parallel import KINDS
 from pfd_ase.selectors.filters import FrameFilter
 from pfd_ase.workflow.schema import (
@@ -177,6 +177,11 @@ class StageConfig:
         Frames selected by entropy per iteration.
     chunk_size
         Frames added per round of the entropy selection.
+    dh_watch
+        The MD's extrapolation watch, ``{"max_dH": nats, "action": "mark" | "stop",
+        "every": steps | None}`` (the fields of :class:`~pfd_ase.explore.DHWatch` but its
+        bank, which is the dataset's), or ``None`` (no watch). With a watch only the frames
+        beyond ``max_dH`` are candidates, and an iteration with none ends the stage.
     """
 
     name: str
@@ -185,6 +190,7 @@ class StageConfig:
     max_iterations: int
     n_select: int
     chunk_size: int
+    dh_watch: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+", self.name):
@@ -194,6 +200,30 @@ class StageConfig:
             raise ValueError(f"explore must be an ExploreTask, not {type(self.explore).__name__}")
         for key in ("max_iterations", "n_select", "chunk_size"):
             _count(getattr(self, key), key)
+        object.__setattr__(self, "dh_watch", _dh_watch(self.dh_watch))
+
+
+def _dh_watch(block: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A stage's ``dh_watch`` block, checked; ``None`` when ``max_dH`` is null (no watch)."""
+    if block is None:
+        return None
+    block = {"max_dH": None, "action": "mark", "every": None, **block}
+    unknown = set(block) - {"max_dH", "action", "every"}
+    if unknown:
+        raise ValueError(f"dh_watch: unknown keys {sorted(unknown)}")
+    if block["max_dH"] is None:
+        if block["action"] != "mark" or block["every"] is not None:
+            raise ValueError("dh_watch.action and dh_watch.every need dh_watch.max_dH (nats)")
+        return None
+    max_dH = _number(block["max_dH"], "dh_watch.max_dH", "nats")
+    if block["action"] not in DH_ACTIONS:
+        raise ValueError(
+            f"dh_watch.action must be one of {', '.join(DH_ACTIONS)}, got {block['action']!r}"
+        )
+    every = block["every"]
+    if every is not None:
+        every = _count(every, "dh_watch.every")
+    return {"max_dH": max_dH, "action": block["action"], "every": every}
 
 
 @dataclass(frozen=True)
@@ -364,6 +394,7 @@ def finetune_stages(config: Mapping[str, Any]) -> list[StageConfig]:
                     max_iterations=stage["max_iterations"],
                     n_select=stage["n_select"],
                     chunk_size=stage["chunk_size"],
+                    dh_watch=stage["dh_watch"],
                 ),
             )
         )

@@ -10,7 +10,8 @@ recorded step            named steps          inputs
 =======================  ===================  =============================================
 ``init.label``           perturb, label       ``init``, seed, structures, labeler
 ``init.train``           train                ``finetune`` training, base model, dataset
-``ft.<s>.NNN.md``        explore, filter      the stage's MD and filter, structures, model
+``ft.<s>.NNN.md``        explore, filter      the stage's MD and filter, structures, model;
+                                              with ``dh_watch``: it and the dataset
 ``ft.<s>.NNN.select``    select               ``n_select``, ``chunk_size``, candidates,
                                               dataset
 ``ft.<s>.NNN.label``     label, evaluate      selected frames, labeler, model, dataset
@@ -199,9 +200,21 @@ def _md(
     folder: Path,
     executor: Executor | None,
     progress: bool,
+    dataset: list[Atoms] | None = None,
 ) -> dict[str, Any]:
-    """Steps explore and filter: ``folder/candidates.extxyz``."""
+    """Steps explore and filter: ``folder/candidates.extxyz``.
+
+    A stage with a ``dh_watch`` watches the walkers' dH against ``dataset``; only the frames
+    beyond its ``max_dH`` are candidates.
+    """
     atoms = list(structures.values())
+    watch = None
+    if isinstance(stage, StageConfig) and stage.dh_watch is not None:
+        from pfd_ase.explore import DHWatch
+        from pfd_ase.selectors import DescriptorBank
+
+        bank = DescriptorBank.from_frames(dataset or [], source="dataset")
+        watch = DHWatch(bank, **stage.dh_watch)
     result = steps.explore(
         stage,
         atoms,
@@ -210,15 +223,23 @@ def _md(
         iteration=iteration,
         executor=executor,
         progress=progress,
+        dh_watch=watch,
     )
-    kept = steps.filter(result.frames, stage, atoms)
-    write_frames(folder / CANDIDATES_FILE, [steps.bare(a) for a in kept.kept])
+    filtered = steps.filter(result.frames, stage, atoms)
+    kept = filtered.kept
+    record: dict[str, Any] = {"n_explored": len(result.frames)}
+    if watch is not None:
+        kept = [a for a in kept if a.info.get("pfd_dH_exceeded")]
+        record["n_filtered"] = len(filtered.kept)
+        record["n_over_max_dH"] = len(kept)
+        record["walkers_stopped_by_dH"] = sum(w["status"] == "stopped" for w in result.walkers)
+    write_frames(folder / CANDIDATES_FILE, [steps.bare(a) for a in kept])
     return {
-        "n_explored": len(result.frames),
-        "n_candidates": len(kept.kept),
+        **record,
+        "n_candidates": len(kept),
         "walkers_exploded": len(result.exploded),
         "walkers_failed": len(result.failed),
-        "filter_counts": _filter_counts(result.filter_counts, kept.counts),
+        "filter_counts": _filter_counts(result.filter_counts, filtered.counts),
     }
 
 
@@ -305,6 +326,12 @@ def _compare_select_label(
         "train_size": len(merge_frames(train_set, result.frames)),
         "student_vs_teacher_force_rmse_eV_A": test.force_rmse_eV_A if test else None,
     }
+
+
+def _within_dataset(md: Mapping[str, Any]) -> bool:
+    """Whether a watched MD step's walkers all ran and none went beyond ``max_dH``."""
+    ran = md["n_explored"] > 0 and not md["walkers_failed"] and not md["walkers_exploded"]
+    return md.get("n_over_max_dH") == 0 and ran
 
 
 # --------------------------------------------------------------------------- recording
@@ -396,15 +423,30 @@ class RecordedSteps:
         folder: Path,
     ) -> dict[str, Any]:
         """Explore with ``model`` and filter: ``folder/candidates.extxyz``."""
+        inputs: dict[str, Any] = {
+            "explore": asdict(stage.explore),
+            "iteration": iteration,
+            "structures": _structure_ids(structures),
+            "model": model_identity(model),
+        }
+        dataset = None
+        if isinstance(stage, StageConfig) and stage.dh_watch is not None:
+            dataset = self.state.dataset()  # the watch's bank (absent: old run folders match)
+            inputs["dh_watch"] = {**stage.dh_watch, "bank": frames_identity(dataset)}
         return self.state.run_step(
             key,
-            partial(_md, stage, structures, model, iteration, folder, self.executor, self.progress),
-            inputs={
-                "explore": asdict(stage.explore),
-                "iteration": iteration,
-                "structures": _structure_ids(structures),
-                "model": model_identity(model),
-            },
+            partial(
+                _md,
+                stage,
+                structures,
+                model,
+                iteration,
+                folder,
+                self.executor,
+                self.progress,
+                dataset,
+            ),
+            inputs=inputs,
             outputs=[folder / "explore", folder / CANDIDATES_FILE],
         )
 
@@ -518,7 +560,10 @@ def finetune_loop(
         for it in range(stage.max_iterations):
             key = f"ft.{stage.name}.{it:03d}"
             folder = state.workdir / "finetune" / stage.name / f"iter.{it:03d}"
-            run.md(f"{key}.md", stage, structures, model, it, folder)
+            md = run.md(f"{key}.md", stage, structures, model, it, folder)
+            if _within_dataset(md):
+                state.save_summary(**{f"converged.{stage.name}": it})
+                break
             sel = run.select(f"{key}.select", stage, folder, key)
             lab = run.label(f"{key}.label", folder, model, key)
             err = lab["model_force_rmse_eV_A"]

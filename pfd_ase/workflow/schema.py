@@ -172,6 +172,11 @@ _SECTION_DOCS: dict[str, str] = {
     "explore": "the teacher MD of the distillation",
     "executor": "where labelling and MD tasks run",
     "frame_filter": _EXPLORE_DOCS["frame_filter"],
+    "dh_watch": (
+        "extrapolation watch of the MD: per-atom dH (nats) against the dataset's descriptor "
+        "bank; with max_dH set, only frames beyond it are candidates, and an iteration with "
+        "none ends the stage (converged)"
+    ),
 }
 
 #: Schema of one fine-tune stage (an entry of ``finetune.stages``).
@@ -186,6 +191,21 @@ STAGE_SCHEMA: dict[str, Any] = {
         "frames added per round of the entropy selection (integer > 0); 1 = greedy, the most "
         "diverse set (bench/selection_efficiency.py)",
     ),
+    "dh_watch": {
+        "max_dH": Setting(
+            None,
+            "threshold on a frame's largest per-atom dH (nats, > 0; 2 marks what the model "
+            "has not seen, supplement Fig. S13); null = no watch",
+        ),
+        "action": Setting(
+            "mark",
+            "mark (sampled frames beyond max_dH are the candidates) or stop (a walker stops "
+            "at its first state beyond max_dH, which becomes a candidate)",
+        ),
+        "every": Setting(
+            None, "also check dH every this many MD steps (integer > 0); null = sampled frames"
+        ),
+    },
 }
 
 #: The whole configuration: nested sections of :class:`Setting`.

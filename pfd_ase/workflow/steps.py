@@ -34,7 +34,7 @@ from ase import Atoms
 
 from pfd_ase.calculators.deviation import force_deviation
 from pfd_ase.data import FRAME_ID_KEY, write_frames
-from pfd_ase.explore import ExploreResult
+from pfd_ase.explore import DHWatch, ExploreResult
 from pfd_ase.label import LabelResult
 from pfd_ase.selectors.filters import FilterResult, filter_frames
 from pfd_ase.workflow.config import DistillConfig, InitConfig, StageConfig, TrainConfig
@@ -96,6 +96,7 @@ def explore(
     iteration: int = 0,
     executor: Executor | None = None,
     progress: bool = True,
+    dh_watch: DHWatch | None = None,
 ) -> ExploreResult:
     """MD walkers driven by ``model`` from ``structures`` with the stage's MD settings.
 
@@ -112,7 +113,7 @@ def explore(
         The walkers' folder.
     iteration
         Iteration of the stage: the walkers' seed is ``stage.explore.seed + iteration``.
-    executor, progress
+    executor, progress, dh_watch
         See :func:`pfd_ase.explore.explore`.
     """
     from pfd_ase.explore import explore as run_explore
@@ -125,6 +126,7 @@ def explore(
         task,
         executor=executor,
         progress=progress,
+        dh_watch=dh_watch,
     )
 
 
