@@ -380,3 +380,33 @@ def test_stage_walls_sum_step_records_per_stage_in_run_order():
     }
     summary["steps"]["init.label"]["wall_s"] = None  # a step without a wall time counts 0
     assert stage_walls(summary)["init"] == 2.5
+
+
+def test_report_shows_the_held_out_table_first_and_training_errors_as_such():
+    from pfd_ase.analysis.report import report_lines
+
+    def scores(force, stress):
+        return {
+            "n_frames": 2,
+            "force_rmse_eV_A": force,
+            "energy_rmse_meV_atom": 12.34,
+            "energy_rmse_raw_meV_atom": 50.0,
+            "stress_rmse_GPa": stress,
+        }
+
+    summary = {
+        "errors": {"teacher_vs_dft": {"force_rmse": 0.05, "energy_rmse": 0.01, "n_frames": 9}},
+        "test_set": {"n_frames": 4},
+        "held_out": {
+            "base": {**scores(0.3, None), "per_phase": {"fcc": scores(0.4, None)}},
+            "PF": {**scores(0.1, 1.5), "per_phase": {"bcc": scores(0.2, 2.0)}},
+        },
+    }
+    lines = report_lines(summary)
+    assert lines[0].startswith("Held-out test set (4 frames")
+    table = [line for line in lines if line.startswith("| ")]
+    assert table[1] == "| base | all | 2 | 0.300 | 12.3 | 50.0 | – |"
+    assert table[2] == "| base | fcc | 2 | 0.400 | 12.3 | 50.0 | – |"
+    assert table[4] == "| PF | bcc | 2 | 0.200 | 12.3 | 50.0 | 2.00 |"
+    assert lines[-1].startswith("- **teacher vs dft** (its training frames, not a test)")
+    assert report_lines({}) == []

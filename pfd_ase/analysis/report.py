@@ -35,7 +35,9 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
         any may be missing. A flagged formation energy is printed with its flags and "not
         a result", an unstable phase as "unstable" with the reason, never as a number.
         ``diffusion`` (run set → :meth:`~pfd_ase.analysis.diffusion.DiffusionStudy.summary`
-        with ``n_atoms``): D per temperature and the activation energy.
+        with ``n_atoms``): D per temperature and the activation energy. ``held_out``
+        (model → :func:`~pfd_ase.analysis.testset.score_models` scores) with ``test_set``:
+        the table of errors on the held-out test set, first.
 
     Returns
     -------
@@ -43,12 +45,12 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
         One line per result, plus the lines of the tables.
     """
     nan = float("nan")
-    lines = []
+    lines = _held_out_lines(summary)
     for name, res in summary.get("errors", {}).items():
         lines.append(
-            f"- **{name.replace('_', ' ')}**: force RMSE {res.get('force_rmse', nan):.4f}"
-            f" eV/Å, energy RMSE {res.get('energy_rmse', nan):.4f} eV/atom"
-            f" ({res.get('n_frames')} frames)"
+            f"- **{name.replace('_', ' ')}** (its training frames, not a test): force RMSE"
+            f" {res.get('force_rmse', nan):.4f} eV/Å, energy RMSE"
+            f" {res.get('energy_rmse', nan):.4f} eV/atom ({res.get('n_frames')} frames)"
         )
     for key, res in summary.get("phonons", {}).items():
         gamma = res["special_points"]["Gamma"]
@@ -58,6 +60,38 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
     lines += _diffusion_lines(summary)
     lines += _failure_lines(summary)
     return lines
+
+
+def _held_out_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The table of each model's errors on the held-out test set, overall and per structure."""
+    scores = summary.get("held_out")
+    if not scores:
+        return []
+
+    def cell(value: float | None, fmt: str) -> str:
+        return "–" if value is None else format(value, fmt)
+
+    test = summary.get("test_set", {})
+    lines = [
+        f"Held-out test set ({test.get('n_frames', '?')} frames labelled by the run's labeler,"
+        " never trained on): RMSE per model, all frames then per structure; energy with each"
+        " model's constant per element removed (raw: without).",
+        "",
+        "| model | structure | frames | force (eV/Å) | energy (meV/atom) | raw energy"
+        " (meV/atom) | stress (GPa) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model, res in scores.items():
+        rows = [("all", res), *sorted(res.get("per_phase", {}).items())]
+        for name, r in rows:
+            lines.append(
+                f"| {model} | {name} | {r.get('n_frames')} |"
+                f" {cell(r.get('force_rmse_eV_A'), '.3f')} |"
+                f" {cell(r.get('energy_rmse_meV_atom'), '.1f')} |"
+                f" {cell(r.get('energy_rmse_raw_meV_atom'), '.1f')} |"
+                f" {cell(r.get('stress_rmse_GPa'), '.2f')} |"
+            )
+    return [*lines, ""]
 
 
 def _diffusion_lines(summary: Mapping[str, Any]) -> list[str]:
