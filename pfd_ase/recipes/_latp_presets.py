@@ -72,8 +72,11 @@ DEFAULT: dict[str, Any] = {
         "compare": {"temperatures_K": [1300.0], "n_runs": 4, "steps": 4000},
     },
 }
-#: ``quick``: a smoke test on 2 cores: GFN1-xTB labels, one short iteration, a 2000-step
-#: student, diffusion runs of 2 ps — its Ea is a smoke-test number, not a result.
+#: ``quick``: a smoke test on 2 cores (≤ 30 min): GFN1-xTB labels, one short iteration, a
+#: 3000-step student on 60 teacher frames, then diffusion runs of 1.5 ps: PF and PFD side by
+#: side at 1200 K in the training cell, and the student's D(T) at 900-1200 K (inside the
+#: explored range: a student this short-trained blows up above it) in another 110-atom
+#: ordering, two runs each — its Ea is a smoke-test number, not a result.
 QUICK = deep_update(
     DEFAULT,
     {
@@ -82,18 +85,25 @@ QUICK = deep_update(
         "workflow": {
             "init": {"n_perturb": 1},
             "finetune": {"steps": 400, "chgnet_epochs": 10},
-            "distill": {"steps": 2000, "max_iterations": 1, "n_frames": 30},
+            "distill": {"steps": 3000, "max_iterations": 1, "n_frames": 60},
         },
         "explore": {"md_steps": 60, "sample_every": 5},
         "validation": {"test_set": {"n_frames": 1}},
         "diffusion": {
+            "temperatures_K": [900.0, 1000.0, 1100.0, 1200.0],
             "n_runs": 2,
-            "steps": 2000,
+            "steps": 1500,
             "sample_every": 10,
             "equilibration_steps": 200,
-            "compare": {"n_runs": 1, "steps": 300, "equilibration_steps": 100},
+            "compare": {
+                "temperatures_K": [1200.0],
+                "n_runs": 1,
+                "steps": 300,
+                "equilibration_steps": 100,
+            },
         },
     },
 )
-QUICK["cells"] = {"orderings": 2, "small": 1, "large": None}  # the small cell only
+#: the student's diffusion cell: a second 110-atom ordering (not the 440-atom supercell)
+QUICK["cells"] = {"orderings": 2, "small": 1, "large": (1, 1, 1)}
 PRESETS = {"quick": QUICK, "default": DEFAULT}

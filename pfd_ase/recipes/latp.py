@@ -89,8 +89,11 @@ def run_latp(
     diffusion = {
         **p["diffusion"],
         "structure": next(iter(config["structures"].values())),
-        # its own random ordering over the whole supercell (not one cell's, repeated)
-        "large": None if large is None else latp(X_AL, large, seed=config["seed"]),
+        # its own random ordering over the whole supercell (not one cell's, repeated), with
+        # a seed no training ordering used
+        "large": None
+        if large is None
+        else latp(X_AL, large, seed=config["seed"] + p["cells"]["orderings"]),
     }
     title = f"PFD LATP recipe ({preset} preset)"
     if preset == "quick":
