@@ -6,11 +6,14 @@ stage), ``workflow`` (init, finetune, distill, executor), ``explore`` (the stude
 MD), ``validation`` (:func:`pfd_ase.recipes._base.validate_run`) and ``diffusion``
 (:func:`pfd_ase.recipes._base.diffusion_validation`).
 
-Temperatures: the supplement gives none for LATP. Li-ion conduction in NASICON LATP is
-thermally activated with Ea ≈ 0.3-0.4 eV in bulk grains (impedance and NMR; MD studies of
-LiTi₂(PO₄)₃ and LATP run 600-1500 K to see hops within nanoseconds). Exploration: 600, 900
-and 1200 K (below 600 K Li barely leaves its site in picoseconds, so such frames add little);
-diffusion: 900-1500 K, where a 110-440-atom cell gives a measurable MSD in tens of ps.
+Temperatures: the supplement gives none for LATP, nor an activation energy. Li-ion
+conduction in NASICON LATP is thermally activated with Ea ≈ 0.3 eV in the bulk: D. Case et
+al., Solid State Ionics 346, 115192 (2020), Li1+xAlxTi2-x(PO4)3 with 0.3 < x < 0.5,
+computed Li migration barriers of 0.3 eV (the M1-M2 pathway), "in line with experimental
+findings"; MD studies of LATP run 600-1500 K to see hops within nanoseconds. Exploration:
+600, 900 and 1200 K (below 600 K Li barely leaves its site in picoseconds, so such frames add
+little); diffusion: 900-1500 K, where a 110-440-atom cell gives a measurable MSD in tens of
+ps.
 """
 
 from __future__ import annotations
@@ -73,10 +76,9 @@ DEFAULT: dict[str, Any] = {
     },
 }
 #: ``quick``: a smoke test on 2 cores (≤ 30 min): GFN1-xTB labels, one short iteration, a
-#: 3000-step student on 60 teacher frames, then diffusion runs of 1.5 ps: PF and PFD side by
-#: side at 1200 K in the training cell, and the student's D(T) at 900-1200 K (inside the
-#: explored range: a student this short-trained blows up above it) in another 110-atom
-#: ordering, two runs each — its Ea is a smoke-test number, not a result.
+#: 5000-step student on 100 teacher frames (600-1800 K), then diffusion runs of 1.2 ps: PF
+#: and PFD side by side at 1200 K in the training cell, and the student's D(T) at 900-1200 K
+#: in another 110-atom ordering, two runs each — its Ea is a smoke-test number, not a result.
 QUICK = deep_update(
     DEFAULT,
     {
@@ -85,14 +87,16 @@ QUICK = deep_update(
         "workflow": {
             "init": {"n_perturb": 1},
             "finetune": {"steps": 400, "chgnet_epochs": 10},
-            "distill": {"steps": 3000, "max_iterations": 1, "n_frames": 60},
+            "distill": {"steps": 5000, "max_iterations": 1, "n_frames": 100},
         },
-        "explore": {"md_steps": 60, "sample_every": 5},
+        # the teacher's MD for the student up to 1800 K: closer contacts than the diffusion
+        # runs see (a student trained on 600-1200 K frames only collapsed PO4 groups there)
+        "explore": {"temperatures_K": [600.0, 1200.0, 1800.0], "md_steps": 100, "sample_every": 5},
         "validation": {"test_set": {"n_frames": 1}},
         "diffusion": {
             "temperatures_K": [900.0, 1000.0, 1100.0, 1200.0],
             "n_runs": 2,
-            "steps": 1500,
+            "steps": 1200,
             "sample_every": 10,
             "equilibration_steps": 200,
             "compare": {
