@@ -428,6 +428,21 @@ class CalculatorSpec:
             check_labeler(self.obj, symbols)
 
 
+def _model_identity(options: Mapping[str, Any]) -> str | list[str] | None:
+    """Content identity of a PFD spec's model (a list for a committee), so that a model
+    retrained at the same path defines other tasks; ``None`` where it cannot be resolved
+    (:meth:`CalculatorSpec.check` reports that)."""
+    from pfd_ase.models import resolve_model
+
+    model, head = options["model"], options.get("head")
+    try:
+        if isinstance(model, str | os.PathLike):
+            return resolve_model(model, head=head).identity
+        return [resolve_model(m, head=head).identity for m in model]
+    except Exception:  # noqa: BLE001 - a missing or odd model is check()'s to report
+        return None
+
+
 def labeler_name(name: str) -> str:
     """The canonical form of a labeler name; ``ValueError`` for an unknown one."""
     key = name.strip().lower()
@@ -482,7 +497,8 @@ def calculator_spec(
         if spec[0].strip().lower() == "pfd" and "pfd" in kinds:
             if "model" not in options:
                 raise ValueError('a ("pfd", options) model needs options["model"], a model path')
-            return CalculatorSpec("pfd", "pfd", options, description={"pfd": jsonable(options)})
+            description = {"pfd": jsonable(options), "identity": _model_identity(options)}
+            return CalculatorSpec("pfd", "pfd", options, description=description)
         if "labeler" in kinds:
             name = labeler_name(spec[0])
             options.pop("directory", None)

@@ -238,7 +238,8 @@ def test_calculator_spec_forms_and_descriptions():
     pair = calculator_spec(("emt", {"asap_cutoff": True, "directory": "x"}))
     assert pair.options == {"asap_cutoff": True}  # each task sets its own directory
     pfd = calculator_spec(("pfd", {"model": "m.pth", "head": "h"}))
-    assert pfd.kind == "pfd" and pfd.description == {"pfd": {"model": "m.pth", "head": "h"}}
+    assert pfd.kind == "pfd" and pfd.description["pfd"] == {"model": "m.pth", "head": "h"}
+    assert pfd.description["identity"] is None  # no such file: check() reports it
     obj = calculator_spec(EMT())
     assert obj.kind == "object" and obj.description["object"]["name"] == "emt"
     factory = calculator_spec(functools.partial(emt_factory))
@@ -322,3 +323,25 @@ def test_pfd_spec_accepts_pretrained_names_and_refuses_missing_files(tmp_path):
     calculator_spec(("pfd", {"model": "7net-0"})).check({"Si"})  # shipped in a wheel
     with pytest.raises(ModelNotFoundError, match="not found"):
         calculator_spec(("pfd", {"model": str(tmp_path / "missing.pth")})).check({"Si"})
+
+
+def test_a_model_retrained_at_the_same_path_defines_other_tasks(tmp_path, tiny_models):
+    """The spec of a PFD model carries its content identity: walkers of a retrained model
+    (same path, other weights) get other keys, so stale MD is never reused for it."""
+    import shutil
+
+    from pfd_ase.models import resolve_model
+
+    path = tmp_path / "model.pth"
+    shutil.copyfile(tiny_models[1]["pth"], path)
+    first = calculator_spec(("pfd", {"model": str(path)}))
+    assert first.description["identity"] == resolve_model(path).identity
+    shutil.copyfile(tiny_models[2]["pth"], path)  # "retrained"
+    second = calculator_spec(("pfd", {"model": str(path)}))
+    assert second.description["pfd"] == first.description["pfd"]
+    assert second.description != first.description
+    committee = calculator_spec(("pfd", {"model": [str(path), tiny_models[1]["pth"]]}))
+    assert committee.description["identity"] == [
+        second.description["identity"],
+        first.description["identity"],
+    ]

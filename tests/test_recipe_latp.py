@@ -58,10 +58,13 @@ def test_validation_without_phonons_runs_the_diffusion_study(tmp_path, monkeypat
     the small cell, the student in the large one, figures and report lines (EMT Cu standing
     in for the models: diffusion_study is redirected)."""
     pytest.importorskip("pymatgen.analysis.diffusion")
+    from types import SimpleNamespace
+
     from ase.build import bulk
 
     import pfd_ase.analysis.diffusion as diffusion
     import pfd_ase.analysis.validate as validate
+    import pfd_ase.models as models
     import pfd_ase.recipes._base as base
     from pfd_ase.data import write_frames
     from pfd_ase.recipes.silicon import silicon_config
@@ -80,6 +83,9 @@ def test_validation_without_phonons_runs_the_diffusion_study(tmp_path, monkeypat
         base, "model_subject", lambda m, t=None: validate.Subject(lambda: None, {}, t)
     )
     monkeypatch.setattr(validate, "model_errors", lambda sets, folder=None: {})
+    monkeypatch.setattr(  # the models are names only here: an identity of the name
+        models, "resolve_model", lambda m, head=None: SimpleNamespace(identity=f"fake:{m}")
+    )
     config = silicon_config(tmp_path, preset="quick", labeler="sw", base_model="unused")
     write_frames(tmp_path / "data" / "labelled.extxyz", si_frames(2, seed=1))
     cu = bulk("Cu", "fcc", a=3.6, cubic=True)
@@ -115,3 +121,7 @@ def test_validation_without_phonons_runs_the_diffusion_study(tmp_path, monkeypat
     report = tmp_path / "report"
     assert (report / "arrhenius.png").exists() and (report / "msd_PFD_large.png").exists()
     assert "Cu diffusion, PFD large (48 atoms)" in (report / "report.md").read_text()
+    assert runs["PFD_small"]["model_identity"] == "fake:student.pth"
+    # walkers per model content: another student at the same path would run in another folder
+    (where,) = (tmp_path / "validation" / "diffusion" / "PFD_small").iterdir()
+    assert (where / "msd.png").exists()

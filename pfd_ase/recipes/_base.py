@@ -356,7 +356,8 @@ def diffusion_validation(
     small cell at ``compare["temperatures_K"]`` (the supplement's Fig. S6: PF and PFD side
     by side, ``compare["n_runs"]`` runs each); the student (PFD) also in the large cell at
     every temperature of ``temperatures_K``, ``n_runs`` runs each. Resumable (walker
-    folders under ``folder``).
+    folders under ``folder/<run>/<model hash>``: a model retrained at the same path runs
+    anew).
 
     Parameters
     ----------
@@ -376,9 +377,11 @@ def diffusion_validation(
         ``<model>_small`` and ``PFD_large``: :meth:`DiffusionStudy.summary
         <pfd_ase.analysis.diffusion.DiffusionStudy.summary>`, each with ``n_atoms``.
     """
+    import hashlib
     import shutil
 
     from pfd_ase.analysis.diffusion import diffusion_study, plot_arrhenius
+    from pfd_ase.models import resolve_model
     from pfd_ase.structures import build_structure
 
     keys = ("temperatures_K", "n_runs", "steps", "timestep_fs", "sample_every")
@@ -394,17 +397,20 @@ def diffusion_validation(
     for key, (path, structure, settings_of_run) in runs.items():
         options = dict(settings_of_run)
         atoms = build_structure(structure)
+        # one folder per model content: a model retrained at the same path runs anew
+        identity = resolve_model(path).identity
+        where = folder / key / hashlib.sha256(identity.encode()).hexdigest()[:12]
         study = diffusion_study(
             ("pfd", {"model": path}),
             atoms,
             settings["species"],
             options.pop("temperatures_K"),
-            folder / key,
+            where,
             label=key,
             **options,
         )
-        out[key] = {"n_atoms": len(atoms), **study.summary()}
-        msd_png = folder / key / "msd.png"
+        out[key] = {"n_atoms": len(atoms), "model_identity": identity, **study.summary()}
+        msd_png = where / "msd.png"
         if msd_png.exists():
             shutil.copyfile(msd_png, report / f"msd_{key}.png")
         if study.arrhenius is not None:
