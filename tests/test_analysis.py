@@ -408,5 +408,7 @@ def test_report_shows_the_held_out_table_first_and_training_errors_as_such():
     assert table[1] == "| base | all | 2 | 0.300 | 12.3 | 50.0 | – |"
     assert table[2] == "| base | fcc | 2 | 0.400 | 12.3 | 50.0 | – |"
     assert table[4] == "| PF | bcc | 2 | 0.200 | 12.3 | 50.0 | 2.00 |"
-    assert lines[-1].startswith("- **teacher vs dft** (its training frames, not a test)")
+    assert lines[-1].startswith(
+        "- **teacher vs dft** (the teacher's own training frames, not a test)"
+    )
     assert report_lines({}) == []

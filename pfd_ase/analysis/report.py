@@ -48,7 +48,8 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
     lines = _held_out_lines(summary)
     for name, res in summary.get("errors", {}).items():
         lines.append(
-            f"- **{name.replace('_', ' ')}** (its training frames, not a test): force RMSE"
+            f"- **{name.replace('_', ' ')}** ({_TRAINING_SETS.get(name, 'training data')}):"
+            " force RMSE"
             f" {res.get('force_rmse', nan):.4f} eV/Å, energy RMSE"
             f" {res.get('energy_rmse', nan):.4f} eV/atom ({res.get('n_frames')} frames)"
         )
@@ -60,6 +61,14 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
     lines += _diffusion_lines(summary)
     lines += _failure_lines(summary)
     return lines
+
+
+#: What the frames of the recipes' training-data errors are (none of them is a test).
+_TRAINING_SETS = {
+    "teacher_vs_dft": "the teacher's own training frames, not a test",
+    "student_vs_dft": "the teacher's DFT training frames, not the student's",
+    "student_vs_teacher": "the student's own training frames, not a test",
+}
 
 
 def _held_out_lines(summary: Mapping[str, Any]) -> list[str]:
