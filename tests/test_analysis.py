@@ -241,6 +241,15 @@ def test_report_prints_diffusion_coefficients_and_activation_energy(tmp_path):
                 "D_cm2_s": {
                     "900": {"D": 1.2e-6, "err": 3e-7, "runs": 4, "window_ps": [1, 5]},
                     "1200": {"D": 8.0e-6, "err": None, "runs": 1, "window_ps": [1, 5]},
+                    "1500": {
+                        "D": 2.5e-4,
+                        "err": None,
+                        "runs": 1,
+                        "window_ps": [0.01, 0.05],
+                        "alpha": 1.62,
+                        "msd_end_A2": 0.61,
+                        "diffusive": False,
+                    },
                 },
                 "arrhenius": {"Ea_eV": 0.301, "Ea_err_eV": 0.02, "D0_cm2_s": 6e-5},
                 "excluded_runs": [{"walker": 3}],
@@ -251,6 +260,7 @@ def test_report_prints_diffusion_coefficients_and_activation_energy(tmp_path):
     assert line.startswith("- Li diffusion, PFD large (440 atoms): D (cm²/s) 900 K 1.20e-06")
     assert "± 3.0e-07 (4 runs)" in line and "1200 K 8.00e-06 (1 runs)" in line
     assert "Ea 0.301 ± 0.020 eV" in line and "1 runs excluded" in line
+    assert "1500 K 2.50e-04 (1 runs, not diffusive: MSD ∝ t^1.62, 0.61 Å² reached" in line
 
 
 def test_compare_phonons_and_vacancies_reuse_steps(sw, tmp_path):

@@ -98,6 +98,32 @@ def test_random_walk_diffusivity_recovered_within_5_percent():
     assert fit.window_ps == pytest.approx((0.1 * msd.time_ps[-1], 0.5 * msd.time_ps[-1]))
 
 
+def test_ballistic_and_caged_windows_are_not_called_diffusive():
+    """MSD ∝ t^α: α = 1 and a few Å² for a random walk (diffusive); α = 2 for atoms flying
+    at constant velocity and α ≈ 0 with under 1 Å² for atoms rattling on their sites."""
+    walk = random_walk(0.5, 200, 1000, 10.0, seed=1)
+    fit = dif.fit_diffusivity(dif.mean_squared_displacement(walk, "Li", 10.0))
+    assert fit.alpha == pytest.approx(1.0, abs=0.1) and fit.msd_end_A2 > 4 and fit.diffusive
+
+    rng = np.random.default_rng(0)
+    start = rng.uniform(0, BOX, (50, 3))
+    velocity = rng.normal(0, 0.05, (50, 3))  # Å/fs
+    noise = rng.normal(0, 0.3, (200, 50, 3))
+    for kind, path in (
+        ("ballistic", [start + velocity * 10.0 * k for k in range(200)]),
+        ("caged", [start + noise[k] for k in range(200)]),
+    ):
+        frames = [Atoms("Li50", positions=r, cell=[BOX] * 3, pbc=True) for r in path]
+        for atoms in frames:
+            atoms.wrap()
+        fit = dif.fit_diffusivity(dif.mean_squared_displacement(frames, "Li", 10.0))
+        assert not fit.diffusive, kind
+        if kind == "ballistic":
+            assert fit.alpha == pytest.approx(2.0, abs=0.05)
+        else:
+            assert fit.msd_end_A2 < 1.0 and abs(fit.alpha) < 0.2
+
+
 def test_independent_runs_averaged_with_an_error_bar():
     d_true = 0.2
     runs = [random_walk(d_true, 30, 300, 10.0, seed=s) for s in range(4)]

@@ -42,6 +42,8 @@ import numpy as np
 from ase import Atoms
 
 __all__ = [
+    "MAX_ALPHA_DEVIATION",
+    "MIN_DIFFUSIVE_MSD_A2",
     "MSD",
     "Arrhenius",
     "DiffusionStudy",
@@ -252,6 +254,11 @@ class Diffusivity:
         ``"runs"``, ``"blocks"``, or why there is no error.
     temperature_K
         From the MSD, when known.
+    alpha
+        The exponent of MSD ∝ t^α over the window (log-log fit): 1 when diffusive, 2 when
+        ballistic, below 1 when caged.
+    msd_end_A2
+        The MSD at the window's end (Å²).
     """
 
     D_cm2_s: float
@@ -261,10 +268,38 @@ class Diffusivity:
     samples_cm2_s: list[float] = field(default_factory=list)
     error_from: str = "runs"
     temperature_K: float | None = None
+    alpha: float = float("nan")
+    msd_end_A2: float = float("nan")
+
+    @property
+    def diffusive(self) -> bool:
+        """Whether the window looks diffusive: |α − 1| ≤ :data:`MAX_ALPHA_DEVIATION` and the
+        MSD reaches :data:`MIN_DIFFUSIVE_MSD_A2` (past vibrations about a site: a jump or
+        more). Otherwise D is not a diffusion coefficient (too short a run, or no hops)."""
+        return bool(
+            abs(self.alpha - 1.0) <= MAX_ALPHA_DEVIATION and self.msd_end_A2 >= MIN_DIFFUSIVE_MSD_A2
+        )
 
     @property
     def D_A2_ps(self) -> float:
         return self.D_cm2_s / A2_PER_PS_IN_CM2_PER_S
+
+
+#: Largest |α − 1| of a window called diffusive (MSD ∝ t^α).
+MAX_ALPHA_DEVIATION = 0.25
+#: Smallest MSD (Å²) at the window's end for a window called diffusive: 2 Å root mean
+#: square, beyond vibrations (≈ 0.1-0.5 Å) and about a Li site spacing in oxides.
+MIN_DIFFUSIVE_MSD_A2 = 4.0
+
+
+def _alpha(t: np.ndarray, msd: np.ndarray, window: tuple[float, float]) -> tuple[float, float]:
+    """α of MSD ∝ t^α over the window (nan if undefined) and the MSD at its end."""
+    t_max = t[-1]
+    sel = (t >= window[0] * t_max) & (t <= window[1] * t_max) & (t > 0) & (msd > 0)
+    end = float(msd[(t <= window[1] * t_max)][-1])
+    if sel.sum() < 2:
+        return float("nan"), end
+    return float(np.polyfit(np.log(t[sel]), np.log(msd[sel]), 1)[0]), end
 
 
 def _slope(t: np.ndarray, msd: np.ndarray, window: tuple[float, float]) -> tuple[float, float]:
@@ -333,7 +368,10 @@ def fit_diffusivity(
             samples, source = [], "none: the run is too short for blocks"
     err = float(np.std(samples, ddof=1) / np.sqrt(len(samples))) if len(samples) > 1 else np.nan
     t_max = float(msd.time_ps[-1])
+    alpha, msd_end = _alpha(msd.time_ps, msd.msd_A2, window)
     return Diffusivity(
+        alpha=alpha,
+        msd_end_A2=msd_end,
         D_cm2_s=slope * to_cm2,
         D_err_cm2_s=err,
         window_ps=(window[0] * t_max, window[1] * t_max),
@@ -570,6 +608,9 @@ class DiffusionStudy:
                     "err": None if not np.isfinite(f.D_err_cm2_s) else f.D_err_cm2_s,
                     "runs": self.msd[t].n_runs,
                     "window_ps": list(f.window_ps),
+                    "alpha": f.alpha,
+                    "msd_end_A2": f.msd_end_A2,
+                    "diffusive": f.diffusive,
                 }
                 for t, f in self.fits.items()
             },

@@ -110,7 +110,13 @@ def _diffusion_lines(summary: Mapping[str, Any]) -> list[str]:
         parts = []
         for temp, d in res.get("D_cm2_s", {}).items():
             err = f" ± {d['err']:.1e}" if d.get("err") is not None else ""
-            parts.append(f"{temp} K {d['D']:.2e}{err} ({d['runs']} runs)")
+            flag = ""
+            if d.get("diffusive") is False:  # older summaries have no flag
+                flag = (
+                    f", not diffusive: MSD ∝ t^{d['alpha']:.2f}, {d['msd_end_A2']:.2g} Å²"
+                    " reached; not a diffusion coefficient"
+                )
+            parts.append(f"{temp} K {d['D']:.2e}{err} ({d['runs']} runs{flag})")
         text = f"- {res.get('species', '?')} diffusion, {key.replace('_', ' ')}"
         text += f" ({res.get('n_atoms', '?')} atoms): D (cm²/s) " + ", ".join(parts)
         fit = res.get("arrhenius")
