@@ -140,6 +140,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     ladder = result["ladder"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -151,6 +152,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
             ax.plot(ladder, [r[key] for r in result["curves"][name]], marker=marker, label=name)
         ax.axhline(result["untouched"][key], color="grey", ls="--", label="SevenNet-0 untouched")
         ax.set(xscale="log", yscale="log", xlabel="training frames N", ylabel=label)
+        ax.set_xticks(ladder, [str(n) for n in ladder])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=8)
     fig.suptitle(f"held-out Si ({result['labeler']}), {result['epochs']} epochs each")
     fig.tight_layout()
