@@ -232,7 +232,7 @@ def _md(
         kept = [a for a in kept if a.info.get("pfd_dH_exceeded")]
         record["n_filtered"] = len(filtered.kept)
         record["n_over_max_dH"] = len(kept)
-        record["walkers_stopped_by_dH"] = sum(w["status"] == "stopped" for w in result.walkers)
+        record["walkers_stopped_by_dH"] = len(result.stopped)
     write_frames(folder / CANDIDATES_FILE, [steps.bare(a) for a in kept])
     return {
         **record,
