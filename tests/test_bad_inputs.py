@@ -243,6 +243,30 @@ CASES = [
         r"distill\.explore\.min_atoms must be a positive integer",
     ),
     (
+        "unknown-distill-driver",
+        {"distill": {"explore": {"driver": "dft"}}},
+        None,
+        r"distill\.explore\.driver must be one of teacher, student, got 'dft'",
+    ),
+    (
+        "student-md-without-student-driver",
+        {"distill": {"explore": {"student_md": {"md_steps": 500}}}},
+        None,
+        r"distill\.explore\.student_md is set but driver is teacher",
+    ),
+    (
+        "unknown-student-md-setting",
+        {"distill": {"explore": {"driver": "student", "student_md": {"steps": 500}}}},
+        None,
+        r"distill\.explore\.student_md: unknown MD settings \['steps'\]",
+    ),
+    (
+        "implausible-student-md-timestep",
+        {"distill": {"explore": {"driver": "student", "student_md": {"timestep_fs": 0.001}}}},
+        None,
+        r"distill\.explore\.student_md\.timestep_fs",
+    ),
+    (
         "zero-training-steps",
         {"finetune": {"steps": 0}},
         None,

@@ -167,6 +167,46 @@ def test_rerun_with_changed_settings_redoes_the_dependent_steps(
     assert run_status(copy)["finished_steps"][: len(steps)] == list(steps)
 
 
+def test_student_driven_distillation_explores_with_the_current_student(
+    finished_run, base_model, tmp_path, caplog
+):
+    """``distill.explore.driver: student``: iteration 1 runs the first student's MD (the
+    teacher's before); with ``init_from_previous`` its student starts from the first one's
+    checkpoint. Only iteration 1 and what depends on it are redone."""
+    import logging
+    import shutil
+
+    from pfd_ase.workflow.state import model_identity
+
+    work, summary = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(work, copy)
+    config = si_config(copy, base_model.checkpoint)
+    config["distill"]["explore"]["driver"] = "student"
+    config["distill"]["init_from_previous"] = True
+    with caplog.at_level(logging.WARNING, logger="pfd_ase.workflow"):
+        again = run(config)
+    messages = [r.getMessage() for r in caplog.records if "inputs changed" in r.getMessage()]
+    redone = {m.split()[1].rstrip(":") for m in messages}
+    assert redone == {"distill.001.md", "distill.001.explore", "distill.001.train", "validation"}
+    steps, before = again["steps"], summary["steps"]
+    first_student = model_identity(copy / "distill" / "iter.000" / "train" / "model.pth")
+    assert steps["distill.000.md"]["inputs"]["model"] == before["distill.000.md"]["inputs"]["model"]
+    assert steps["distill.001.md"]["inputs"]["model"] == first_student
+    assert before["distill.001.md"]["inputs"]["model"] != first_student  # the teacher's
+    assert steps["distill.001.explore"]["student_vs_teacher_force_rmse_eV_A"] > 0
+    checkpoint = steps["distill.000.train"]["checkpoint"]
+    assert steps["distill.001.train"]["inputs"]["training"]["init_model"] == model_identity(
+        checkpoint
+    )
+    assert "init_model" not in steps["distill.000.train"]["inputs"]["training"]
+    command = json.loads((copy / "distill/iter.001/train/train/pfd_train.json").read_text())
+    assert command["command"][-2:] == ["--init-model", str(Path(checkpoint).resolve())]
+    with pytest.raises(ConfigError, match=r"distill\.explore\.driver must be one of"):
+        config["distill"]["explore"]["driver"] = "students"
+        run(config)
+
+
 class FlakyTersoff(Calculator):
     """Tersoff, but raises for every third call (a 'failed DFT' job)."""
 

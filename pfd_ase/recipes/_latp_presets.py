@@ -29,6 +29,12 @@ __all__ = ["CONDITIONS", "DEFAULT", "PRESETS", "QUICK", "X_AL"]
 X_AL = 1 / 3
 #: NVT exploration of the fine-tuning (K).
 CONDITIONS: dict[str, Any] = {"temperatures_K": [600.0, 900.0, 1200.0], "pressures_GPa": [None]}
+#: The student's own MD in the distillation iterations after the first (diffusion range).
+STUDENT_MD: dict[str, Any] = {
+    "temperatures_K": [900.0, 1200.0, 1500.0],
+    "md_steps": 2000,
+    "sample_every": 20,
+}
 #: A short student schedule (as the silicon recipe's).
 SHORT_STUDENT_LR = dict(type="exp", start_lr=2e-3, stop_lr=1e-5, decay_steps=100)
 
@@ -51,7 +57,12 @@ DEFAULT: dict[str, Any] = {
         "finetune": {"steps": 2000, "chgnet_epochs": 20},
         # sel: up to 108 atoms within the student's 6.5 Å in LATP (Si FCC: 78)
         "distill": dict(
-            steps=5000, max_iterations=2, n_frames=60, learning_rate=SHORT_STUDENT_LR, sel=130
+            steps=5000,
+            max_iterations=3,
+            n_frames=60,
+            learning_rate=SHORT_STUDENT_LR,
+            sel=130,
+            init_from_previous=True,
         ),
         "executor": {"kind": "serial"},
     },
@@ -61,6 +72,11 @@ DEFAULT: dict[str, Any] = {
         "md_steps": 200,
         "timestep_fs": 1.0,
         "sample_every": 5,
+        # after the first iteration the student explores (~20x faster than the teacher, so
+        # for longer) and the teacher labels where they disagree: a student trained on
+        # teacher MD alone let Li run into P within 0.1-0.7 ps at 900-1200 K
+        "driver": "student",
+        "student_md": STUDENT_MD,
     },
     "validation": {"test_set": {"n_frames": 2, "cell_strain": 0.02, "displacement_A": 0.05}},
     "diffusion": {
@@ -76,7 +92,8 @@ DEFAULT: dict[str, Any] = {
     },
 }
 #: ``quick``: a smoke test on 2 cores (≤ 30 min): GFN1-xTB labels, one short iteration, a
-#: 5000-step student on 100 teacher frames (600-1800 K), then diffusion runs of 1.2 ps: PF
+#: 3000-step student on 100 teacher frames (600-1800 K), 3000 steps more on 100 frames of
+#: its own MD (900-1500 K) labelled by the teacher, then diffusion runs of 1.2 ps: PF
 #: and PFD side by side at 1200 K in the training cell, and the student's D(T) at 900-1200 K
 #: in another 110-atom ordering, two runs each — its Ea is a smoke-test number, not a result.
 QUICK = deep_update(
@@ -87,11 +104,17 @@ QUICK = deep_update(
         "workflow": {
             "init": {"n_perturb": 1},
             "finetune": {"steps": 400, "chgnet_epochs": 10},
-            "distill": {"steps": 5000, "max_iterations": 1, "n_frames": 100},
+            "distill": {"steps": 3000, "max_iterations": 2, "n_frames": 100},
         },
         # the teacher's MD for the student up to 1800 K: closer contacts than the diffusion
-        # runs see (a student trained on 600-1200 K frames only collapsed PO4 groups there)
-        "explore": {"temperatures_K": [600.0, 1200.0, 1800.0], "md_steps": 100, "sample_every": 5},
+        # runs see (a student trained on 600-1200 K frames only collapsed PO4 groups there);
+        # then one iteration of the student's own MD, 1 ps at most
+        "explore": {
+            "temperatures_K": [600.0, 1200.0, 1800.0],
+            "md_steps": 100,
+            "sample_every": 5,
+            "student_md": {"md_steps": 1000},
+        },
         "validation": {"test_set": {"n_frames": 1}},
         "diffusion": {
             "temperatures_K": [900.0, 1000.0, 1100.0, 1200.0],

@@ -94,6 +94,8 @@ class ConfigWarning(UserWarning):
 
 #: Sections that may be given as one value: ``labeler: gpaw`` is ``{name: gpaw}``.
 _SHORTHANDS = {"labeler": "name", "base_model": "path"}
+#: What drives the distillation MD after its first iteration (:class:`DistillConfig`).
+DISTILL_DRIVERS = ("teacher", "student")
 #: Headroom wanted over the neighbours measured in the student's structures (deepmd-kit's
 #: own ``sel: auto`` takes 10 % over the largest count in the data).
 _SEL_HEADROOM = 1.1
@@ -255,6 +257,16 @@ class DistillConfig:
         (:func:`pfd_ase.structures.repeated_to`; 1: as given). The teacher is cheap: larger
         cells give the student more, less correlated environments per frame (the issue's
         32-64 atoms against the 8-16 of the DFT stages).
+    driver
+        What drives the MD of the iterations after the first: ``"teacher"`` (every
+        iteration, the spec's loop) or ``"student"`` (the current student runs the MD and
+        the teacher labels the frames where the two disagree most: the student's own
+        failures, e.g. atoms it lets collide, become its training data, as in DP-GEN's
+        concurrent learning). The first iteration, with no student yet, is the teacher's.
+    student_explore
+        With ``driver="student"``: the student's MD settings (``explore`` with the
+        ``distill.explore.student_md`` overrides; the student is ~20x faster than the
+        teacher, so its walkers can run longer); ``None`` otherwise.
     """
 
     enabled: bool
@@ -266,10 +278,15 @@ class DistillConfig:
     structures: tuple[str, ...] | None
     explore: ExploreTask
     min_atoms: int = 1
+    driver: str = "teacher"
+    student_explore: ExploreTask | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "enabled", bool(self.enabled))
+        set_(self, "driver", _driver(self.driver))
+        if self.student_explore is not None and self.driver != "student":
+            raise ValueError(f"student_explore needs driver 'student', got {self.driver!r}")
         set_(self, "structures", _names(self.structures, "structures"))
         for key in ("max_iterations", "n_frames", "min_atoms"):
             _count(getattr(self, key), key)
@@ -311,6 +328,12 @@ class TrainConfig:
     sel
         Student: neighbours kept within the cut-off (``None``: the template's,
         :data:`pfd_ase.training.deepmd.STUDENT_DESCRIPTOR`).
+    init_from_previous
+        Student: each distillation iteration after the first starts from the previous
+        student (deepmd-kit ``--init-model``) instead of from scratch.
+    init_model
+        Student: the checkpoint this training starts from (set per iteration by the
+        distillation loop; ``None``: from scratch).
     """
 
     role: str
@@ -324,6 +347,8 @@ class TrainConfig:
     compress: bool
     virial: bool = False
     sel: int | None = None
+    init_from_previous: bool = False
+    init_model: str | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ("teacher", "student"):
@@ -404,9 +429,32 @@ def finetune_stages(config: Mapping[str, Any]) -> list[StageConfig]:
     return out
 
 
+def _driver(value: Any) -> str:
+    if value not in DISTILL_DRIVERS:
+        raise ValueError(f"driver must be one of {', '.join(DISTILL_DRIVERS)}, got {value!r}")
+    return str(value)
+
+
+def _student_explore(block: Mapping[str, Any], seed: int) -> ExploreTask | None:
+    """The student's MD settings: ``block`` with its ``student_md`` overrides."""
+    overrides = block.get("student_md") or {}
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"student_md must be a mapping of MD settings, got {overrides!r}")
+    known = {EXPLORE_KEYS.get(f.name, f.name) for f in dataclasses.fields(ExploreTask)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"student_md: unknown MD settings {unknown}; known: {sorted(known)}")
+    if block["driver"] != "student":
+        if overrides:
+            raise ValueError("student_md is set but driver is teacher: the student never explores")
+        return None
+    return _explore_task({**block, **overrides}, seed)
+
+
 def distill_config(config: Mapping[str, Any]) -> DistillConfig:
     """The typed ``distill`` section; its MD explores with seed ``seed + 100000``."""
     ds = config["distill"]
+    seed = config["seed"] + 100000
     return _typed(
         "distill",
         lambda: DistillConfig(
@@ -418,9 +466,9 @@ def distill_config(config: Mapping[str, Any]) -> DistillConfig:
             min_improvement=ds["min_improvement"],
             structures=ds["explore"]["structures"],
             min_atoms=_typed("explore", lambda: _count(ds["explore"]["min_atoms"], "min_atoms")),
-            explore=_typed(
-                "explore", lambda: _explore_task(ds["explore"], config["seed"] + 100000)
-            ),
+            driver=_typed("explore", lambda: _driver(ds["explore"]["driver"])),
+            explore=_typed("explore", lambda: _explore_task(ds["explore"], seed)),
+            student_explore=_typed("explore", lambda: _student_explore(ds["explore"], seed)),
         ),
     )
 
@@ -462,6 +510,7 @@ def student_training(config: Mapping[str, Any]) -> TrainConfig:
             compress=ds["compress"],
             virial=bool(ds["virial"]),
             sel=ds.get("sel"),
+            init_from_previous=bool(ds["init_from_previous"]),
         ),
     )
 
@@ -624,6 +673,8 @@ def validate(config: Mapping[str, Any], check_setup: bool = True) -> None:
         distill = distill_config(config)
         check_names(distill.structures, "distill.explore.structures")
         _check_plausible(distill.explore, "distill.explore")
+        if distill.student_explore is not None:
+            _check_plausible(distill.student_explore, "distill.explore.student_md")
         names = distill.structures or list(built)
         sel = student_training(config).sel
         _check_student_neighbours({name: built[name] for name in names}, sel)

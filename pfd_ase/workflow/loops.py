@@ -16,7 +16,9 @@ recorded step            named steps          inputs
                                               dataset
 ``ft.<s>.NNN.label``     label, evaluate      selected frames, labeler, model, dataset
 ``ft.<s>.NNN.train``     train                ``finetune`` training, base model, dataset
-``distill.NNN.md``       explore, filter      ``distill.explore``, structures, teacher
+``distill.NNN.md``       explore, filter      ``distill.explore``, structures, teacher (the
+                                              student from iteration 1 with ``driver:
+                                              student``)
 ``distill.NNN.explore``  evaluate, select,    candidates, teacher, student, ``n_frames``,
                          label                threshold, training set
 ``distill.NNN.train``    train                ``distill`` training, training set
@@ -51,6 +53,7 @@ Run directory layout (``config["workdir"]``)::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict
@@ -293,7 +296,7 @@ def _train(
     out = steps.train(training, frames, folder, progress=progress)
     record: dict[str, Any] = {"model": out.model}
     if training.role == "student":
-        record.update(compressed=out.compressed, info=out.info)
+        record.update(compressed=out.compressed, info=out.info, checkpoint=out.checkpoint)
     return record
 
 
@@ -401,8 +404,14 @@ class RecordedSteps:
         else:
             frames = read_frames(self.train_path, missing_ok=True)
         settings = asdict(training)
-        if settings["sel"] is None:  # the template's: run folders from before distill.sel match
-            del settings["sel"]
+        # sel and init_model absent when unset: run folders from before them match; what
+        # init_from_previous does is in init_model (the previous student, by content)
+        del settings["init_from_previous"]
+        for name in ("sel", "init_model"):
+            if settings[name] is None:
+                del settings[name]
+        if training.init_model is not None:
+            settings["init_model"] = model_identity(training.init_model)
         inputs: dict[str, Any] = {"training": settings, "data": frames_identity(frames)}
         if training.base_model is not None:
             inputs["base_model"] = model_identity(training.base_model, training.head)
@@ -595,11 +604,17 @@ def distill_loop(
         for name, atoms in _structures(config, ds.structures).items()
     }
     student: str | None = None
+    tr: dict[str, Any] | None = None  # the previous iteration's training record
     previous: float | None = None
     for it in range(ds.max_iterations):
         key = f"distill.{it:03d}"
         folder = state.workdir / "distill" / f"iter.{it:03d}"
-        run.md(f"{key}.md", ds, structures, teacher, it, folder)
+        if ds.student_explore is not None and student is not None:
+            # the current student explores (the first iteration, with none yet: the teacher)
+            md = dataclasses.replace(ds, explore=ds.student_explore)
+            run.md(f"{key}.md", md, structures, student, it, folder)
+        else:
+            run.md(f"{key}.md", ds, structures, teacher, it, folder)
         rec = run.compare(f"{key}.explore", ds, folder, teacher, student, key)
         err = rec["student_vs_teacher_force_rmse_eV_A"]
         if err is not None:
@@ -612,7 +627,10 @@ def distill_loop(
             previous = err
         if student is not None and rec["n_new"] == 0:
             break
-        tr = run.train(f"{key}.train", training, folder / "train")
+        init = tr.get("checkpoint") if training.init_from_previous and tr else None
+        tr = run.train(
+            f"{key}.train", dataclasses.replace(training, init_model=init), folder / "train"
+        )
         student = tr["compressed"] or tr["model"]
         state.save_summary(student=student)
     return student

@@ -169,7 +169,7 @@ _SECTION_DOCS: dict[str, str] = {
     "init": "initial data: perturbed copies of the structures, labelled",
     "finetune": "the fine-tune loop (teacher): explore, filter, select, label, evaluate, train",
     "distill": "the distillation loop (student): teacher MD, compare, teacher labels, train",
-    "explore": "the teacher MD of the distillation",
+    "explore": "the MD of the distillation (the teacher's; the student's with driver student)",
     "executor": "where labelling and MD tasks run",
     "frame_filter": _EXPLORE_DOCS["frame_filter"],
     "dh_watch": (
@@ -292,6 +292,11 @@ SCHEMA: dict[str, Any] = {
         ),
         "compress": Setting(True, "compress the student (dp compress) where possible"),
         "virial": Setting(False, "fit the teacher's stresses too (virial loss): true or false"),
+        "init_from_previous": Setting(
+            False,
+            "start each iteration's student from the previous one (deepmd-kit --init-model) "
+            "instead of from scratch: true or false",
+        ),
         "sel": Setting(
             None,
             "neighbours the student keeps within its 6.5 Å cut-off (integer > 0); null = 100, "
@@ -304,6 +309,16 @@ SCHEMA: dict[str, Any] = {
                 "repeat each starting structure until it holds at least this many atoms "
                 "(integer > 0; the teacher is cheap, larger cells give the student more "
                 "environments per frame)",
+            ),
+            "driver": Setting(
+                "teacher",
+                "what drives the MD after the first iteration: teacher, or student (the "
+                "current student explores; the teacher labels where they disagree most)",
+            ),
+            "student_md": Setting(
+                {},
+                "with driver student: the MD settings below that differ for the student's "
+                "walkers (e.g. {md_steps: 1000}: the student is ~20x faster than the teacher)",
             ),
             **_explore_schema(),
         },

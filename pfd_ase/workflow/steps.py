@@ -285,11 +285,14 @@ class TrainOutput:
         The compressed student (``None``: not compressed).
     info
         What the training reported.
+    checkpoint
+        A student's training checkpoint (to start the next student from).
     """
 
     model: str
     compressed: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
 
     @property
     def best(self) -> str:
@@ -309,8 +312,8 @@ def train(
     A teacher fine-tunes ``config.base_model``: deepmd-kit (``finetune``, seed
     ``config.seed + 1``), CHGNet (``finetune_chgnet``) or SevenNet (``finetune_sevennet``;
     both ``config.chgnet_epochs`` epochs, seed ``config.seed``). A student is a deepmd-kit
-    se_atten_v2 model trained from scratch (``train_student``, seed ``config.seed + 2``),
-    compressed if ``config.compress``.
+    se_atten_v2 model trained from scratch, or from ``config.init_model`` (a checkpoint), with
+    ``train_student`` (seed ``config.seed + 2``), compressed if ``config.compress``.
     """
     frames = list(frames)
     type_map = list(config.type_map) if config.type_map is not None else None
@@ -327,10 +330,11 @@ def train(
             seed=config.seed + 2,
             progress=progress,
             learning_rate=config.learning_rate,
+            init_model=config.init_model,
             **({} if config.sel is None else {"sel": config.sel}),
         )
         compressed = str(result.compressed) if result.compressed else None
-        return TrainOutput(str(result.model), compressed, dict(result.info))
+        return TrainOutput(str(result.model), compressed, dict(result.info), str(result.checkpoint))
     from pfd_ase.models import resolve_model
 
     spec = resolve_model(config.base_model, head=config.head)
