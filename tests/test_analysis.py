@@ -261,6 +261,11 @@ def test_report_prints_diffusion_coefficients_and_activation_energy(tmp_path):
     assert "± 3.0e-07 (4 runs)" in line and "1200 K 8.00e-06 (1 runs)" in line
     assert "Ea 0.301 ± 0.020 eV" in line and "1 runs excluded" in line
     assert "1500 K 2.50e-04 (1 runs, not diffusive: MSD ∝ t^1.62, 0.61 Å² reached" in line
+    assert "not an activation energy" not in line  # a summary from before the flag
+    summary["diffusion"]["PFD_large"]["arrhenius"]["diffusive"] = False
+    (line,) = report_lines(summary)
+    assert "Ea 0.301 ± 0.020 eV, D0 6.00e-05 cm²/s (from D that are not diffusion" in line
+    assert "not an activation energy of diffusion" in line
 
 
 def test_compare_phonons_and_vacancies_reuse_steps(sw, tmp_path):

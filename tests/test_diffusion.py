@@ -222,6 +222,9 @@ def test_diffusion_study_of_liquid_copper_with_emt(tmp_path):
     assert {Path(p).name for p in study.plots} == {"msd.png", "arrhenius.png"}
     summary = json.loads(json.dumps(study.summary()))
     assert summary["D_cm2_s"]["3000"]["runs"] == 2 and "Ea_eV" in summary["arrhenius"]
+    # the fit is a diffusion Ea only if every D in it is a diffusion coefficient
+    every = all(v["diffusive"] for v in summary["D_cm2_s"].values())
+    assert summary["arrhenius"]["diffusive"] is every
     again = dif.diffusion_study("emt", cell, "Cu", [2000, 3000], tmp_path / "hot", **kwargs)
     assert again.fits[3000].D_cm2_s == d[3000]  # finished runs are reused
     cold_kwargs = dict(kwargs, steps=600, equilibration_steps=200)

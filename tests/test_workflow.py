@@ -129,22 +129,32 @@ def test_rerun_of_a_finished_run_does_nothing(finished_run, base_model):
     assert again["steps"].keys() == summary["steps"].keys()
 
 
-def test_rerun_with_changed_settings_redoes_the_dependent_steps(
-    finished_run, base_model, tmp_path, caplog
-):
+def _rerun_changed(work, base_model, tmp_path, caplog, change):
+    """Rerun a copy of the finished run with ``change(config)`` applied; return the copy,
+    the summary and the steps logged as redone ("inputs changed")."""
     import logging
     import shutil
 
-    work, summary = finished_run
     copy = tmp_path / "run"
     shutil.copytree(work, copy)
     config = si_config(copy, base_model.checkpoint)
-    config["finetune"]["stages"][0]["n_select"] = 2
-    config["distill"]["enabled"] = False
+    change(config)
     with caplog.at_level(logging.WARNING, logger="pfd_ase.workflow"):
         again = run(config)
     messages = [r.getMessage() for r in caplog.records if "inputs changed" in r.getMessage()]
-    redone = {m.split()[1].rstrip(":") for m in messages}
+    return copy, again, {m.split()[1].rstrip(":") for m in messages}
+
+
+def test_rerun_with_changed_settings_redoes_the_dependent_steps(
+    finished_run, base_model, tmp_path, caplog
+):
+    work, summary = finished_run
+
+    def change(config):
+        config["finetune"]["stages"][0]["n_select"] = 2
+        config["distill"]["enabled"] = False
+
+    copy, again, redone = _rerun_changed(work, base_model, tmp_path, caplog, change)
     assert redone == {"ft.s1.000.select", "ft.s1.000.label", "ft.s1.000.train", "validation"}
     assert "n_select: 3 -> 2" in caplog.text
     steps = again["steps"]
@@ -173,21 +183,17 @@ def test_student_driven_distillation_explores_with_the_current_student(
     """``distill.explore.driver: student``: iteration 1 runs the first student's MD (the
     teacher's before); with ``init_from_previous`` its student starts from the first one's
     checkpoint. Only iteration 1 and what depends on it are redone."""
-    import logging
-    import shutil
-
     from pfd_ase.workflow.state import model_identity
 
     work, summary = finished_run
-    copy = tmp_path / "run"
-    shutil.copytree(work, copy)
+
+    def change(config):
+        config["distill"]["explore"]["driver"] = "student"
+        config["distill"]["init_from_previous"] = True
+
+    copy, again, redone = _rerun_changed(work, base_model, tmp_path, caplog, change)
     config = si_config(copy, base_model.checkpoint)
-    config["distill"]["explore"]["driver"] = "student"
-    config["distill"]["init_from_previous"] = True
-    with caplog.at_level(logging.WARNING, logger="pfd_ase.workflow"):
-        again = run(config)
-    messages = [r.getMessage() for r in caplog.records if "inputs changed" in r.getMessage()]
-    redone = {m.split()[1].rstrip(":") for m in messages}
+    change(config)
     assert redone == {"distill.001.md", "distill.001.explore", "distill.001.train", "validation"}
     steps, before = again["steps"], summary["steps"]
     first_student = model_identity(copy / "distill" / "iter.000" / "train" / "model.pth")

@@ -620,7 +620,13 @@ class DiffusionStudy:
         if self.arrhenius is not None:
             a = self.arrhenius
             err = None if not np.isfinite(a.Ea_err_eV) else a.Ea_err_eV
-            out["arrhenius"] = {"Ea_eV": a.Ea_eV, "Ea_err_eV": err, "D0_cm2_s": a.D0_cm2_s}
+            out["arrhenius"] = {
+                "Ea_eV": a.Ea_eV,
+                "Ea_err_eV": err,
+                "D0_cm2_s": a.D0_cm2_s,
+                # an Ea of diffusion only when every D of the fit is one
+                "diffusive": all(f.diffusive for f in self.fits.values()),
+            }
         return out
 
 

@@ -123,6 +123,11 @@ def _diffusion_lines(summary: Mapping[str, Any]) -> list[str]:
         if fit:
             err = f" ± {fit['Ea_err_eV']:.3f}" if fit.get("Ea_err_eV") is not None else ""
             text += f"; Ea {fit['Ea_eV']:.3f}{err} eV, D0 {fit['D0_cm2_s']:.2e} cm²/s"
+            if fit.get("diffusive") is False:
+                text += (
+                    " (from D that are not diffusion coefficients: the temperature dependence"
+                    " of caged, sub-ps motion, not an activation energy of diffusion)"
+                )
         if res.get("excluded_runs"):
             text += f"; {len(res['excluded_runs'])} runs excluded (blew up or lost frames)"
         lines.append(text)
