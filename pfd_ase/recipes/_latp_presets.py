@@ -92,8 +92,8 @@ DEFAULT: dict[str, Any] = {
     },
 }
 #: ``quick``: a smoke test on 2 cores (≤ 30 min): GFN1-xTB labels, one short iteration, a
-#: 3000-step student on 100 teacher frames (600-1800 K), 3000 steps more on 100 frames of
-#: its own MD (900-1500 K) labelled by the teacher, then diffusion runs of 1.2 ps: PF
+#: 2200-step student on 100 teacher frames (600-1800 K), 2200 steps more on 100 frames of
+#: its own MD (900-1500 K, 0.6 ps) labelled by the teacher, then diffusion runs of 1.2 ps: PF
 #: and PFD side by side at 1200 K in the training cell, and the student's D(T) at 900-1200 K
 #: in another 110-atom ordering, two runs each — its Ea is a smoke-test number, not a result.
 QUICK = deep_update(
@@ -104,16 +104,16 @@ QUICK = deep_update(
         "workflow": {
             "init": {"n_perturb": 1},
             "finetune": {"steps": 400, "chgnet_epochs": 10},
-            "distill": {"steps": 3000, "max_iterations": 2, "n_frames": 100},
+            "distill": {"steps": 2200, "max_iterations": 2, "n_frames": 100},
         },
         # the teacher's MD for the student up to 1800 K: closer contacts than the diffusion
         # runs see (a student trained on 600-1200 K frames only collapsed PO4 groups there);
         # then one iteration of the student's own MD, 1 ps at most
         "explore": {
             "temperatures_K": [600.0, 1200.0, 1800.0],
-            "md_steps": 100,
-            "sample_every": 5,
-            "student_md": {"md_steps": 1000},
+            "md_steps": 60,
+            "sample_every": 3,
+            "student_md": {"md_steps": 600},
         },
         "validation": {"test_set": {"n_frames": 1}},
         "diffusion": {
@@ -125,8 +125,8 @@ QUICK = deep_update(
             "compare": {
                 "temperatures_K": [1200.0],
                 "n_runs": 1,
-                "steps": 300,
-                "equilibration_steps": 100,
+                "steps": 240,
+                "equilibration_steps": 40,
             },
         },
     },
