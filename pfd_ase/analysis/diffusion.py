@@ -292,19 +292,22 @@ MAX_ALPHA_DEVIATION = 0.25
 MIN_DIFFUSIVE_MSD_A2 = 4.0
 
 
+def _in_window(t: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """The lags inside the fit window (fractions of the longest lag)."""
+    return (t >= window[0] * t[-1]) & (t <= window[1] * t[-1])
+
+
 def _alpha(t: np.ndarray, msd: np.ndarray, window: tuple[float, float]) -> tuple[float, float]:
     """α of MSD ∝ t^α over the window (nan if undefined) and the MSD at its end."""
-    t_max = t[-1]
-    sel = (t >= window[0] * t_max) & (t <= window[1] * t_max) & (t > 0) & (msd > 0)
-    end = float(msd[(t <= window[1] * t_max)][-1])
+    sel = _in_window(t, window) & (t > 0) & (msd > 0)
+    end = float(msd[(t <= window[1] * t[-1])][-1])
     if sel.sum() < 2:
         return float("nan"), end
     return float(np.polyfit(np.log(t[sel]), np.log(msd[sel]), 1)[0]), end
 
 
 def _slope(t: np.ndarray, msd: np.ndarray, window: tuple[float, float]) -> tuple[float, float]:
-    t_max = t[-1]
-    sel = (t >= window[0] * t_max) & (t <= window[1] * t_max)
+    sel = _in_window(t, window)
     if sel.sum() < 2:
         raise ValueError(f"the fit window {window} holds fewer than two lags")
     slope, intercept = np.polyfit(t[sel], msd[sel], 1)

@@ -257,16 +257,15 @@ class DistillConfig:
         (:func:`pfd_ase.structures.repeated_to`; 1: as given). The teacher is cheap: larger
         cells give the student more, less correlated environments per frame (the issue's
         32-64 atoms against the 8-16 of the DFT stages).
-    driver
-        What drives the MD of the iterations after the first: ``"teacher"`` (every
-        iteration, the spec's loop) or ``"student"`` (the current student runs the MD and
-        the teacher labels the frames where the two disagree most: the student's own
-        failures, e.g. atoms it lets collide, become its training data, as in DP-GEN's
-        concurrent learning). The first iteration, with no student yet, is the teacher's.
     student_explore
-        With ``driver="student"``: the student's MD settings (``explore`` with the
+        ``None``: the teacher drives the MD of every iteration (the spec's loop). Otherwise
+        (``distill.explore.driver: student``) the current student runs the MD of the
+        iterations after the first with these settings (``explore`` with the
         ``distill.explore.student_md`` overrides; the student is ~20x faster than the
-        teacher, so its walkers can run longer); ``None`` otherwise.
+        teacher, so its walkers can run longer), and the teacher labels the frames where
+        the two disagree most: the student's own failures, e.g. atoms it lets collide,
+        become its training data, as in DP-GEN's concurrent learning. The first
+        iteration, with no student yet, is the teacher's.
     """
 
     enabled: bool
@@ -278,15 +277,11 @@ class DistillConfig:
     structures: tuple[str, ...] | None
     explore: ExploreTask
     min_atoms: int = 1
-    driver: str = "teacher"
     student_explore: ExploreTask | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "enabled", bool(self.enabled))
-        set_(self, "driver", _driver(self.driver))
-        if self.student_explore is not None and self.driver != "student":
-            raise ValueError(f"student_explore needs driver 'student', got {self.driver!r}")
         set_(self, "structures", _names(self.structures, "structures"))
         for key in ("max_iterations", "n_frames", "min_atoms"):
             _count(getattr(self, key), key)
@@ -429,14 +424,12 @@ def finetune_stages(config: Mapping[str, Any]) -> list[StageConfig]:
     return out
 
 
-def _driver(value: Any) -> str:
-    if value not in DISTILL_DRIVERS:
-        raise ValueError(f"driver must be one of {', '.join(DISTILL_DRIVERS)}, got {value!r}")
-    return str(value)
-
-
 def _student_explore(block: Mapping[str, Any], seed: int) -> ExploreTask | None:
-    """The student's MD settings: ``block`` with its ``student_md`` overrides."""
+    """The student's MD settings (``block`` with its ``student_md`` overrides) when
+    ``block["driver"]`` is ``"student"``; ``None`` when it is ``"teacher"``."""
+    driver = block["driver"]
+    if driver not in DISTILL_DRIVERS:
+        raise ValueError(f"driver must be one of {', '.join(DISTILL_DRIVERS)}, got {driver!r}")
     overrides = block.get("student_md") or {}
     if not isinstance(overrides, Mapping):
         raise ValueError(f"student_md must be a mapping of MD settings, got {overrides!r}")
@@ -444,7 +437,7 @@ def _student_explore(block: Mapping[str, Any], seed: int) -> ExploreTask | None:
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"student_md: unknown MD settings {unknown}; known: {sorted(known)}")
-    if block["driver"] != "student":
+    if driver != "student":
         if overrides:
             raise ValueError("student_md is set but driver is teacher: the student never explores")
         return None
@@ -466,7 +459,6 @@ def distill_config(config: Mapping[str, Any]) -> DistillConfig:
             min_improvement=ds["min_improvement"],
             structures=ds["explore"]["structures"],
             min_atoms=_typed("explore", lambda: _count(ds["explore"]["min_atoms"], "min_atoms")),
-            driver=_typed("explore", lambda: _driver(ds["explore"]["driver"])),
             explore=_typed("explore", lambda: _explore_task(ds["explore"], seed)),
             student_explore=_typed("explore", lambda: _student_explore(ds["explore"], seed)),
         ),
