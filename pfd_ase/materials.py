@@ -11,6 +11,11 @@ LATP (the supplement's solid electrolyte): :func:`nasicon_ltp` builds LiTi₂(PO
 R-3c) from its Wyckoff positions (:data:`LTP_WYCKOFF`), :func:`latp` Li₁₊ₓAlₓTi₂₋ₓ(PO₄)₃ by
 seeded Al-on-Ti substitution with the charge-compensating Li on the empty M2 sites.
 
+BaTiO₃ (the supplement's perovskites): :func:`batio3` builds the cubic, tetragonal,
+orthorhombic and rhombohedral phases from their experimental Wyckoff positions
+(:data:`BATIO3_PHASES`), :func:`doped_perovskite` the doped
+Ba₀.₅Na₀.₂₅Bi₀.₂₅Ti₀.₈₇₅Zr₀.₁₂₅O₃ by seeded random substitution.
+
 Units: Å.
 """
 
@@ -23,12 +28,16 @@ import numpy as np
 from ase import Atoms
 
 __all__ = [
+    "BATIO3_PHASES",
+    "DOPED_PEROVSKITE",
     "LTP_CELL",
     "LTP_WYCKOFF",
     "SILICON_LATTICE",
     "SILICON_PHASES",
     "SILICON_STRUCTURES",
     "SILICON_VACANCY_SUPERCELLS",
+    "batio3",
+    "doped_perovskite",
     "labelled_silicon",
     "latp",
     "nasicon_ltp",
@@ -355,4 +364,133 @@ def latp(
     keep = symbols != "X"
     out = Atoms(list(symbols[keep]), positions=atoms.positions[keep], cell=atoms.cell, pbc=True)
     out.info.update(latp_x=n / n_fu, latp_seed=int(seed))
+    return out
+
+
+#: BaTiO₃, the four phases (space group, cell parameters in Å and degrees, Wyckoff sites):
+#: neutron powder diffraction of G. H. Kwei, A. C. Lawson, S. J. L. Billinge and S.-W.
+#: Cheong, J. Phys. Chem. 97, 2368 (1993) — cubic Pm-3m (221) at 403 K, tetragonal P4mm (99)
+#: at 280 K, orthorhombic Amm2 (38) at 190 K, rhombohedral R3m (160, rhombohedral axes) at
+#: 15 K — with Ba at the origin. The digits were transcribed offline without the paper at
+#: hand: read them as the experimental starting geometry of the right space group (the
+#: recipes relax every phase under its symmetry with each model and with the labeler).
+BATIO3_PHASES: dict[str, dict[str, Any]] = {
+    "cubic": {
+        "spacegroup": 221,
+        "cellpar": [4.0060, 4.0060, 4.0060, 90.0, 90.0, 90.0],
+        "sites": [("Ba", (0.0, 0.0, 0.0)), ("Ti", (0.5, 0.5, 0.5)), ("O", (0.0, 0.5, 0.5))],
+    },
+    "tetragonal": {
+        "spacegroup": 99,
+        "cellpar": [3.9998, 3.9998, 4.0180, 90.0, 90.0, 90.0],
+        "sites": [
+            ("Ba", (0.0, 0.0, 0.0)),
+            ("Ti", (0.5, 0.5, 0.482)),
+            ("O", (0.5, 0.5, 0.016)),
+            ("O", (0.5, 0.0, 0.515)),
+        ],
+    },
+    "orthorhombic": {
+        "spacegroup": 38,
+        "cellpar": [3.9828, 5.6745, 5.6916, 90.0, 90.0, 90.0],
+        "sites": [
+            ("Ba", (0.0, 0.0, 0.0)),
+            ("Ti", (0.5, 0.0, 0.5170)),
+            ("O", (0.0, 0.0, 0.4890)),
+            ("O", (0.5, 0.2561, 0.2341)),
+        ],
+    },
+    "rhombohedral": {
+        "spacegroup": 160,
+        "cellpar": [4.0036, 4.0036, 4.0036, 89.839, 89.839, 89.839],
+        "sites": [
+            ("Ba", (0.0, 0.0, 0.0)),
+            ("Ti", (0.4870, 0.4870, 0.4870)),
+            ("O", (0.5110, 0.5110, 0.0193)),
+        ],
+    },
+}
+
+
+def batio3(phase: str) -> Atoms:
+    """A BaTiO₃ phase of :data:`BATIO3_PHASES`: its primitive cell (5 atoms; the
+    orthorhombic Amm2 phase: its 10-atom conventional cell), ``info["spacegroup"]`` set."""
+    from ase.spacegroup import crystal
+
+    if phase not in BATIO3_PHASES:
+        raise ValueError(f"unknown BaTiO3 phase {phase!r}; known: {list(BATIO3_PHASES)}")
+    data = BATIO3_PHASES[phase]
+    symbols = [s for s, _ in data["sites"]]
+    basis = [xyz for _, xyz in data["sites"]]
+    setting = 2 if data["spacegroup"] == 160 else 1  # R3m on rhombohedral axes
+    made = crystal(
+        symbols, basis, spacegroup=data["spacegroup"], cellpar=data["cellpar"], setting=setting
+    )
+    atoms = Atoms(
+        made.get_chemical_symbols(),
+        cell=made.cell,
+        scaled_positions=made.get_scaled_positions(),
+        pbc=True,
+    )
+    atoms.info["spacegroup"] = int(data["spacegroup"])
+    return atoms
+
+
+#: The supplement's doped perovskite, Ba₀.₅Na₀.₂₅Bi₀.₂₅Ti₀.₈₇₅Zr₀.₁₂₅O₃: A- and B-site
+#: fractions.
+DOPED_PEROVSKITE: dict[str, dict[str, float]] = {
+    "A": {"Ba": 0.5, "Na": 0.25, "Bi": 0.25},
+    "B": {"Ti": 0.875, "Zr": 0.125},
+}
+
+
+def doped_perovskite(
+    seed: int = 0,
+    size: int | Sequence[int] = 2,
+    fractions: dict[str, dict[str, float]] | None = None,
+) -> Atoms:
+    """A seeded random A/B-site substitution of cubic BaTiO₃, built with pymatgen.
+
+    Parameters
+    ----------
+    seed
+        ``np.random.default_rng(seed)`` draws which A and B sites take which element.
+    size
+        Repeats of the cubic 5-atom cell (2: the supplement's 40-atom 2×2×2 cell).
+    fractions
+        ``{"A": {element: fraction}, "B": {...}}`` (default :data:`DOPED_PEROVSKITE`); each
+        count ``fraction · n_sites`` must be an integer and the fractions of a site must add
+        to 1.
+
+    Returns
+    -------
+    Atoms
+        ``info["perovskite_seed"]``: the seed.
+    """
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    fractions = DOPED_PEROVSKITE if fractions is None else fractions
+    cubic = AseAtomsAdaptor.get_structure(batio3("cubic"))
+    repeats = np.full(3, int(size)) if np.ndim(size) == 0 else np.asarray(size, dtype=int)
+    structure = cubic * tuple(int(n) for n in repeats)
+    rng = np.random.default_rng(seed)
+    for site, host in (("A", "Ba"), ("B", "Ti")):
+        share = fractions[site]
+        if abs(sum(share.values()) - 1.0) > 1e-9:
+            raise ValueError(f"{site}-site fractions must add to 1, got {share}")
+        indices = [i for i, s in enumerate(structure) if s.specie.symbol == host]
+        counts = {el: f * len(indices) for el, f in share.items()}
+        if any(abs(c - round(c)) > 1e-9 for c in counts.values()):
+            raise ValueError(
+                f"{site}-site fractions {share} need whole atoms of {len(indices)} sites"
+            )
+        order = rng.permutation(indices)
+        start = 0
+        for element, count in counts.items():
+            for i in order[start : start + round(count)]:
+                structure.replace(int(i), element)
+            start += round(count)
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    out = Atoms(atoms.get_chemical_symbols(), cell=atoms.cell, positions=atoms.positions, pbc=True)
+    out.info["perovskite_seed"] = int(seed)
     return out

@@ -64,6 +64,10 @@ def test_validation_without_phonons_runs_the_diffusion_study(tmp_path, monkeypat
 
     import pfd_ase.analysis.diffusion as diffusion
     import pfd_ase.analysis.validate as validate
+
+    # imported before models.resolve_model is patched: a module first imported under the
+    # patch would keep the fake for the rest of the session
+    import pfd_ase.calculators.pfd  # noqa: F401
     import pfd_ase.models as models
     import pfd_ase.recipes._base as base
     from pfd_ase.data import write_frames

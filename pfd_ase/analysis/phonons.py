@@ -38,6 +38,7 @@ __all__ = [
     "phonon_comparison",
     "phonon_labeler",
     "plot_phonon_bands",
+    "seekpath_path",
     "thermal_properties",
 ]
 
@@ -271,7 +272,8 @@ def phonon_bands(
         break shown as ``"U|K"``), ``distances`` (nq, 1/Å), ``frequencies_THz`` (nq ×
         nbands), ``special_points`` (``{"Gamma": [...], "X": [...], "L": [...]}``, sorted
         frequencies in THz computed at those exact q-points; X and L only where the
-        lattice has them), ``special_qpoints`` (their reduced coordinates),
+        lattice has them), ``special_qpoints`` (their reduced coordinates), ``path_points``
+        (label → sorted frequencies at every labelled point of the path, exact),
         ``commensurate`` (special point → whether the supercell contains its wave, i.e. its
         frequencies are exact rather than Fourier-interpolated), ``supercell`` (3×3
         matrix), ``displacement_A``, ``n_displacements``, ``n_atoms``, ``phonopy_params``
@@ -300,7 +302,7 @@ def phonon_bands(
     prim = primitive.copy()
     prim.calc = None
     phonon = Phonopy(
-        _to_phonopy(prim), supercell_matrix=smat, primitive_matrix=None, symprec=symprec
+        _to_phonopy(prim), supercell_matrix=smat, primitive_matrix="P", symprec=symprec
     )
     phonon.generate_displacements(distance=displacement_A)
     displaced = phonon.supercells_with_displacements
@@ -343,6 +345,16 @@ def phonon_bands(
         for (key, _), row in zip(present, special_rows, strict=True)
     }
     special_q = {key: [float(x) for x in q] for key, q in present}
+    # every labelled point of the path, exact (e.g. Γ, X, M, R of a cubic path)
+    points: dict[str, np.ndarray] = {}
+    for seg in segments:
+        for lab, q in seg:
+            points.setdefault(lab, q)
+    phonon.run_qpoints(np.array(list(points.values())))
+    path_points = {
+        lab: sorted(float(f) for f in row)
+        for lab, row in zip(points, _qpoint_frequencies(phonon), strict=True)
+    }
 
     params = None
     if folder is not None:
@@ -358,6 +370,7 @@ def phonon_bands(
         "frequencies_THz": freqs.tolist(),
         "special_points": special_freqs,
         "special_qpoints": special_q,
+        "path_points": path_points,
         "commensurate": {key: is_commensurate(smat, q) for key, q in present},
         "supercell": smat.tolist(),
         "displacement_A": float(displacement_A),
@@ -366,6 +379,45 @@ def phonon_bands(
         "phonopy_params": None if params is None else str(params),
         "thermal": thermal,
     }
+
+
+def seekpath_path(
+    atoms: Atoms, symprec: float = 1e-3
+) -> tuple[Atoms, list[list[tuple[str, list[float]]]]]:
+    """seekpath's standardised primitive cell of ``atoms`` and its high-symmetry path.
+
+    Returns
+    -------
+    (Atoms, list)
+        The primitive cell (seekpath's orientation; compute phonons on it, the path's
+        q-points are in its reciprocal basis) and the path as :func:`phonon_bands` takes
+        it: segments of ``(label, q)``, consecutive legs joined, a new segment where the
+        path jumps (``"GAMMA"`` is written ``"Γ"``).
+    """
+    try:
+        import seekpath
+    except ImportError as exc:  # pragma: no cover - seekpath comes with the core install
+        raise ImportError("the seekpath path needs seekpath: pip install seekpath") from exc
+    cell = (np.array(atoms.cell), atoms.get_scaled_positions(), atoms.numbers)
+    data = seekpath.get_path(cell, with_time_reversal=True, symprec=symprec)
+    primitive = Atoms(
+        numbers=data["primitive_types"],
+        cell=data["primitive_lattice"],
+        scaled_positions=data["primitive_positions"],
+        pbc=True,
+    )
+    coords = data["point_coords"]
+
+    def point(name: str) -> tuple[str, list[float]]:
+        return ("Γ" if name == "GAMMA" else name, [float(x) for x in coords[name]])
+
+    segments: list[list[tuple[str, list[float]]]] = []
+    for start, end in data["path"]:
+        if segments and segments[-1][-1][0] == point(start)[0]:
+            segments[-1].append(point(end))
+        else:
+            segments.append([point(start), point(end)])
+    return primitive, segments
 
 
 def is_commensurate(supercell: Sequence[Sequence[int]], q: Sequence[float]) -> bool:

@@ -59,6 +59,7 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
     lines += _phonon_tables(summary)
     lines += _vacancy_lines(summary)
     lines += _diffusion_lines(summary)
+    lines += _phase_lines(summary)
     lines += _failure_lines(summary)
     return lines
 
@@ -131,6 +132,80 @@ def _diffusion_lines(summary: Mapping[str, Any]) -> list[str]:
         if res.get("excluded_runs"):
             text += f"; {len(res['excluded_runs'])} runs excluded (blew up or lost frames)"
         lines.append(text)
+    return lines
+
+
+def _phase_lines(summary: Mapping[str, Any]) -> list[str]:
+    """Tables of the phase study: energies per formula unit and ordering, the vacancy
+    formation energy per phase, the lowest phonon frequency at each path point."""
+    ordering = summary.get("phase_ordering")
+    if not ordering:
+        return []
+    phases = list(next(iter(ordering.values()))["relative_meV_fu"])
+    lines = [
+        "",
+        f"Phase energies, meV per formula unit relative to {phases[0]}, each relaxed under its"
+        " symmetry by the subject:",
+        "",
+        "| | " + " | ".join(phases) + " | order (lowest first) | expected order | same as DFT |"
+        " max error vs DFT |",
+        "|---" * (len(phases) + 5) + "|",
+    ]
+
+    def yes(flag: Any) -> str:
+        return "–" if flag is None else ("yes" if flag else "**no**")
+
+    for name, entry in ordering.items():
+        cells = [f"{entry['relative_meV_fu'][p]:.1f}" for p in phases]
+        err = entry.get("max_abs_error_meV_fu")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {' < '.join(entry['order'])} | {yes(entry['expected_order'])}"
+            + f" | {yes(entry['same_order_as_reference'])}"
+            + f" | {'–' if err is None else f'{err:.1f}'} |"
+        )
+    defects = summary.get("defects")
+    if defects:
+        lines += [
+            "",
+            "Vacancy formation energy (eV), the lowest over the distinct sites (its atom index),"
+            " E_f = E(cell − X) − E(cell) + ½ E(X₂) with the subject's own molecule:",
+            "",
+            "| | μ (eV) | " + " | ".join(phases) + " |",
+            "|---" * (len(phases) + 2) + "|",
+        ]
+        for name, entry in defects.items():
+            cells = []
+            for p in phases:
+                res = entry["phases"].get(p)
+                if res is None:
+                    cells.append("–")
+                elif res["E_f_eV"] is None:
+                    cells.append("no value")
+                else:
+                    relaxed = all(r.get("relaxed") for r in res["sites"].values())
+                    mark = "" if relaxed else " unrelaxed"
+                    n = len(res["sites"])
+                    cells.append(f"{res['E_f_eV']:.2f} (site {res['site']}; {n} distinct{mark})")
+            lines.append(f"| {name} | {entry['mu']['mu_eV']:.3f} | " + " | ".join(cells) + " |")
+    soft = summary.get("soft_modes")
+    if soft:
+        lines += [
+            "",
+            "Lowest phonon frequency (THz) at each point of the path (negative: imaginary):",
+        ]
+        exact = summary.get("soft_modes_exact", {})
+        for name, per_phase in soft.items():
+            for phase, points in per_phase.items():
+                held = exact.get(name, {}).get(phase)
+                text = ", ".join(
+                    f"{k} {v:.2f}" + ("" if held is None or k in held else " (interpolated)")
+                    for k, v in points.items()
+                )
+                unstable = [k for k, v in points.items() if v < -0.1]
+                verdict = f"imaginary at {', '.join(unstable)}" if unstable else "no imaginary mode"
+                lines.append(f"- {name}, {phase}: {text} ({verdict})")
     return lines
 
 

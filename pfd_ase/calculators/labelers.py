@@ -58,6 +58,7 @@ __all__ = [
     "is_calculator",
     "labeler_info",
     "make_labeler",
+    "molecule_labeler",
 ]
 
 #: VASP settings of the PFD supplement: PBE, 500 eV, k-spacing 0.2 Å⁻¹ without Γ,
@@ -148,6 +149,33 @@ def make_labeler(name: Any, directory: str | os.PathLike | None = None, **overri
         raise TypeError(f"a labeler is a name or a calculator object, not {type(name).__name__}")
     key = _canonical_name(name)
     return _BUILDERS[key](directory, dict(overrides))
+
+
+def molecule_labeler(
+    name: str, directory: str | os.PathLike | None = None, multiplicity: int = 1, **overrides: Any
+) -> Any:
+    """A labeler (:func:`make_labeler`) set up for an isolated molecule in a periodic box.
+
+    The k-point mesh becomes the Γ point and, with ``multiplicity`` > 1 (3: triplet O₂),
+    spin polarisation is switched on: GPAW ``spinpol``, VASP ``ISPIN = 2``, xTB its
+    ``multiplicity`` (the initial moments come from the atoms' initial magnetic moments,
+    see :func:`pfd_ase.analysis.phases.molecule_chemical_potential`). Classical labelers and
+    models take the molecule as it is. ``overrides`` (the run's labeler settings) lose to
+    these.
+    """
+    if multiplicity < 1:
+        raise ValueError(f"multiplicity must be at least 1, got {multiplicity}")
+    key = _canonical_name(name) if isinstance(name, str) else None
+    spin = multiplicity > 1
+    settings = dict(overrides)
+    if key in ("gpaw", "gpaw-lcao"):
+        settings |= {"kpts": {"size": (1, 1, 1), "gamma": True}, "spinpol": spin}
+    elif key == "vasp":
+        settings |= {"kpts": (1, 1, 1), "ispin": 2 if spin else 1}
+        settings["kspacing"] = None  # the Γ point, not the solid's mesh
+    elif key == "xtb":
+        settings |= {"multiplicity": int(multiplicity)}
+    return make_labeler(name, directory=directory, **settings)
 
 
 def _canonical_name(name: str) -> str:

@@ -62,7 +62,9 @@ def validation_step(run: str | Path | RunState) -> Step:
     return step
 
 
-def model_subject(model: str, trained_on: list[str] | None = None) -> Subject:
+def model_subject(
+    model: str, trained_on: list[str] | None = None, head: str | None = None
+) -> Subject:
     """A trained model (path or pre-trained name) to validate, loaded on first use.
 
     Its identity is :func:`pfd_ase.models.resolve_model`'s (a content hash): a retrained
@@ -71,8 +73,8 @@ def model_subject(model: str, trained_on: list[str] | None = None) -> Subject:
     from pfd_ase.calculators import PFDCalculator
     from pfd_ase.models import resolve_model
 
-    identity = {"model": resolve_model(model).identity}
-    return Subject(functools.cache(lambda: PFDCalculator(model)), identity, trained_on)
+    identity = {"model": resolve_model(model, head=head).identity}
+    return Subject(functools.cache(lambda: PFDCalculator(model, head=head)), identity, trained_on)
 
 
 def trained_structures(config: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -108,7 +110,8 @@ def held_out_test(
     models
         Name (``"base"``, ``"PF"``, ``"PFD"``) → (model path or name, head).
     settings
-        ``n_frames`` per structure, and optionally ``cell_strain`` and ``displacement_A``.
+        ``n_frames`` per structure, and optionally ``cell_strain``, ``displacement_A`` and
+        ``structures`` (the names tested; default: all of the run's).
     report
         The report folder (parity plots ``parity_test_<name>.png``).
     step
@@ -131,7 +134,8 @@ def held_out_test(
 
     folder = Path(config["workdir"]) / "test"
     path = folder / "labelled.extxyz"
-    structures = {k: build_structure(v) for k, v in config["structures"].items()}
+    names = settings.get("structures") or list(config["structures"])
+    structures = {k: build_structure(config["structures"][k]) for k in names}
     options = {k: settings[k] for k in ("cell_strain", "displacement_A") if k in settings}
     frames = make_test_set(structures, int(settings["n_frames"]), int(config["seed"]), **options)
     labeler = (config["labeler"]["name"], dict(config["labeler"]["overrides"]))
@@ -181,6 +185,7 @@ def validate_run(
     phonons: Mapping[str, Any] | None,
     vacancies: Mapping[str, Any] | None,
     diffusion: Mapping[str, Any] | None = None,
+    phase_study: Mapping[str, Any] | None = None,
     **info: Any,
 ) -> dict[str, Any]:
     """Validate a finished run and write its report folder (``workdir/report``).
@@ -215,6 +220,10 @@ def validate_run(
         ``{"cells": {phase: Atoms}, "reference": Atoms, "title": str}``; ``None``: none.
     diffusion
         The settings of :func:`diffusion_validation`; ``None``: no diffusion runs.
+    phase_study
+        ``{"structures": {phase: Atoms}, "settings": {...}}`` of :func:`phase_validation`
+        (base, PF and PFD, and the labeler unless ``settings["dft"]`` is false); ``None``:
+        none.
     **info
         Recorded at the top of the results (e.g. ``preset``).
 
@@ -334,6 +343,23 @@ def validate_run(
             result["vacancy_vs_dft"] = vacancy_versus_dft(
                 phase, relaxed, result["vacancy_formation_eV"]["DFT"][phase], models_e
             )
+    if phase_study is not None:
+        from pfd_ase.calculators.labelers import molecule_labeler
+
+        base = config["base_model"]
+        study = dict(phase_study["settings"])
+        multiplicity = int(study.get("defect", {}).get("multiplicity", 1))
+        result |= phase_validation(
+            phase_study["structures"],
+            {"base": model_subject(base["path"], head=base.get("head")), **models},
+            study,
+            step,
+            report,
+            labeler=dft["DFT"] if study.get("dft", True) else None,
+            molecule_labeler=lambda: molecule_labeler(
+                name, folder / "labeler" / "molecule", multiplicity, **overrides
+            ),
+        )
     if diffusion is not None:
         paths = {"PF": teacher, **({"PFD": student} if student else {})}
         result["diffusion"] = diffusion_validation(paths, diffusion, folder / "diffusion", report)
@@ -488,3 +514,207 @@ def parsed_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) ->
     for key in ("labeler_overrides", "overrides"):
         args[key] = json.loads(args[key])
     return args
+
+
+def phase_validation(
+    phases: Mapping[str, Any],
+    subjects: Mapping[str, Subject],
+    settings: Mapping[str, Any],
+    step: Step,
+    report: str | os.PathLike,
+    labeler: Subject | None = None,
+    molecule_labeler: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
+    """Phase energies, point defects and phonons of each phase of one compound.
+
+    For every subject (the labeler as ``"DFT"`` first, where given, then the models): each
+    phase relaxed under its symmetry (:func:`pfd_ase.analysis.phases.phase_energies`),
+    the ordering against the labeler's and the expected one; with ``settings["defect"]``
+    the vacancy formation energy of its element on every symmetry-distinct site of each
+    phase's supercell, against μ = ½ E(molecule) of the same subject (the labeler's
+    molecule from ``molecule_labeler``, spin-polarised), the lowest per phase; with
+    ``settings["phonons"]`` the dispersion of each phase along seekpath's path, one figure
+    per phase. The labeler does only ``defect["dft_phases"]`` and
+    ``phonons["dft_phases"]``. All results are resumable steps (``phases_<subject>``,
+    ``molecule_<subject>``, ``defects_<subject>``, ``phonons_<phase>_<subject>``).
+
+    Parameters
+    ----------
+    phases
+        Phase name → structure (the first is the zero of the relative energies).
+    subjects
+        Model name (``"base"``, ``"PF"``, ``"PFD"``) → :class:`Subject`; defects and
+        phonons for ``settings["models"]`` of them (default: all).
+    settings
+        ``relax_cell``, ``fmax_eV_A``, ``max_steps``, ``expected_order`` (lowest first),
+        ``models``; ``defect``: ``symbol``, ``molecule``, ``multiplicity``,
+        ``supercells`` (phase → size of :func:`pfd_ase.materials.supercell`), ``relax``,
+        ``fmax_eV_A``, ``max_steps``, ``dft_phases``, ``dft_relax``; ``phonons``:
+        ``supercell``, ``npoints``, ``dft_phases``, ``dft_supercell``.
+    step, report
+        The run's steps (:func:`validation_step`); the report folder (figures).
+    labeler, molecule_labeler
+        The labeler as a :class:`Subject` and a factory of its molecule set-up
+        (:func:`pfd_ase.calculators.labelers.molecule_labeler`); ``None``: models only.
+
+    Returns
+    -------
+    dict
+        ``phase_ordering`` (:func:`pfd_ase.analysis.phases.phase_ordering`), ``phase_energies``
+        (subject → phase → energy per formula unit and space groups), ``defects`` (subject →
+        phase → ``E_f_eV``, ``site``, per-site values, ``mu_eV``), ``soft_modes`` (subject →
+        phase → path point → lowest frequency, THz; negative: imaginary), ``soft_modes_exact``
+        (subject → phase → the points the phonon supercell holds exactly; the others are
+        Fourier-interpolated) and the figures.
+    """
+    import numpy as np
+
+    from pfd_ase.analysis.phases import (
+        atoms_from_record,
+        molecule_chemical_potential,
+        phase_energies,
+        phase_ordering,
+        plot_phase_energies,
+        site_vacancies,
+    )
+    from pfd_ase.analysis.phonons import (
+        is_commensurate,
+        phonon_bands,
+        plot_phonon_bands,
+        seekpath_path,
+    )
+    from pfd_ase.analysis.vacancy import plot_vacancy_bars
+    from pfd_ase.materials import supercell
+
+    report = Path(report)
+    relax = {k: settings[k] for k in ("relax_cell", "fmax_eV_A", "max_steps") if k in settings}
+    everyone = {**({"DFT": labeler} if labeler is not None else {}), **subjects}
+    names = list(phases)
+    energies = {
+        name: step(
+            f"phases_{name}",
+            lambda s=s: phase_energies(phases, s.calculator(), **relax),
+            {**s.identity, **relax, "phases": names},
+        )
+        for name, s in everyone.items()
+    }
+    for res in energies.values():  # a stored step comes back with its keys sorted
+        res["phases"] = {p: res["phases"][p] for p in names}
+        res["relative_meV_fu"] = {p: res["relative_meV_fu"][p] for p in names}
+    ordering = phase_ordering(
+        energies, settings.get("expected_order"), "DFT" if labeler is not None else None
+    )
+    compound = str(settings.get("compound", ""))
+    plot_phase_energies(ordering, report / "phase_energies.png", f"{compound} phases".strip())
+    out: dict[str, Any] = {
+        "phase_ordering": ordering,
+        "phase_energies": {
+            n: {p: {k: v for k, v in r.items() if k != "structure"} for p, r in e["phases"].items()}
+            for n, e in energies.items()
+        },
+    }
+
+    def relaxed(name: str, phase: str) -> Any:
+        return atoms_from_record(energies[name]["phases"][phase]["structure"])
+
+    models = [m for m in settings.get("models", list(subjects)) if m in subjects]
+    defect = settings.get("defect")
+    if defect:
+        out["defects"] = {}
+        for name in [*(["DFT"] if labeler is not None else []), *models]:
+            is_dft = name == "DFT"
+            chosen = defect.get("dft_phases", []) if is_dft else names
+            if not chosen:
+                continue
+            make = molecule_labeler if is_dft else everyone[name].calculator
+            mol = {k: defect[k] for k in ("multiplicity",) if k in defect}
+            mu = step(
+                f"molecule_{name}",
+                lambda make=make: molecule_chemical_potential(
+                    make(), defect["molecule"], magmom=float(defect.get("multiplicity", 1) - 1)
+                ),
+                {**everyone[name].identity, "molecule": defect["molecule"], **mol},
+            )
+            options = {
+                "relax": bool(
+                    defect.get("dft_relax", True) if is_dft else defect.get("relax", True)
+                ),
+                **{k: defect[k] for k in ("fmax_eV_A", "max_steps") if k in defect},
+            }
+            sizes = {p: defect["supercells"][p] for p in chosen}
+
+            def run(name: str = name, sizes: dict = sizes, mu: dict = mu, options: dict = options):
+                calc = everyone[name].calculator()
+                return {
+                    p: site_vacancies(
+                        supercell(relaxed(name, p), size),
+                        calc,
+                        defect["symbol"],
+                        mu["mu_eV"],
+                        **options,
+                    )
+                    for p, size in sizes.items()
+                }
+
+            out["defects"][name] = {
+                "mu": mu,
+                "phases": step(
+                    f"defects_{name}",
+                    run,
+                    {
+                        **everyone[name].identity,
+                        "mu_eV": mu["mu_eV"],
+                        "supercells": {p: np.asarray(s).tolist() for p, s in sizes.items()},
+                        "structures": {p: energies[name]["phases"][p]["structure"] for p in sizes},
+                        **options,
+                    },
+                ),
+            }
+        bars = {
+            n: {p: r["E_f_eV"] for p, r in d["phases"].items()} for n, d in out["defects"].items()
+        }
+        plot_vacancy_bars(bars, report / "vacancies.png", title=f"{defect['symbol']} vacancy E_f")
+    phon = settings.get("phonons")
+    if phon:
+        out["soft_modes"] = {}
+        for phase in names:
+            bands = {}
+            who = [
+                *(["DFT"] if labeler is not None and phase in phon.get("dft_phases", []) else []),
+                *models,
+            ]
+            for name in who:
+                primitive, path = seekpath_path(relaxed(name, phase))
+                size = (
+                    phon.get("dft_supercell", phon["supercell"])
+                    if name == "DFT"
+                    else phon["supercell"]
+                )
+                repeats = np.full(3, size) if np.ndim(size) == 0 else np.asarray(size)
+                bands[name] = step(
+                    f"phonons_{phase}_{name}",
+                    lambda name=name, primitive=primitive, path=path, repeats=repeats: phonon_bands(
+                        primitive,
+                        everyone[name].calculator(),
+                        [int(n) for n in repeats],
+                        npoints=int(phon.get("npoints", 31)),
+                        path=path,
+                        mesh=None,
+                    ),
+                    {
+                        **everyone[name].identity,
+                        "structure": energies[name]["phases"][phase]["structure"],
+                        "supercell": [int(n) for n in repeats],
+                        "npoints": int(phon.get("npoints", 31)),
+                    },
+                )
+                out["soft_modes"].setdefault(name, {})[phase] = {
+                    lab: float(min(f)) for lab, f in bands[name]["path_points"].items()
+                }
+                # exact where the supercell holds the point's wave, else Fourier-interpolated
+                qs = {lab: q for seg in path for lab, q in seg}
+                out.setdefault("soft_modes_exact", {}).setdefault(name, {})[phase] = [
+                    lab for lab, q in qs.items() if is_commensurate(bands[name]["supercell"], q)
+                ]
+            plot_phonon_bands(bands, report / f"phonons_{phase}.png", title=f"{compound} {phase}")
+    return out
