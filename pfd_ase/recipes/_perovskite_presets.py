@@ -54,7 +54,9 @@ DEFAULT: dict[str, Any] = {
     },
     "workflow": {
         "init": {"n_perturb": 2, "cell_strain": 0.02, "displacement_A": 0.04},
-        "finetune": {"steps": 2000, "chgnet_epochs": 30},
+        # a universal base model fine-tunes in epochs over a few frames: one or two
+        # optimizer steps each, 0.6 s an epoch on the phase cells
+        "finetune": {"steps": 2000, "chgnet_epochs": 60},
         # sel: 98 atoms within the student's 6.5 Å in cubic BaTiO3, more in MD and at Bi/Na
         "distill": dict(
             steps=5000, max_iterations=2, n_frames=80, learning_rate=SHORT_STUDENT_LR, sel=130
@@ -103,7 +105,7 @@ QUICK = deep_update(
         "stage": {"md_steps": 40, "sample_every": 10, "max_iterations": 1, "n_select": 2},
         "workflow": {
             "init": {"n_perturb": 1},
-            "finetune": {"steps": 400, "chgnet_epochs": 10},
+            "finetune": {"steps": 400, "chgnet_epochs": 50},
             "distill": {"steps": 2000, "max_iterations": 1, "n_frames": 100},
             # labelling in two GPAW processes (one core each); validation runs serially
             "executor": {"kind": "process", "max_workers": 2},
