@@ -273,6 +273,12 @@ CASES = [
         r"finetune\.steps must be a positive integer",
     ),
     (
+        "negative-stress-weight",
+        {"finetune": {"stress_weight": -1}},
+        None,
+        r"finetune\.stress_weight must be a number >= 0 or null, got -1",
+    ),
+    (
         "negative-student-steps",
         {"distill": {"steps": -1}},
         None,

@@ -308,3 +308,36 @@ def test_evaluate_step_against_labels_and_a_reference_model():
         labelled.append(atoms)
     direct = steps.evaluate(Shifted(), labelled)
     assert direct.force_rmse_eV_A == model_errors(Shifted(), labelled)["force_rmse"]
+
+
+@pytest.mark.parametrize(("weight", "passed"), [(None, {}), (0, {"stress_weight": 0.0})])
+def test_stress_weight_reaches_the_universal_model_fine_tuning(
+    tmp_path, monkeypatch, weight, passed
+):
+    """finetune.stress_weight is handed to SevenNet's fine-tuning only when set."""
+    import pfd_ase.training.sevennet as sevennet
+    from pfd_ase.workflow.config import TrainConfig
+    from pfd_ase.workflow.steps import train
+
+    seen = {}
+
+    def fake(frames, folder, **kwargs):
+        seen.update(kwargs)
+        return str(tmp_path / "model.pth")
+
+    monkeypatch.setattr(sevennet, "finetune_sevennet", fake)
+    config = TrainConfig(
+        role="teacher",
+        steps=10,
+        learning_rate=None,
+        seed=0,
+        type_map=None,
+        base_model="7net-0",
+        head=None,
+        chgnet_epochs=3,
+        compress=False,
+        stress_weight=weight,
+    )
+    train(config, [], tmp_path)
+    assert seen["epochs"] == 3
+    assert {k: v for k, v in seen.items() if k == "stress_weight"} == passed

@@ -11,8 +11,11 @@
 - :mod:`pfd_ase.analysis.report`: the report folder (:func:`write_report`).
 - :mod:`pfd_ase.analysis.diffusion`: MSD, diffusion coefficients, Arrhenius fits and
   Nernst-Einstein conductivities from any MD trajectory (import it as a module).
+- :mod:`pfd_ase.analysis.phases`: phases of one compound relaxed under their symmetry, their
+  energy ordering, and vacancies on every distinct site against a molecule's chemical
+  potential (import it as a module).
 
-The structures (Si phases) are in :mod:`pfd_ase.materials`. phonopy and matplotlib are
+The structures (Si phases, LATP, BaTiO₃) are in :mod:`pfd_ase.materials`. phonopy and matplotlib are
 imported only when used.
 """
 

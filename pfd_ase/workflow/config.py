@@ -320,6 +320,9 @@ class TrainConfig:
         Student: compress it (``dp compress``) where possible.
     virial
         deepmd-kit training also fits the stress labels (the virial loss).
+    stress_weight
+        Teacher on a CHGNet or SevenNet base model: the weight of its stress loss
+        (``None``: the trainer's default; ``0``: stresses not fitted).
     sel
         Student: neighbours kept within the cut-off (``None``: the template's,
         :data:`pfd_ase.training.deepmd.STUDENT_DESCRIPTOR`).
@@ -341,6 +344,7 @@ class TrainConfig:
     chgnet_epochs: int
     compress: bool
     virial: bool = False
+    stress_weight: float | None = None
     sel: int | None = None
     init_from_previous: bool = False
     init_model: str | None = None
@@ -352,6 +356,11 @@ class TrainConfig:
         if self.sel is not None:
             object.__setattr__(self, "sel", _count(self.sel, "sel"))
         _count(self.chgnet_epochs, "chgnet_epochs")
+        if self.stress_weight is not None:
+            weight = self.stress_weight
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+                raise ValueError(f"stress_weight must be a number >= 0 or null, got {weight!r}")
+            object.__setattr__(self, "stress_weight", float(weight))
         if self.type_map is not None:
             object.__setattr__(self, "type_map", tuple(str(s) for s in self.type_map))
         if self.role == "teacher" and not self.base_model:
@@ -481,6 +490,7 @@ def teacher_training(config: Mapping[str, Any]) -> TrainConfig:
             chgnet_epochs=ft["chgnet_epochs"],
             compress=False,
             virial=bool(ft["virial"]),
+            stress_weight=ft["stress_weight"],
         ),
     )
 

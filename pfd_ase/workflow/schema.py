@@ -262,6 +262,12 @@ SCHEMA: dict[str, Any] = {
             "fit stress labels too (deepmd-kit virial loss 0.02 -> 1): true or false; off by "
             "default, it swamped the forces of 4-8-atom cells in short fine-tunings",
         ),
+        "stress_weight": Setting(
+            None,
+            "weight of the stress loss of a CHGNet or SevenNet fine-tuning (null: theirs, "
+            "0.001 and 0.01; 0: stresses not fitted, e.g. where the labeler's stresses are "
+            "not converged); deepmd-kit uses virial",
+        ),
         "chgnet_epochs": Setting(
             20,
             "epochs of each CHGNet or SevenNet fine-tuning; the best by validation loss is "

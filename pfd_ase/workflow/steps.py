@@ -311,7 +311,8 @@ def train(
 
     A teacher fine-tunes ``config.base_model``: deepmd-kit (``finetune``, seed
     ``config.seed + 1``), CHGNet (``finetune_chgnet``) or SevenNet (``finetune_sevennet``;
-    both ``config.chgnet_epochs`` epochs, seed ``config.seed``). A student is a deepmd-kit
+    both ``config.chgnet_epochs`` epochs, seed ``config.seed``, stress loss weight
+    ``config.stress_weight`` unless ``None``). A student is a deepmd-kit
     se_atten_v2 model trained from scratch, or from ``config.init_model`` (a checkpoint), with
     ``train_student`` (seed ``config.seed + 2``), compressed if ``config.compress``.
     """
@@ -338,12 +339,13 @@ def train(
     from pfd_ase.models import resolve_model
 
     spec = resolve_model(config.base_model, head=config.head)
+    stress = {} if config.stress_weight is None else {"stress_weight": config.stress_weight}
     if spec.kind == "chgnet":
         from pfd_ase.training.chgnet import finetune_chgnet
 
         base = str(spec.path) if spec.path is not None else spec.source
         model = finetune_chgnet(
-            frames, folder, epochs=config.chgnet_epochs, seed=config.seed, base=base
+            frames, folder, epochs=config.chgnet_epochs, seed=config.seed, base=base, **stress
         )
         return TrainOutput(str(model))
     if spec.kind == "sevennet":
@@ -357,6 +359,7 @@ def train(
             seed=config.seed,
             base=base,
             progress=progress,
+            **stress,
         )
         return TrainOutput(str(model))
     from pfd_ase.training.stages import finetune
