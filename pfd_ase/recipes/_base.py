@@ -344,8 +344,10 @@ def validate_run(
                 phase, relaxed, result["vacancy_formation_eV"]["DFT"][phase], models_e
             )
     if phase_study is not None:
+        from pfd_ase.calculators import make_labeler
         from pfd_ase.calculators.labelers import molecule_labeler
 
+        symmetric = functools.cache(lambda: make_labeler(name, folder / "phases", **overrides))
         base = config["base_model"]
         study = dict(phase_study["settings"])
         multiplicity = int(study.get("defect", {}).get("multiplicity", 1))
@@ -359,6 +361,7 @@ def validate_run(
             molecule_labeler=lambda: molecule_labeler(
                 name, folder / "labeler" / "molecule", multiplicity, **overrides
             ),
+            symmetric_labeler=Subject(symmetric, {"labeler": labeler_info(symmetric())}),
         )
     if diffusion is not None:
         paths = {"PF": teacher, **({"PFD": student} if student else {})}
@@ -524,6 +527,7 @@ def phase_validation(
     report: str | os.PathLike,
     labeler: Subject | None = None,
     molecule_labeler: Callable[[], Any] | None = None,
+    symmetric_labeler: Subject | None = None,
 ) -> dict[str, Any]:
     """Phase energies, point defects and phonons of each phase of one compound.
 
@@ -556,6 +560,10 @@ def phase_validation(
     labeler, molecule_labeler
         The labeler as a :class:`Subject` and a factory of its molecule set-up
         (:func:`pfd_ase.calculators.labelers.molecule_labeler`); ``None``: models only.
+    symmetric_labeler
+        The labeler as it computes the phases, which keep their symmetry while relaxing
+        (GPAW then reduces its k-points by symmetry); default ``labeler`` (defects and
+        phonons break the symmetry: they need a labeler that allows it).
 
     Returns
     -------
@@ -590,13 +598,16 @@ def phase_validation(
     relax = {k: settings[k] for k in ("relax_cell", "fmax_eV_A", "max_steps") if k in settings}
     everyone = {**({"DFT": labeler} if labeler is not None else {}), **subjects}
     names = list(phases)
+    computing = dict(everyone)
+    if labeler is not None and symmetric_labeler is not None:
+        computing["DFT"] = symmetric_labeler
     energies = {
         name: step(
             f"phases_{name}",
             lambda s=s: phase_energies(phases, s.calculator(), **relax),
             {**s.identity, **relax, "phases": names},
         )
-        for name, s in everyone.items()
+        for name, s in computing.items()
     }
     for res in energies.values():  # a stored step comes back with its keys sorted
         res["phases"] = {p: res["phases"][p] for p in names}
