@@ -653,12 +653,20 @@ def phase_validation(
                 **{k: defect[k] for k in ("fmax_eV_A", "max_steps") if k in defect},
             }
             sizes = {p: defect["supercells"][p] for p in chosen}
+            # unrelaxed cells keep their symmetry: the labeler may use it (fewer k-points)
+            who = computing[name] if is_dft and not options["relax"] else everyone[name]
 
-            def run(name: str = name, sizes: dict = sizes, mu: dict = mu, options: dict = options):
-                calc = everyone[name].calculator()
+            def run(
+                sizes: dict = sizes,
+                mu: dict = mu,
+                options: dict = options,
+                who: Subject = who,
+                who_name: str = name,
+            ) -> dict[str, Any]:
+                calc = who.calculator()
                 return {
                     p: site_vacancies(
-                        supercell(relaxed(name, p), size),
+                        supercell(relaxed(who_name, p), size),
                         calc,
                         defect["symbol"],
                         mu["mu_eV"],
@@ -673,7 +681,7 @@ def phase_validation(
                     f"defects_{name}",
                     run,
                     {
-                        **everyone[name].identity,
+                        **who.identity,
                         "mu_eV": mu["mu_eV"],
                         "supercells": {p: np.asarray(s).tolist() for p, s in sizes.items()},
                         "structures": {p: energies[name]["phases"][p]["structure"] for p in sizes},
