@@ -189,6 +189,16 @@ def _phase_lines(summary: Mapping[str, Any]) -> list[str]:
                     n = len(res["sites"])
                     cells.append(f"{res['E_f_eV']:.2f} (site {res['site']}; {n} distinct{mark})")
             lines.append(f"| {name} | {entry['mu']['mu_eV']:.3f} | " + " | ".join(cells) + " |")
+        dft = defects.get("DFT", {}).get("phases", {})
+        for name, entry in defects.items():
+            for p, res in entry.get("unrelaxed", {}).items():
+                ref = dft.get(p, {}).get("E_f_eV")
+                if res["E_f_eV"] is None or ref is None:
+                    continue
+                lines.append(
+                    f"- {name}, {p}, unrelaxed as the DFT's: {res['E_f_eV']:.2f} eV, "
+                    f"DFT {ref:.2f} eV, error {res['E_f_eV'] - ref:+.2f} eV"
+                )
     soft = summary.get("soft_modes")
     if soft:
         lines += [

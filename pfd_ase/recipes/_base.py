@@ -570,7 +570,9 @@ def phase_validation(
     dict
         ``phase_ordering`` (:func:`pfd_ase.analysis.phases.phase_ordering`), ``phase_energies``
         (subject → phase → energy per formula unit and space groups), ``defects`` (subject →
-        phase → ``E_f_eV``, ``site``, per-site values, ``mu_eV``), ``soft_modes`` (subject →
+        ``phases`` → phase → ``E_f_eV``, ``site``, per-site values, ``mu_eV``; and, where
+        the labeler's are unrelaxed, ``unrelaxed``: the models' computed its way),
+        ``soft_modes`` (subject →
         phase → path point → lowest frequency, THz; negative: imaginary), ``soft_modes_exact``
         (subject → phase → the points the phonon supercell holds exactly; the others are
         Fourier-interpolated) and the figures.
@@ -689,6 +691,24 @@ def phase_validation(
                     },
                 ),
             }
+            dft_unrelaxed = not defect.get("dft_relax", True) and "DFT" in out["defects"]
+            if not is_dft and dft_unrelaxed and options["relax"]:
+                # the labeler's way too (unrelaxed, its phases): a like-for-like error
+                same = {**options, "relax": False}
+                dft_sizes = {p: defect["supercells"][p] for p in defect["dft_phases"]}
+                out["defects"][name]["unrelaxed"] = step(
+                    f"defects_{name}_unrelaxed",
+                    lambda dft_sizes=dft_sizes, mu=mu, same=same: run(dft_sizes, mu, same),
+                    {
+                        **who.identity,
+                        "mu_eV": mu["mu_eV"],
+                        "supercells": {p: np.asarray(s).tolist() for p, s in dft_sizes.items()},
+                        "structures": {
+                            p: energies[name]["phases"][p]["structure"] for p in dft_sizes
+                        },
+                        **same,
+                    },
+                )
         bars = {
             n: {p: r["E_f_eV"] for p, r in d["phases"].items()} for n, d in out["defects"].items()
         }
