@@ -43,6 +43,46 @@ def deep_update(base: Mapping[str, Any], updates: Mapping[str, Any] | None) -> d
     return out
 
 
+def recipe_config(
+    workflow: Mapping[str, Any],
+    *,
+    workdir: str | os.PathLike,
+    seed: int,
+    type_map: list[str],
+    structures: Mapping[str, Any],
+    labeler: str,
+    preset_labelers: Mapping[str, Mapping[str, Any]],
+    labeler_overrides: Mapping[str, Any] | None,
+    base_model: str,
+    head: str | None,
+    overrides: Mapping[str, Any] | None,
+    **sections: Any,
+) -> dict[str, Any]:
+    """A recipe's workflow configuration: the preset's ``workflow`` settings, the run's
+    identity (workdir, seed, elements, structures, base model), the labeler with the
+    preset's settings for it (``preset_labelers[labeler]``) under the user's, the recipe's
+    ``sections`` (``init``, ``finetune``, ``distill`` ...), then the user's ``overrides``."""
+    config = deep_update(
+        workflow,
+        {
+            "workdir": str(workdir),
+            "seed": seed,
+            "type_map": list(type_map),
+            "structures": dict(structures),
+            "labeler": {
+                "name": labeler,
+                "overrides": {
+                    **preset_labelers.get(labeler, {}),
+                    **(labeler_overrides or {}),
+                },
+            },
+            "base_model": {"path": base_model, "head": head},
+            **sections,
+        },
+    )
+    return deep_update(config, overrides)
+
+
 def validation_step(run: str | Path | RunState) -> Step:
     """The :data:`~pfd_ase.analysis.validate.Step` of a run directory: its resumable steps.
 

@@ -19,7 +19,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pfd_ase.recipes._base import DEFAULT_BASE_MODEL, deep_update, parsed_arguments, recipe_parser
+from pfd_ase.recipes._base import (
+    DEFAULT_BASE_MODEL,
+    parsed_arguments,
+    recipe_config,
+    recipe_parser,
+)
 from pfd_ase.recipes._latp_presets import PRESETS, X_AL
 
 __all__ = ["PRESETS", "latp_config", "main", "run_latp"]
@@ -51,26 +56,21 @@ def latp_config(
     }
     names = list(structures)
     stage = {"name": "md", "structures": names, **p["stage"]}
-    config = deep_update(
+    return recipe_config(
         p["workflow"],
-        {
-            "workdir": str(workdir),
-            "seed": seed,
-            "type_map": TYPE_MAP,
-            "structures": structures,
-            "labeler": {
-                "name": labeler,
-                "overrides": {
-                    **p["labeler"]["overrides"].get(labeler, {}),
-                    **(labeler_overrides or {}),
-                },
-            },
-            "base_model": {"path": base_model, "head": head},
-            "finetune": {"stages": [stage]},
-            "distill": {"explore": dict(p["explore"])},
-        },
+        workdir=workdir,
+        seed=seed,
+        type_map=TYPE_MAP,
+        structures=structures,
+        labeler=labeler,
+        preset_labelers=p["labeler"]["overrides"],
+        labeler_overrides=labeler_overrides,
+        base_model=base_model,
+        head=head,
+        overrides=overrides,
+        finetune={"stages": [stage]},
+        distill={"explore": dict(p["explore"])},
     )
-    return deep_update(config, overrides)
 
 
 def run_latp(

@@ -23,7 +23,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pfd_ase.recipes._base import DEFAULT_BASE_MODEL, deep_update, parsed_arguments, recipe_parser
+from pfd_ase.recipes._base import (
+    DEFAULT_BASE_MODEL,
+    deep_update,
+    parsed_arguments,
+    recipe_config,
+    recipe_parser,
+)
 from pfd_ase.recipes._perovskite_presets import PHASES, PRESETS
 
 __all__ = [
@@ -73,28 +79,23 @@ def perovskite_config(
     structures = perovskite_structures(preset, seed)
     doped = [n for n in structures if n.startswith("doped")]
     labelled = list(PHASES) + (doped if p["cells"]["doped_in_finetune"] else [])
-    config = deep_update(
+    return recipe_config(
         p["workflow"],
-        {
-            "workdir": str(workdir),
-            "seed": seed,
-            "type_map": TYPE_MAP,
-            "structures": structures,
-            "labeler": {
-                "name": labeler,
-                "overrides": {
-                    **p["labeler"]["overrides"].get(labeler, {}),
-                    **(labeler_overrides or {}),
-                },
-            },
-            "base_model": {"path": base_model, "head": head},
-            "init": {"structures": labelled},
-            "finetune": {"stages": [{"name": "md", "structures": labelled, **p["stage"]}]},
-            # the student: every structure, the vacancy cell included, in 40+-atom cells
-            "distill": {"explore": {**p["explore"], "structures": None}},
-        },
+        workdir=workdir,
+        seed=seed,
+        type_map=TYPE_MAP,
+        structures=structures,
+        labeler=labeler,
+        preset_labelers=p["labeler"]["overrides"],
+        labeler_overrides=labeler_overrides,
+        base_model=base_model,
+        head=head,
+        overrides=overrides,
+        init={"structures": labelled},
+        finetune={"stages": [{"name": "md", "structures": labelled, **p["stage"]}]},
+        # the student: every structure, the vacancy cell included, in 40+-atom cells
+        distill={"explore": {**p["explore"], "structures": None}},
     )
-    return deep_update(config, overrides)
 
 
 def run_perovskite(

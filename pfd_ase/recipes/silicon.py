@@ -18,7 +18,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pfd_ase.recipes._base import DEFAULT_BASE_MODEL, deep_update, parsed_arguments, recipe_parser
+from pfd_ase.recipes._base import (
+    DEFAULT_BASE_MODEL,
+    parsed_arguments,
+    recipe_config,
+    recipe_parser,
+)
 from pfd_ase.recipes._silicon_presets import CONDITIONS, PRESETS, STAGES, VACANCY_PHASES
 
 __all__ = ["DEFAULT_BASE_MODEL", "PRESETS", "main", "run_silicon", "silicon_config"]
@@ -42,23 +47,21 @@ def silicon_config(
     p = PRESETS[preset]
     structures = {name: silicon(name, p["cells"].get(name, 1)) for name in SILICON_STRUCTURES}
     stages = [{"name": k, "structures": v, **p["stage"]} for k, v in STAGES.items()]
-    config = deep_update(
+    return recipe_config(
         p["workflow"],
-        {
-            "workdir": str(workdir),
-            "seed": seed,
-            "type_map": ["Si"],
-            "structures": structures,  # the workflow writes them to workdir/structures
-            "labeler": {
-                "name": labeler,
-                "overrides": {**p["labeler"].get(labeler, {}), **(labeler_overrides or {})},
-            },
-            "base_model": {"path": base_model, "head": head},
-            "finetune": {"stages": stages},
-            "distill": {"explore": {**CONDITIONS, **p["explore"]}},
-        },
+        workdir=workdir,
+        seed=seed,
+        type_map=["Si"],
+        structures=structures,  # the workflow writes them to workdir/structures
+        labeler=labeler,
+        preset_labelers=p["labeler"],
+        labeler_overrides=labeler_overrides,
+        base_model=base_model,
+        head=head,
+        overrides=overrides,
+        finetune={"stages": stages},
+        distill={"explore": {**CONDITIONS, **p["explore"]}},
     )
-    return deep_update(config, overrides)
 
 
 def run_silicon(
