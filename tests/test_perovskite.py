@@ -258,3 +258,64 @@ def test_quick_recipe_end_to_end_with_a_cheap_labeler(tmp_path):
     for png in ("phase_energies", "vacancies", *(f"phonons_{p}" for p in SPACE_GROUPS)):
         assert (report / f"{png}.png").exists()
     assert set(result["held_out"]) == {"base", "PF", "PFD"}
+
+
+def test_phase_validation_refuses_a_labeler_without_its_molecule(tmp_path):
+    from pfd_ase.analysis.validate import Subject, run_directly
+    from pfd_ase.recipes._base import phase_validation
+
+    labeler = Subject(EMT, {"labeler": "emt"})
+    settings = {"defect": {"symbol": "O", "molecule": "O2", "dft_phases": ["fcc"]}}
+    with pytest.raises(ValueError, match="molecule_labeler"):
+        phase_validation({"fcc": bulk("Cu")}, {}, settings, run_directly, tmp_path, labeler)
+
+
+def test_phase_validation_with_emt_copper(tmp_path):
+    """The orchestration on a cheap case: one calculator as labeler and model must agree."""
+    from pfd_ase.analysis.report import report_lines
+    from pfd_ase.analysis.validate import Subject, run_directly
+    from pfd_ase.recipes._base import phase_validation
+
+    phases = {"fcc": bulk("Cu", "fcc", a=3.6), "bcc": bulk("Cu", "bcc", a=2.87)}
+    settings = {
+        "compound": "Cu",
+        "fmax_eV_A": 0.01,
+        "max_steps": 20,
+        "expected_order": ["fcc", "bcc"],
+        "defect": {
+            "symbol": "Cu",
+            "molecule": "Cu2",
+            "multiplicity": 1,
+            "supercells": {"fcc": 3, "bcc": 3},
+            "relax": True,
+            "max_steps": 30,
+            "dft_phases": ["fcc"],
+            "dft_relax": False,
+        },
+        "phonons": {"supercell": 2, "npoints": 5, "dft_phases": ["fcc"]},
+    }
+    out = phase_validation(
+        phases,
+        {"PF": Subject(EMT, {"model": "emt"})},
+        settings,
+        run_directly,
+        tmp_path,
+        labeler=Subject(EMT, {"labeler": "emt"}),
+        molecule_labeler=EMT,
+    )
+    ordering = out["phase_ordering"]
+    assert ordering["DFT"]["order"] == ["fcc", "bcc"] and ordering["DFT"]["expected_order"]
+    assert ordering["PF"]["max_abs_error_meV_fu"] == pytest.approx(0.0, abs=1e-6)
+    assert list(out["defects"]["DFT"]["phases"]) == ["fcc"]
+    assert set(out["defects"]["PF"]["phases"]) == {"fcc", "bcc"}
+    # the same calculator computed the labeler's way gives the labeler's value exactly
+    same = out["defects"]["PF"]["unrelaxed"]["fcc"]["E_f_eV"]
+    assert same == pytest.approx(out["defects"]["DFT"]["phases"]["fcc"]["E_f_eV"], abs=1e-9)
+    # relaxing lowers it
+    assert out["defects"]["PF"]["phases"]["fcc"]["E_f_eV"] <= same + 1e-9
+    assert set(out["soft_modes"]) == {"DFT", "PF"} and set(out["soft_modes"]["DFT"]) == {"fcc"}
+    assert min(out["soft_modes"]["PF"]["fcc"].values()) > -0.1  # FCC Cu: no imaginary mode
+    for png in ("phase_energies", "vacancies", "phonons_fcc", "phonons_bcc"):
+        assert (tmp_path / f"{png}.png").exists()
+    text = "\n".join(report_lines(out))
+    assert "fcc < bcc" in text and "unrelaxed as the DFT's" in text

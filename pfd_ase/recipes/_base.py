@@ -637,6 +637,9 @@ def phase_validation(
     from pfd_ase.materials import supercell
 
     report = Path(report)
+    defect = settings.get("defect")
+    if defect and defect.get("dft_phases") and labeler is not None and molecule_labeler is None:
+        raise ValueError("the labeler's vacancy energies need molecule_labeler (its molecule)")
     relax = {k: settings[k] for k in ("relax_cell", "fmax_eV_A", "max_steps") if k in settings}
     everyone = {**({"DFT": labeler} if labeler is not None else {}), **subjects}
     names = list(phases)
@@ -671,7 +674,6 @@ def phase_validation(
         return atoms_from_record(energies[name]["phases"][phase]["structure"])
 
     models = [m for m in settings.get("models", list(subjects)) if m in subjects]
-    defect = settings.get("defect")
     if defect:
         out["defects"] = {}
         for name in [*(["DFT"] if labeler is not None else []), *models]:
