@@ -16,6 +16,9 @@ orthorhombic and rhombohedral phases from their experimental Wyckoff positions
 (:data:`BATIO3_PHASES`), :func:`doped_perovskite` the doped
 Ba₀.₅Na₀.₂₅Bi₀.₂₅Ti₀.₈₇₅Zr₀.₁₂₅O₃ by seeded random substitution.
 
+Carbon: :func:`amorphous_carbon` packs random atoms at a given density with a minimum
+distance, the start of a melt-quench.
+
 Units: Å.
 """
 
@@ -36,6 +39,7 @@ __all__ = [
     "SILICON_PHASES",
     "SILICON_STRUCTURES",
     "SILICON_VACANCY_SUPERCELLS",
+    "amorphous_carbon",
     "batio3",
     "doped_perovskite",
     "labelled_silicon",
@@ -494,3 +498,68 @@ def doped_perovskite(
     out = Atoms(atoms.get_chemical_symbols(), cell=atoms.cell, positions=atoms.positions, pbc=True)
     out.info["perovskite_seed"] = int(seed)
     return out
+
+
+def amorphous_carbon(
+    n_atoms: int,
+    density_g_cm3: float = 3.0,
+    min_distance_A: float = 1.3,
+    seed: int = 0,
+    max_attempts: int = 100_000,
+) -> Atoms:
+    """Random carbon in a cubic periodic cell: the starting point of a melt-quench.
+
+    Atoms are placed one by one at uniformly random positions
+    (``np.random.default_rng(seed)``), a position closer than ``min_distance_A`` to an
+    atom already placed (minimum image) being drawn again. The supplement's RG² generator
+    (random sp³-rich networks, not on PyPI) is not used: such a packing has no bonding
+    topology; MD with a model (melt, quench) gives it one, and
+    :func:`pfd_ase.analysis.structure.sp3_fraction` measures what came out.
+
+    Parameters
+    ----------
+    n_atoms
+        Atoms in the cell.
+    density_g_cm3
+        Mass density, g/cm³ (diamond 3.52, sp³-rich amorphous carbon about 3.0-3.3,
+        graphite 2.26).
+    min_distance_A
+        Smallest allowed distance, Å (the C-C bond is 1.42-1.54 Å).
+    seed
+        The random generator's seed.
+    max_attempts
+        Draws allowed in all before giving up.
+
+    Raises
+    ------
+    ValueError
+        Non-positive sizes, or no packing found within ``max_attempts`` draws (too dense for
+        ``min_distance_A``).
+    """
+    from ase.data import atomic_masses, atomic_numbers
+    from ase.geometry import get_distances
+
+    if n_atoms < 1 or density_g_cm3 <= 0 or min_distance_A < 0:
+        raise ValueError("n_atoms, density_g_cm3 must be positive and min_distance_A >= 0")
+    mass_g = n_atoms * atomic_masses[atomic_numbers["C"]] / 6.02214076e23
+    length = (mass_g / density_g_cm3 * 1e24) ** (1 / 3)  # Å
+    cell = np.eye(3) * length
+    rng = np.random.default_rng(seed)
+    positions = np.empty((0, 3))
+    attempts = 0
+    while len(positions) < n_atoms:
+        attempts += 1
+        if attempts > max_attempts:
+            raise ValueError(
+                f"placed {len(positions)} of {n_atoms} atoms at {density_g_cm3} g/cm³ with "
+                f"{min_distance_A} Å apart in {max_attempts} draws: too dense"
+            )
+        trial = rng.random(3) * length
+        if len(positions):
+            _, d = get_distances(trial[None], positions, cell=cell, pbc=True)
+            if d.min() < min_distance_A:
+                continue
+        positions = np.vstack([positions, trial])
+    atoms = Atoms(f"C{n_atoms}", positions=positions, cell=cell, pbc=True)
+    atoms.info.update(amorphous_seed=int(seed), density_g_cm3=float(density_g_cm3))
+    return atoms

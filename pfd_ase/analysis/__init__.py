@@ -14,9 +14,11 @@
 - :mod:`pfd_ase.analysis.phases`: phases of one compound relaxed under their symmetry, their
   energy ordering, and vacancies on every distinct site against a molecule's chemical
   potential (import it as a module).
+- :mod:`pfd_ase.analysis.structure`: coordination numbers, the sp³ fraction and g(r) of
+  configurations (import it as a module).
 
-The structures (Si phases, LATP, BaTiO₃) are in :mod:`pfd_ase.materials`. phonopy and matplotlib are
-imported only when used.
+The structures (Si phases, LATP, BaTiO₃, amorphous carbon) are in
+:mod:`pfd_ase.materials`. phonopy and matplotlib are imported only when used.
 """
 
 from __future__ import annotations
