@@ -60,6 +60,7 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
     lines += _vacancy_lines(summary)
     lines += _diffusion_lines(summary)
     lines += _phase_lines(summary)
+    lines += _quench_lines(summary)
     lines += _failure_lines(summary)
     return lines
 
@@ -216,6 +217,23 @@ def _phase_lines(summary: Mapping[str, Any]) -> list[str]:
                 unstable = [k for k, v in points.items() if v < -0.1]
                 verdict = f"imaginary at {', '.join(unstable)}" if unstable else "no imaginary mode"
                 lines.append(f"- {name}, {phase}: {text} ({verdict})")
+    return lines
+
+
+def _quench_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The melt-quenched structures of each subject: sp³ fraction, energy, g(r) vs DFT."""
+    lines = []
+    rms = summary.get("rdf_rms_vs_dft", {})
+    for name, res in summary.get("quench", {}).items():
+        fractions = ", ".join(f"{f:.2f}" for f in res["sp3_fractions"])
+        energies = ", ".join(f"{e:.3f}" for e in res["energy_eV_atom"])
+        text = (
+            f"- melt-quenched by {name} ({res['n_structures']} structures): sp³ fraction "
+            f"{res['sp3_fraction']:.2f} ({fractions}); energy {energies} eV/atom (its own)"
+        )
+        if name in rms:
+            text += f"; g(r) RMS difference from the labeler's {rms[name]:.3f}"
+        lines.append(text)
     return lines
 
 

@@ -226,6 +226,7 @@ def validate_run(
     vacancies: Mapping[str, Any] | None,
     diffusion: Mapping[str, Any] | None = None,
     phase_study: Mapping[str, Any] | None = None,
+    quench_study: Mapping[str, Any] | None = None,
     **info: Any,
 ) -> dict[str, Any]:
     """Validate a finished run and write its report folder (``workdir/report``).
@@ -264,6 +265,9 @@ def validate_run(
         ``{"structures": {phase: Atoms}, "settings": {...}}`` of :func:`phase_validation`
         (base, PF and PFD, and the labeler unless ``settings["dft"]`` is false); ``None``:
         none.
+    quench_study
+        ``{"starts": [Atoms], "settings": {...}}`` of :func:`quench_validation` (PF, PFD
+        and the labeler); ``None``: none.
     **info
         Recorded at the top of the results (e.g. ``preset``).
 
@@ -402,6 +406,10 @@ def validate_run(
                 name, folder / "labeler" / "molecule", multiplicity, **overrides
             ),
             symmetric_labeler=Subject(symmetric, {"labeler": labeler_info(symmetric())}),
+        )
+    if quench_study is not None:
+        result |= quench_validation(
+            list(quench_study["starts"]), models, quench_study["settings"], step, report, dft["DFT"]
         )
     if diffusion is not None:
         paths = {"PF": teacher, **({"PFD": student} if student else {})}
@@ -798,4 +806,114 @@ def phase_validation(
                     lab for lab, q in qs.items() if is_commensurate(bands[name]["supercell"], q)
                 ]
             plot_phonon_bands(bands, report / f"phonons_{phase}.png", title=f"{compound} {phase}")
+    return out
+
+
+def quench_validation(
+    starts: list[Any],
+    subjects: Mapping[str, Subject],
+    settings: Mapping[str, Any],
+    step: Step,
+    report: str | os.PathLike,
+    labeler: Subject | None = None,
+) -> dict[str, Any]:
+    """Amorphous structures made by each subject: melt-quench, sp³ fraction, g(r).
+
+    Each subject melts and quenches every start structure
+    (:func:`pfd_ase.analysis.structure.melt_quench`, seeds ``seed + k``); the labeler
+    (``"DFT"``) the first ``settings["labeler_starts"]`` of them (0: none). The report gets
+    each subject's sp³ fraction and energy per atom, its g(r) averaged over its quenched
+    structures (``rdf.png``) and the RMS difference of each model's g(r) from the
+    labeler's. Resumable steps ``quench_<subject>``.
+
+    Parameters
+    ----------
+    starts
+        The start structures (e.g. :func:`pfd_ase.materials.amorphous_carbon`).
+    subjects
+        Model name → :class:`Subject`.
+    settings
+        ``melt_K``, ``final_K``, ``melt_steps``, ``quench_steps``, ``timestep_fs``,
+        ``relax_steps`` (:func:`~pfd_ase.analysis.structure.melt_quench`), ``seed``,
+        ``labeler_starts``, ``rmax_A``, ``nbins``, ``cutoff_A`` (the sp³ cutoff),
+        ``title``.
+    step, report
+        The run's steps; the report folder.
+    labeler
+        The labeler as a :class:`Subject` (``None``: models only).
+
+    Returns
+    -------
+    dict
+        ``quench`` (subject → ``sp3_fraction`` (mean), ``sp3_fractions``, ``energy_eV_atom``,
+        ``n_structures``) and ``rdf_rms_vs_dft`` (model → RMS of g(r) − g_DFT(r); absent
+        without the labeler's).
+    """
+    import numpy as np
+
+    from pfd_ase.analysis.phases import atoms_from_record, atoms_record
+    from pfd_ase.analysis.structure import (
+        CARBON_BOND_CUTOFF_A,
+        melt_quench,
+        plot_rdf,
+        radial_distribution,
+        sp3_fraction,
+    )
+
+    keys = ("melt_K", "final_K", "melt_steps", "quench_steps", "timestep_fs", "relax_steps")
+    md = {k: settings[k] for k in keys if k in settings}
+    seed = int(settings.get("seed", 0))
+    cutoff = float(settings.get("cutoff_A", CARBON_BOND_CUTOFF_A))
+    n_dft = int(settings.get("labeler_starts", 0))
+    everyone = {**({"DFT": labeler} if labeler is not None and n_dft else {}), **subjects}
+    out: dict[str, Any] = {"quench": {}}
+    curves: dict[str, tuple[Any, Any]] = {}
+    for name, subject in everyone.items():
+        chosen = starts[:n_dft] if name == "DFT" else list(starts)
+
+        def run(subject: Subject = subject, chosen: list = chosen) -> dict[str, Any]:
+            calc = subject.calculator()
+            made = {}
+            for k, start in enumerate(chosen):
+                quenched, info = melt_quench(start, calc, seed=seed + k, **md)
+                made[str(k)] = {
+                    **info,
+                    "sp3_fraction": sp3_fraction(quenched, cutoff),
+                    "structure": atoms_record(quenched),
+                }
+            return made
+
+        record = step(
+            f"quench_{name}",
+            run,
+            {
+                **subject.identity,
+                **md,
+                "seed": seed,
+                "cutoff_A": cutoff,
+                "starts": [atoms_record(a) for a in chosen],
+            },
+        )
+        made = [record[str(k)] for k in range(len(chosen))]
+        frames = [atoms_from_record(m["structure"]) for m in made]
+        r, g = radial_distribution(
+            frames, float(settings.get("rmax_A", 5.0)), int(settings.get("nbins", 100))
+        )
+        curves[name] = (r, g)
+        fractions = [m["sp3_fraction"] for m in made]
+        out["quench"][name] = {
+            "sp3_fraction": float(np.mean(fractions)),
+            "sp3_fractions": fractions,
+            "energy_eV_atom": [m["energy_eV_atom"] for m in made],
+            "n_structures": len(made),
+        }
+    if "DFT" in curves:
+        g_dft = np.asarray(curves["DFT"][1])
+        out["rdf_rms_vs_dft"] = {
+            n: float(np.sqrt(np.mean((np.asarray(g) - g_dft) ** 2)))
+            for n, (_, g) in curves.items()
+            if n != "DFT"
+        }
+    if curves:
+        plot_rdf(curves, Path(report) / "rdf.png", settings.get("title"))
     return out
