@@ -559,6 +559,23 @@ def recipe_parser(
     return parser
 
 
+def recipe_main(
+    prog: str,
+    description: str | None,
+    run: Callable[..., dict[str, Any]],
+    keys: tuple[str, ...],
+    argv: list[str] | None = None,
+    labeler: str | None = "gpaw",
+) -> dict[str, Any]:
+    """A recipe's command line: parse ``argv`` (:func:`recipe_parser`), ``run(**args)``,
+    print the results under ``keys`` as JSON and the report's path; return the results."""
+    args = parsed_arguments(recipe_parser(prog, description, labeler=labeler), argv)
+    result = run(**args)
+    print(json.dumps({k: result.get(k) for k in keys}, indent=2, default=str))
+    print(f"report: {Path(args['workdir']) / 'report' / 'report.md'}")
+    return result
+
+
 def parsed_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, Any]:
     """:func:`recipe_parser`'s arguments as keyword arguments of a recipe's run function."""
     args = vars(parser.parse_args(argv))

@@ -14,15 +14,13 @@ PF and PFD on a held-out set of the cells, then
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pfd_ase.recipes._base import (
     DEFAULT_BASE_MODEL,
-    parsed_arguments,
     recipe_config,
-    recipe_parser,
+    recipe_main,
 )
 from pfd_ase.recipes._carbon_presets import PRESETS
 
@@ -114,13 +112,10 @@ def run_carbon(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = recipe_parser("python -m pfd_ase.recipes.carbon", __doc__, labeler=None)
-    args = parsed_arguments(parser, argv)
-    result = run_carbon(**args)
     keys = ("held_out", "quench", "rdf_rms_vs_dft")
-    print(json.dumps({k: result.get(k) for k in keys}, indent=2, default=str))
-    print(f"report: {Path(args['workdir']) / 'report' / 'report.md'}")
-    return result
+    return recipe_main(
+        "python -m pfd_ase.recipes.carbon", __doc__, run_carbon, keys, argv, labeler=None
+    )
 
 
 if __name__ == "__main__":

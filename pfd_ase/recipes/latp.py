@@ -15,15 +15,13 @@ cell, the student in the large cell at four temperatures with several runs each.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pfd_ase.recipes._base import (
     DEFAULT_BASE_MODEL,
-    parsed_arguments,
     recipe_config,
-    recipe_parser,
+    recipe_main,
 )
 from pfd_ase.recipes._latp_presets import PRESETS, X_AL
 
@@ -110,12 +108,10 @@ def run_latp(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = recipe_parser("python -m pfd_ase.recipes.latp", __doc__, labeler=None)
-    args = parsed_arguments(parser, argv)
-    result = run_latp(**args)
-    print(json.dumps({k: result.get(k) for k in ("held_out", "diffusion")}, indent=2, default=str))
-    print(f"report: {Path(args['workdir']) / 'report' / 'report.md'}")
-    return result
+    keys = ("held_out", "diffusion")
+    return recipe_main(
+        "python -m pfd_ase.recipes.latp", __doc__, run_latp, keys, argv, labeler=None
+    )
 
 
 if __name__ == "__main__":

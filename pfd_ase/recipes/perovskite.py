@@ -19,16 +19,14 @@ phase (its soft modes).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pfd_ase.recipes._base import (
     DEFAULT_BASE_MODEL,
     deep_update,
-    parsed_arguments,
     recipe_config,
-    recipe_parser,
+    recipe_main,
 )
 from pfd_ase.recipes._perovskite_presets import PHASES, PRESETS
 
@@ -128,13 +126,10 @@ def run_perovskite(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = recipe_parser("python -m pfd_ase.recipes.perovskite", __doc__, labeler=None)
-    args = parsed_arguments(parser, argv)
-    result = run_perovskite(**args)
     keys = ("held_out", "phase_ordering", "soft_modes")
-    print(json.dumps({k: result.get(k) for k in keys}, indent=2, default=str))
-    print(f"report: {Path(args['workdir']) / 'report' / 'report.md'}")
-    return result
+    return recipe_main(
+        "python -m pfd_ase.recipes.perovskite", __doc__, run_perovskite, keys, argv, labeler=None
+    )
 
 
 if __name__ == "__main__":

@@ -14,15 +14,13 @@ against the labeler's, vacancy formation energies of six phases, flagged where n
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from pfd_ase.recipes._base import (
     DEFAULT_BASE_MODEL,
-    parsed_arguments,
     recipe_config,
-    recipe_parser,
+    recipe_main,
 )
 from pfd_ase.recipes._silicon_presets import CONDITIONS, PRESETS, STAGES, VACANCY_PHASES
 
@@ -93,12 +91,8 @@ def run_silicon(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parsed_arguments(recipe_parser("python -m pfd_ase.recipes.silicon", __doc__), argv)
-    result = run_silicon(**args)
     keys = ("held_out", "phonons", "vacancy_formation_eV", "vacancy_flags")
-    print(json.dumps({k: result.get(k) for k in keys}, indent=2, default=str))
-    print(f"report: {Path(args['workdir']) / 'report' / 'report.md'}")
-    return result
+    return recipe_main("python -m pfd_ase.recipes.silicon", __doc__, run_silicon, keys, argv)
 
 
 if __name__ == "__main__":
