@@ -563,3 +563,113 @@ def amorphous_carbon(
     atoms = Atoms(f"C{n_atoms}", positions=positions, cell=cell, pbc=True)
     atoms.info.update(amorphous_seed=int(seed), density_g_cm3=float(density_g_cm3))
     return atoms
+
+
+# --------------------------------------------------------------------------- polyisoprene
+
+#: The 1,4-isoprene repeat unit -CH2-C(CH3)=CH-CH2- as SMILES, by isomer: the chain carbons on
+#: the same side of the double bond (``cis``, natural rubber) or on opposite sides (``trans``,
+#: gutta-percha).
+ISOPRENE_UNITS: dict[str, str] = {"cis": "C/C(C)=C\\C", "trans": "C/C(C)=C/C"}
+
+
+def polyisoprene(n_units: int = 4, isomer: str = "cis", seed: int = 0) -> Atoms:
+    """A 1,4-polyisoprene oligomer H-(C₅H₈)ₙ-H in vacuum (``pbc=False``, no cell).
+
+    The chain is built from SMILES (:data:`ISOPRENE_UNITS`) by RDKit: a random conformer
+    (ETKDG v3, seeded) relaxed with the MMFF94 force field, centred at the origin. Its
+    formula is C₅ₙH₈ₙ₊₂ (``n_units=4``: C₂₀H₃₄, 54 atoms; 13: C₆₅H₁₀₆, 171 atoms). The
+    first unit's double bond carries two methyl groups (the chain end), so it is neither
+    cis nor trans; every other unit is of ``isomer``.
+
+    Raises
+    ------
+    ValueError
+        ``n_units`` < 1, an unknown isomer, or RDKit finds no conformer.
+    ImportError
+        RDKit is missing (``pip install 'pfd_ase[molecules]'``).
+    """
+    if isomer not in ISOPRENE_UNITS:
+        raise ValueError(f"unknown isomer {isomer!r}; known: {list(ISOPRENE_UNITS)}")
+    if int(n_units) < 1:
+        raise ValueError(f"n_units must be at least 1, got {n_units}")
+    chem, allchem = _rdkit()
+    mol = chem.AddHs(chem.MolFromSmiles(ISOPRENE_UNITS[isomer] * int(n_units)))
+    params = allchem.ETKDGv3()
+    params.randomSeed = int(seed)
+    if allchem.EmbedMolecule(mol, params) != 0:
+        raise ValueError(f"RDKit found no conformer of {n_units} {isomer} units (seed {seed})")
+    allchem.MMFFOptimizeMolecule(mol, maxIters=10_000)
+    symbols = [a.GetSymbol() for a in mol.GetAtoms()]
+    positions = np.asarray(mol.GetConformer().GetPositions(), dtype=float)
+    atoms = Atoms(symbols, positions=positions - positions.mean(axis=0), pbc=False)
+    atoms.info.update(isomer=isomer, n_units=int(n_units), conformer_seed=int(seed))
+    return atoms
+
+
+def chain_dihedrals(atoms: Atoms) -> np.ndarray:
+    """The C1-C2=C3-C4 dihedral of each unit of :func:`polyisoprene`, degrees (0: cis, 180:
+    trans); RDKit's atom order (heavy atoms first, five per unit) is assumed."""
+    n = int(atoms.info["n_units"])
+    return np.array([atoms.get_dihedral(5 * k, 5 * k + 1, 5 * k + 3, 5 * k + 4) for k in range(n)])
+
+
+def polymer_cluster(
+    chains: Sequence[Atoms], min_gap_A: float = 2.5, seed: int = 0, max_attempts: int = 10_000
+) -> Atoms:
+    """Several molecules packed in vacuum (``pbc=False``): each randomly rotated and placed
+    next to those before it, no two atoms of different molecules closer than ``min_gap_A``.
+
+    Molecule ``k`` is rotated uniformly at random (``np.random.default_rng(seed)``) and
+    moved along a random direction from the cluster's centre to the first distance where it
+    clears the others by ``min_gap_A`` (steps of 0.25 Å), so that the molecules touch. The
+    result keeps each atom's molecule index in the ``molecule`` array.
+
+    Raises
+    ------
+    ValueError
+        No chains, a periodic chain, or no placement found.
+    """
+    from scipy.spatial.distance import cdist
+    from scipy.spatial.transform import Rotation
+
+    if not chains:
+        raise ValueError("no chains to pack")
+    if any(np.any(c.pbc) for c in chains):
+        raise ValueError("polymer_cluster packs molecules in vacuum: every chain needs pbc=False")
+    rng = np.random.default_rng(seed)
+    symbols: list[str] = []
+    positions = np.empty((0, 3))
+    index: list[int] = []
+    for k, chain in enumerate(chains):
+        local = chain.positions - chain.positions.mean(axis=0)
+        local = Rotation.random(random_state=rng).apply(local)
+        if k:
+            centre = positions.mean(axis=0)
+            direction = rng.normal(size=3)
+            direction /= np.linalg.norm(direction)
+            for step in range(max_attempts):
+                trial = local + centre + 0.25 * step * direction
+                if cdist(trial, positions).min() >= min_gap_A:
+                    local = trial
+                    break
+            else:
+                raise ValueError(f"molecule {k} could not be placed {min_gap_A} Å from the others")
+        symbols += chain.get_chemical_symbols()
+        positions = np.vstack([positions, local])
+        index += [k] * len(chain)
+    atoms = Atoms(symbols, positions=positions - positions.mean(axis=0), pbc=False)
+    atoms.set_array("molecule", np.array(index, dtype=int))
+    atoms.info.update(n_molecules=len(chains), cluster_seed=int(seed))
+    return atoms
+
+
+def _rdkit() -> tuple[Any, Any]:
+    try:
+        from rdkit import Chem
+        from rdkit.Chem import AllChem
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "building molecules needs RDKit: pip install 'pfd_ase[molecules]'"
+        ) from exc
+    return Chem, AllChem

@@ -495,3 +495,27 @@ def test_chgnet_stress_is_ev_per_cubic_angstrom():
     assert info["name"] == "chgnet" and info["settings"]["model"] == "0.3.0"
     assert info["settings"]["identity"].startswith("chgnet:CHGNet-0.3.0@")
     assert info["settings"]["version"].startswith("chgnet ")
+
+
+def test_vasp_dispersion_is_its_ivdw_tag_and_molecules_get_a_box(tmp_path, vasp_env):
+    from ase.build import molecule
+
+    from pfd_ase.calculators.corrections import InVacuum
+
+    h = vasp_env / "potpaw_PBE" / "H" / "POTCAR"
+    h.parent.mkdir(parents=True)
+    h.write_text(" PAW_PBE H test\n   LEXCH  = PE\n")
+    directory = tmp_path / "task"
+    calc = make_labeler(
+        "vasp", directory, command="true", dispersion="d3bj", vacuum_A=6.0, kspacing=None
+    )
+    assert isinstance(calc, InVacuum)  # VASP's own D3: no Python correction on top
+    assert labeler_info(calc)["settings"]["ivdw"] == 12
+    methane = molecule("CH4")
+    boxed = methane.copy()
+    boxed.set_cell(np.ptp(methane.positions, axis=0) + 12.0)
+    boxed.center()
+    calc.inner.write_input(boxed)
+    incar = _incar(directory / "INCAR")
+    assert int(incar["IVDW"]) == 12
+    assert "KSPACING" not in incar

@@ -133,6 +133,12 @@ def make_labeler(name: Any, directory: str | os.PathLike | None = None, **overri
         ``parameters`` (a matscipy parameter dict or its name) for ``tersoff``
         and ``sw``; ``model`` (a pre-trained version or a file), ``use_device``
         and ``CHGNetCalculator`` keywords for ``chgnet``; ``EMT`` keywords for ``emt``.
+        Two settings of any DFT labeler (vasp, gpaw, gpaw-lcao) belong to ``pfd_ase``:
+        ``dispersion`` (``"d3bj"`` or ``"d3zero"``: Grimme's D3 on top, VASP's ``IVDW``
+        tag, the ``dftd3`` package's calculator summed with GPAW,
+        :class:`~pfd_ase.calculators.corrections.DispersionCorrected`) and ``vacuum_A``
+        (non-periodic frames are labelled in a box this much wider than the molecule on
+        each side, :class:`~pfd_ase.calculators.corrections.InVacuum`; any labeler).
 
     Raises
     ------
@@ -148,7 +154,56 @@ def make_labeler(name: Any, directory: str | os.PathLike | None = None, **overri
             return name
         raise TypeError(f"a labeler is a name or a calculator object, not {type(name).__name__}")
     key = _canonical_name(name)
-    return _BUILDERS[key](directory, dict(overrides))
+    overrides = dict(overrides)
+    dispersion = overrides.pop("dispersion", None)
+    vacuum = overrides.pop("vacuum_A", None)
+    _check_corrections(key, dispersion, vacuum)
+    if dispersion is not None and key == "vasp":
+        from pfd_ase.calculators.corrections import DISPERSION_DAMPINGS
+
+        overrides.setdefault("ivdw", DISPERSION_DAMPINGS[dispersion]["ivdw"])
+    calc = _BUILDERS[key](directory, overrides)
+    if dispersion is not None and key != "vasp":
+        from pfd_ase.calculators.corrections import DispersionCorrected
+
+        functional = str({**GPAW_DEFAULTS, **overrides}.get("xc", "PBE"))
+        calc = DispersionCorrected(calc, dispersion, functional)
+    if vacuum is not None:
+        from pfd_ase.calculators.corrections import InVacuum
+
+        calc = InVacuum(calc, float(vacuum))
+    return calc
+
+
+#: Labelers that take the ``dispersion`` setting (DFT) and that need ``vacuum_A`` for molecules.
+_DFT_LABELERS = ("vasp", "gpaw", "gpaw-lcao")
+
+
+def _check_corrections(key: str, dispersion: Any, vacuum: Any) -> None:
+    """Refuse a dispersion correction where it does not belong, and bad values."""
+    if dispersion is not None:
+        from pfd_ase.calculators.corrections import DISPERSION_DAMPINGS
+
+        if key == "xtb":
+            raise ValueError(
+                "GFN-xTB includes its own dispersion (D3 in GFN1-xTB, D4 in GFN2-xTB): "
+                "drop the dispersion setting for the xtb labeler"
+            )
+        if key not in _DFT_LABELERS:
+            raise ValueError(
+                f"dispersion corrects a DFT labeler ({', '.join(_DFT_LABELERS)}), not {key}"
+            )
+        if dispersion not in DISPERSION_DAMPINGS:
+            raise ValueError(
+                f"unknown dispersion {dispersion!r}; known: {sorted(DISPERSION_DAMPINGS)}"
+            )
+    if vacuum is not None:
+        try:
+            ok = float(vacuum) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"vacuum_A must be a positive length in Å, got {vacuum!r}")
 
 
 def molecule_labeler(
@@ -529,6 +584,7 @@ def check_labeler_settings(name: str, overrides: Mapping[str, Any]) -> None:
     """
     key = _canonical_name(name)
     overrides = dict(overrides)
+    _check_corrections(key, overrides.pop("dispersion", None), overrides.pop("vacuum_A", None))
     known = _known_keys(key)
     if known is not None:
         for item in overrides:
