@@ -53,10 +53,13 @@ from typing import Any
 
 import numpy as np
 
+from pfd_ase.analysis.dh import DH_THRESHOLD as THRESHOLD
+from pfd_ase.analysis.dh import dh_versus_error
+from pfd_ase.analysis.dh import error_statistics as analyse  # noqa: F401 - the bench's name
+
 RESULTS = Path(__file__).parent / "results"
 JSON_PATH = RESULTS / "dh_error.json"
 PNG_PATH = RESULTS / "dh_error.png"
-THRESHOLD = 2.0  # nats, the supplement's dH line
 GOAL = {"spearman_rho": 0.5, "monitor_overhead_pct": 20.0}
 QUICK_TRAIN = ("diamond", "hex_diamond", "beta_sn", "diamond_vacancy")
 QUICK_MIN_ATOMS = 8  # quick cells repeated to at least this many atoms
@@ -149,104 +152,13 @@ def run_data(run: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- dH vs error
 
 
-def per_atom_errors(calc: Any, frames: list) -> np.ndarray:
-    """``|F_model - F_label|`` of every atom of every frame (eV/Å), frame then atom order."""
-    from pfd_ase.training.evaluate import predict, reference_labels
-
-    preds = predict(calc, frames, stress=False)
-    refs = reference_labels(frames)
-    return np.concatenate(
-        [
-            np.linalg.norm(p["forces"] - r["forces"], axis=1)
-            for p, r in zip(preds, refs, strict=True)
-        ]
-    )
-
-
-def structures_of(frames: list) -> list[str]:
-    from pfd_ase.analysis.testset import structure_of
-
-    out = []
-    for atoms in frames:
-        try:
-            name = structure_of(atoms)
-        except ValueError:
-            name = "?"
-        out += [name] * len(atoms)
-    return out
-
-
-def _dist(values: np.ndarray) -> dict[str, Any]:
-    if len(values) == 0:
-        return {"n": 0, "mean": None, "median": None, "p90": None}
-    return {
-        "n": int(len(values)),
-        "mean": float(np.mean(values)),
-        "median": float(np.median(values)),
-        "p90": float(np.percentile(values, 90)),
-    }
-
-
-def analyse(dh: np.ndarray, err: np.ndarray) -> dict[str, Any]:
-    """Spearman rho and the error distributions below / above the threshold."""
-    from scipy.stats import spearmanr
-
-    rho = p = None
-    if np.unique(err).size > 1 and np.unique(dh).size > 1:  # else undefined
-        rho, p = (float(v) for v in spearmanr(dh, err))
-    below, above = _dist(err[dh <= THRESHOLD]), _dist(err[dh > THRESHOLD])
-    ratio = None
-    if below["n"] and above["n"] and below["mean"] > 0:
-        ratio = above["mean"] / below["mean"]
-    return {
-        "spearman_rho": rho,
-        "spearman_p": p,
-        "force_error_eV_A": {"dH<=2": below, "dH>2": above},
-        "mean_error_above_over_below": ratio,
-    }
-
-
-def per_structure(names: list[str], dh: np.ndarray, err: np.ndarray) -> dict[str, Any]:
-    out = {}
-    labels = np.array(names)
-    for name in dict.fromkeys(names):
-        mask = labels == name
-        out[name] = {
-            "atoms": int(mask.sum()),
-            "median_dH": float(np.median(dh[mask])),
-            "frac_dH>2": float(np.mean(dh[mask] > THRESHOLD)),
-            "mean_error_eV_A": float(np.mean(err[mask])),
-        }
-    return out
-
-
 def error_signal(train: list, test: list, calcs: dict[str, Any], threads: int = 1) -> dict:
-    """dH of every held-out atom against ``train``, and each calculator's force errors."""
+    """dH of every held-out atom against ``train``, and each calculator's force errors
+    (:func:`pfd_ase.analysis.dh.dh_versus_error`; the bank is returned as ``bank_object``)."""
     from pfd_ase.selectors import DescriptorBank
 
     bank = DescriptorBank.from_frames(train, source="fine-tuning set")
-    dh = bank.delta_entropy(test, threads=threads)
-    names = structures_of(test)
-    errors = {name: per_atom_errors(calc, test) for name, calc in calcs.items()}
-    finite = np.isfinite(dh)
-    return {
-        "bank_object": bank,
-        "n_train_frames": len(train),
-        "n_test_frames": len(test),
-        "n_test_atoms": int(len(dh)),
-        "n_dH_inf": int(np.sum(~finite)),
-        "bank": bank.describe(),
-        "models": {name: analyse(dh, err) for name, err in errors.items()},
-        "per_structure": per_structure(names, dh, errors[next(iter(errors))]),
-        "points": {
-            "dH": [round(float(v), 4) if np.isfinite(v) else None for v in dh],
-            **{
-                f"force_error_{name}_eV_A": [round(float(v), 5) for v in err]
-                for name, err in errors.items()
-            },
-            "structure": names,
-        },
-    }
+    return {"bank_object": bank, **dh_versus_error(train, test, calcs, threads, bank=bank)}
 
 
 # --------------------------------------------------------------------------- overhead

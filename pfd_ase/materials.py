@@ -673,3 +673,205 @@ def _rdkit() -> tuple[Any, Any]:
             "building molecules needs RDKit: pip install 'pfd_ase[molecules]'"
         ) from exc
     return Chem, AllChem
+
+
+# --------------------------------------------------------------------------- Li | Li6PS5X
+
+#: Cubic lattice parameters of the argyrodites Li₆PS₅X (Å; room-temperature diffraction,
+#: Deiseroth et al., Angew. Chem. Int. Ed. 47, 755 (2008) and later refinements, rounded) and of
+#: bcc lithium (PBE, about 3.44 Å; experiment 3.48 Å at room temperature).
+ARGYRODITE_LATTICE: dict[str, float] = {"Cl": 9.859, "Br": 9.987, "I": 10.142}
+LITHIUM_BCC_A = 3.44
+
+#: Wyckoff positions of argyrodite Li₆PS₅X in F-43m (No. 216), anion-ordered: X on 4a, the
+#: free S²⁻ on 4c, PS₄ tetrahedra (P 4b, S 16e), Li on half of the 48h sites (the two 48h
+#: sites of a pair are 1.7 Å apart: one Li each). Transcribed offline from the literature's
+#: refinements (values rounded); checked by distances (P-S 2.03 Å, Li with three S at
+#: 2.42-2.44 Å and one X at 2.64 Å for X = Cl).
+ARGYRODITE_WYCKOFF: tuple[tuple[str, tuple[float, float, float]], ...] = (
+    ("Li", (0.311, 0.98, 0.689)),
+    ("P", (0.5, 0.5, 0.5)),
+    ("S", (0.619, 0.619, 0.619)),
+    ("S", (0.25, 0.25, 0.25)),
+    ("X", (0.0, 0.0, 0.0)),
+)
+
+
+def argyrodite(
+    halogen: str = "Cl", seed: int = 0, n_orderings: int = 100, a: float | None = None
+) -> Atoms:
+    """The 52-atom cubic cell of argyrodite Li₆PS₅X (X = Cl, Br, I) with ordered Li.
+
+    Ordering rule: each pair of 48h sites 1.7 Å apart holds exactly one Li (24 Li on 48
+    sites); of ``n_orderings`` such assignments drawn at random
+    (``np.random.default_rng(seed)``) the one of lowest Ewald energy with formal charges
+    (Li⁺, P⁵⁺, S²⁻, X⁻; pymatgen's ``EwaldSummation``) is kept. Halide and S²⁻ are ordered
+    (X on 4a, S on 4c), as in Li₆PS₅I; Cl and Br argyrodites show some 4a/4c site exchange.
+
+    Raises
+    ------
+    ValueError
+        An unknown halogen or ``n_orderings`` < 1.
+    """
+    from pymatgen.analysis.ewald import EwaldSummation
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    if halogen not in ARGYRODITE_LATTICE:
+        raise ValueError(f"unknown halogen {halogen!r}; known: {list(ARGYRODITE_LATTICE)}")
+    if n_orderings < 1:
+        raise ValueError(f"n_orderings must be at least 1, got {n_orderings}")
+    species = [halogen if s == "X" else s for s, _ in ARGYRODITE_WYCKOFF]
+    coords = [list(c) for _, c in ARGYRODITE_WYCKOFF]
+    lattice = Lattice.cubic(a or ARGYRODITE_LATTICE[halogen])
+    full = Structure.from_spacegroup("F-43m", lattice, species, coords)
+    li = [k for k, site in enumerate(full) if site.specie.symbol == "Li"]
+    d = full.distance_matrix[np.ix_(li, li)]
+    np.fill_diagonal(d, np.inf)
+    partner = d.argmin(axis=1)
+    pairs = sorted({tuple(sorted((li[k], li[int(p)]))) for k, p in enumerate(partner)})
+    if len(pairs) != len(li) // 2:
+        raise RuntimeError("the 48h sites do not form pairs")  # a wrong Wyckoff table
+    charges = {"Li": 1, "P": 5, "S": -2, halogen: -1}
+    rng = np.random.default_rng(seed)
+    best: tuple[float, Any] | None = None
+    for _ in range(int(n_orderings)):
+        bits = rng.integers(0, 2, len(pairs))
+        drop = [pair[int(bit)] for pair, bit in zip(pairs, bits, strict=True)]
+        trial = full.copy()
+        trial.remove_sites(drop)
+        trial.add_oxidation_state_by_element(charges)
+        energy = EwaldSummation(trial).total_energy
+        if best is None or energy < best[0]:
+            best = (energy, trial)
+    assert best is not None
+    structure = best[1]
+    structure.remove_oxidation_states()
+    made = AseAtomsAdaptor.get_atoms(structure)
+    order = np.argsort(made.numbers, kind="stable")
+    atoms = Atoms(made.numbers[order], positions=made.positions[order], cell=made.cell, pbc=True)
+    atoms.info.update(ordering_seed=int(seed), ewald_eV=float(best[0]))
+    return atoms
+
+
+def lithium_bcc(repeat: Sequence[int] = (2, 2, 2), a: float = LITHIUM_BCC_A) -> Atoms:
+    """bcc lithium, the conventional 2-atom cell repeated (``(2, 2, 2)``: 16 atoms)."""
+    from ase.build import bulk
+
+    return bulk("Li", "bcc", a=a, cubic=True).repeat(tuple(int(n) for n in repeat))
+
+
+def stack_interface(
+    bottom: Atoms,
+    top: Atoms,
+    gap_A: float = 2.0,
+    strain: str = "top",
+    keep_bonds: dict[tuple[str, str], float] | None = None,
+) -> Atoms:
+    """Stack a slab of ``top`` on a slab of ``bottom`` along c: a periodic cell with two
+    interfaces, each ``gap_A`` between the outermost atomic planes.
+
+    Each bulk cell becomes a slab by cutting it, along c, in the widest empty layer that
+    breaks no bond of ``keep_bonds`` (element pair → length, Å; e.g. P-S for PS₄). The
+    in-plane lattices must be orthogonal to c. ``strain="top"`` strains ``top`` in plane to
+    ``bottom``'s lattice (the metal side, when ``top`` is the metal), ``"shared"`` strains
+    both to their mean; a strained slab keeps its volume (its thickness scales by the inverse
+    of its area change). The lattice mismatch ``(top - bottom) / bottom`` of a and b, in
+    percent, is kept in ``info["mismatch_pct"]``, the strain of each side in
+    ``info["strain_pct"]``.
+
+    Raises
+    ------
+    ValueError
+        Non-periodic cells, cells whose c is not normal to a and b, a negative gap, an unknown
+        strain rule, or no layer that can be cut.
+    """
+    if strain not in ("top", "shared"):
+        raise ValueError(f"strain is 'top' or 'shared', got {strain!r}")
+    if gap_A < 0:
+        raise ValueError(f"gap_A must be >= 0, got {gap_A}")
+    slabs = []
+    for atoms in (bottom, top):
+        if not atoms.pbc.all():
+            raise ValueError("stack_interface takes periodic bulk cells")
+        cell = atoms.cell.array
+        if abs(cell[2] @ cell[0]) > 1e-6 or abs(cell[2] @ cell[1]) > 1e-6:
+            raise ValueError("the c axis must be normal to a and b")
+        slabs.append(_cut_along_c(atoms, keep_bonds or {}))
+    plane_b = np.array(slabs[0].cell.lengths()[:2])
+    plane_t = np.array(slabs[1].cell.lengths()[:2])
+    mismatch = (plane_t - plane_b) / plane_b * 100.0
+    target = plane_b if strain == "top" else (plane_b + plane_t) / 2
+    parts, strains = [], []
+    for slab, plane in zip(slabs, (plane_b, plane_t), strict=True):
+        factor = target / plane
+        strains.append(((factor - 1) * 100.0).tolist())
+        cell = slab.cell.array.copy()
+        cell[0] *= factor[0]
+        cell[1] *= factor[1]
+        cell[2] /= factor[0] * factor[1]  # volume kept
+        new = slab.copy()
+        new.set_cell(cell, scale_atoms=True)
+        parts.append(new)
+    low, high = parts
+    z_low = low.positions[:, 2]
+    z_high = high.positions[:, 2]
+    shift = z_low.max() - z_high.min() + gap_A
+    positions = np.vstack([low.positions, high.positions + [0.0, 0.0, shift]])
+    # a and b from the bottom after its strain (shared: both equal now)
+    cell = low.cell.array.copy()
+    cell[2] = (
+        cell[2]
+        / np.linalg.norm(cell[2])
+        * ((z_low.max() - z_low.min()) + (z_high.max() - z_high.min()) + 2 * gap_A)
+    )
+    out = Atoms(
+        low.get_chemical_symbols() + high.get_chemical_symbols(),
+        positions=positions - [0.0, 0.0, z_low.min()],
+        cell=cell,
+        pbc=True,
+    )
+    out.set_array("side", np.array([0] * len(low) + [1] * len(high), dtype=int))
+    out.info.update(
+        mismatch_pct=mismatch.tolist(), strain_pct={"bottom": strains[0], "top": strains[1]}
+    )
+    return out
+
+
+def _cut_along_c(atoms: Atoms, keep_bonds: dict[tuple[str, str], float]) -> Atoms:
+    """``atoms`` shifted along c so that its atoms lie in one slab [0, c): the cut is the
+    middle of the widest empty layer (fractional c) that no bond of ``keep_bonds`` crosses."""
+    from ase.neighborlist import neighbor_list
+
+    frac = atoms.get_scaled_positions(wrap=True)[:, 2]
+    order = np.sort(frac)
+    gaps = np.diff(np.append(order, order[0] + 1.0))
+    crossing: list[tuple[float, float]] = []  # (start height, fractional length along c)
+    if keep_bonds:
+        cutoff = max(keep_bonds.values())
+        i, j, vec = neighbor_list("ijD", atoms, cutoff)
+        along_c = vec @ np.linalg.inv(atoms.cell.array)[:, 2]
+        lengths = np.linalg.norm(vec, axis=1)
+        symbols = np.array(atoms.get_chemical_symbols())
+        for a, b, dz, dist in zip(i, j, along_c, lengths, strict=True):
+            pair = (str(symbols[a]), str(symbols[b]))
+            limit = keep_bonds.get(pair, keep_bonds.get(pair[::-1]))
+            if limit is not None and dist <= limit:
+                crossing.append((frac[a], dz))
+    for k in np.argsort(gaps)[::-1]:
+        cut = (order[k] + gaps[k] / 2) % 1.0
+        if all(not _crosses(cut, z, dz) for z, dz in crossing):
+            out = atoms.copy()
+            scaled = atoms.get_scaled_positions(wrap=True)
+            scaled[:, 2] = (scaled[:, 2] - cut) % 1.0
+            out.set_scaled_positions(scaled)
+            out.set_pbc([True, True, True])
+            return out
+    raise ValueError("no layer along c can be cut without breaking a kept bond")
+
+
+def _crosses(cut: float, start: float, length: float) -> bool:
+    """Whether a bond from fractional height ``start`` over ``length`` (fractional, along c)
+    crosses the plane at ``cut`` or one of its periodic images."""
+    begin = (start - cut) % 1.0
+    return not 0.0 <= begin + length < 1.0 or begin == 0.0 and length != 0.0

@@ -61,6 +61,7 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
     lines += _diffusion_lines(summary)
     lines += _phase_lines(summary)
     lines += _quench_lines(summary)
+    lines += _dh_lines(summary)
     lines += _failure_lines(summary)
     return lines
 
@@ -234,6 +235,27 @@ def _quench_lines(summary: Mapping[str, Any]) -> list[str]:
         if name in rms:
             text += f"; g(r) RMS difference from the labeler's {rms[name]:.3f}"
         lines.append(text)
+    return lines
+
+
+def _dh_lines(summary: Mapping[str, Any]) -> list[str]:
+    """dH of held-out atoms against the training data and the models' force errors."""
+    dh = summary.get("dh_vs_error")
+    if not dh:
+        return []
+    where = ", ".join(dh.get("structures") or ["every structure"])
+    lines = [
+        f"- dH against the training set ({dh['bank']['n_environments']} environments) of "
+        f"{dh['n_test_atoms']} held-out atoms ({where}; `dh_error.png`):"
+    ]
+    for name, stats in dh["models"].items():
+        rho = stats["spearman_rho"]
+        below, above = stats["force_error_eV_A"]["dH<=2"], stats["force_error_eV_A"]["dH>2"]
+        parts = [f"Spearman rho {rho:.2f}" if rho is not None else "rho undefined"]
+        for label, dist in (("dH <= 2", below), ("dH > 2", above)):
+            if dist["n"]:
+                parts.append(f"{label}: {dist['n']} atoms, mean |ΔF| {dist['mean']:.3f} eV/Å")
+        lines.append(f"  - {name}: " + "; ".join(parts))
     return lines
 
 

@@ -314,6 +314,10 @@ def validate_run(
         if student:
             held["PFD"] = (student, None)
         result |= held_out_test(config, held, validation["test_set"], report, step)
+        if validation.get("dh_vs_error"):
+            result["dh_vs_error"] = dh_validation(
+                config, held, validation["dh_vs_error"], report, step
+            )
     result["cells"] = {  # what the preset chose: atoms per structure
         name: len(build_structure(atoms)) for name, atoms in config["structures"].items()
     }
@@ -421,6 +425,64 @@ def validate_run(
     return result
 
 
+def dh_validation(
+    config: Mapping[str, Any],
+    models: Mapping[str, tuple[str, str | None]],
+    settings: Mapping[str, Any],
+    report: str | os.PathLike,
+    step: Step,
+) -> dict[str, Any]:
+    """dH of held-out atoms against the teacher's training data, beside each model's force
+    error on them (PFD supplement Fig. S13; :func:`pfd_ase.analysis.dh.dh_versus_error`).
+
+    The held-out frames (``workdir/test/labelled.extxyz``, :func:`held_out_test`) of
+    ``settings["structures"]`` (default: all) against every labelled frame of the run
+    (``workdir/data/labelled.extxyz``: what the fine-tuned model learnt from); models
+    ``settings["models"]`` (default ``["PF", "base"]``). Resumable step
+    ``validate.dh_vs_error``; figure ``dh_error.png``.
+
+    Returns
+    -------
+    dict
+        :func:`~pfd_ase.analysis.dh.dh_versus_error` without the per-atom points (kept in
+        the step's record), plus ``structures``.
+    """
+    from pfd_ase.analysis.dh import dh_versus_error, plot_dh_versus_error
+    from pfd_ase.analysis.testset import structure_of
+    from pfd_ase.calculators import PFDCalculator
+    from pfd_ase.data import read_frames
+    from pfd_ase.models import resolve_model
+    from pfd_ase.workflow.state import frames_identity
+
+    workdir = Path(config["workdir"])
+    wanted = settings.get("structures")
+    test = [
+        a
+        for a in read_frames(workdir / "test" / "labelled.extxyz")
+        if wanted is None or structure_of(a) in wanted
+    ]
+    if not test:
+        raise ValueError(f"no held-out frames of {wanted} to compute dH on")
+    train = read_frames(workdir / "data" / "labelled.extxyz")
+    names = list(settings.get("models", ["PF", "base"]))
+    chosen = {n: models[n] for n in names if n in models}
+    identities = {n: resolve_model(m, head=h).identity for n, (m, h) in chosen.items()}
+
+    def run() -> dict[str, Any]:
+        calcs = {n: PFDCalculator(m, head=h) for n, (m, h) in chosen.items()}
+        return dh_versus_error(train, test, calcs)
+
+    record = step(
+        "dh_vs_error",
+        run,
+        {"test": frames_identity(test), "train": frames_identity(train), **identities},
+    )
+    first = next(iter(chosen))
+    plot_dh_versus_error(record, Path(report) / "dh_error.png", first)
+    out = {k: v for k, v in record.items() if k != "points"}
+    return {**out, "structures": wanted}
+
+
 def diffusion_validation(
     models: Mapping[str, str],
     settings: Mapping[str, Any],
@@ -520,9 +582,9 @@ def recipe_parser(
 ) -> argparse.ArgumentParser:
     """The command line every workflow recipe shares (``--quick``, ``--labeler`` ...).
 
-    ``--quick`` and ``--production`` choose the ``preset`` keyword of the recipe's run
-    function (``"default"`` without either, the function's own default). ``labeler`` is
-    the default of ``--labeler`` (``None``: the preset's).
+    ``--quick``, ``--production`` and ``--preset NAME`` choose the ``preset`` keyword of
+    the recipe's run function (``"default"`` without any). ``labeler`` is the default of
+    ``--labeler`` (``None``: the preset's).
     """
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -539,6 +601,7 @@ def recipe_parser(
         const="production",
         help="the paper's settings (cluster-sized)",
     )
+    presets.add_argument("--preset", dest="preset", help="any preset of the recipe, by name")
     parser.set_defaults(preset="default")
     shown = labeler or "the preset's"
     parser.add_argument(
