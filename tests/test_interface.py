@@ -145,11 +145,13 @@ def test_dh_report_lines():
             "n_test_atoms": 212,
             "structures": ["interface"],
             "models": {"PF": stats},
-        }
+        },
+        "interface_strain": {"mismatch_pct": [4.676, 4.676], "bottom": [0, 0], "top": [-4.467] * 2},
     }
     text = "\n".join(report_lines(summary))
     assert "1234 environments" in text and "212 held-out atoms (interface" in text
     assert "PF: Spearman rho 0.61" in text and "dH > 2: 62 atoms, mean |ΔF| 0.210" in text
+    assert "mismatch (top − bottom)/bottom +4.68 / +4.68 %" in text and "top -4.47" in text
 
 
 @pytest.mark.slow

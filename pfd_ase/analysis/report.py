@@ -62,6 +62,7 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
     lines += _phase_lines(summary)
     lines += _quench_lines(summary)
     lines += _dh_lines(summary)
+    lines += _interface_lines(summary)
     lines += _failure_lines(summary)
     return lines
 
@@ -257,6 +258,22 @@ def _dh_lines(summary: Mapping[str, Any]) -> list[str]:
                 parts.append(f"{label}: {dist['n']} atoms, mean |ΔF| {dist['mean']:.3f} eV/Å")
         lines.append(f"  - {name}: " + "; ".join(parts))
     return lines
+
+
+def _interface_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The lattice mismatch of a stacked interface and the strain each side took."""
+    strain = summary.get("interface_strain")
+    if not strain:
+        return []
+
+    def pct(values: Any) -> str:
+        return " / ".join(f"{v:+.2f}" for v in values)
+
+    return [
+        f"- interface: lattice mismatch (top − bottom)/bottom {pct(strain['mismatch_pct'])} % "
+        f"(a / b); in-plane strain of the bottom {pct(strain['bottom'])} %, of the top "
+        f"{pct(strain['top'])} % (volume kept)"
+    ]
 
 
 def _failure_lines(summary: Mapping[str, Any]) -> list[str]:

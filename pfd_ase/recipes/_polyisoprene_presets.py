@@ -98,7 +98,7 @@ QUICK = deep_update(
             "finetune": {"chgnet_epochs": 15},
             "distill": {"steps": 2000, "max_iterations": 1, "n_frames": 60},
         },
-        "explore": {"md_steps": 100, "sample_every": 5},
+        "explore": {"md_steps": 60, "sample_every": 3},
         "validation": {"test_set": {"n_frames": 2}},
     },
 )
