@@ -87,7 +87,9 @@ DEFAULT: dict[str, Any] = {
     },
     "validation": {"test_set": {"n_frames": 3, "displacement_A": 0.1}},
 }
-#: ``quick``: GFN1-xTB labels, one short iteration, 15-epoch fine-tunes, a 2000-step student.
+#: ``quick``: GFN1-xTB labels, one short iteration, 15-epoch fine-tunes, a 6000-step student
+#: on 100 teacher frames (a 2000-step student on 60 frames was 8x worse than its teacher on
+#: held-out frames: 4.5 against 0.53 eV/Å).
 QUICK = deep_update(
     DEFAULT,
     {
@@ -96,9 +98,9 @@ QUICK = deep_update(
         "workflow": {
             "init": {"n_perturb": 1},
             "finetune": {"chgnet_epochs": 15},
-            "distill": {"steps": 2000, "max_iterations": 1, "n_frames": 60},
+            "distill": {"steps": 6000, "max_iterations": 1, "n_frames": 100},
         },
-        "explore": {"md_steps": 60, "sample_every": 3},
+        "explore": {"md_steps": 100, "sample_every": 5},
         "validation": {"test_set": {"n_frames": 2}},
     },
 )
