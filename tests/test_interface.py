@@ -126,7 +126,7 @@ def test_config_of_each_preset_is_valid_and_staged(tmp_path, preset):
         assert config["init"]["structures"] == ["Li_bcc"]
         assert len(config["structures"]["interface"]) == 106
     quick = preset != "default"
-    assert all(s["md_steps"] == (60 if quick else 300) for s in stages)
+    assert all(s["md_steps"] == (80 if quick else 300) for s in stages)
 
 
 def test_dh_report_lines():
@@ -162,7 +162,8 @@ def test_quick_interface_chain_end_to_end(tmp_path, monkeypatch):
     from pfd_ase.recipes._interface_presets import QUICK
     from pfd_ase.recipes.interface import run_interface
 
-    monkeypatch.setitem(QUICK, "stage", {**QUICK["stage"], "md_steps": 10, "n_select": 1})
+    stage = {**QUICK["stage"], "md_steps": 10, "n_select": 1, "max_iterations": 1}
+    monkeypatch.setitem(QUICK, "stage", stage)
     monkeypatch.setitem(QUICK, "explore", {**QUICK["explore"], "md_steps": 10})
     monkeypatch.setitem(
         QUICK, "system", {**QUICK["system"], "relax": {"fmax_eV_A": 1.0, "max_steps": 5}}
