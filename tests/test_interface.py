@@ -180,3 +180,24 @@ def test_quick_interface_chain_end_to_end(tmp_path, monkeypatch):
     assert set(dh["models"]) == {"PF", "base"}
     assert result["interface_strain"]["mismatch_pct"][0] == pytest.approx(4.676, abs=1e-3)
     assert (tmp_path / "run" / "report" / "dh_error.png").exists()
+
+
+def test_changed_test_set_settings_keep_the_old_labels_aside(tmp_path):
+    """A finished run whose test-set settings change relabels into a fresh folder; the old
+    task folders are moved aside, not deleted, and not mixed with the new frames."""
+    from pfd_ase.data import read_frames
+    from pfd_ase.recipes._base import held_out_test
+
+    config = {
+        "workdir": str(tmp_path),
+        "structures": {"cu": bulk("Cu", "fcc", a=3.6, cubic=True)},
+        "seed": 0,
+        "labeler": {"name": "emt", "overrides": {}},
+    }
+    first = held_out_test(config, {}, {"n_frames": 2, "displacement_A": 0.05}, tmp_path / "r")
+    old = read_frames(first["test_set"]["path"])
+    second = held_out_test(config, {}, {"n_frames": 2, "displacement_A": 0.1}, tmp_path / "r")
+    new = read_frames(second["test_set"]["path"])
+    assert len(new) == 2 and not np.allclose(new[0].positions, old[0].positions)
+    kept = tmp_path / "test.replaced.0"
+    assert kept.is_dir() and len(list(kept.glob("task.*"))) == 2
