@@ -312,7 +312,10 @@ def test_vasp_parameters_hold_only_vasp_settings(vasp_env):
                                                        ("xtb", "tblite", "xtb"),
                                                        ("chgnet", "chgnet", "chgnet")])  # fmt: skip
 def test_missing_package_says_what_to_install(monkeypatch, name, module, extra):
-    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    # import fails as if not installed, submodules an earlier test imported included
+    for key in [k for k in sys.modules if k == module or k.startswith(f"{module}.")]:
+        monkeypatch.setitem(sys.modules, key, None)
+    monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(LabelerSetupError, match=rf"pip install pfd_ase\[{extra}\]"):
         make_labeler(name)
 

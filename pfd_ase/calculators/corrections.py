@@ -34,17 +34,20 @@ DISPERSION_DAMPINGS: dict[str, dict[str, Any]] = {
 class _Wrapped(Calculator):
     """A calculator computed by another, with the other's name and settings as provenance."""
 
-    def __init__(self, inner: Any, extra: dict[str, Any]) -> None:
-        from pfd_ase.calculators.labelers import labeler_info
-
+    def __init__(
+        self, inner: Any, extra: dict[str, Any], provenance: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         self.inner = inner
         self.implemented_properties = list(
             getattr(inner, "implemented_properties", ("energy", "forces"))
         )
-        info = labeler_info(inner)
-        self._labeler_name = info["name"]
-        self.parameters.update(info["settings"])
+        if provenance is None:  # the calculator's own name and parameters
+            name = getattr(inner, "name", None)
+            settings = dict(getattr(inner, "parameters", None) or {})
+            provenance = {"name": name or type(inner).__name__, "settings": settings}
+        self._labeler_name = str(provenance["name"])
+        self.parameters.update(provenance["settings"])
         self.parameters.update(extra)
 
     @property
@@ -83,9 +86,19 @@ class DispersionCorrected(_Wrapped):
         ``"d3bj"`` (Becke-Johnson damping) or ``"d3zero"`` (:data:`DISPERSION_DAMPINGS`).
     functional
         The D3 parametrisation (``"PBE"``), normally the labeler's exchange-correlation.
+    provenance
+        ``{"name", "settings"}`` of ``inner`` as recorded with each frame
+        (:func:`~pfd_ase.calculators.labeler_info`; default: its ``name`` and
+        ``parameters``); the correction's settings are added.
     """
 
-    def __init__(self, inner: Any, dispersion: str = "d3bj", functional: str = "PBE") -> None:
+    def __init__(
+        self,
+        inner: Any,
+        dispersion: str = "d3bj",
+        functional: str = "PBE",
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
         if dispersion not in DISPERSION_DAMPINGS:
             raise ValueError(
                 f"unknown dispersion {dispersion!r}; known: {sorted(DISPERSION_DAMPINGS)}"
@@ -96,7 +109,8 @@ class DispersionCorrected(_Wrapped):
             raise ImportError(
                 "DFT-D3 needs the dftd3 package: pip install 'pfd_ase[molecules]'"
             ) from exc
-        super().__init__(inner, {"dispersion": {"name": dispersion, "functional": functional}})
+        extra = {"dispersion": {"name": dispersion, "functional": functional}}
+        super().__init__(inner, extra, provenance)
         self.d3 = DFTD3(method=functional, damping=DISPERSION_DAMPINGS[dispersion]["damping"])
 
     def calculate(
@@ -129,12 +143,16 @@ class InVacuum(_Wrapped):
     vacuum_A
         Vacuum on each side of the molecule, Å (6-8 Å converges the energy of a neutral
         molecule in GPAW and VASP to a few meV).
+    provenance
+        As for :class:`DispersionCorrected`.
     """
 
-    def __init__(self, inner: Any, vacuum_A: float = 6.0) -> None:
+    def __init__(
+        self, inner: Any, vacuum_A: float = 6.0, provenance: dict[str, Any] | None = None
+    ) -> None:
         if not vacuum_A > 0:
             raise ValueError(f"vacuum_A must be positive, got {vacuum_A}")
-        super().__init__(inner, {"vacuum_A": float(vacuum_A)})
+        super().__init__(inner, {"vacuum_A": float(vacuum_A)}, provenance)
         self.vacuum_A = float(vacuum_A)
 
     def calculate(

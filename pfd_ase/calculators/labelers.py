@@ -167,11 +167,11 @@ def make_labeler(name: Any, directory: str | os.PathLike | None = None, **overri
         from pfd_ase.calculators.corrections import DispersionCorrected
 
         functional = str({**GPAW_DEFAULTS, **overrides}.get("xc", "PBE"))
-        calc = DispersionCorrected(calc, dispersion, functional)
+        calc = DispersionCorrected(calc, dispersion, functional, labeler_info(calc))
     if vacuum is not None:
         from pfd_ase.calculators.corrections import InVacuum
 
-        calc = InVacuum(calc, float(vacuum))
+        calc = InVacuum(calc, float(vacuum), labeler_info(calc))
     return calc
 
 
