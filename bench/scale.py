@@ -9,8 +9,10 @@ For each size (diamond Si supercells, rattled), in a fresh process with one thre
   (the default Verlet-list path), atoms moved by less than half the skin between calls so
   the list is reused, as in MD; the median of ``--repeats`` calls after warm-up;
 - ``build``: the same call when the list has to be rebuilt (atoms moved far);
-- ``floor``: a bare loop calling the model's ``forward_lower`` on a prebuilt extended system
-  (what LAMMPS does per step without its neighbour search): the floor of any Python driver;
+- ``floor``: a bare loop calling the model's ``forward_lower`` on the prebuilt extended
+  systems of the pieces the calculator evaluates (one piece up to
+  :data:`~pfd_ase.calculators.backends.DEFAULT_CHUNK_ATOMS` atoms; what LAMMPS does per
+  step without its neighbour search): the floor of any Python driver;
 - ``native``: deepmd-kit's ``DeepPot.eval`` (dense all-pairs neighbour list), up to
   ``--native-max`` atoms;
 - ``md``: ASE velocity-Verlet steps per second (1 fs) with the calculator;
@@ -70,7 +72,6 @@ def measure(
     model: str, n_atoms: int, repeats: int, native: bool, md_steps: int, threads: int = 1
 ) -> dict:
     """All timings of one size (run in a fresh process with ``threads`` threads)."""
-    import numpy as np
     import torch
 
     torch.set_num_threads(threads)
@@ -101,23 +102,30 @@ def measure(
     out["calc_s"] = statistics.median(times)
     out["build_s"] = statistics.median(builds)
 
-    # the floor: forward_lower on a prebuilt extended system
+    # the floor: forward_lower on the same pieces, prebuilt, called one after the other
     from deepmd.pt.utils.env import DEVICE, GLOBAL_PT_FLOAT_PRECISION
 
     system = backend.verlet.update(atoms.positions, atoms.cell.array, atoms.pbc)
-    types = np.zeros(len(system.mapping), dtype=np.int64)
+    size = backend._piece_size(len(atoms), 1)
+    pieces = [system] if size >= len(atoms) else system.split(size)
     args = [
-        torch.as_tensor(system.coords, dtype=GLOBAL_PT_FLOAT_PRECISION, device=DEVICE)[None],
-        torch.as_tensor(types, device=DEVICE)[None],
-        torch.as_tensor(system.nlist, device=DEVICE)[None],
-        torch.as_tensor(system.mapping, device=DEVICE)[None],
+        [
+            torch.as_tensor(p.coords, dtype=GLOBAL_PT_FLOAT_PRECISION, device=DEVICE)[None],
+            torch.zeros((1, len(p.mapping)), dtype=torch.long, device=DEVICE),
+            torch.as_tensor(p.nlist, device=DEVICE)[None],
+            torch.as_tensor(p.mapping, device=DEVICE)[None],
+        ]
+        for p in pieces
     ]
     floor = []
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
-        backend._lower.forward_lower(*args, do_atomic_virial=False)
+        for a in args:
+            backend._lower.forward_lower(*a, do_atomic_virial=False)
         floor.append(time.perf_counter() - t0)
     out["floor_s"] = statistics.median(floor[1:])
+    out["pieces"] = -(-len(atoms) // backend._piece_size(len(atoms), threads))  # calc's calls
+    del args, pieces
 
     if native:
         nat = PFDCalculator(model)

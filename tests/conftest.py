@@ -106,6 +106,19 @@ def tiny_models(tmp_path_factory, emt_systems):
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory, emt_systems):
+    """A tiny frozen se_atten_v2 student (no message passing) for Cu/Ag, trained 2 steps."""
+    if not _has_deepmd():
+        pytest.skip("deepmd-kit (PyTorch) missing")
+    from pfd_ase.training import deepmd as dp
+
+    train, _ = emt_systems
+    work = tmp_path_factory.mktemp("tiny_student")
+    dp.train(dp.student_input(["Cu", "Ag"], train, steps=2, seed=3), work, progress=False)
+    return dp.freeze(work, work / "student.pth")
+
+
 #: The schedule of the tiny pre-trainings of the tests (not the DPA-2 paper's 2e-4 -> 3e-8 of
 #: :data:`~pfd_ase.training.deepmd.PRETRAIN_LR`, made for 1 000 000 steps): 1e-3 -> 3.51e-8,
 #: decaying every step; with ``batch_size="auto"`` (not the paper's 8 frames) for speed.

@@ -37,6 +37,32 @@ class ExtendedSystem:
         self.mapping = mapping
         self.nlist = nlist
 
+    def split(self, size: int) -> list[ExtendedSystem]:
+        """Cut the system into pieces of at most ``size`` local atoms.
+
+        Each piece holds its local atoms (consecutive indices) followed by every other
+        extended atom their neighbour lists reach, renumbered; its ``mapping`` is the
+        original local atom of each of its extended atoms. For a model whose atoms see only
+        their own neighbours (no message passing), the pieces' atomic energies, extended
+        forces and virials sum to the whole system's.
+        """
+        if size < 1:
+            raise ValueError(f"size must be at least 1, got {size}")
+        n, n_all = len(self.nlist), len(self.coords)
+        where = np.full(n_all, -1, dtype=np.int64)
+        pieces = []
+        for start in range(0, n, size):
+            stop = min(start + size, n)
+            rows = self.nlist[start:stop]
+            reached = np.unique(rows[rows >= 0])
+            others = reached[(reached < start) | (reached >= stop)]
+            index = np.concatenate([np.arange(start, stop), others])
+            where[index] = np.arange(len(index))
+            nlist = np.where(rows >= 0, where[np.maximum(rows, 0)], -1)
+            where[index] = -1
+            pieces.append(ExtendedSystem(self.coords[index], self.mapping[index], nlist))
+        return pieces
+
 
 def _pairs(
     positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
