@@ -129,6 +129,27 @@ def test_config_of_each_preset_is_valid_and_staged(tmp_path, preset):
     assert all(s["md_steps"] == (80 if quick else 300) for s in stages)
 
 
+def test_relaxed_interface_is_kept_and_redone_when_its_inputs_change(tmp_path, tiny_models):
+    from pfd_ase.recipes.interface import relaxed_interface
+
+    atoms = bulk("Cu", "fcc", a=3.62, cubic=True).repeat((2, 1, 1))
+    atoms.rattle(0.05, seed=1)
+    path = tmp_path / "structures" / "interface.extxyz"
+    settings = {"fmax_eV_A": 1e-9, "max_steps": 3}
+    model = tiny_models[1]["pth"]
+    first = relaxed_interface(atoms, model, None, settings, path)
+    assert np.abs(first.positions - atoms.positions).max() > 0  # moved by the model
+    stamp = path.stat().st_mtime_ns
+    again = relaxed_interface(atoms, model, None, settings, path)
+    assert path.stat().st_mtime_ns == stamp  # read back, not relaxed again
+    np.testing.assert_array_equal(again.positions, first.positions)
+    other = relaxed_interface(atoms, tiny_models[2]["pth"], None, settings, path)
+    assert (tmp_path / "structures" / "interface.extxyz.replaced.0").exists()
+    assert other.info["relax_key"] != first.info["relax_key"]
+    relaxed_interface(atoms, model, None, {**settings, "max_steps": 4}, path)
+    assert (tmp_path / "structures" / "interface.extxyz.replaced.1").exists()
+
+
 def test_dh_report_lines():
     from pfd_ase.analysis.report import report_lines
 

@@ -188,7 +188,7 @@ def held_out_test(
             try:
                 result = label_frames(frames, labeler, folder, executor)
             except MismatchedTaskError:  # another test set (changed settings): kept aside
-                folder.rename(_free_path(folder.with_name("test.replaced")))
+                folder.rename(free_path(folder.with_name("test.replaced")))
                 result = label_frames(frames, labeler, folder, executor)
         write_frames(path, result.frames)
         return {
@@ -211,7 +211,14 @@ def held_out_test(
     }
 
 
-def _free_path(path: Path) -> Path:
+def preset_of(presets: Mapping[str, Any], name: str) -> Any:
+    """The preset ``name`` of a recipe's ``presets``; a ``ValueError`` naming the known ones."""
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; known: {list(presets)}")
+    return presets[name]
+
+
+def free_path(path: Path) -> Path:
     """``path`` with the first suffix ``.<k>`` that does not exist yet."""
     k = 0
     while (candidate := path.with_name(f"{path.name}.{k}")).exists():

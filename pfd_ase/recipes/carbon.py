@@ -19,6 +19,7 @@ from typing import Any
 
 from pfd_ase.recipes._base import (
     DEFAULT_BASE_MODEL,
+    preset_of,
     recipe_config,
     recipe_main,
 )
@@ -52,9 +53,7 @@ def carbon_config(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The workflow configuration of the carbon recipe (``labeler``: the preset's when None)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {list(PRESETS)}")
-    p = PRESETS[preset]
+    p = preset_of(PRESETS, preset)
     labeler = labeler or p["labeler"]["name"]
     structures = carbon_structures(preset, seed)
     return recipe_config(

@@ -18,7 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pfd_ase.recipes._base import DEFAULT_BASE_MODEL, recipe_config, recipe_main
+from pfd_ase.recipes._base import (
+    DEFAULT_BASE_MODEL,
+    free_path,
+    preset_of,
+    recipe_config,
+    recipe_main,
+)
 from pfd_ase.recipes._interface_presets import PRESETS, STAGE
 
 __all__ = ["PRESETS", "interface_config", "interface_structures", "main", "run_interface"]
@@ -53,21 +59,40 @@ def interface_structures(preset: str = "default", seed: int = 0) -> dict[str, An
 def relaxed_interface(
     atoms: Any, model: str, head: str | None, settings: dict[str, Any], path: Path
 ) -> Any:
-    """``atoms`` relaxed (positions, fixed cell; FIRE) by ``model``, kept in ``path`` and read
-    back on a rerun (the run's structures stay the same)."""
+    """``atoms`` relaxed (positions, fixed cell; FIRE) by ``model``, kept in ``path``.
+
+    The file records a key of what made it (the input structure, the model's content
+    identity and head, the relaxation settings); a rerun with the same key reads it back (the
+    run's structures stay the same), one with another key moves the old file aside to
+    ``<path>.replaced.<k>`` and relaxes anew.
+    """
     from ase.io import read, write
     from ase.optimize import FIRE
 
     from pfd_ase.calculators import PFDCalculator
+    from pfd_ase.data import frame_fingerprint
+    from pfd_ase.models import resolve_model
+    from pfd_ase.tasks import task_key
 
+    key = task_key(
+        {
+            "structure": frame_fingerprint(atoms),
+            "model": resolve_model(model, head=head, fetch=True).identity,
+            "settings": settings,
+        }
+    )
     if path.exists():
-        return read(path)
+        old = read(path)
+        if old.info.get("relax_key") == key:
+            return old
+        path.rename(free_path(path.with_name(f"{path.name}.replaced")))
     work = atoms.copy()
     work.calc = PFDCalculator(model, head=head)
     FIRE(work, logfile=None).run(fmax=settings["fmax_eV_A"], steps=settings["max_steps"])
     out = atoms.copy()
     out.positions = work.positions
     out.info["relaxed_by"] = str(model)
+    out.info["relax_key"] = key
     path.parent.mkdir(parents=True, exist_ok=True)
     write(path, out, format="extxyz")
     return read(path)
@@ -86,9 +111,7 @@ def interface_config(
 ) -> dict[str, Any]:
     """The workflow configuration (``labeler``: the preset's when None; ``structures``: the
     cells, default :func:`interface_structures`)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {list(PRESETS)}")
-    p = PRESETS[preset]
+    p = preset_of(PRESETS, preset)
     structures = structures or interface_structures(preset, seed)
     stages = [{**STAGE, **p["stage"], **stage} for stage in p["stages"]]
     return recipe_config(
@@ -123,9 +146,7 @@ def run_interface(
     """
     from pfd_ase.recipes._base import run_recipe
 
-    p = PRESETS[preset] if preset in PRESETS else None
-    if p is None:
-        raise ValueError(f"unknown preset {preset!r}; known: {list(PRESETS)}")
+    p = preset_of(PRESETS, preset)
     structures = interface_structures(preset, seed)
     mismatch = None
     if "interface" in structures:

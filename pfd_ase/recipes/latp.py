@@ -20,6 +20,7 @@ from typing import Any
 
 from pfd_ase.recipes._base import (
     DEFAULT_BASE_MODEL,
+    preset_of,
     recipe_config,
     recipe_main,
 )
@@ -44,9 +45,7 @@ def latp_config(
     """The workflow configuration of the LATP recipe (``labeler``: the preset's when None)."""
     from pfd_ase.materials import latp
 
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {list(PRESETS)}")
-    p = PRESETS[preset]
+    p = preset_of(PRESETS, preset)
     labeler = labeler or p["labeler"]["name"]
     size = p["cells"]["small"]
     structures = {

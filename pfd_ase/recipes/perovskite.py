@@ -25,6 +25,7 @@ from typing import Any
 from pfd_ase.recipes._base import (
     DEFAULT_BASE_MODEL,
     deep_update,
+    preset_of,
     recipe_config,
     recipe_main,
 )
@@ -70,9 +71,7 @@ def perovskite_config(
 ) -> dict[str, Any]:
     """The workflow configuration of the perovskite recipe (``labeler``: the preset's when
     None)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {list(PRESETS)}")
-    p = PRESETS[preset]
+    p = preset_of(PRESETS, preset)
     labeler = labeler or p["labeler"]["name"]
     structures = perovskite_structures(preset, seed)
     doped = [n for n in structures if n.startswith("doped")]

@@ -19,7 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pfd_ase.recipes._base import DEFAULT_BASE_MODEL, recipe_config, recipe_main
+from pfd_ase.recipes._base import (
+    DEFAULT_BASE_MODEL,
+    preset_of,
+    recipe_config,
+    recipe_main,
+)
 from pfd_ase.recipes._polyisoprene_presets import PRESETS
 
 __all__ = ["PRESETS", "main", "polyisoprene_config", "polyisoprene_structures", "run_polyisoprene"]
@@ -52,9 +57,7 @@ def polyisoprene_config(
 ) -> dict[str, Any]:
     """The workflow configuration (``labeler``: the preset's when None). Training and
     exploration see the preset's ``molecules["train"]``; the rest are held out."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {list(PRESETS)}")
-    p = PRESETS[preset]
+    p = preset_of(PRESETS, preset)
     structures = polyisoprene_structures(preset, seed)
     train = list(p["molecules"]["train"])
     return recipe_config(

@@ -19,6 +19,7 @@ from typing import Any
 
 from pfd_ase.recipes._base import (
     DEFAULT_BASE_MODEL,
+    preset_of,
     recipe_config,
     recipe_main,
 )
@@ -40,9 +41,7 @@ def silicon_config(
     """The workflow configuration of the silicon recipe (data and ``ase.Atoms`` structures)."""
     from pfd_ase.materials import SILICON_STRUCTURES, silicon
 
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {list(PRESETS)}")
-    p = PRESETS[preset]
+    p = preset_of(PRESETS, preset)
     structures = {name: silicon(name, p["cells"].get(name, 1)) for name in SILICON_STRUCTURES}
     stages = [{"name": k, "structures": v, **p["stage"]} for k, v in STAGES.items()]
     return recipe_config(
