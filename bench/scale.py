@@ -2,6 +2,7 @@
 
     python bench/scale.py --quick          # 512 and 4096 atoms, a few minutes
     python bench/scale.py                  # 512, 4096, 13824, 32768 atoms
+    source .lammps/env.sh && python bench/scale.py --lammps   # and LAMMPS (scripts/build_lammps.sh)
 
 For each size (diamond Si supercells, rattled), in a fresh process with one thread:
 
@@ -17,6 +18,9 @@ For each size (diamond Si supercells, rattled), in a fresh process with one thre
   ``--native-max`` atoms;
 - ``md``: ASE velocity-Verlet steps per second (1 fs) with the calculator;
 - peak resident memory of the process (``ru_maxrss``);
+- ``lammps`` (``--lammps``): NVE MD steps per second of the same model in LAMMPS with
+  deepmd-kit's ``pair_style deepmd`` (one process, one thread, the same cell, skin 1 Å),
+  and that process's peak memory;
 - ``threads``: the ``calc`` call at ``--threads-at`` atoms (4096) again with two threads
   (the issue's goal: ≥ 1.7× one thread).
 
@@ -32,6 +36,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -69,12 +74,23 @@ def _cell(n_atoms: int, seed: int = 0):
 
 
 def measure(
-    model: str, n_atoms: int, repeats: int, native: bool, md_steps: int, threads: int = 1
+    model: str,
+    n_atoms: int,
+    repeats: int,
+    native: bool,
+    md_steps: int,
+    threads: int = 1,
+    tune: bool = False,
 ) -> dict:
-    """All timings of one size (run in a fresh process with ``threads`` threads)."""
+    """All timings of one size (run in a fresh process with ``threads`` threads; ``tune``:
+    :func:`pfd_ase.allocator.tune_allocator` first, as the package's entry points do)."""
     import torch
 
+    from pfd_ase.allocator import tune_allocator
+
     torch.set_num_threads(threads)
+    if tune:
+        tune_allocator()
     from ase.md.verlet import VelocityVerlet
 
     from pfd_ase.calculators import PFDCalculator
@@ -152,6 +168,82 @@ def measure(
     return out
 
 
+LAMMPS_DECK = """units metal
+atom_style atomic
+boundary p p p
+read_data {data}
+variable plugin getenv PFD_LMP_PLUGIN
+plugin load ${{plugin}}
+pair_style deepmd {model}
+pair_coeff * *
+mass 1 28.0855
+neighbor 1.0 bin
+neigh_modify every 1 delay 0 check yes
+velocity all create 500.0 1 dist gaussian
+timestep 0.001
+fix 1 all nve
+thermo 0
+run {warmup}
+run {steps}
+"""
+
+
+def measure_lammps(
+    model: str, n_atoms: int, steps: int, warmup: int = 2, tune: bool = False
+) -> dict:
+    """NVE MD steps per second of the same model in LAMMPS (``pair_style deepmd``, one
+    process, one thread), the same cell; needs ``scripts/build_lammps.sh``'s ``env.sh``
+    sourced (``PFD_LMP``, ``PFD_LMP_PLUGIN``). Peak memory is the LAMMPS process's.
+    ``tune``: with glibc's variables of :data:`pfd_ase.allocator.ALLOCATOR_ENV`."""
+    from ase.io import write
+
+    lmp = os.environ.get("PFD_LMP")
+    if not lmp or not os.environ.get("PFD_LMP_PLUGIN"):
+        raise RuntimeError("no LAMMPS: run scripts/build_lammps.sh and source its env.sh")
+    atoms, _ = _cell(n_atoms)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "cell.data"
+        write(data, atoms, format="lammps-data", specorder=["Si"], masses=True)
+        deck = Path(tmp) / "in.md"
+        deck.write_text(
+            LAMMPS_DECK.format(data=data, model=Path(model).resolve(), warmup=warmup, steps=steps)
+        )
+        from pfd_ase.allocator import ALLOCATOR_ENV
+
+        env = dict(os.environ, OMP_NUM_THREADS="1", DP_INTRA_OP_PARALLELISM_THREADS="1")
+        env.update(ALLOCATOR_ENV if tune else {})
+        env["DP_INTER_OP_PARALLELISM_THREADS"] = "1"
+        res = subprocess.run(
+            [lmp, "-in", str(deck), "-log", str(Path(tmp) / "log.lammps"), "-screen", "none"],
+            env=env,
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+        )
+        log = Path(tmp) / "log.lammps"
+        log = log.read_text() if log.exists() else ""
+    loops = re.findall(r"Loop time of ([0-9.eE+-]+) on \d+ procs for (\d+) steps", log)
+    if res.returncode or len(loops) < 2:
+        raise RuntimeError(f"LAMMPS failed ({res.returncode}): {(log + res.stderr)[-800:]}")
+    seconds, n_steps = float(loops[-1][0]), int(loops[-1][1])
+    return {
+        "lammps_md_steps_per_s": n_steps / seconds,
+        "lammps_peak_rss_GB": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6,
+    }
+
+
+def _lammps_row(model: str, n: int, steps: int, tune: bool) -> dict:
+    """LAMMPS at ``n`` atoms in a child process (its peak memory is that run's alone)."""
+    cmd = [sys.executable, __file__, "--one", str(n), "--model", model, "--lammps-one"]
+    cmd += ["--lammps-steps", str(steps)] + ["--no-tune"] * (not tune)
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    if res.returncode or not lines:
+        print(f"{n} atoms: LAMMPS failed\n{res.stderr[-2000:]}")
+        return {"lammps_error": res.stderr[-500:]}
+    return json.loads(lines[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="512 and 4096 atoms, few repeats")
@@ -161,12 +253,30 @@ def main() -> None:
     p.add_argument("--md-steps", type=int, default=10)
     p.add_argument("--model", default=None, help="a compressed student (default: build one)")
     p.add_argument("--threads-at", type=int, default=4096, help="size of the 2-thread call")
+    p.add_argument(
+        "--lammps",
+        action="store_true",
+        help="also LAMMPS MD with the same model (source scripts/build_lammps.sh's env.sh)",
+    )
+    p.add_argument("--lammps-steps", type=int, default=10)
+    p.add_argument(
+        "--no-tune",
+        dest="tune",
+        action="store_false",
+        help="glibc's default allocator settings (default: pfd_ase.allocator's, both codes)",
+    )
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--lammps-one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.one is not None and args.lammps_one:  # child process: LAMMPS at one size
+        print(json.dumps(measure_lammps(args.model, args.one, args.lammps_steps, tune=args.tune)))
+        return
     if args.one is not None:  # child process: one size
         native = args.one <= args.native_max
-        res = measure(args.model, args.one, args.repeats, native, args.md_steps, args.threads)
+        res = measure(
+            args.model, args.one, args.repeats, native, args.md_steps, args.threads, args.tune
+        )
         print(json.dumps(res))
         return
     sizes = [512, 4096] if args.quick else [512, 4096, 13824, 32768]
@@ -182,6 +292,7 @@ def main() -> None:
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1")
             cmd = [sys.executable, __file__, "--one", str(n), "--model", model]
             cmd += ["--repeats", str(repeats), "--threads", str(threads)]
+            cmd += ["--no-tune"] * (not args.tune)
             if threads == 1:
                 cmd += ["--native-max", str(args.native_max), "--md-steps", str(args.md_steps)]
             else:  # the calculator call only
@@ -193,9 +304,12 @@ def main() -> None:
                 print(f"{n} atoms: failed\n{res.stderr[-2000:]}")
                 continue
             rows.append(json.loads(lines[-1]))
+            if args.lammps and threads == 1:
+                rows[-1].update(_lammps_row(model, n, args.lammps_steps, args.tune))
     header = (
         f"{'atoms':>7} {'thr':>3} {'ms/call':>9} {'us/atom':>8} {'rebuild ms':>10} {'floor ms':>9} "
-        f"{'ratio':>6} {'native ms':>9} {'MD steps/s':>10} {'peak GB':>8}"
+        f"{'ratio':>6} {'native ms':>9} {'MD steps/s':>10} {'peak GB':>8} {'LAMMPS steps/s':>14} "
+        f"{'LAMMPS GB':>9}"
     )
     print(header)
     for r in rows:
@@ -208,16 +322,25 @@ def main() -> None:
             f"{r['calc_s'] / r['atoms'] * 1e6:8.1f} "
             f"{r['build_s'] * 1e3:10.1f} {r['floor_s'] * 1e3:9.1f} "
             f"{r['calc_s'] / r['floor_s']:6.2f} {native} "
-            f"{r.get('md_steps_per_s', float('nan')):10.2f} {r['peak_rss_GB']:8.2f}"
+            f"{r.get('md_steps_per_s', float('nan')):10.2f} {r['peak_rss_GB']:8.2f} "
+            f"{r.get('lammps_md_steps_per_s', float('nan')):14.3f} "
+            f"{r.get('lammps_peak_rss_GB', float('nan')):9.2f}"
         )
     ok = [r for r in rows if "error" not in r and r["threads"] == 1]
     per_atom = [r["calc_s"] / r["atoms"] for r in ok]
     two = [r for r in rows if "error" not in r and r["threads"] == 2]
     one = [r for r in ok if two and r["atoms"] == two[0]["atoms"]]
     speedup = one[0]["calc_s"] / two[0]["calc_s"] if one and two else None
+    # ASE's time per MD step over LAMMPS's (> 1: ASE slower)
+    lammps = [
+        r["lammps_md_steps_per_s"] / r["md_steps_per_s"]
+        for r in ok
+        if "lammps_md_steps_per_s" in r and "md_steps_per_s" in r
+    ]
     result = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, 1 thread (threads: 2)",
+        "allocator": "pfd_ase.allocator (both codes)" if args.tune else "glibc defaults",
         "wall_s": round(time.perf_counter() - t_start, 1),
         "rows": rows,
         "headline": {
@@ -225,12 +348,14 @@ def main() -> None:
             "worst_ratio_to_floor": max(r["calc_s"] / r["floor_s"] for r in ok) if ok else None,
             "peak_GB_largest": max(ok, key=lambda r: r["atoms"])["peak_rss_GB"] if ok else None,
             "two_thread_speedup": speedup,
+            "worst_ase_over_lammps_time_per_step": max(lammps) if lammps else None,
         },
         "goal": {
             "per_atom_cost_spread": "<= 1.2",
             "worst_ratio_to_floor": "<= 1.15",
             "peak_GB_largest": "<= 8 at 32768 atoms",
             "two_thread_speedup": ">= 1.7 at 4096 atoms",
+            "worst_ase_over_lammps_time_per_step": "ASE within 1.5x of LAMMPS: <= 1.5",
         },
     }
     out = HERE / "results" / "scale.json"

@@ -142,7 +142,9 @@ def _main(
         ),
     ] = False,
 ) -> None:
-    pass
+    from pfd_ase.allocator import tune_allocator
+
+    tune_allocator()  # large model calls: keep freed memory (pfd_ase.allocator)
 
 
 # an existing, readable file given as an argument or option

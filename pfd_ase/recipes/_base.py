@@ -651,9 +651,13 @@ def recipe_main(
     argv: list[str] | None = None,
     labeler: str | None = "gpaw",
 ) -> dict[str, Any]:
-    """A recipe's command line: parse ``argv`` (:func:`recipe_parser`), ``run(**args)``,
-    print the results under ``keys`` as JSON and the report's path; return the results."""
+    """A recipe's command line: parse ``argv`` (:func:`recipe_parser`), tune the allocator
+    (:func:`pfd_ase.allocator.tune_allocator`), ``run(**args)``, print the results under
+    ``keys`` as JSON and the report's path; return the results."""
+    from pfd_ase.allocator import tune_allocator
+
     args = parsed_arguments(recipe_parser(prog, description, labeler=labeler), argv)
+    tune_allocator()  # large model calls: keep freed memory (pfd_ase.allocator)
     result = run(**args)
     print(json.dumps({k: result.get(k) for k in keys}, indent=2, default=str))
     print(f"report: {Path(args['workdir']) / 'report' / 'report.md'}")

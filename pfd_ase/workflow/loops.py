@@ -307,10 +307,14 @@ def _compare_select_label(
     teacher: str,
     student: str | None,
     train_set: list[Atoms],
+    executor: Executor | None = None,
+    timeout_s: float | None = None,
 ) -> dict[str, Any]:
-    """Steps evaluate (student against teacher), select (deviation) and label (teacher)."""
-    from pfd_ase.calculators import PFDCalculator
+    """Steps evaluate (student against teacher), select (deviation) and label (teacher).
 
+    The teacher labels like any labeler: a ``("pfd", {"model": teacher})`` labeler spec,
+    one task per frame through the run's executor, resumable frame by frame.
+    """
     candidates = read_frames(folder / CANDIDATES_FILE, missing_ok=True)
     test = steps.evaluate(student, candidates, reference=teacher) if student else None
     picked = steps.select(candidates, ds, deviations=test.max_force_devi_eV_A if test else None)
@@ -318,7 +322,9 @@ def _compare_select_label(
     for j, i in enumerate(picked):
         candidates[i].info[FRAME_ID_KEY] = f"{key}.{j:03d}"
         new.append(candidates[i])
-    result = steps.label(new, PFDCalculator(teacher), folder / "label")
+    result = steps.label(
+        new, ("pfd", {"model": teacher}), folder / "label", executor=executor, timeout_s=timeout_s
+    )
     return {
         "n_candidates": len(candidates),
         "n_selected": len(new),
@@ -508,7 +514,17 @@ class RecordedSteps:
         train_set = read_frames(self.train_path, missing_ok=True) if self.teacher_sources else []
         record = self.state.run_step(
             key,
-            partial(_compare_select_label, ds, folder, prefix, teacher, student, train_set),
+            partial(
+                _compare_select_label,
+                ds,
+                folder,
+                prefix,
+                teacher,
+                student,
+                train_set,
+                self.executor,
+                self.timeout_s,
+            ),
             inputs={
                 "candidates": _file_identity(folder / CANDIDATES_FILE),
                 "teacher": model_identity(teacher),
