@@ -190,8 +190,9 @@ def label_frames(
         (default: its index).
     labeler
         A name known to :func:`~pfd_ase.calculators.labelers.make_labeler`, a
-        ``(name, overrides)`` pair, or a calculator object (see
-        :func:`pfd_ase.tasks.calculator_spec`). Names travel to worker processes as
+        ``(name, overrides)`` pair, ``("pfd", {"model": path})`` (a trained model, e.g. the
+        teacher of distillation), or a calculator object (see
+        :func:`pfd_ase.tasks.calculator_spec`). Names and model specs travel to worker processes as
         names, so process pools work with any labeler; an object must be picklable
         for them (it is sent with every task) and must not be given to a thread pool
         (the threads would share it).
@@ -244,7 +245,7 @@ def label_frames(
         isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0
     ):
         raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
-    spec = calculator_spec(labeler, kinds=("labeler", "object"), what="labeler")
+    spec = calculator_spec(labeler, kinds=("labeler", "pfd", "object"), what="labeler")
 
     workdir = Path(workdir)
     tasks = [
@@ -309,7 +310,7 @@ def label_in_memory(
     """
     frames = _checked_frames(frames)
     properties = _checked_properties(properties)
-    calc = calculator_spec(labeler, kinds=("labeler", "object"), what="labeler").build()
+    calc = calculator_spec(labeler, kinds=("labeler", "pfd", "object"), what="labeler").build()
     return [_label(atoms, calc, properties) for atoms in frames]
 
 

@@ -132,6 +132,29 @@ def test_process_pool_equals_serial(tmp_path):
         assert a.info == b.info
 
 
+def test_a_model_labels_through_a_process_pool_as_a_pfd_spec(tmp_path, tiny_models):
+    """The teacher of distillation labels like any labeler: ("pfd", {"model": path}) travels
+    to worker processes and gives the in-process calculator's labels and provenance."""
+    from pfd_ase.calculators import PFDCalculator
+    from pfd_ase.calculators.labelers import labeler_info
+
+    model = str(tiny_models[1]["pth"])
+    frames = cu_frames(3, seed=2)
+    with ProcessPoolExecutor(2, mp_context=SPAWN) as pool:
+        result = label_frames(frames, ("pfd", {"model": model}), tmp_path / "l", executor=pool)
+    assert result.failures == [] and len(result.frames) == 3
+    calc = PFDCalculator(model)
+    for frame, labelled in zip(frames, result.frames, strict=True):
+        atoms = frame.copy()
+        atoms.calc = calc
+        np.testing.assert_allclose(labelled.get_forces(), atoms.get_forces(), atol=1e-12)
+        assert labelled.get_potential_energy() == pytest.approx(atoms.get_potential_energy())
+        assert labelled.info["pfd_labeler"] == "pfd"
+        settings = labelled.info["pfd_labeler_settings"]
+        settings = json.loads(settings) if isinstance(settings, str) else settings
+        assert settings["identity"] == labeler_info(calc)["settings"]["identity"]
+
+
 def test_process_pool_with_a_calculator_object_and_failures(tmp_path):
     log = tmp_path / "calls.log"
     frames = cu_frames(5)
