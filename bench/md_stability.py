@@ -636,7 +636,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
+    from pfd_ase.allocator import ALLOCATOR_ENV, tune_allocator
+
     torch.set_num_threads(args.threads)
+    tune_allocator()  # as the package's entry points do; and for MD in child processes:
+    os.environ.update(ALLOCATOR_ENV)
 
     form_name = "quick" if args.quick else "full"
     form = dict(FORMS[form_name])

@@ -88,7 +88,6 @@ def measure(
 
     from pfd_ase.allocator import tune_allocator
 
-    torch.set_num_threads(threads)
     if tune:
         tune_allocator()
     from ase.md.verlet import VelocityVerlet
@@ -99,6 +98,8 @@ def measure(
     out: dict = {"atoms": len(atoms), "threads": threads}
     calc = PFDCalculator(model)
     backend = calc.backends[0]
+    # after loading: deepmd-kit's import sets torch's threads (DP_INTRA_OP_PARALLELISM_THREADS)
+    torch.set_num_threads(threads)
 
     def call(a) -> float:
         a.calc = calc
@@ -108,13 +109,15 @@ def measure(
 
     for _ in range(2):
         call(atoms)  # warm-up (TorchScript specialises on its first calls)
+    builds_before = backend.verlet.builds
     times, builds = [], []
-    for _ in range(repeats):
+    for _ in range(repeats):  # moves well within the skin: the list is reused
         atoms.positions += rng.normal(0, 0.01, atoms.positions.shape)
         times.append(call(atoms))
-        atoms.positions[0] += 5.0  # forces a rebuild on the next call
+    for i in range(repeats):  # atom 0 jumps 5 Å, out and back: every call rebuilds the list
+        atoms.positions[0] += 5.0 if i % 2 == 0 else -5.0
         builds.append(call(atoms))
-        atoms.positions[0] -= 5.0
+    assert backend.verlet.builds == builds_before + repeats, "the timed calls rebuilt the list"
     out["calc_s"] = statistics.median(times)
     out["build_s"] = statistics.median(builds)
 
@@ -122,7 +125,7 @@ def measure(
     from deepmd.pt.utils.env import DEVICE, GLOBAL_PT_FLOAT_PRECISION
 
     system = backend.verlet.update(atoms.positions, atoms.cell.array, atoms.pbc)
-    size = backend._piece_size(len(atoms), 1)
+    size = backend._piece_size(len(atoms))
     pieces = [system] if size >= len(atoms) else system.split(size)
     args = [
         [
@@ -140,7 +143,7 @@ def measure(
             backend._lower.forward_lower(*a, do_atomic_virial=False)
         floor.append(time.perf_counter() - t0)
     out["floor_s"] = statistics.median(floor[1:])
-    out["pieces"] = -(-len(atoms) // backend._piece_size(len(atoms), threads))  # calc's calls
+    out["pieces"] = -(-len(atoms) // size)  # the model calls of one calc call
     del args, pieces
 
     if native:
@@ -290,6 +293,7 @@ def main() -> None:
         runs = [(n, 1) for n in sizes] + [(args.threads_at, 2)] * bool(args.threads_at)
         for n, threads in runs:
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1")
+            env.update(DP_INTRA_OP_PARALLELISM_THREADS=str(threads))
             cmd = [sys.executable, __file__, "--one", str(n), "--model", model]
             cmd += ["--repeats", str(repeats), "--threads", str(threads)]
             cmd += ["--no-tune"] * (not args.tune)

@@ -71,16 +71,22 @@ def _cell(n_atoms: int, seed: int = 0) -> Any:
     return atoms
 
 
-def measure(model: str, n_atoms: int, repeats: int, md_steps: int, threads: int) -> dict:
-    """One model at one size, in this process (see the module docstring)."""
+def measure(
+    model: str, n_atoms: int, repeats: int, md_steps: int, threads: int, tune: bool = False
+) -> dict:
+    """One model at one size, in this process (see the module docstring); ``tune``:
+    :func:`pfd_ase.allocator.tune_allocator` first, as the package's entry points do."""
     import numpy as np
     import torch
     from ase import units
     from ase.md.verlet import VelocityVerlet
 
+    from pfd_ase.allocator import tune_allocator
     from pfd_ase.calculators import PFDCalculator
 
     torch.set_num_threads(threads)
+    if tune:
+        tune_allocator()
     atoms = _cell(n_atoms)
     atoms.calc = PFDCalculator(model)
     rng = np.random.default_rng(1)
@@ -106,15 +112,18 @@ def measure(model: str, n_atoms: int, repeats: int, md_steps: int, threads: int)
 
 
 def _child(args: argparse.Namespace) -> None:
-    row = measure(args.model, args.atoms, args.repeats, args.md_steps, args.threads)
+    row = measure(args.model, args.atoms, args.repeats, args.md_steps, args.threads, args.tune)
     print("RESULT " + json.dumps(row), flush=True)
 
 
-def run_one(model: str, n_atoms: int, repeats: int, md_steps: int, threads: int) -> dict:
+def run_one(
+    model: str, n_atoms: int, repeats: int, md_steps: int, threads: int, tune: bool = True
+) -> dict:
     """:func:`measure` in a fresh process (peak memory per measurement)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1"}
     cmd = [sys.executable, __file__, "--child", "--model", model, "--atoms", str(n_atoms)]
     cmd += ["--repeats", str(repeats), "--md-steps", str(md_steps), "--threads", str(threads)]
+    cmd += ["--no-tune"] * (not tune)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE.parent)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -159,6 +168,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--md-steps", type=int, default=None, help="timed MD steps (quick 5, full 10)")
     p.add_argument("--max-call-s", type=float, default=60.0, help="skip slower sizes")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--no-tune",
+        dest="tune",
+        action="store_false",
+        help="glibc's default allocator (default: pfd_ase.allocator.tune_allocator())",
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--atoms", type=int, help=argparse.SUPPRESS)
@@ -182,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                     print(f"{role:10} {n:6d} skipped (~{estimate:.0f} s a call)")
                     continue
             row = {"model": role, "atoms": n}
-            row.update(run_one(model, n, args.repeats, args.md_steps, args.threads))
+            row.update(run_one(model, n, args.repeats, args.md_steps, args.threads, args.tune))
             rows.append(row)
             last = row
             print(
@@ -228,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "repeats": args.repeats,
         "md_steps": args.md_steps,
         "machine": f"{platform.node()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}",
+        "allocator": "pfd_ase.allocator.tune_allocator()" if args.tune else "glibc defaults",
         "date": datetime.date.today().isoformat(),
         "wall_s": round(time.perf_counter() - t_start, 1),
     }

@@ -273,30 +273,25 @@ def test_verlet_path_on_a_molecule(model_path):
     np.testing.assert_allclose(b.forces, a.forces, atol=1e-10)
 
 
-@pytest.mark.parametrize("chunk, threads", [(5, 1), (7, 2), (None, 3)])
-def test_pieces_sum_to_the_whole_cell(tiny_student, chunk, threads):
-    """A model without message passing evaluated in pieces of local atoms (one after the
-    other, or on worker threads) gives the one-call results to 1e-10."""
-    from pfd_ase.calculators import backends
+@pytest.mark.parametrize("chunk", [5, 7])
+def test_pieces_sum_to_the_whole_cell(tiny_student, chunk):
+    """A model without message passing evaluated in pieces of local atoms gives the one-call
+    results to 1e-10, while the list is reused."""
     from pfd_ase.calculators.backends import DeepmdBackend
 
     atoms = _rattled((2, 2, 2), seed=11)
-    whole = DeepmdBackend(tiny_student, chunk_atoms=None, threads=1)
-    split = DeepmdBackend(tiny_student, chunk_atoms=chunk, threads=threads)
+    whole = DeepmdBackend(tiny_student, chunk_atoms=None)
+    split = DeepmdBackend(tiny_student, chunk_atoms=chunk)
     assert whole._local and split._local
-    old, backends.MIN_PIECE_ATOMS = backends.MIN_PIECE_ATOMS, 4
-    try:
-        assert split._piece_size(len(atoms), threads) < len(atoms)
-        rng = np.random.default_rng(2)
-        for _ in range(2):
-            a, b = whole.evaluate(atoms), split.evaluate(atoms)
-            assert b.energy == pytest.approx(a.energy, abs=1e-10)
-            np.testing.assert_allclose(b.forces, a.forces, atol=1e-10)
-            np.testing.assert_allclose(b.virial, a.virial, atol=1e-10)
-            np.testing.assert_allclose(b.energies, a.energies, atol=1e-10)
-            atoms.positions += rng.normal(0.0, 0.02, atoms.positions.shape)
-    finally:
-        backends.MIN_PIECE_ATOMS = old
+    assert split._piece_size(len(atoms)) == chunk
+    rng = np.random.default_rng(2)
+    for _ in range(2):
+        a, b = whole.evaluate(atoms), split.evaluate(atoms)
+        assert b.energy == pytest.approx(a.energy, abs=1e-10)
+        np.testing.assert_allclose(b.forces, a.forces, atol=1e-10)
+        np.testing.assert_allclose(b.virial, a.virial, atol=1e-10)
+        np.testing.assert_allclose(b.energies, a.energies, atol=1e-10)
+        atoms.positions += rng.normal(0.0, 0.02, atoms.positions.shape)
     assert np.abs(a.forces).max() > 1e-3
 
 
@@ -322,12 +317,12 @@ def test_pieces_cover_each_local_atom_once(tiny_student):
 
 def test_message_passing_model_is_never_split(tiny_models):
     """DPA-2's repformer passes messages: its atoms' energies need the other atoms' features,
-    so the cell goes to the model whole whatever the threads."""
+    so the cell goes to the model whole."""
     from pfd_ase.calculators.backends import DeepmdBackend
 
-    backend = DeepmdBackend(tiny_models[1]["pth"], chunk_atoms=2, threads=2)
+    backend = DeepmdBackend(tiny_models[1]["pth"], chunk_atoms=2)
     assert not backend._local
-    assert backend._piece_size(1000, 2) == 1000
+    assert backend._piece_size(1000) == 1000
 
 
 def test_bad_neighbour_list_option(model_path):
@@ -340,5 +335,3 @@ def test_bad_neighbour_list_option(model_path):
         VerletList(6.0, skin=-1.0)
     with pytest.raises(ValueError, match="chunk_atoms"):
         DeepmdBackend(model_path, chunk_atoms=0)
-    with pytest.raises(ValueError, match="threads"):
-        DeepmdBackend(model_path, threads=0)

@@ -11,7 +11,6 @@ import logging
 import os
 import pickle
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
@@ -70,8 +69,6 @@ def quiet_model_load() -> Iterator[None]:
 #: Local atoms per ``forward_lower`` call of a model without message passing: the model's
 #: working memory grows with the atoms of one call, so larger cells go in pieces.
 DEFAULT_CHUNK_ATOMS = 4096
-#: The smallest piece worth a thread of its own.
-MIN_PIECE_ATOMS = 256
 
 
 class DeepmdBackend:
@@ -96,14 +93,10 @@ class DeepmdBackend:
         evaluated in pieces of consecutive atoms, each with the neighbours it reaches, and
         the results summed (exact: each atom's energy depends on its own neighbourhood
         only), so the model's working memory stays that of ``chunk_atoms`` atoms.
-        ``None``: one call whatever the size.
-    threads
-        CPU threads (default: torch's, ``torch.get_num_threads()``, read at each call).
-        With more than one, a model without message passing evaluates a cell of at least
-        ``2 * MIN_PIECE_ATOMS`` atoms in one piece per thread, the pieces at once on worker
-        threads with one torch thread each (measured: 1.9× one thread at 4096 Si atoms on
-        2 cores, against 1.7× for torch's own threads on one call); other models use
-        torch's threads within the one call.
+        ``None``: one call whatever the size. torch's own threads
+        (``torch.set_num_threads``) parallelise each call: 1.9× one thread at 4096 Si atoms on
+        2 cores with :func:`pfd_ase.allocator.tune_allocator` (one piece per worker thread
+        was measured too, and lost: 1.2×, its threads' allocations are mapped anew).
     """
 
     def __init__(
@@ -113,16 +106,12 @@ class DeepmdBackend:
         neighbour_list: str = "verlet",
         skin: float = 1.0,
         chunk_atoms: int | None = DEFAULT_CHUNK_ATOMS,
-        threads: int | None = None,
     ) -> None:
         if neighbour_list not in ("verlet", "native"):
             raise ValueError(f"neighbour_list must be 'verlet' or 'native', not {neighbour_list!r}")
         if chunk_atoms is not None and chunk_atoms < 1:
             raise ValueError(f"chunk_atoms must be >= 1 or None, not {chunk_atoms}")
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads must be at least 1 or None, not {threads}")
         self.chunk_atoms = chunk_atoms
-        self.threads = threads
         spec = resolve_model(path, head=head, fetch=True)
         if spec.kind != "deepmd":
             raise ValueError(f"not a deepmd-kit PyTorch model (.pt or .pth): {spec.source}")
@@ -175,30 +164,15 @@ class DeepmdBackend:
         )
 
     def _evaluate_lower(self, atoms: Atoms, types: np.ndarray, atomic: bool) -> Prediction:
-        import torch
-
         system = self.verlet.update(atoms.positions, atoms.cell.array, atoms.pbc)
         n = len(atoms)
-        threads = self.threads or torch.get_num_threads()
-        size = self._piece_size(n, threads)
-        if size >= n:
-            pieces = [system]
-        else:
-            pieces = system.split(size)
-        if threads > 1 and len(pieces) > 1:
-
-            def forward(piece: ExtendedSystem):
-                torch.set_num_threads(1)  # this worker's own setting (OpenMP: per thread)
-                return self._forward(piece, types)
-
-            with ThreadPoolExecutor(min(threads, len(pieces))) as pool:
-                outs = list(pool.map(forward, pieces))
-        else:
-            outs = [self._forward(piece, types) for piece in pieces]
+        size = self._piece_size(n)
+        pieces = [system] if size >= n else system.split(size)
         forces = np.zeros((n, 3))
         energies = np.zeros(n) if atomic else None
         energy, virial = 0.0, np.zeros((3, 3))
-        for piece, (e, ext_force, atom_energy, vir) in zip(pieces, outs, strict=True):
+        for piece in pieces:
+            e, ext_force, atom_energy, vir = self._forward(piece, types)
             for k in range(3):
                 forces[:, k] += np.bincount(piece.mapping, weights=ext_force[:, k], minlength=n)
             if atomic:
@@ -208,16 +182,12 @@ class DeepmdBackend:
             virial += vir
         return Prediction(energy=energy, forces=forces, energies=energies, virial=virial)
 
-    def _piece_size(self, n: int, threads: int) -> int:
+    def _piece_size(self, n: int) -> int:
         """Local atoms per ``forward_lower`` call: all ``n`` for a model with message
-        passing; else at most ``chunk_atoms``, and one piece per thread where each piece
-        keeps at least :data:`MIN_PIECE_ATOMS`."""
-        if not self._local:
+        passing, else at most ``chunk_atoms``."""
+        if not self._local or self.chunk_atoms is None:
             return n
-        size = n if self.chunk_atoms is None else min(n, self.chunk_atoms)
-        if threads > 1 and n >= 2 * MIN_PIECE_ATOMS:
-            size = min(size, max(-(-n // threads), MIN_PIECE_ATOMS))
-        return size
+        return min(n, self.chunk_atoms)
 
     def _forward(
         self, system: ExtendedSystem, types: np.ndarray
