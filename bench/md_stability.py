@@ -639,6 +639,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from pfd_ase.allocator import ALLOCATOR_ENV, tune_allocator
 
     torch.set_num_threads(args.threads)
+    os.environ["DP_INTRA_OP_PARALLELISM_THREADS"] = str(args.threads)  # deepmd-kit's import
     tune_allocator()  # as the package's entry points do; and for MD in child processes:
     os.environ.update(ALLOCATOR_ENV)
 

@@ -114,7 +114,7 @@ def measure(
     for _ in range(repeats):  # moves well within the skin: the list is reused
         atoms.positions += rng.normal(0, 0.01, atoms.positions.shape)
         times.append(call(atoms))
-    for i in range(repeats):  # atom 0 jumps 5 Å, out and back: every call rebuilds the list
+    for i in range(repeats):  # atom 0 jumps 8.7 Å, out and back: every call rebuilds the list
         atoms.positions[0] += 5.0 if i % 2 == 0 else -5.0
         builds.append(call(atoms))
     assert backend.verlet.builds == builds_before + repeats, "the timed calls rebuilt the list"
@@ -125,8 +125,7 @@ def measure(
     from deepmd.pt.utils.env import DEVICE, GLOBAL_PT_FLOAT_PRECISION
 
     system = backend.verlet.update(atoms.positions, atoms.cell.array, atoms.pbc)
-    size = backend._piece_size(len(atoms))
-    pieces = [system] if size >= len(atoms) else system.split(size)
+    pieces = backend.pieces(system)
     args = [
         [
             torch.as_tensor(p.coords, dtype=GLOBAL_PT_FLOAT_PRECISION, device=DEVICE)[None],
@@ -143,7 +142,7 @@ def measure(
             backend._lower.forward_lower(*a, do_atomic_virial=False)
         floor.append(time.perf_counter() - t0)
     out["floor_s"] = statistics.median(floor[1:])
-    out["pieces"] = -(-len(atoms) // size)  # the model calls of one calc call
+    out["pieces"] = len(pieces)  # the model calls of one calc call
     del args, pieces
 
     if native:
@@ -163,10 +162,11 @@ def measure(
         atoms.calc = calc
         dyn = VelocityVerlet(atoms, timestep=1.0 * 0.09822694788464063)  # 1 fs in ASE units
         dyn.run(1)
+        builds = backend.verlet.builds
         t0 = time.perf_counter()
         dyn.run(md_steps)
         out["md_steps_per_s"] = md_steps / (time.perf_counter() - t0)
-        out["md_list_builds"] = backend.verlet.builds
+        out["md_rebuilds"] = backend.verlet.builds - builds  # list rebuilds during the MD
     out["peak_rss_GB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     return out
 

@@ -121,6 +121,7 @@ def run_one(
 ) -> dict:
     """:func:`measure` in a fresh process (peak memory per measurement)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1"}
+    env["DP_INTRA_OP_PARALLELISM_THREADS"] = str(threads)  # deepmd-kit's import sets torch's
     cmd = [sys.executable, __file__, "--child", "--model", model, "--atoms", str(n_atoms)]
     cmd += ["--repeats", str(repeats), "--md-steps", str(md_steps), "--threads", str(threads)]
     cmd += ["--no-tune"] * (not tune)

@@ -10,30 +10,35 @@ faults). Keeping large blocks in the heap (``M_MMAP_MAX = 0``) and not trimming 
 about the same (2.7 against 2.6 GB), but the process keeps it until it exits.
 
 Nothing here runs on import. :func:`tune_allocator` changes the settings of the running
-process (the package's command-line entry points call it); :data:`ALLOCATOR_ENV` holds the
-same settings as glibc environment variables, for a child process started from here.
+process (the ``pfd-ase`` command, every recipe's command line and the workers of
+``executor: {kind: process}`` call it; ``PFD_TUNE_ALLOCATOR=0`` turns it off);
+:data:`ALLOCATOR_ENV` holds the same settings as glibc environment variables, for a child
+process started from here (LAMMPS).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
-__all__ = ["ALLOCATOR_ENV", "tune_allocator"]
+__all__ = ["ALLOCATOR_ENV", "OPT_OUT_VARIABLE", "tune_allocator"]
 
 #: glibc's ``mallopt`` parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
-#: Trim threshold: 2 GiB - 1 (``mallopt`` takes an ``int``).
-_TRIM = 2**31 - 1
-#: Heap grows by at least this much at a time.
-_TOP_PAD = 256 * 2**20
+#: Trim threshold (bytes): 2 GiB - 1 (``mallopt`` takes an ``int``).
+_TRIM_THRESHOLD_BYTES = 2**31 - 1
+#: The heap grows by at least this much at a time (bytes).
+_TOP_PAD_BYTES = 256 * 2**20
+#: Set to ``0`` to leave the allocator alone (the test suite does).
+OPT_OUT_VARIABLE = "PFD_TUNE_ALLOCATOR"
 
 #: The same settings as environment variables, read by glibc when a process starts.
 ALLOCATOR_ENV = {
     "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": str(_TRIM),
-    "MALLOC_TOP_PAD_": str(_TOP_PAD),
+    "MALLOC_TRIM_THRESHOLD_": str(_TRIM_THRESHOLD_BYTES),
+    "MALLOC_TOP_PAD_": str(_TOP_PAD_BYTES),
 }
 
 
@@ -43,9 +48,12 @@ def tune_allocator() -> bool:
     Returns
     -------
     bool
-        True when the settings were applied; False where the C library is not glibc
-        (macOS, musl, Windows): nothing is changed there.
+        True when every setting was applied; False where the C library is not glibc
+        (macOS, musl, Windows: nothing is changed there), when ``PFD_TUNE_ALLOCATOR=0``
+        (nothing is changed), or when glibc refused a setting (the others stay applied).
     """
+    if os.environ.get(OPT_OUT_VARIABLE, "").strip() == "0":
+        return False
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -57,7 +65,7 @@ def tune_allocator() -> bool:
     mallopt.restype = ctypes.c_int
     done = [
         mallopt(_M_MMAP_MAX, 0),
-        mallopt(_M_TRIM_THRESHOLD, _TRIM),
-        mallopt(_M_TOP_PAD, _TOP_PAD),
+        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES),
+        mallopt(_M_TOP_PAD, _TOP_PAD_BYTES),
     ]
     return all(r == 1 for r in done)

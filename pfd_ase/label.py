@@ -299,7 +299,7 @@ def label_in_memory(
         Structures to label (not modified).
     labeler
         A name known to :func:`~pfd_ase.calculators.labelers.make_labeler`, a
-        ``(name, overrides)`` pair, or a calculator object.
+        ``(name, overrides)`` pair, ``("pfd", {"model": path})`` or a calculator object.
     properties
         As for :func:`label_frames`.
 

@@ -22,6 +22,15 @@ __all__ = ["KINDS", "SubmititExecutor", "make_executor", "run_each"]
 KINDS = ("serial", "process", "dask", "slurm")
 
 
+def _process_worker() -> None:
+    """Initializer of ``process`` workers: end with the parent, keep freed memory
+    (:func:`pfd_ase.allocator.tune_allocator`, as the parent's entry point does)."""
+    from pfd_ase.allocator import tune_allocator
+
+    die_with_parent()
+    tune_allocator()
+
+
 @contextmanager
 def make_executor(spec: Mapping[str, Any] | None = None) -> Iterator[Executor | None]:
     """Yield the executor described by ``spec`` and shut it down afterwards.
@@ -43,7 +52,7 @@ def make_executor(spec: Mapping[str, Any] | None = None) -> Iterator[Executor | 
     elif kind == "process":
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=die_with_parent
+            max_workers=workers, mp_context=ctx, initializer=_process_worker
         ) as ex:
             yield ex
     elif kind == "dask":

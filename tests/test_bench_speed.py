@@ -39,5 +39,11 @@ def test_cells_are_cubic_diamond_supercells(bench):
 
 def test_one_measurement(bench):
     pytest.importorskip("sevenn")
-    row = bench.measure("7net-0", 64, repeats=1, md_steps=1, threads=1)
+    import torch
+
+    threads = torch.get_num_threads()  # measure() sets the process's threads
+    try:
+        row = bench.measure("7net-0", 64, repeats=1, md_steps=1, threads=1)
+    finally:
+        torch.set_num_threads(threads)
     assert row["ms_per_call"] > 0 and row["md_steps_per_s"] > 0 and row["peak_rss_GB"] > 0

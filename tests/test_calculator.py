@@ -273,25 +273,37 @@ def test_verlet_path_on_a_molecule(model_path):
     np.testing.assert_allclose(b.forces, a.forces, atol=1e-10)
 
 
-@pytest.mark.parametrize("chunk", [5, 7])
-def test_pieces_sum_to_the_whole_cell(tiny_student, chunk):
+@pytest.mark.parametrize("chunk, periodic", [(5, True), (7, True), (6, False)])
+def test_pieces_sum_to_the_whole_cell(tiny_student, chunk, periodic):
     """A model without message passing evaluated in pieces of local atoms gives the one-call
-    results to 1e-10, while the list is reused."""
+    results to 1e-10 (per-atom energies asked for or not; a cluster too, whose far atom has
+    no neighbour at all), while the list is reused."""
     from pfd_ase.calculators.backends import DeepmdBackend
 
     atoms = _rattled((2, 2, 2), seed=11)
+    if not periodic:
+        atoms.pbc = False
+        atoms.positions[-1] += [30.0, 0.0, 0.0]  # an isolated atom: an empty neighbour row
     whole = DeepmdBackend(tiny_student, chunk_atoms=None)
     split = DeepmdBackend(tiny_student, chunk_atoms=chunk)
     assert whole._local and split._local
-    assert split._piece_size(len(atoms)) == chunk
+    assert [
+        len(p.nlist)
+        for p in split.pieces(split.verlet.update(atoms.positions, atoms.cell.array, atoms.pbc))
+    ][0] == chunk
     rng = np.random.default_rng(2)
-    for _ in range(2):
-        a, b = whole.evaluate(atoms), split.evaluate(atoms)
+    for atomic in (True, False, True):
+        a, b = whole.evaluate(atoms, atomic), split.evaluate(atoms, atomic)
         assert b.energy == pytest.approx(a.energy, abs=1e-10)
         np.testing.assert_allclose(b.forces, a.forces, atol=1e-10)
-        np.testing.assert_allclose(b.virial, a.virial, atol=1e-10)
-        np.testing.assert_allclose(b.energies, a.energies, atol=1e-10)
+        if periodic:
+            np.testing.assert_allclose(b.virial, a.virial, atol=1e-10)
+        if atomic:
+            np.testing.assert_allclose(b.energies, a.energies, atol=1e-10)
+        else:
+            assert b.energies is None
         atoms.positions += rng.normal(0.0, 0.02, atoms.positions.shape)
+    assert split.verlet.builds == 1  # built once (the update above), then reused
     assert np.abs(a.forces).max() > 1e-3
 
 

@@ -428,3 +428,37 @@ def test_dh_watch_settings_are_checked(tmp_path, base_model):
         stage = dict(good["finetune"]["stages"][0], dh_watch=watch)
         with pytest.raises(ConfigError, match=message):
             load_config({**good, "finetune": {**good["finetune"], "stages": [stage]}})
+
+
+def test_teacher_labels_of_an_older_version_are_redone_not_fatal(tmp_path, tiny_models):
+    """Teacher labels made under the calculator-object key (before the ("pfd", ...) spec)
+    make the step label again, the old folder kept aside, instead of stopping the run."""
+    from dataclasses import replace
+
+    from pfd_ase.calculators import PFDCalculator
+    from pfd_ase.data import write_frames
+    from pfd_ase.label import label_frames
+    from pfd_ase.workflow.config import distill_config
+    from pfd_ase.workflow.loops import CANDIDATES_FILE, _compare_select_label
+
+    from conftest import emt_frames
+
+    teacher = str(tiny_models[1]["pth"])
+    candidates = emt_frames(2, seed=4)
+    for atoms in candidates:
+        atoms.calc = None
+    write_frames(tmp_path / CANDIDATES_FILE, candidates)
+    old = [a.copy() for a in candidates]
+    for j, atoms in enumerate(old):
+        atoms.info["pfd_frame_id"] = f"d.{j:03d}"
+    label_frames(old, PFDCalculator(teacher), tmp_path / "label")  # the older key
+    cu = {"fcc": {"bulk": {"name": "Cu", "crystalstructure": "fcc", "a": 3.62, "cubic": True}}}
+    config = si_config(
+        tmp_path / "run", teacher, base_model={"path": teacher}, structures=cu, labeler="emt"
+    )
+    ds = replace(distill_config(load_config(config)), n_frames=2)
+    record = _compare_select_label(ds, tmp_path, "d", teacher, None, [])
+    assert record["n_new"] == 2 and record["n_failed"] == 0
+    assert (tmp_path / "label.stale").is_dir()
+    frames = read_frames(tmp_path / "label" / "labelled.extxyz")
+    assert [f.info["pfd_labeler"] for f in frames] == ["pfd", "pfd"]

@@ -8,6 +8,7 @@ imported only when a model of that kind is loaded.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import pickle
 from collections.abc import Iterator
@@ -94,9 +95,7 @@ class DeepmdBackend:
         the results summed (exact: each atom's energy depends on its own neighbourhood
         only), so the model's working memory stays that of ``chunk_atoms`` atoms.
         ``None``: one call whatever the size. torch's own threads
-        (``torch.set_num_threads``) parallelise each call: 1.9× one thread at 4096 Si atoms on
-        2 cores with :func:`pfd_ase.allocator.tune_allocator` (one piece per worker thread
-        was measured too, and lost: 1.2×, its threads' allocations are mapped anew).
+        (``torch.set_num_threads``) parallelise each call (``bench/scale.py``).
     """
 
     def __init__(
@@ -109,9 +108,9 @@ class DeepmdBackend:
     ) -> None:
         if neighbour_list not in ("verlet", "native"):
             raise ValueError(f"neighbour_list must be 'verlet' or 'native', not {neighbour_list!r}")
-        if chunk_atoms is not None and chunk_atoms < 1:
+        if chunk_atoms is not None and (isinstance(chunk_atoms, bool) or chunk_atoms < 1):
             raise ValueError(f"chunk_atoms must be >= 1 or None, not {chunk_atoms}")
-        self.chunk_atoms = chunk_atoms
+        self.chunk_atoms = None if chunk_atoms is None else operator.index(chunk_atoms)
         spec = resolve_model(path, head=head, fetch=True)
         if spec.kind != "deepmd":
             raise ValueError(f"not a deepmd-kit PyTorch model (.pt or .pth): {spec.source}")
@@ -166,12 +165,10 @@ class DeepmdBackend:
     def _evaluate_lower(self, atoms: Atoms, types: np.ndarray, atomic: bool) -> Prediction:
         system = self.verlet.update(atoms.positions, atoms.cell.array, atoms.pbc)
         n = len(atoms)
-        size = self._piece_size(n)
-        pieces = [system] if size >= n else system.split(size)
         forces = np.zeros((n, 3))
         energies = np.zeros(n) if atomic else None
         energy, virial = 0.0, np.zeros((3, 3))
-        for piece in pieces:
+        for piece in self.pieces(system):
             e, ext_force, atom_energy, vir = self._forward(piece, types)
             for k in range(3):
                 forces[:, k] += np.bincount(piece.mapping, weights=ext_force[:, k], minlength=n)
@@ -181,6 +178,12 @@ class DeepmdBackend:
             energy += e
             virial += vir
         return Prediction(energy=energy, forces=forces, energies=energies, virial=virial)
+
+    def pieces(self, system: ExtendedSystem) -> list[ExtendedSystem]:
+        """The pieces in which ``system`` goes to the model (see ``chunk_atoms``)."""
+        n = len(system.nlist)
+        size = self._piece_size(n)
+        return [system] if size >= n else system.split(size)
 
     def _piece_size(self, n: int) -> int:
         """Local atoms per ``forward_lower`` call: all ``n`` for a model with message

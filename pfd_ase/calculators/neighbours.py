@@ -45,6 +45,21 @@ class ExtendedSystem:
         original local atom of each of its extended atoms. For a model whose atoms see only
         their own neighbours (no message passing), the pieces' atomic energies, extended
         forces and virials sum to the whole system's.
+
+        Parameters
+        ----------
+        size
+            Local atoms per piece, at least 1.
+
+        Returns
+        -------
+        list of ExtendedSystem
+            The pieces, in the order of their local atoms.
+
+        Raises
+        ------
+        ValueError
+            ``size`` below 1.
         """
         if size < 1:
             raise ValueError(f"size must be at least 1, got {size}")

@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--timestep-fs", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from pfd_ase.allocator import tune_allocator
+
+    tune_allocator()  # large model calls: keep freed memory (pfd_ase.allocator)
     summary = run_demo(**{k: v for k, v in vars(args).items()})
     for key, value in summary.items():
         print(f"{key:>28}: {value}")

@@ -15,6 +15,7 @@ mismatch stated in the report), relaxed by the base model before anything is lab
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,11 @@ def relaxed_interface(
         }
     )
     if path.exists():
-        old = read(path)
-        if old.info.get("relax_key") == key:
+        try:
+            old = read(path)
+        except Exception:  # noqa: BLE001 - a file cut short by a kill: relax again
+            old = None
+        if old is not None and old.info.get("relax_key") == key:
             return old
         path.rename(free_path(path.with_name(f"{path.name}.replaced")))
     work = atoms.copy()
@@ -94,7 +98,9 @@ def relaxed_interface(
     out.info["relaxed_by"] = str(model)
     out.info["relax_key"] = key
     path.parent.mkdir(parents=True, exist_ok=True)
-    write(path, out, format="extxyz")
+    part = path.with_name(path.name + ".part")
+    write(part, out, format="extxyz")
+    os.replace(part, path)  # whole or absent, whenever the run is killed
     return read(path)
 
 
@@ -142,7 +148,8 @@ def run_interface(
     """Run the whole recipe (resumable); return the report summary (plain data).
 
     The interface is relaxed by the base model first (``workdir/structures/interface.extxyz``,
-    reused on a rerun); ``kwargs``: the other arguments of :func:`interface_config`.
+    reused on a rerun with the same structure, model and settings: :func:`relaxed_interface`);
+    ``kwargs``: the other arguments of :func:`interface_config`.
     """
     from pfd_ase.recipes._base import run_recipe
 
