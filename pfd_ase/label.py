@@ -66,12 +66,15 @@ from pfd_ase.data import (
 )
 from pfd_ase.tasks import FAILURE_FILE as FAILURE_FILE  # the task's failure record
 from pfd_ase.tasks import (
+    REPLACED_SUFFIX,
     CalculatorSpec,
+    MismatchedTaskError,
     TaskTimeoutError,
     calculator,
     calculator_spec,
     clear_calculators,
     failure_record,
+    move_aside,
     numbered_dir,
     run_each,
     split_finished,
@@ -180,6 +183,7 @@ def label_frames(
     *,
     retries: int = 0,
     timeout_s: float | None = None,
+    replace_mismatched: bool = False,
 ) -> LabelResult:
     """Label frames with energy, forces and stress, each in its own task directory.
 
@@ -211,6 +215,12 @@ def label_frames(
         it is stopped and recorded as failed (kind ``"timeout"``, not retried).
         ``None``: no limit. Enforced where the task runs in a main thread (serially, in
         process pools, Slurm jobs; see :func:`pfd_ase.tasks.time_limit` for its limits).
+    replace_mismatched
+        When ``workdir`` holds finished tasks of other frames or another labeler: move it
+        aside whole to ``<workdir>.replaced`` (``.replaced.1``, ... when taken; nothing is
+        deleted) and label afresh, instead of raising
+        :class:`~pfd_ase.tasks.MismatchedTaskError`. For a step that owns ``workdir``
+        and whose frames may change between runs (a test set of changed settings).
 
     Returns
     -------
@@ -224,8 +234,8 @@ def label_frames(
     Raises
     ------
     ValueError
-        Unknown labeler or property, or a task directory that holds a finished
-        result for another frame or labeler
+        Unknown labeler or property, or (unless ``replace_mismatched``) a task directory
+        that holds a finished result for another frame or labeler
         (:class:`~pfd_ase.tasks.MismatchedTaskError`).
     LabelerSetupError
         The labeler cannot run (e.g. no VASP command or POTCARs): raised before
@@ -262,7 +272,17 @@ def label_frames(
         )
         for i, atoms in enumerate(frames)
     ]
-    done, todo = split_finished(tasks, RESULT_FILE, _read_finished, workdir=workdir, what=_MISMATCH)
+
+    def split() -> tuple[dict[int, Atoms], list[_Task]]:
+        return split_finished(tasks, RESULT_FILE, _read_finished, workdir=workdir, what=_MISMATCH)
+
+    try:
+        done, todo = split()
+    except MismatchedTaskError:
+        if not replace_mismatched:
+            raise
+        move_aside(workdir, REPLACED_SUFFIX)
+        done, todo = split()
     for i, cached in done.items():
         cached.info[FRAME_ID_KEY] = tasks[i].frame_id
     result = LabelResult(n_cached=len(done))

@@ -96,6 +96,7 @@ __all__ = [
     "FAILURE_FILE",
     "REUSABLE_LABELERS",
     "SPEC_KINDS",
+    "REPLACED_SUFFIX",
     "STALE_SUFFIX",
     "CalculatorSpec",
     "MismatchedTaskError",
@@ -123,6 +124,9 @@ __all__ = [
 FAILURE_FILE = "failure.json"
 #: Suffix of a done record moved aside because it could not be read.
 STALE_SUFFIX = ".stale"
+#: Suffix of a file or directory of other inputs moved aside to make room for a new one
+#: (a relabelled workdir, a re-relaxed structure).
+REPLACED_SUFFIX = ".replaced"
 #: Kinds of :class:`CalculatorSpec`.
 SPEC_KINDS: tuple[str, ...] = ("labeler", "pfd", "factory", "object")
 #: Labelers without files or state between calculations: built once per process (and
@@ -267,8 +271,16 @@ def write_failure(directory: str | os.PathLike, record: Mapping[str, Any]) -> No
         pass
 
 
-def move_aside(path: str | os.PathLike) -> Path:
-    """Rename ``path`` to ``path.stale`` (``.stale.1``, ``.stale.2``, ... when taken).
+def move_aside(path: str | os.PathLike, suffix: str = STALE_SUFFIX) -> Path:
+    """Rename ``path`` to ``path<suffix>`` (``<suffix>.1``, ``<suffix>.2``, ... when taken).
+
+    Parameters
+    ----------
+    path
+        A file or directory.
+    suffix
+        :data:`STALE_SUFFIX` (an unreadable record) or :data:`REPLACED_SUFFIX` (results of
+        other inputs).
 
     Returns
     -------
@@ -276,11 +288,11 @@ def move_aside(path: str | os.PathLike) -> Path:
         The new path.
     """
     path = Path(path)
-    target = path.with_name(path.name + STALE_SUFFIX)
+    target = path.with_name(path.name + suffix)
     n = 0
     while target.exists():
         n += 1
-        target = path.with_name(f"{path.name}{STALE_SUFFIX}.{n}")
+        target = path.with_name(f"{path.name}{suffix}.{n}")
     os.replace(path, target)
     return target
 

@@ -253,6 +253,28 @@ def test_interrupted_run_keeps_finished_results(tmp_path):
     assert sorted(set(_calls(log)[calls:])) == ["cu-02", "cu-03"]
 
 
+def test_replace_mismatched_moves_the_old_workdir_aside_whole(tmp_path):
+    """Another set of frames in the workdir: with replace_mismatched the old directory is
+    kept as label.replaced (then .replaced.1) and every frame is labelled afresh."""
+    frames = cu_frames(2)
+    first = label_frames(frames, "emt", tmp_path / "label")
+    moved = [atoms.copy() for atoms in frames]
+    moved[1].positions[0] += 0.1
+    result = label_frames(moved, "emt", tmp_path / "label", replace_mismatched=True)
+    assert result.n_cached == 0 and len(result.frames) == 2
+    kept = tmp_path / "label.replaced"
+    assert sorted(p.name for p in kept.glob("task.*")) == ["task.000000", "task.000001"]
+    # the new labels are those of the new frames, not the kept ones
+    assert not np.allclose(result.frames[1].get_forces(), first.frames[1].get_forces())
+    expected = moved[1].copy()
+    expected.calc = EMT()
+    np.testing.assert_allclose(result.frames[1].get_forces(), expected.get_forces(), atol=1e-8)
+    # a matching workdir is reused, not moved
+    assert label_frames(moved, "emt", tmp_path / "label", replace_mismatched=True).n_cached == 2
+    label_frames(frames, "emt", tmp_path / "label", replace_mismatched=True)
+    assert (tmp_path / "label.replaced.1").is_dir()
+
+
 def test_calculator_object_keeps_its_directory(tmp_path):
     calc = EMT()
     label_frames(cu_frames(2), calc, tmp_path / "label")

@@ -459,6 +459,6 @@ def test_teacher_labels_of_an_older_version_are_redone_not_fatal(tmp_path, tiny_
     ds = replace(distill_config(load_config(config)), n_frames=2)
     record = _compare_select_label(ds, tmp_path, "d", teacher, None, [])
     assert record["n_new"] == 2 and record["n_failed"] == 0
-    assert (tmp_path / "label.stale").is_dir()
+    assert (tmp_path / "label.replaced").is_dir()
     frames = read_frames(tmp_path / "label" / "labelled.extxyz")
     assert [f.info["pfd_labeler"] for f in frames] == ["pfd", "pfd"]

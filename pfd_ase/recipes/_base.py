@@ -141,7 +141,7 @@ def held_out_test(
     folder per frame, reused on a rerun; failed frames are recorded and left out) and written
     to ``workdir/test/labelled.extxyz``; the scores are the step ``validate.held_out`` (redone
     when a model or the frames change). A test folder of other frames (the test-set settings
-    changed) is moved aside to ``test.replaced.<k>``, never deleted.
+    changed) is moved aside to ``test.replaced`` (``.replaced.1``, ...), never deleted.
 
     Parameters
     ----------
@@ -171,7 +171,6 @@ def held_out_test(
     from pfd_ase.models import resolve_model
     from pfd_ase.parallel import make_executor
     from pfd_ase.structures import build_structure
-    from pfd_ase.tasks import MismatchedTaskError
     from pfd_ase.workflow.state import frames_identity
 
     folder = Path(config["workdir"]) / "test"
@@ -185,11 +184,8 @@ def held_out_test(
 
     def label() -> dict[str, Any]:
         with make_executor(config.get("executor")) as executor:
-            try:
-                result = label_frames(frames, labeler, folder, executor)
-            except MismatchedTaskError:  # another test set (changed settings): kept aside
-                folder.rename(free_path(folder.with_name("test.replaced")))
-                result = label_frames(frames, labeler, folder, executor)
+            # another test set (changed settings) is kept aside as test.replaced
+            result = label_frames(frames, labeler, folder, executor, replace_mismatched=True)
         write_frames(path, result.frames)
         return {
             "n_frames": len(result.frames),
@@ -216,14 +212,6 @@ def preset_of(presets: Mapping[str, Any], name: str) -> Any:
     if name not in presets:
         raise ValueError(f"unknown preset {name!r}; known: {list(presets)}")
     return presets[name]
-
-
-def free_path(path: Path) -> Path:
-    """``path`` with the first suffix ``.<k>`` that does not exist yet."""
-    k = 0
-    while (candidate := path.with_name(f"{path.name}.{k}")).exists():
-        k += 1
-    return candidate
 
 
 def run_recipe(

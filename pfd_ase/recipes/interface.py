@@ -21,7 +21,6 @@ from typing import Any
 
 from pfd_ase.recipes._base import (
     DEFAULT_BASE_MODEL,
-    free_path,
     preset_of,
     recipe_config,
     recipe_main,
@@ -65,7 +64,7 @@ def relaxed_interface(
     The file records a key of what made it (the input structure, the model's content
     identity and head, the relaxation settings); a rerun with the same key reads it back (the
     run's structures stay the same), one with another key moves the old file aside to
-    ``<path>.replaced.<k>`` and relaxes anew.
+    ``<path>.replaced`` (``.replaced.1``, ... when taken) and relaxes anew.
     """
     from ase.io import read, write
     from ase.optimize import FIRE
@@ -73,7 +72,7 @@ def relaxed_interface(
     from pfd_ase.calculators import PFDCalculator
     from pfd_ase.data import frame_fingerprint
     from pfd_ase.models import resolve_model
-    from pfd_ase.tasks import task_key
+    from pfd_ase.tasks import REPLACED_SUFFIX, move_aside, task_key
 
     key = task_key(
         {
@@ -89,7 +88,7 @@ def relaxed_interface(
             old = None
         if old is not None and old.info.get("relax_key") == key:
             return old
-        path.rename(free_path(path.with_name(f"{path.name}.replaced")))
+        move_aside(path, REPLACED_SUFFIX)
     work = atoms.copy()
     work.calc = PFDCalculator(model, head=head)
     FIRE(work, logfile=None).run(fmax=settings["fmax_eV_A"], steps=settings["max_steps"])

@@ -322,16 +322,16 @@ def _compare_select_label(
     for j, i in enumerate(picked):
         candidates[i].info[FRAME_ID_KEY] = f"{key}.{j:03d}"
         new.append(candidates[i])
-    from pfd_ase.tasks import MismatchedTaskError, move_aside
-
-    labeler = ("pfd", {"model": teacher})
-    try:
-        result = steps.label(new, labeler, folder / "label", executor=executor, timeout_s=timeout_s)
-    except MismatchedTaskError:
-        # teacher labels of a version that labelled with a calculator object (another task
-        # key): cheap to redo, so kept aside as label.stale and labelled again
-        move_aside(folder / "label")
-        result = steps.label(new, labeler, folder / "label", executor=executor, timeout_s=timeout_s)
+    # teacher labels under another task key (a version that labelled with a calculator
+    # object): cheap to redo, so kept aside as label.replaced and labelled again
+    result = steps.label(
+        new,
+        ("pfd", {"model": teacher}),
+        folder / "label",
+        executor=executor,
+        timeout_s=timeout_s,
+        replace_mismatched=True,
+    )
     return {
         "n_candidates": len(candidates),
         "n_selected": len(new),

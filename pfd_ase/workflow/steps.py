@@ -201,14 +201,23 @@ def label(
     *,
     executor: Executor | None = None,
     timeout_s: float | None = None,
+    replace_mismatched: bool = False,
 ) -> LabelResult:
-    """Label ``frames`` (see :func:`pfd_ase.label.label_frames`, ``timeout_s`` its
-    per-task wall-time limit); the labelled frames are also written to
+    """Label ``frames`` (see :func:`pfd_ase.label.label_frames`: ``timeout_s`` its
+    per-task wall-time limit, ``replace_mismatched`` what happens to a ``folder`` of other
+    frames or another labeler); the labelled frames are also written to
     ``folder/labelled.extxyz`` (:data:`LABELLED_FILE`)."""
     from pfd_ase.label import label_frames
 
     folder = Path(folder)
-    result = label_frames(list(frames), labeler, folder, executor, timeout_s=timeout_s)
+    result = label_frames(
+        list(frames),
+        labeler,
+        folder,
+        executor,
+        timeout_s=timeout_s,
+        replace_mismatched=replace_mismatched,
+    )
     write_frames(folder / LABELLED_FILE, result.frames)
     return result
 
