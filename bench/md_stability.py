@@ -634,14 +634,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.quick and not args.run:
         p.error("the full form needs --run DIR (a finished silicon recipe run); or --quick")
 
-    import torch
+    sys.path.insert(0, str(ROOT / "bench"))
+    from _compute import child_env, set_threads
 
-    from pfd_ase.allocator import ALLOCATOR_ENV, tune_allocator
-
-    torch.set_num_threads(args.threads)
-    os.environ["DP_INTRA_OP_PARALLELISM_THREADS"] = str(args.threads)  # deepmd-kit's import
-    tune_allocator()  # as the package's entry points do; and for MD in child processes:
-    os.environ.update(ALLOCATOR_ENV)
+    # this process and its MD children: the threads (deepmd-kit's import reads them from
+    # the environment) and the tuned allocator, as the package's entry points do
+    os.environ.update(child_env(args.threads, tune=True))
+    set_threads(args.threads)
 
     form_name = "quick" if args.quick else "full"
     form = dict(FORMS[form_name])

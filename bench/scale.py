@@ -46,6 +46,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _compute import child_env, set_threads  # noqa: E402
 
 
 def build_student(workdir: Path) -> Path:
@@ -85,11 +88,6 @@ def measure(
     """All timings of one size (run in a fresh process with ``threads`` threads; ``tune``:
     :func:`pfd_ase.allocator.tune_allocator` first, as the package's entry points do)."""
     import torch
-
-    from pfd_ase.allocator import tune_allocator
-
-    if tune:
-        tune_allocator()
     from ase.md.verlet import VelocityVerlet
 
     from pfd_ase.calculators import PFDCalculator
@@ -98,8 +96,7 @@ def measure(
     out: dict = {"atoms": len(atoms), "threads": threads}
     calc = PFDCalculator(model)
     backend = calc.backends[0]
-    # after loading: deepmd-kit's import sets torch's threads (DP_INTRA_OP_PARALLELISM_THREADS)
-    torch.set_num_threads(threads)
+    set_threads(threads, tune)  # after loading the model (see bench/_compute.py)
 
     def call(a) -> float:
         a.calc = calc
@@ -211,11 +208,7 @@ def measure_lammps(
         deck.write_text(
             LAMMPS_DECK.format(data=data, model=Path(model).resolve(), warmup=warmup, steps=steps)
         )
-        from pfd_ase.allocator import ALLOCATOR_ENV
-
-        env = dict(os.environ, OMP_NUM_THREADS="1", DP_INTRA_OP_PARALLELISM_THREADS="1")
-        env.update(ALLOCATOR_ENV if tune else {})
-        env["DP_INTER_OP_PARALLELISM_THREADS"] = "1"
+        env = child_env(1, tune)
         res = subprocess.run(
             [lmp, "-in", str(deck), "-log", str(Path(tmp) / "log.lammps"), "-screen", "none"],
             env=env,
@@ -292,8 +285,7 @@ def main() -> None:
         rows = []
         runs = [(n, 1) for n in sizes] + [(args.threads_at, 2)] * bool(args.threads_at)
         for n, threads in runs:
-            env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1")
-            env.update(DP_INTRA_OP_PARALLELISM_THREADS=str(threads))
+            env = child_env(threads)
             cmd = [sys.executable, __file__, "--one", str(n), "--model", model]
             cmd += ["--repeats", str(repeats), "--threads", str(threads)]
             cmd += ["--no-tune"] * (not args.tune)

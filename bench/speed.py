@@ -42,6 +42,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _compute import child_env, set_threads  # noqa: E402
+
 RESULTS = HERE / "results"
 SIZES = {"quick": (64, 512), "full": (64, 512, 4096)}
 GOAL = {"teacher_over_compressed_512": ">= 10"}
@@ -77,18 +81,14 @@ def measure(
     """One model at one size, in this process (see the module docstring); ``tune``:
     :func:`pfd_ase.allocator.tune_allocator` first, as the package's entry points do."""
     import numpy as np
-    import torch
     from ase import units
     from ase.md.verlet import VelocityVerlet
 
-    from pfd_ase.allocator import tune_allocator
     from pfd_ase.calculators import PFDCalculator
 
-    torch.set_num_threads(threads)
-    if tune:
-        tune_allocator()
     atoms = _cell(n_atoms)
     atoms.calc = PFDCalculator(model)
+    set_threads(threads, tune)  # after loading the model (see bench/_compute.py)
     rng = np.random.default_rng(1)
     times = []
     for i in range(repeats + 2):
@@ -120,8 +120,7 @@ def run_one(
     model: str, n_atoms: int, repeats: int, md_steps: int, threads: int, tune: bool = True
 ) -> dict:
     """:func:`measure` in a fresh process (peak memory per measurement)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1"}
-    env["DP_INTRA_OP_PARALLELISM_THREADS"] = str(threads)  # deepmd-kit's import sets torch's
+    env = child_env(threads)
     cmd = [sys.executable, __file__, "--child", "--model", model, "--atoms", str(n_atoms)]
     cmd += ["--repeats", str(repeats), "--md-steps", str(md_steps), "--threads", str(threads)]
     cmd += ["--no-tune"] * (not tune)
