@@ -87,6 +87,8 @@ DEFAULT = deep_update(
 #: (FCC 0.53 eV/Å, 516 meV/atom); on every phase with stresses 0.258 eV/Å, 83 meV/atom,
 #: 2.9 GPa; the same in cells of 32+ atoms (``min_atoms=32``) 0.221 eV/Å, 61 meV/atom,
 #: 2.3 GPa, but 14 instead of 5 minutes (the teacher's PF model: 0.119 eV/Å, 44 meV/atom).
+#: With the SevenNet-0 teacher (2026-12-06) the 32+-atom cells gave 0.322 against 0.290
+#: eV/Å, inside the spread of the training seed alone (0.26-0.35): docs/student_investigation.md.
 QUICK = deep_update(
     DEFAULT,
     {
