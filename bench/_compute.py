@@ -2,7 +2,8 @@
 
 deepmd-kit's import sets torch's intra-op threads from ``DP_INTRA_OP_PARALLELISM_THREADS``
 (1 where ``scripts/build_lammps.sh``'s ``env.sh`` was sourced), so a benchmark sets that
-variable for its children and sets torch's threads again after loading a model.
+variable for its children, and :func:`set_threads` imports deepmd-kit before it sets
+torch's threads.
 """
 
 from __future__ import annotations
@@ -29,12 +30,17 @@ def child_env(threads: int, tune: bool = False) -> dict[str, str]:
 
 
 def set_threads(threads: int, tune: bool = True) -> None:
-    """This process: torch's intra-op threads (call it after a model is loaded) and, with
-    ``tune``, :func:`pfd_ase.allocator.tune_allocator` as the package's entry points do."""
+    """This process, before it loads a model: with ``tune``,
+    :func:`pfd_ase.allocator.tune_allocator` (as the package's entry points do at start-up),
+    then torch's intra-op threads, after deepmd-kit's import (which would reset them)."""
     import torch
 
     from pfd_ase.allocator import tune_allocator
 
-    torch.set_num_threads(threads)
     if tune:
         tune_allocator()
+    try:
+        import deepmd.pt.utils.env  # noqa: F401 - sets torch's threads on import
+    except ImportError:
+        pass
+    torch.set_num_threads(threads)

@@ -92,11 +92,11 @@ def measure(
 
     from pfd_ase.calculators import PFDCalculator
 
+    set_threads(threads, tune)
     atoms, rng = _cell(n_atoms)
     out: dict = {"atoms": len(atoms), "threads": threads}
     calc = PFDCalculator(model)
     backend = calc.backends[0]
-    set_threads(threads, tune)  # after loading the model (see bench/_compute.py)
 
     def call(a) -> float:
         a.calc = calc

@@ -86,9 +86,9 @@ def measure(
 
     from pfd_ase.calculators import PFDCalculator
 
+    set_threads(threads, tune)
     atoms = _cell(n_atoms)
     atoms.calc = PFDCalculator(model)
-    set_threads(threads, tune)  # after loading the model (see bench/_compute.py)
     rng = np.random.default_rng(1)
     times = []
     for i in range(repeats + 2):

@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import os
 import traceback
+import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ __all__ = [
     "FAILURE_KINDS",
     "LabelResult",
     "NotSinglePointError",
+    "ReplacedWorkdirWarning",
     "SCFNotConvergedError",
     "failure_kind",
     "label_frames",
@@ -127,6 +129,11 @@ class SCFNotConvergedError(RuntimeError):
 
 class NotSinglePointError(RuntimeError):
     """The calculator moved the atoms: labelling needs single-point calculations."""
+
+
+class ReplacedWorkdirWarning(UserWarning):
+    """``label_frames(replace_mismatched=True)`` moved a workdir of other frames or another
+    labeler aside (the message says where) and labels every frame afresh."""
 
 
 @dataclass
@@ -218,9 +225,12 @@ def label_frames(
     replace_mismatched
         When ``workdir`` holds finished tasks of other frames or another labeler: move it
         aside whole to ``<workdir>.replaced`` (``.replaced.1``, ... when taken; nothing is
-        deleted) and label afresh, instead of raising
+        deleted; a :class:`ReplacedWorkdirWarning` says where) and label every frame
+        afresh, the unchanged ones too, instead of raising
         :class:`~pfd_ase.tasks.MismatchedTaskError`. For a step that owns ``workdir``
-        and whose frames may change between runs (a test set of changed settings).
+        and whose frames may change between runs (a test set of changed settings). A
+        workdir holding anything but task directories and ``labelled.extxyz`` is never
+        moved: the error is raised.
 
     Returns
     -------
@@ -279,9 +289,16 @@ def label_frames(
     try:
         done, todo = split()
     except MismatchedTaskError:
-        if not replace_mismatched:
+        if not replace_mismatched or _foreign_entries(workdir):
             raise
-        move_aside(workdir, REPLACED_SUFFIX)
+        spec.check({s for task in tasks for s in task.frame.get_chemical_symbols()})
+        moved = move_aside(workdir, REPLACED_SUFFIX)
+        warnings.warn(
+            f"{workdir} held the labels of other frames or another labeler: moved to "
+            f"{moved}, every frame is labelled afresh",
+            ReplacedWorkdirWarning,
+            stacklevel=2,
+        )
         done, todo = split()
     for i, cached in done.items():
         cached.info[FRAME_ID_KEY] = tasks[i].frame_id
@@ -301,6 +318,13 @@ def label_frames(
     result.frames = [done[i] for i in sorted(done)]
     result.failures = [failures[i] for i in sorted(failures)]
     return result
+
+
+def _foreign_entries(workdir: Path) -> list[str]:
+    """Entries of ``workdir`` that :func:`label_frames` does not make (a workdir holding
+    them is never moved aside: it may be more than a labelling folder)."""
+    ours = ("task.", RESULT_FILE)  # the tasks, and the steps' collected labels (same name)
+    return sorted(p.name for p in workdir.iterdir() if not p.name.startswith(ours))
 
 
 def label_in_memory(

@@ -39,14 +39,17 @@ Before any task runs, :func:`split_finished` looks at the done record of every t
 * readable but holding another key (other frames, another labeler, other settings):
   :class:`MismatchedTaskError` (a ``ValueError``) naming every such directory, raised
   before any task runs and before any file is touched: the workdir belongs to another
-  run, so use a fresh one (or remove those directories);
+  run, so use a fresh one (or remove those directories). A step that owns its workdir
+  may ask instead to have it moved aside whole, to ``<workdir>.replaced``, and start
+  afresh (:func:`pfd_ase.label.label_frames` with ``replace_mismatched=True``);
 * unreadable (corrupt or truncated file, missing or unreadable task record, no key, an
   incomplete record): the done record is moved aside to ``<name>.stale`` (``.stale.1``,
   ``.stale.2``, ... when taken) with a :class:`StaleRecordWarning`, and the task runs
   again.
 
 So a result is reused only under its own key, and no finished result is ever deleted:
-a mismatched one stays where it is, an unreadable one is kept next to the new one.
+a mismatched one stays where it is (or moves aside with its workdir), an unreadable one is
+kept next to the new one.
 Refusing a mismatch (rather than redoing the task) keeps one run's directories from
 being silently overwritten by another's and never spends a second DFT calculation on a
 workdir given by mistake.

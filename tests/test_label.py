@@ -18,7 +18,8 @@ from ase.calculators.calculator import all_changes
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 
-from pfd_ase.label import LabelResult, label_frames
+from pfd_ase.label import LabelResult, ReplacedWorkdirWarning, label_frames
+from pfd_ase.tasks import calculator_spec
 
 # fresh interpreters: forking a test process that may hold torch/OpenMP threads can hang
 SPAWN = multiprocessing.get_context("spawn")
@@ -134,16 +135,15 @@ def test_process_pool_equals_serial(tmp_path):
 
 
 def test_a_model_labels_as_a_pfd_spec(tmp_path, tiny_models):
-    """The teacher of distillation labels like any labeler: ("pfd", {"model": path}) is plain
-    data (it pickles to a worker process unchanged; the pool path itself is covered by the
-    EMT pool test) and gives the in-process calculator's labels and provenance."""
+    """The teacher of distillation labels like any labeler: ("pfd", {"model": path}) gives
+    the in-process calculator's labels and provenance, and the spec a worker process receives
+    (pickled) builds the same model there (the pool path itself: the EMT pool test)."""
     from pfd_ase.calculators import PFDCalculator
     from pfd_ase.calculators.labelers import labeler_info
 
     model = str(tiny_models[1]["pth"])
     frames = cu_frames(3, seed=2)
     spec = ("pfd", {"model": model})
-    assert pickle.loads(pickle.dumps(spec)) == spec
     result = label_frames(frames, spec, tmp_path / "l")
     assert result.failures == [] and len(result.frames) == 3
     calc = PFDCalculator(model)
@@ -156,6 +156,10 @@ def test_a_model_labels_as_a_pfd_spec(tmp_path, tiny_models):
         settings = labelled.info["pfd_labeler_settings"]
         settings = json.loads(settings) if isinstance(settings, str) else settings
         assert settings["identity"] == labeler_info(calc)["settings"]["identity"]
+    sent = pickle.loads(pickle.dumps(calculator_spec(spec, kinds=("pfd",), what="labeler")))
+    atoms = frames[0].copy()
+    atoms.calc = sent.build()
+    np.testing.assert_allclose(result.frames[0].get_forces(), atoms.get_forces(), atol=1e-12)
 
 
 def test_process_pool_with_a_calculator_object_and_failures(tmp_path):
@@ -260,7 +264,8 @@ def test_replace_mismatched_moves_the_old_workdir_aside_whole(tmp_path):
     first = label_frames(frames, "emt", tmp_path / "label")
     moved = [atoms.copy() for atoms in frames]
     moved[1].positions[0] += 0.1
-    result = label_frames(moved, "emt", tmp_path / "label", replace_mismatched=True)
+    with pytest.warns(ReplacedWorkdirWarning, match="label.replaced, every frame"):
+        result = label_frames(moved, "emt", tmp_path / "label", replace_mismatched=True)
     assert result.n_cached == 0 and len(result.frames) == 2
     kept = tmp_path / "label.replaced"
     assert sorted(p.name for p in kept.glob("task.*")) == ["task.000000", "task.000001"]
@@ -271,8 +276,14 @@ def test_replace_mismatched_moves_the_old_workdir_aside_whole(tmp_path):
     np.testing.assert_allclose(result.frames[1].get_forces(), expected.get_forces(), atol=1e-8)
     # a matching workdir is reused, not moved
     assert label_frames(moved, "emt", tmp_path / "label", replace_mismatched=True).n_cached == 2
-    label_frames(frames, "emt", tmp_path / "label", replace_mismatched=True)
+    with pytest.warns(ReplacedWorkdirWarning):
+        label_frames(frames, "emt", tmp_path / "label", replace_mismatched=True)
     assert (tmp_path / "label.replaced.1").is_dir()
+    # a workdir that holds more than labelling (here a run's summary) is never moved
+    (tmp_path / "label" / "summary.json").write_text("{}")
+    with pytest.raises(ValueError, match="use a fresh workdir"):
+        label_frames(moved, "emt", tmp_path / "label", replace_mismatched=True)
+    assert not (tmp_path / "label.replaced.2").exists()
 
 
 def test_calculator_object_keeps_its_directory(tmp_path):
