@@ -15,7 +15,6 @@ mismatch stated in the report), relaxed by the base model before anything is lab
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +68,7 @@ def relaxed_interface(
     from ase.io import read, write
     from ase.optimize import FIRE
 
+    from pfd_ase._io import atomic_path
     from pfd_ase.calculators import PFDCalculator
     from pfd_ase.data import frame_fingerprint
     from pfd_ase.models import resolve_model
@@ -96,10 +96,8 @@ def relaxed_interface(
     out.positions = work.positions
     out.info["relaxed_by"] = str(model)
     out.info["relax_key"] = key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    write(part, out, format="extxyz")
-    os.replace(part, path)  # whole or absent, whenever the run is killed
+    with atomic_path(path) as part:  # whole or absent, whenever the run is killed
+        write(part, out, format="extxyz")
     return read(path)
 
 
