@@ -382,16 +382,19 @@ def test_stage_walls_sum_step_records_per_stage_in_run_order():
         "distill.000.train": 5.0,
         "validation": 0.5,  # the workflow's own check counts as validation
         "validate.held_out": 1.0,
+        "validate.test_label": 30.0,
     }
     summary = {"steps": {k: {"wall_s": v} for k, v in walls.items()}}
+    summary["steps"]["validate.test_label"]["concurrent"] = True  # ran beside the others
     out = stage_walls(summary)
-    assert list(out) == ["init", "ft.stage1", "ft.stage2", "distill", "validate"]
+    assert list(out) == ["init", "ft.stage1", "ft.stage2", "distill", "validate", "concurrent"]
     assert out == {
         "init": 12.5,
         "ft.stage1": 7.0,
         "ft.stage2": 7.0,
         "distill": 5.0,
         "validate": 1.5,
+        "concurrent": 30.0,
     }
     summary["steps"]["init.label"]["wall_s"] = None  # a step without a wall time counts 0
     assert stage_walls(summary)["init"] == 2.5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -223,3 +224,113 @@ def test_dft_validation_compares_like_with_like(tmp_path, monkeypatch):
     again = validate({**config, "workdir": tmp_path.name})
     assert again["phonon_max_dev_THz"] == result["phonon_max_dev_THz"]
     assert {r.name: r.stat().st_mtime_ns for r in records} == stamps
+
+
+def _reference_setup(tmp_path, labeler):
+    """A one-structure validation of a silicon run directory: 1 test frame of diamond,
+    phonons in the primitive cell, the diamond vacancy unrelaxed in the conventional cell."""
+    from pfd_ase.materials import silicon
+    from pfd_ase.recipes.silicon import silicon_config
+
+    config = silicon_config(tmp_path, preset="quick", labeler=labeler, base_model="unused")
+    cell = silicon("diamond")
+    validation = {
+        "test_set": {"n_frames": 1, "structures": ["diamond"]},
+        "dft_phonon_supercell": (1, 1, 1),
+        "vacancy_max_steps": 5,
+        "dft_vacancy": {"phase": "diamond", "relax": False},
+    }
+    phonons = {"primitive": silicon("diamond", primitive=True), "title": "phonons"}
+    vacancies = {"cells": {"diamond": cell}, "reference": cell, "title": "vacancy"}
+    return config, validation, phonons, vacancies
+
+
+def test_references_beside_the_run_are_the_validations_own_steps(tmp_path, monkeypatch):
+    """The labeler's references computed beside the run (records only, marked concurrent)
+    are exactly the steps validate_run takes: it reuses every one, lists them in the
+    summary, and sums their wall time apart from its own."""
+    import pfd_ase.analysis.validate as validate
+    import pfd_ase.recipes._base as base
+    from pfd_ase.analysis.validate import Subject
+    from pfd_ase.calculators.labelers import make_labeler
+    from pfd_ase.data import write_frames
+
+    from conftest import si_frames
+
+    monkeypatch.setattr(base, "CLASSICAL", ())  # SW gets the DFT's treatment
+    monkeypatch.setattr(
+        base, "model_subject", lambda m, t=None: Subject(lambda: make_labeler("tersoff"), {}, t)
+    )
+    monkeypatch.setattr(validate, "model_errors", lambda sets, folder=None: {})
+
+    def labels_only(config, models, settings, report, step):  # scores need trained models
+        path, done = base.label_test_set(config, settings, step)
+        return {"test_set": {"path": str(path), **done}}
+
+    monkeypatch.setattr(base, "held_out_test", labels_only)
+    config, validation, phonons, vacancies = _reference_setup(tmp_path, "sw")
+    write_frames(tmp_path / "data" / "labelled.extxyz", si_frames(2, seed=1))
+
+    keys = base.reference_steps(
+        config, validation, phonons, vacancies, base.concurrent_step(tmp_path)
+    )
+    assert keys == ["test_label", "phonons_DFT", "vacancies_DFT"]
+    assert not (tmp_path / "summary.json").exists()  # the run's summary is not the helper's
+    records = {k: tmp_path / "state" / f"validate.{k}.json" for k in keys}
+    assert all(json.loads(p.read_text())["concurrent"] for p in records.values())
+    stamps = {k: p.stat().st_mtime_ns for k, p in records.items()}
+    result = base.validate_run(
+        config,
+        {"teacher": "tersoff", "student": None, "steps": {}},
+        "references",
+        validation,
+        phonons=phonons,
+        vacancies=vacancies,
+    )
+    assert {k: p.stat().st_mtime_ns for k, p in records.items()} == stamps  # none redone
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {f"validate.{k}" for k in keys} <= set(summary["steps"])
+    walls = result["stage_wall_s"]
+    assert walls["concurrent"] == pytest.approx(
+        sum(json.loads(p.read_text())["wall_s"] for p in records.values()), abs=0.2
+    )
+    assert result["vacancy_vs_dft"]["E_f_eV"]["DFT"] > 1.0  # SW's unrelaxed vacancy
+
+
+def test_references_beside_run_in_their_own_process(tmp_path):
+    """With a DFT labeler (GFN1-xTB) the references run in a spawned process while the body
+    runs; afterwards the steps the validation would take in this process are all reused."""
+    import pfd_ase.recipes._base as base
+
+    config, validation, phonons, vacancies = _reference_setup(tmp_path, "xtb")
+    with base.references_beside(config, validation, phonons, vacancies) as beside:
+        assert beside.process.pid != os.getpid()
+    assert beside.process.exitcode == 0 and beside.waited_s > 0
+    records = sorted((tmp_path / "state").glob("validate.*.json"))
+    assert [r.name for r in records] == [
+        "validate.phonons_DFT.json",
+        "validate.test_label.json",
+        "validate.vacancies_DFT.json",
+    ]
+    stamps = {r.name: r.stat().st_mtime_ns for r in records}
+    labelled = (tmp_path / "test" / "labelled.extxyz").read_text()
+    base.reference_steps(config, validation, phonons, vacancies, base.validation_step(tmp_path))
+    assert {r.name: r.stat().st_mtime_ns for r in records} == stamps
+    assert (tmp_path / "test" / "labelled.extxyz").read_text() == labelled
+    # a classical labeler: nothing is worth a process
+    sw = _reference_setup(tmp_path / "sw", "sw")
+    with base.references_beside(*sw) as none:
+        assert none.process is None
+
+
+def test_references_beside_a_failed_process_warns_and_the_body_still_runs(tmp_path):
+    import pfd_ase.recipes._base as base
+
+    config, validation, phonons, vacancies = _reference_setup(tmp_path, "xtb")
+    config["labeler"] = {"name": "no-such-code", "overrides": {}}
+    ran = []
+    with pytest.warns(RuntimeWarning, match="validation computes them"):
+        with base.references_beside(config, {**validation, "test_set": None}, phonons, None):
+            ran.append(1)
+    assert ran == [1]
+    assert not list((tmp_path / "state").glob("validate.*.json"))

@@ -298,13 +298,16 @@ def stage_walls(summary: Mapping[str, Any]) -> dict[str, float]:
     dict
         ``init``, ``ft.<stage>`` for each fine-tune stage, ``distill`` and ``validate``
         (the workflow's own ``validation`` step and a recipe's ``validate.*`` steps), and
-        any other first key part, in run order, rounded to 0.1 s.
+        any other first key part, in run order, rounded to 0.1 s. Steps recorded as
+        ``concurrent`` (run beside the others: :func:`pfd_ase.recipes._base.references_beside`)
+        are summed apart, under ``concurrent``: their wall time overlaps the others'.
     """
     out: dict[str, float] = {}
     for key, record in summary["steps"].items():
         parts = key.split(".")
         stage = ".".join(parts[:2]) if parts[0] == "ft" else parts[0]
         stage = "validate" if stage == "validation" else stage
+        stage = "concurrent" if record.get("concurrent") else stage
         out[stage] = out.get(stage, 0.0) + float(record.get("wall_s") or 0.0)
     return {k: round(v, 1) for k, v in out.items()}
 

@@ -10,11 +10,16 @@ A recipe is config → :func:`pfd_ase.workflow.run` → :func:`validate_run` →
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import dataclasses
 import functools
 import json
+import multiprocessing
 import os
-from collections.abc import Callable, Mapping
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -165,34 +170,13 @@ def held_out_test(
         each frame the labeler failed on) and ``held_out`` (name →
         :func:`~pfd_ase.analysis.testset.score_models`).
     """
-    from pfd_ase.analysis.testset import make_test_set, score_models
+    from pfd_ase.analysis.testset import score_models
     from pfd_ase.calculators import PFDCalculator
-    from pfd_ase.label import label_frames
     from pfd_ase.models import resolve_model
-    from pfd_ase.parallel import make_executor
-    from pfd_ase.structures import build_structure
     from pfd_ase.workflow.state import frames_identity
 
-    folder = Path(config["workdir"]) / "test"
-    path = folder / "labelled.extxyz"
-    names = settings.get("structures") or list(config["structures"])
-    structures = {k: build_structure(config["structures"][k]) for k in names}
-    options = {k: settings[k] for k in ("cell_strain", "displacement_A") if k in settings}
-    frames = make_test_set(structures, int(settings["n_frames"]), int(config["seed"]), **options)
-    labeler = (config["labeler"]["name"], dict(config["labeler"]["overrides"]))
     step = step or validation_step(config["workdir"])
-
-    def label() -> dict[str, Any]:
-        with make_executor(config.get("executor")) as executor:
-            # another test set (changed settings) is kept aside as test.replaced
-            result = label_frames(frames, labeler, folder, executor, replace_mismatched=True)
-        write_frames(path, result.frames)
-        return {
-            "n_frames": len(result.frames),
-            "failures": [{"frame_id": f["frame_id"], "kind": f["kind"]} for f in result.failures],
-        }
-
-    done = step("test_label", label, {"frames": frames_identity(frames), "labeler": labeler})
+    path, done = label_test_set(config, settings, step)
     labelled = read_frames(path)
     identities = {n: resolve_model(m, head=h).identity for n, (m, h) in models.items()}
 
@@ -205,6 +189,43 @@ def held_out_test(
         "test_set": {"path": str(path), **done},
         "held_out": scores,
     }
+
+
+def label_test_set(
+    config: Mapping[str, Any], settings: Mapping[str, Any], step: Step
+) -> tuple[Path, dict[str, Any]]:
+    """The held-out test set's labels: the step ``validate.test_label`` of :func:`held_out_test`.
+
+    Returns
+    -------
+    tuple
+        The labelled frames' file and the step's result (``n_frames``, ``failures``).
+    """
+    from pfd_ase.analysis.testset import make_test_set
+    from pfd_ase.label import label_frames
+    from pfd_ase.parallel import make_executor
+    from pfd_ase.structures import build_structure
+    from pfd_ase.workflow.state import frames_identity
+
+    folder = Path(config["workdir"]) / "test"
+    path = folder / "labelled.extxyz"
+    names = settings.get("structures") or list(config["structures"])
+    structures = {k: build_structure(config["structures"][k]) for k in names}
+    options = {k: settings[k] for k in ("cell_strain", "displacement_A") if k in settings}
+    frames = make_test_set(structures, int(settings["n_frames"]), int(config["seed"]), **options)
+    labeler = (config["labeler"]["name"], dict(config["labeler"]["overrides"]))
+
+    def label() -> dict[str, Any]:
+        with make_executor(config.get("executor")) as executor:
+            # another test set (changed settings) is kept aside as test.replaced
+            result = label_frames(frames, labeler, folder, executor, replace_mismatched=True)
+        write_frames(path, result.frames)
+        return {
+            "n_frames": len(result.frames),
+            "failures": [{"frame_id": f["frame_id"], "kind": f["kind"]} for f in result.failures],
+        }
+
+    return path, step("test_label", label, {"frames": frames_identity(frames), "labeler": labeler})
 
 
 def preset_of(presets: Mapping[str, Any], name: str) -> Any:
@@ -223,7 +244,13 @@ def run_recipe(
     from pfd_ase.workflow.lock import run_lock
 
     with run_lock(config["workdir"]):
-        return validate_run(config, run(config), title, validation, **kwargs)
+        with references_beside(
+            config, validation, kwargs.get("phonons"), kwargs.get("vacancies")
+        ) as beside:
+            summary = run(config)
+        if beside.process is not None:  # the workflow's wait for them: on the critical path
+            kwargs["references_wait_s"] = round(beside.waited_s, 1)
+        return validate_run(config, summary, title, validation, **kwargs)
 
 
 def validate_run(
@@ -285,7 +312,6 @@ def validate_run(
     dict
         The JSON-safe results, as in ``report/summary.json``.
     """
-    from pfd_ase.analysis.phonons import phonon_labeler
     from pfd_ase.analysis.report import write_report
     from pfd_ase.analysis.validate import (
         compare_phonons,
@@ -296,7 +322,6 @@ def validate_run(
         stage_walls,
     )
     from pfd_ase.calculators import labeler_info
-    from pfd_ase.data import read_frames
     from pfd_ase.structures import build_structure
     from pfd_ase.workflow.state import RunState
 
@@ -338,11 +363,10 @@ def validate_run(
     if student:
         models["PFD"] = model_subject(student, trained["PFD"])
     name, overrides = config["labeler"]["name"], config["labeler"]["overrides"]
-    reference = phonon_labeler(name, folder / "labeler", **overrides)
-    dft = {"DFT": Subject(lambda: reference, {"labeler": labeler_info(reference)})}
+    dft = {"DFT": labeler_subject(config)}
     cheap = name in CLASSICAL
     if phonons is not None:
-        phonon_sc = (3, 3, 3) if cheap else tuple(validation["dft_phonon_supercell"])
+        phonon_sc = _phonon_supercell(config, validation)
         bands = compare_phonons(
             phonons["primitive"],
             {**dft, **models},
@@ -373,15 +397,7 @@ def validate_run(
         dft_vacancy = validation.get("dft_vacancy")
         if not cheap and dft_vacancy:  # DFT: one phase, relaxed only where the preset pays for it
             phase = dft_vacancy["phase"]
-            own = compare_vacancies(
-                {phase: vacancies["cells"][phase]},
-                dft,
-                vacancies["reference"],
-                step=step,
-                relax=bool(dft_vacancy.get("relax", False)),
-                stability_check=False,
-                max_steps=validation["vacancy_max_steps"],
-            )
+            own = _labeler_vacancy(vacancies, validation, dft, step)
             for key, value in own.items():
                 result.setdefault(key, {}).update(value)
             relaxed = bool(dft_vacancy.get("relax", False))
@@ -432,6 +448,185 @@ def validate_run(
     result["stage_wall_s"] = stage_walls(state.summary)
     write_report(report, result, title)
     return result
+
+
+def labeler_subject(config: Mapping[str, Any]) -> Subject:
+    """The run's labeler as the validation's ``DFT`` subject (one calculator shared by its
+    phonon supercells, :func:`pfd_ase.analysis.phonons.phonon_labeler`; files in
+    ``workdir/validation/labeler``)."""
+    from pfd_ase.analysis.phonons import phonon_labeler
+    from pfd_ase.calculators import labeler_info
+
+    name, overrides = config["labeler"]["name"], config["labeler"]["overrides"]
+    folder = Path(config["workdir"]) / "validation" / "labeler"
+    reference = phonon_labeler(name, folder, **overrides)
+    return Subject(lambda: reference, {"labeler": labeler_info(reference)})
+
+
+def _phonon_supercell(config: Mapping[str, Any], validation: Mapping[str, Any]) -> tuple:
+    """The supercell of every subject's phonons: 3×3×3 with a classical labeler, else the
+    preset's ``dft_phonon_supercell``."""
+    if config["labeler"]["name"] in CLASSICAL:
+        return (3, 3, 3)
+    return tuple(validation["dft_phonon_supercell"])
+
+
+def _labeler_vacancy(
+    vacancies: Mapping[str, Any],
+    validation: Mapping[str, Any],
+    dft: Mapping[str, Subject],
+    step: Step,
+) -> dict[str, Any]:
+    """The labeler's own vacancy formation energy of the preset's ``dft_vacancy`` phase
+    (step ``validate.vacancies_DFT``; relaxed only where the preset says so)."""
+    from pfd_ase.analysis.validate import compare_vacancies
+
+    phase = validation["dft_vacancy"]["phase"]
+    return compare_vacancies(
+        {phase: vacancies["cells"][phase]},
+        dft,
+        vacancies["reference"],
+        step=step,
+        relax=bool(validation["dft_vacancy"].get("relax", False)),
+        stability_check=False,
+        max_steps=validation["vacancy_max_steps"],
+    )
+
+
+def reference_steps(
+    config: Mapping[str, Any],
+    validation: Mapping[str, Any],
+    phonons: Mapping[str, Any] | None,
+    vacancies: Mapping[str, Any] | None,
+    step: Step,
+) -> list[str]:
+    """Run the validation steps that depend on the labeler alone, never on a model.
+
+    The held-out test set's labels (:func:`label_test_set`), the labeler's phonons and, with
+    a DFT labeler and ``validation["dft_vacancy"]``, its vacancy formation energy: the same
+    steps, with the same inputs, that :func:`validate_run` takes, so that it reuses them.
+    Arguments as :func:`validate_run`'s. Returns the keys of the steps run or reused.
+    """
+    from pfd_ase.analysis.validate import compare_phonons
+
+    keys = []
+    if validation.get("test_set"):
+        label_test_set(config, validation["test_set"], step)
+        keys.append("test_label")
+    dft = {"DFT": labeler_subject(config)}
+    if phonons is not None:
+        compare_phonons(
+            phonons["primitive"],
+            dft,
+            {"DFT": _phonon_supercell(config, validation)},
+            step=step,
+            folder=Path(config["workdir"]) / "validation" / "phonons",
+        )
+        keys.append("phonons_DFT")
+    if vacancies is not None and config["labeler"]["name"] not in CLASSICAL:
+        if validation.get("dft_vacancy"):
+            _labeler_vacancy(vacancies, validation, dft, step)
+            keys.append("vacancies_DFT")
+    return keys
+
+
+def _reference_worker(
+    config: Mapping[str, Any],
+    validation: Mapping[str, Any],
+    phonons: Mapping[str, Any] | None,
+    vacancies: Mapping[str, Any] | None,
+) -> None:
+    """Body of the process of :func:`references_beside`: :func:`reference_steps` through
+    :func:`concurrent_step`, labelling in this one process."""
+    from pfd_ase.processes import die_with_parent
+
+    die_with_parent()
+    step = concurrent_step(config["workdir"])
+    config = {**config, "executor": None}  # one process: the run has the other cores
+    reference_steps(config, validation, phonons, vacancies, step)
+
+
+def concurrent_step(run: str | Path) -> Step:
+    """:func:`validation_step` for a process beside the run's own: records only (no
+    ``summary.json``, see :class:`~pfd_ase.workflow.state.RunState`), each marked
+    ``concurrent`` (:func:`pfd_ase.analysis.validate.stage_walls` sums them apart)."""
+    from pfd_ase.workflow.state import RunState
+
+    state = RunState(run, records_only=True)
+
+    def step(key: str, func: Callable[[], Any], inputs: Mapping[str, Any]) -> Any:
+        record = state.run_step(
+            f"validate.{key}", lambda: {"result": func(), "concurrent": True}, inputs
+        )
+        return record["result"]
+
+    return step
+
+
+#: Environment of the process of :func:`references_beside`: one thread (the run has the rest).
+_ONE_THREAD = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
+
+
+@dataclasses.dataclass
+class Beside:
+    """What :func:`references_beside` yields: its ``process`` (``None`` when none runs) and,
+    once the body has left, ``waited_s``, how long the body's end waited for it (s)."""
+
+    process: multiprocessing.process.BaseProcess | None
+    waited_s: float = 0.0
+
+
+@contextlib.contextmanager
+def references_beside(
+    config: Mapping[str, Any],
+    validation: Mapping[str, Any],
+    phonons: Mapping[str, Any] | None = None,
+    vacancies: Mapping[str, Any] | None = None,
+) -> Iterator[Beside]:
+    """Compute :func:`reference_steps` in a background process while the body runs.
+
+    The labeler's validation references (held-out labels, phonons, vacancy) need no model,
+    so with a DFT labeler they run on one core beside the workflow, whose deepmd-kit and
+    small-cell trainings leave a core mostly idle; :func:`validate_run` then reuses their
+    records (marked ``concurrent``: their wall time overlaps the other stages'). Leaving the
+    body waits for the process; if the body raises, the process is stopped (its finished
+    steps stay recorded, a labelling step resumes from its task folders). A failed process
+    is reported (``RuntimeWarning``) and changes nothing: the validation computes what is
+    missing. Nothing runs with a classical labeler or ``validation["concurrent_references"]``
+    false.
+    """
+    if config["labeler"]["name"] in CLASSICAL or not validation.get("concurrent_references", True):
+        yield Beside(None)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    args = (config, validation, phonons, vacancies)
+    beside = Beside(ctx.Process(target=_reference_worker, args=args, name="pfd-references"))
+    saved = {k: os.environ.get(k) for k in _ONE_THREAD}
+    os.environ.update(_ONE_THREAD)  # the child's environment is the parent's at start
+    try:
+        beside.process.start()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    try:
+        yield beside
+    except BaseException:
+        beside.process.terminate()
+        beside.process.join()
+        raise
+    t0 = time.perf_counter()
+    beside.process.join()
+    beside.waited_s = time.perf_counter() - t0
+    if beside.process.exitcode != 0:
+        warnings.warn(
+            f"the labeler's validation references beside the run failed (exit code "
+            f"{beside.process.exitcode}, its traceback above); the validation computes them",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def dh_validation(

@@ -158,10 +158,21 @@ class RunState:
     config
         The run's configuration; recorded in ``summary.json`` with the seed and the
         package versions (the settings that produced each step are in its record).
+    records_only
+        Write step records (``state/<key>.json``) but never ``summary.json``: for a process
+        that runs some steps beside the one that owns the run (its summary would overwrite
+        the owner's). The owner lists such a step in its summary when it reuses the record.
     """
 
-    def __init__(self, workdir: str | Path, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: str | Path,
+        config: Mapping[str, Any] | None = None,
+        *,
+        records_only: bool = False,
+    ) -> None:
         self.workdir = Path(workdir).resolve()
+        self.records_only = records_only
         self.state_dir = self.workdir / "state"
         self.summary_path = self.workdir / "summary.json"
         self.dataset_path = self.workdir / "data" / "labelled.extxyz"
@@ -314,12 +325,13 @@ class RunState:
         """Update and atomically rewrite ``summary.json``.
 
         ``summary["step_order"]`` lists the steps in run order (``summary.json`` is
-        written with sorted keys).
+        written with sorted keys). With ``records_only`` only the object's copy changes.
         """
         self.summary.update(updates)
         self.summary["step_order"] = list(self.summary["steps"])  # JSON keys get sorted
         self.summary["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        write_json(self.summary_path, self.summary)
+        if not self.records_only:
+            write_json(self.summary_path, self.summary)
 
     # -- data ----------------------------------------------------------------------------
     def dataset(self) -> list[Atoms]:
