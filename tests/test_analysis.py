@@ -430,3 +430,20 @@ def test_report_shows_the_held_out_table_first_and_training_errors_as_such():
         "- **teacher vs dft** (the teacher's own training frames, not a test)"
     )
     assert report_lines({}) == []
+
+
+def test_report_says_what_the_run_chose_and_what_each_stage_cost():
+    from pfd_ase.analysis.report import report_lines
+
+    summary = {
+        "cells": {"diamond": 8, "diamond_vacancy": 15},
+        "stage_wall_s": {"init": 84.5, "distill": 291.8, "validate": 37.6, "concurrent": 304.2},
+        "references_wait_s": 12.0,
+    }
+    lines = report_lines(summary)
+    assert lines[0] == "- cells (atoms per structure): diamond 8, diamond_vacancy 15"
+    # the references overlap the stages: the total is the stages plus the wait, not + 304
+    assert lines[1] == "- wall time per stage (s): init 84, distill 292, validate 38; total 426 s"
+    assert "304 s, overlapping" in lines[2] and "waited 12 s" in lines[2]
+    del summary["stage_wall_s"]["concurrent"], summary["references_wait_s"]
+    assert report_lines(summary)[-1].endswith("; total 414 s")

@@ -37,7 +37,9 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
         ``diffusion`` (run set → :meth:`~pfd_ase.analysis.diffusion.DiffusionStudy.summary`
         with ``n_atoms``): D per temperature and the activation energy. ``held_out``
         (model → :func:`~pfd_ase.analysis.testset.score_models` scores) with ``test_set``:
-        the table of errors on the held-out test set, first.
+        the table of errors on the held-out test set, first. ``cells`` (structure → atoms)
+        and ``stage_wall_s`` (with ``concurrent`` and ``references_wait_s``): what the run
+        chose and what each stage cost, last.
 
     Returns
     -------
@@ -64,6 +66,30 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
     lines += _dh_lines(summary)
     lines += _interface_lines(summary)
     lines += _failure_lines(summary)
+    lines += _run_lines(summary)
+    return lines
+
+
+def _run_lines(summary: Mapping[str, Any]) -> list[str]:
+    """What the run chose (atoms per structure, ``cells``) and what each stage cost
+    (``stage_wall_s``; ``concurrent``: steps beside the others, ``references_wait_s``: the
+    run's wait for them)."""
+    lines = []
+    if summary.get("cells"):
+        cells = ", ".join(f"{k} {v}" for k, v in summary["cells"].items())
+        lines.append(f"- cells (atoms per structure): {cells}")
+    walls = dict(summary.get("stage_wall_s") or {})
+    if walls:
+        beside = walls.pop("concurrent", None)
+        wait = float(summary.get("references_wait_s") or 0.0)
+        total = sum(walls.values()) + wait
+        text = ", ".join(f"{k} {v:.0f}" for k, v in walls.items())
+        lines.append(f"- wall time per stage (s): {text}; total {total:.0f} s")
+        if beside is not None:
+            lines.append(
+                f"- the labeler's references beside the workflow: {beside:.0f} s, overlapping"
+                f" the stages above (the run waited {wait:.0f} s for them)"
+            )
     return lines
 
 

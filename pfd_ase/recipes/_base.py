@@ -3,7 +3,8 @@
 A recipe is config → :func:`pfd_ase.workflow.run` → :func:`validate_run` → report
 (:func:`run_recipe` does the three); this module holds what every recipe needs for that:
 :func:`deep_update` (presets merged with user overrides), the resumable validation steps
-(:func:`validation_step`, :func:`model_subject`), the diffusion runs
+(:func:`validation_step`, :func:`model_subject`), the labeler's references computed beside
+the workflow (:func:`references_beside`, :func:`reference_steps`), the diffusion runs
 (:func:`diffusion_validation`) and :func:`recipe_parser` for the command line.
 """
 
@@ -239,7 +240,10 @@ def run_recipe(
     config: Mapping[str, Any], title: str, validation: Mapping[str, Any], **kwargs: Any
 ) -> dict[str, Any]:
     """A recipe's workflow, then :func:`validate_run` (``kwargs``: its other arguments), under
-    one run lock (one run per directory, across the run and its validation)."""
+    one run lock (one run per directory, across the run and its validation). With a DFT
+    labeler the validation's labeler references run beside the workflow
+    (:func:`references_beside`); the workflow's wait for them at its end is recorded as
+    ``references_wait_s``."""
     from pfd_ase.workflow import run
     from pfd_ase.workflow.lock import run_lock
 
