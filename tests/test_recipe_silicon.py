@@ -334,3 +334,15 @@ def test_references_beside_a_failed_process_warns_and_the_body_still_runs(tmp_pa
             ran.append(1)
     assert ran == [1]
     assert not list((tmp_path / "state").glob("validate.*.json"))
+
+
+def test_references_beside_label_in_one_process_unless_the_run_sends_work_elsewhere():
+    from pfd_ase.recipes._base import beside_executor
+
+    assert beside_executor(None) is None
+    assert beside_executor({"kind": "process", "max_workers": 2}) is None  # local cores
+    assert beside_executor({"kind": "dask", "max_workers": 2}) is None  # a local cluster
+    slurm = {"kind": "slurm", "slurm": {"partition": "cpu"}}
+    assert beside_executor(slurm) == slurm
+    dask = {"kind": "dask", "address": "tcp://scheduler:8786"}
+    assert beside_executor(dask) == dask

@@ -81,6 +81,37 @@ def test_old_records_without_inputs_are_adopted(tmp_path):
     assert rec["dataset_size"] == 0
 
 
+def test_a_moved_run_directory_keeps_records_keyed_by_its_own_paths(tmp_path):
+    """Inputs naming files inside the run directory are stored as <run>/...: the run moved
+    (or copied) elsewhere reuses its records; a path outside it stays as written."""
+    import shutil
+
+    old = tmp_path / "old"
+    state = RunState(old)
+    calls = []
+
+    def work():
+        calls.append(1)
+        return {"n": len(calls)}
+
+    inputs = {"params": str(old / "validation" / "phonons" / "DFT"), "other": "/elsewhere/x"}
+    rec = state.run_step("validate.phonons_DFT", work, inputs)
+    assert rec["inputs"] == {"params": "<run>/validation/phonons/DFT", "other": "/elsewhere/x"}
+    shutil.move(old, tmp_path / "new")
+    new = RunState(tmp_path / "new")
+    moved = {"params": str(tmp_path / "new" / "validation" / "phonons" / "DFT")}
+    again = new.run_step("validate.phonons_DFT", work, {**moved, "other": "/elsewhere/x"})
+    assert again["n"] == 1 and calls == [1]  # reused, not redone
+    assert new.run_step("validate.phonons_DFT", work, {**moved, "other": "/y"})["n"] == 2
+    # a record keyed by the absolute spelling (as versions before wrote it) is adopted
+    legacy = {"params": str(tmp_path / "new" / "p")}
+    record = {"n": 7, "inputs": legacy, "inputs_hash": inputs_hash(legacy)}
+    (tmp_path / "new" / "state" / "validate.x.json").write_text(json.dumps(record))
+    adopted = new.run_step("validate.x", work, legacy)
+    assert adopted["n"] == 7 and adopted["inputs"] == {"params": "<run>/p"}
+    assert new.run_step("validate.x", work, legacy)["n"] == 7
+
+
 def test_changed_inputs_and_run_order(tmp_path):
     assert changed_inputs({"a": {"b": 1, "c": [1]}, "d": 0}, {"a": {"b": 2, "c": [1]}}) == [
         "a.b",

@@ -153,7 +153,12 @@ def compare_phonons(
         (``phonon_max_dev_THz`` of each non-reference model, every branch at Γ, X, L,
         per-branch deviations, heat capacity and free energy, ``phonopy_params`` paths).
     """
-    from pfd_ase.analysis.phonons import PhononComparison, phonon_bands, plot_phonon_bands
+    from pfd_ase.analysis.phonons import (
+        PHONOPY_PARAMS,
+        PhononComparison,
+        phonon_bands,
+        plot_phonon_bands,
+    )
 
     out = {}
     for name, subject in subjects.items():
@@ -174,6 +179,8 @@ def compare_phonons(
                 "phonopy_params": None if target is None else str(target),
             },
         )
+        if target is not None and out[name].get("phonopy_params"):  # where it is now
+            out[name] = {**out[name], "phonopy_params": str(target / PHONOPY_PARAMS)}
     if plot is not None and out:
         plot_phonon_bands(out, plot, title=title)
     return PhononComparison(out, reference)

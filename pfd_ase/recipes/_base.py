@@ -541,13 +541,22 @@ def _reference_worker(
     vacancies: Mapping[str, Any] | None,
 ) -> None:
     """Body of the process of :func:`references_beside`: :func:`reference_steps` through
-    :func:`concurrent_step`, labelling in this one process."""
+    :func:`concurrent_step`, labelling through :func:`beside_executor`."""
     from pfd_ase.processes import die_with_parent
 
     die_with_parent()
     step = concurrent_step(config["workdir"])
-    config = {**config, "executor": None}  # one process: the run has the other cores
+    config = {**config, "executor": beside_executor(config.get("executor"))}
     reference_steps(config, validation, phonons, vacancies, step)
+
+
+def beside_executor(spec: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The executor the references beside a run label with: the run's own where it sends
+    work elsewhere (Slurm, a Dask scheduler's ``address``), else none (this one process:
+    the run has the machine's other cores)."""
+    spec = dict(spec or {})
+    remote = spec.get("kind") == "slurm" or (spec.get("kind") == "dask" and spec.get("address"))
+    return spec if remote else None
 
 
 def concurrent_step(run: str | Path) -> Step:
@@ -590,7 +599,8 @@ def references_beside(
     """Compute :func:`reference_steps` in a background process while the body runs.
 
     The labeler's validation references (held-out labels, phonons, vacancy) need no model,
-    so with a DFT labeler they run on one core beside the workflow, whose deepmd-kit and
+    so with a DFT labeler they run on one core beside the workflow (or through the run's
+    Slurm or remote Dask executor, :func:`beside_executor`), whose deepmd-kit and
     small-cell trainings leave a core mostly idle; :func:`validate_run` then reuses their
     records (marked ``concurrent``: their wall time overlaps the other stages'). Leaving the
     body waits for the process; if the body raises, the process is stopped (its finished

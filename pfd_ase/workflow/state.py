@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -58,6 +59,8 @@ logger = logging.getLogger("pfd_ase.workflow")
 
 _PACKAGES = ("pfd_ase", "ase", "numpy", "deepmd-kit", "torch", "chgnet", "gpaw", "phonopy")
 _STARTED = "started"
+#: How step inputs spell the run directory (:meth:`RunState.run_step`).
+RUN_DIR = "<run>"
 
 
 def package_versions() -> dict[str, str | None]:
@@ -228,7 +231,10 @@ class RunState:
             What the step depends on (JSON-able): its configuration section, seeds, the
             identities of the models and frames it consumes. Stored in the record with
             their hash (``inputs``, ``inputs_hash``); a record with another hash is not
-            reused. ``None``: any record of ``key`` is reused.
+            reused. ``None``: any record of ``key`` is reused. An absolute path inside the
+            run directory is stored as ``<run>/...`` (:data:`RUN_DIR`), so that a moved or
+            copied run directory reuses its records (one keyed by the absolute spelling,
+            as versions before wrote them, is adopted).
         outputs
             Files or folders the step writes; removed before the step is redone with
             other inputs (so that no result of the old inputs is mistaken for a new one).
@@ -243,7 +249,8 @@ class RunState:
             The record: what ``func`` returned plus ``wall_s``, ``finished_at`` (Unix
             time) and, with ``inputs``, ``inputs`` and ``inputs_hash``.
         """
-        new = None if inputs is None else canonical_inputs(inputs)
+        spelled = None if inputs is None else canonical_inputs(inputs)
+        new = None if spelled is None else self._in_run(spelled)
         digest = None if new is None else inputs_hash(new)
         if key in self.visited:
             self.visited.remove(key)
@@ -251,7 +258,9 @@ class RunState:
         record = self.done(key)
         if record is not None:
             same = digest is None or record.get("inputs_hash") == digest
-            if not same and "inputs_hash" not in record:  # an older version's: trust it
+            older = "inputs_hash" not in record  # an older version's: trust it
+            if not same and (older or record["inputs_hash"] == inputs_hash(spelled)):
+                # or one keyed by absolute paths inside the run directory, as before
                 record.update(inputs=new, inputs_hash=digest, inputs_adopted=True)
                 write_json(self.record_path(key), record)
                 logger.info("step %s: record of an older version adopted for these inputs", key)
@@ -283,6 +292,21 @@ class RunState:
         if digest is not None:
             self.started_path(key).unlink(missing_ok=True)
         return record
+
+    def _in_run(self, value: Any) -> Any:
+        """``value`` (canonical inputs) with each absolute path inside the run directory
+        written ``<run>/...``: a moved or copied run directory keeps its records."""
+        if isinstance(value, dict):
+            return {k: self._in_run(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._in_run(v) for v in value]
+        if isinstance(value, str):
+            root = str(self.workdir)
+            if value == root:
+                return RUN_DIR
+            if value.startswith(root + os.sep):
+                return RUN_DIR + "/" + Path(value).relative_to(root).as_posix()
+        return value
 
     def _reuse(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
         if self.summary["steps"].get(key) != record:  # e.g. summary.json was lost
