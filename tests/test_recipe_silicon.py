@@ -346,3 +346,16 @@ def test_references_beside_label_in_one_process_unless_the_run_sends_work_elsewh
     assert beside_executor(slurm) == slurm
     dask = {"kind": "dask", "address": "tcp://scheduler:8786"}
     assert beside_executor(dask) == dask
+
+
+def test_bad_input_fails_before_the_references_start(tmp_path, monkeypatch):
+    import pfd_ase.recipes._base as base
+    from pfd_ase.workflow.config import ConfigError
+
+    started = []
+    monkeypatch.setattr(base, "references_beside", lambda *a, **k: started.append(a))
+    config, validation, phonons, vacancies = _reference_setup(tmp_path, "xtb")
+    config["seed"] = -1
+    with pytest.raises(ConfigError, match="seed must be a non-negative integer"):
+        base.run_recipe(config, "bad", validation, phonons=phonons, vacancies=vacancies)
+    assert started == []

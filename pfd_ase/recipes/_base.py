@@ -244,10 +244,11 @@ def run_recipe(
     labeler the validation's labeler references run beside the workflow
     (:func:`references_beside`); the workflow's wait for them at its end is recorded as
     ``references_wait_s``."""
-    from pfd_ase.workflow import run
+    from pfd_ase.workflow import load_config, run
     from pfd_ase.workflow.lock import run_lock
 
     with run_lock(config["workdir"]):
+        load_config(config)  # bad input: its error before any process starts
         with references_beside(
             config, validation, kwargs.get("phonons"), kwargs.get("vacancies")
         ) as beside:
