@@ -39,6 +39,7 @@ TARGETS = {
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from pfd_ase.analysis.validate import run_wall_s
     from pfd_ase.recipes.silicon import DEFAULT_BASE_MODEL, run_silicon
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -70,11 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "labeler": args.labeler,
         "base_model": args.base_model,
         "seed": args.seed,
-        "wall_s": round(
-            sum(v for k, v in walls.items() if k != "concurrent")
-            + result.get("references_wait_s", 0.0),
-            1,
-        ),
+        "wall_s": round(run_wall_s(walls, result.get("references_wait_s")), 1),
         "references_wait_s": result.get("references_wait_s"),
         "stage_wall_s": walls,
         "this_call_wall_s": round(bench_wall, 1),

@@ -80,9 +80,11 @@ def _run_lines(summary: Mapping[str, Any]) -> list[str]:
         lines.append(f"- cells (atoms per structure): {cells}")
     walls = dict(summary.get("stage_wall_s") or {})
     if walls:
-        beside = walls.pop("concurrent", None)
+        from pfd_ase.analysis.validate import run_wall_s
+
         wait = float(summary.get("references_wait_s") or 0.0)
-        total = sum(walls.values()) + wait
+        total = run_wall_s(walls, wait)
+        beside = walls.pop("concurrent", None)
         text = ", ".join(f"{k} {v:.0f}" for k, v in walls.items())
         lines.append(f"- wall time per stage (s): {text}; total {total:.0f} s")
         if beside is not None:

@@ -38,6 +38,7 @@ __all__ = [
     "model_errors",
     "plot_entropy",
     "run_directly",
+    "run_wall_s",
     "stage_walls",
 ]
 
@@ -317,6 +318,13 @@ def stage_walls(summary: Mapping[str, Any]) -> dict[str, float]:
         stage = "concurrent" if record.get("concurrent") else stage
         out[stage] = out.get(stage, 0.0) + float(record.get("wall_s") or 0.0)
     return {k: round(v, 1) for k, v in out.items()}
+
+
+def run_wall_s(stage_wall_s: Mapping[str, float], references_wait_s: float | None = None) -> float:
+    """A run's wall time (s) from its :func:`stage_walls`: every stage but ``concurrent``
+    (those steps overlapped the others), plus the run's wait for them, ``references_wait_s``."""
+    stages = sum(v for k, v in stage_wall_s.items() if k != "concurrent")
+    return stages + float(references_wait_s or 0.0)
 
 
 def plot_entropy(curve: Sequence[tuple[str, float]], path: str | os.PathLike) -> Path | None:

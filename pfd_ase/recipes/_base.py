@@ -331,7 +331,7 @@ def validate_run(
     from pfd_ase.workflow.state import RunState
 
     workdir = Path(config["workdir"])
-    report, folder = workdir / "report", workdir / "validation"
+    report, folder = workdir / "report", _validation_folder(config)
     report.mkdir(parents=True, exist_ok=True)
     state = RunState(workdir)  # one object: every validation step records into it
     step = validation_step(state)
@@ -455,6 +455,12 @@ def validate_run(
     return result
 
 
+def _validation_folder(config: Mapping[str, Any]) -> Path:
+    """``workdir/validation``: the labeler's files and the phonopy files (a phonon step's
+    inputs name its folder, so :func:`reference_steps` and :func:`validate_run` share it)."""
+    return Path(config["workdir"]) / "validation"
+
+
 def labeler_subject(config: Mapping[str, Any]) -> Subject:
     """The run's labeler as the validation's ``DFT`` subject (one calculator shared by its
     phonon supercells, :func:`pfd_ase.analysis.phonons.phonon_labeler`; files in
@@ -463,8 +469,7 @@ def labeler_subject(config: Mapping[str, Any]) -> Subject:
     from pfd_ase.calculators import labeler_info
 
     name, overrides = config["labeler"]["name"], config["labeler"]["overrides"]
-    folder = Path(config["workdir"]) / "validation" / "labeler"
-    reference = phonon_labeler(name, folder, **overrides)
+    reference = phonon_labeler(name, _validation_folder(config) / "labeler", **overrides)
     return Subject(lambda: reference, {"labeler": labeler_info(reference)})
 
 
@@ -525,7 +530,7 @@ def reference_steps(
             dft,
             {"DFT": _phonon_supercell(config, validation)},
             step=step,
-            folder=Path(config["workdir"]) / "validation" / "phonons",
+            folder=_validation_folder(config) / "phonons",
         )
         keys.append("phonons_DFT")
     if vacancies is not None and config["labeler"]["name"] not in CLASSICAL:
