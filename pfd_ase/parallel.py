@@ -8,6 +8,7 @@ through an executor is :func:`pfd_ase.tasks.run_each` (also importable from here
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from typing import Any
 
 from pfd_ase.processes import die_with_parent
 from pfd_ase.tasks import run_each
+from pfd_ase.threads import set_threads, worker_threads
 
 __all__ = ["KINDS", "SubmititExecutor", "make_executor", "run_each"]
 
@@ -22,13 +24,18 @@ __all__ = ["KINDS", "SubmititExecutor", "make_executor", "run_each"]
 KINDS = ("serial", "process", "dask", "slurm")
 
 
-def _process_worker() -> None:
+def _process_worker(threads: int) -> None:
     """Initializer of ``process`` workers: end with the parent, keep freed memory
-    (:func:`pfd_ase.allocator.tune_allocator`, as the parent's entry point does)."""
+    (:func:`pfd_ase.allocator.tune_allocator`, as the parent's entry point does), compute
+    with ``threads`` threads (:func:`pfd_ase.threads.worker_threads`: the workers share the
+    machine's cores; two workers of torch's default two threads each ran SevenNet MD 3x
+    slower than of one on 2 cores)."""
     from pfd_ase.allocator import tune_allocator
 
     die_with_parent()
     tune_allocator()
+    os.environ["PFD_THREADS"] = str(threads)  # this worker's compute_threads()
+    set_threads(threads)
 
 
 @contextmanager
@@ -52,7 +59,10 @@ def make_executor(spec: Mapping[str, Any] | None = None) -> Iterator[Executor | 
     elif kind == "process":
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=_process_worker
+            max_workers=workers,
+            mp_context=ctx,
+            initializer=_process_worker,
+            initargs=(worker_threads(workers),),
         ) as ex:
             yield ex
     elif kind == "dask":

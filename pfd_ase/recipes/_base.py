@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pfd_ase.analysis.validate import Step, Subject
 from pfd_ase.data import read_frames, write_frames
+from pfd_ase.threads import THREAD_VARIABLES, lend_cores
 
 if TYPE_CHECKING:
     from pfd_ase.workflow.state import RunState
@@ -583,7 +584,7 @@ def concurrent_step(run: str | Path) -> Step:
 
 
 #: Environment of the process of :func:`references_beside`: one thread (the run has the rest).
-_ONE_THREAD = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
+_ONE_THREAD = dict.fromkeys((*THREAD_VARIABLES, "PFD_THREADS"), "1")
 
 
 @dataclasses.dataclass
@@ -607,7 +608,9 @@ def references_beside(
     The labeler's validation references (held-out labels, phonons, vacancy) need no model,
     so with a DFT labeler they run on one core beside the workflow (or through the run's
     Slurm or remote Dask executor, :func:`beside_executor`), whose deepmd-kit and
-    small-cell trainings leave a core mostly idle; :func:`validate_run` then reuses their
+    small-cell trainings leave a core mostly idle; while the process runs, the body's steps
+    compute on the other cores (:func:`pfd_ase.threads.lend_cores`: threads beyond the cores
+    spin and slowed SevenNet MD 2.6x). :func:`validate_run` then reuses their
     records (marked ``concurrent``: their wall time overlaps the other stages'). Leaving the
     body waits for the process; if the body raises, the process is stopped (its finished
     steps stay recorded, a labelling step resumes from its task folders). A failed process
@@ -631,8 +634,11 @@ def references_beside(
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+    # the references compute here, on one core, unless they label elsewhere (Slurm, Dask)
+    local = beside_executor(config.get("executor")) is None
     try:
-        yield beside
+        with lend_cores(1 if local else 0, beside.process.is_alive):
+            yield beside
     except BaseException:
         beside.process.terminate()
         beside.process.join()

@@ -29,6 +29,7 @@ from typing import IO, Any
 from pfd_ase import processes
 from pfd_ase._io import read_json, write_json
 from pfd_ase.data import has_virial_labels
+from pfd_ase.threads import compute_threads
 
 RECORD_FILE = "pfd_train.json"
 
@@ -424,9 +425,10 @@ def student_input(
 
 # --------------------------------------------------------------------------- running dp
 def dp_env(threads: int | None = None) -> dict[str, str]:
-    """Environment for a deepmd-kit subprocess: fixed thread counts, no data-loader workers."""
+    """Environment for a deepmd-kit subprocess: ``threads`` threads (default
+    :func:`pfd_ase.threads.compute_threads`), no data-loader workers."""
     env = dict(os.environ)
-    n = str(threads or int(env.get("PFD_THREADS", os.cpu_count() or 1)))
+    n = str(threads or compute_threads())
     env.update(
         OMP_NUM_THREADS=n,
         DP_INTRA_OP_PARALLELISM_THREADS=n,

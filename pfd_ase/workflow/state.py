@@ -41,6 +41,7 @@ from ase import Atoms
 
 from pfd_ase._io import read_json, write_json
 from pfd_ase.data import FRAME_ID_KEY, append_frames, merge_frames, read_frames, write_frames
+from pfd_ase.threads import match_threads
 
 __all__ = [
     "RunState",
@@ -279,6 +280,7 @@ class RunState:
                     self._redo(key, marker.get("inputs") or {}, new, outputs, "interrupted")
         if digest is not None:
             write_json(self.started_path(key), {"inputs": new, "inputs_hash": digest})
+        match_threads()  # cores lent to work beside the run: pfd_ase.threads
         t0 = time.perf_counter()
         record = dict(func())
         record["wall_s"] = round(time.perf_counter() - t0, 3)
