@@ -6,8 +6,8 @@ threads spin while they wait for one another. Measured on the 2-core test machin
 threads 18.7 s and 1 thread 25.1 s alone, but 62.6 s against 23.8 s beside one busy core;
 in a pool of 2 worker processes, 47.5 s with torch's default threads against 16.0 s with 1.
 
-- :func:`compute_threads`: ``PFD_THREADS`` when set, else this process's CPUs less the cores
-  lent to work beside it, at least 1.
+- :func:`compute_threads`: ``PFD_THREADS`` when set (:func:`env_threads`), else this
+  process's CPUs less the cores lent to work beside it, at least 1.
 - :func:`lend_cores`: while its context is open, ``n`` cores belong to work running beside
   this process (the labeler's references of :func:`pfd_ase.recipes._base.references_beside`)
   for as long as ``alive()`` says so.
@@ -36,6 +36,7 @@ __all__ = [
     "THREAD_VARIABLES",
     "compute_threads",
     "cpu_count",
+    "env_threads",
     "lend_cores",
     "match_threads",
     "set_threads",
@@ -59,7 +60,8 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _env_threads() -> int | None:
+def env_threads() -> int | None:
+    """``PFD_THREADS`` when set to a positive integer (another value warns), else None."""
     env = os.environ.get("PFD_THREADS", "").strip()
     if not env:
         return None
@@ -73,11 +75,12 @@ def _lent_now() -> int:
     return sum(n for n, alive in _LENT if alive())
 
 
-def compute_threads() -> int:
+def compute_threads(cap: int | None = None) -> int:
     """Threads for this process's compute: ``PFD_THREADS`` when set to a positive integer,
     else :func:`cpu_count` less the cores lent and still in use (:func:`lend_cores`), at
-    least 1."""
-    return _env_threads() or max(1, cpu_count() - _lent_now())
+    most ``cap`` and at least 1."""
+    free = max(1, cpu_count() - _lent_now())
+    return env_threads() or (free if cap is None else max(1, min(cap, free)))
 
 
 def worker_threads(max_workers: int) -> int:

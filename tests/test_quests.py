@@ -16,6 +16,7 @@ from scipy.spatial.distance import cdist
 from scipy.special import logsumexp
 
 from pfd_ase.selectors import _kde, _kde_blocks, _kde_partition, quests
+from pfd_ase.threads import cpu_count
 
 H = 0.015
 
@@ -419,10 +420,10 @@ def test_threads_argument_and_environment(monkeypatch):
     monkeypatch.setenv("PFD_THREADS", "3")
     assert _kde_blocks._default_threads() == 3
     monkeypatch.delenv("PFD_THREADS")
-    assert _kde_blocks._default_threads() == max(1, min(2, os.cpu_count() or 1))
+    assert _kde_blocks._default_threads() == min(2, cpu_count())
     monkeypatch.setenv("PFD_THREADS", "two")
     with pytest.warns(UserWarning, match="PFD_THREADS"):
-        assert _kde_blocks._default_threads() == max(1, min(2, os.cpu_count() or 1))
+        assert _kde_blocks._default_threads() == min(2, cpu_count())
 
 
 def fused_or_skip():

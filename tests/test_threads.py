@@ -29,10 +29,10 @@ def four_cores(monkeypatch):
 
 
 def test_compute_threads_is_pfd_threads_else_the_cores_not_lent(four_cores, monkeypatch):
-    assert compute_threads() == 4
+    assert compute_threads() == 4 and compute_threads(cap=2) == 2
     assert worker_threads(2) == 2 and worker_threads(3) == 1 and worker_threads(8) == 1
     monkeypatch.setenv("PFD_THREADS", "3")
-    assert compute_threads() == 3
+    assert compute_threads() == 3 and compute_threads(cap=2) == 3  # what the user asked for
     monkeypatch.setenv("PFD_THREADS", "two")
     with pytest.warns(UserWarning, match="PFD_THREADS='two'"):
         assert compute_threads() == 4

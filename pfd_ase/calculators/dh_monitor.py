@@ -41,7 +41,8 @@ class DHMonitor(Calculator):
         Compute dH on the first structure and then on every ``every``-th new structure
         (positions, cell, atoms or pbc changed); the other calculations carry no dH.
     threads
-        Worker threads of the kernel sums (default: ``PFD_THREADS``, else 2).
+        Worker threads of the kernel sums (default: ``PFD_THREADS``, else
+        ``min(2, compute_threads())``: :mod:`pfd_ase.threads`).
     **kwargs
         Passed to :class:`ase.calculators.calculator.Calculator`.
 

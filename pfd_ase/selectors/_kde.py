@@ -38,10 +38,10 @@ round-off of an exponent is about ``1e-16 |s| max|x - mean|^2`` (~1e-13 for QUES
 descriptors).
 
 Threads. The work is split into tasks (a few balls, a run of X or a run of cells) run on
-``threads`` worker threads (``PFD_THREADS``, else ``min(2, os.cpu_count())``); each task sums
-into arrays of its own, reduced in task order, so the result does not depend on the number of
-threads. Tasks borrow sets of buffers that outlive the call (fresh large arrays cost their page
-faults, ~1 ms per MB on a VM).
+``threads`` worker threads (``PFD_THREADS``, else 2 or the cores :mod:`pfd_ase.threads` leaves
+this process if fewer); each task sums into arrays of its own, reduced in task order, so the
+result does not depend on the number of threads. Tasks borrow sets of buffers that outlive the
+call (fresh large arrays cost their page faults, ~1 ms per MB on a VM).
 
 Blocks. Where the optional extension ``_kde_fused`` is built (``setup.py``, C with AVX2 and FMA,
 checked at run time) the sums go through fused kernels (:func:`fused_kernels`; all but H's blocks
@@ -188,7 +188,8 @@ def log_kernel_sum_pruned(
 ) -> np.ndarray:
     """Same as :func:`log_kernel_sum_blocked` up to a relative ``exp(-TAIL)`` in each sum.
 
-    ``threads``: worker threads (default :data:`THREADS`); the result does not depend on it.
+    ``threads``: worker threads (default: ``PFD_THREADS``, else ``min(2, compute_threads())``);
+    the result does not depend on it.
     """
     m, n = len(y), len(x)
     if n == 0:

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
 import sys
 import threading
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 
 import numpy as np
+
+from pfd_ase.threads import compute_threads
 
 REL_TOL = 1e-11  # pruned terms add up to less than this fraction of each kernel sum
 TAIL = -math.log(REL_TOL)
@@ -107,16 +107,11 @@ def centre_dists(pts: np.ndarray, pts_n: np.ndarray, centres: np.ndarray) -> np.
 
 
 def _default_threads() -> int:
-    """``PFD_THREADS`` when set to a positive integer, else ``min(2, os.cpu_count())``."""
-    env = os.environ.get("PFD_THREADS", "").strip()
-    if env:
-        if env.isdigit() and int(env) >= 1:
-            return int(env)
-        warnings.warn(f"PFD_THREADS={env!r} is not a positive integer: ignored", stacklevel=2)
-    return max(1, min(2, os.cpu_count() or 1))
+    """``PFD_THREADS`` when set, else 2 or the cores not lent to work beside this process
+    if fewer (:func:`pfd_ase.threads.compute_threads`)."""
+    return compute_threads(cap=2)
 
 
-THREADS = _default_threads()  # worker threads of the pruned engine
 _USE_TORCH: bool | None = (
     None  # torch blocks: None = when it pays (see choose_engine); True / False
 )
@@ -132,7 +127,7 @@ def choose_engine(pairs: float, threads: int | None):
     None (numpy). ``threads`` is the number of worker threads, 0 for the calling thread: small
     numpy-only sums, for which a pool costs more than it saves.
     """
-    threads = THREADS if threads is None else int(threads)
+    threads = _default_threads() if threads is None else int(threads)
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     use = _USE_TORCH

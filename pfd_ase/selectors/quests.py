@@ -138,7 +138,7 @@ def entropy(x: np.ndarray, h: float = DEFAULT_BANDWIDTH, *, threads: int | None 
     h
         Gaussian bandwidth, descriptor units (1/Å).
     threads
-        Worker threads (default: ``PFD_THREADS``, else ``min(2, os.cpu_count())``); the value
+        Worker threads (default: ``PFD_THREADS``, else ``min(2, compute_threads())``); the value
         does not depend on it.
     """
     x, h = _nonempty(x, h)
