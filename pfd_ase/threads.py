@@ -17,6 +17,7 @@ in a pool of 2 worker processes, 47.5 s with torch's default threads against 16.
 - :func:`set_threads`: torch's intra-op threads (when torch is imported), every BLAS and
   OpenMP pool already loaded (``threadpoolctl``), and ``OMP_NUM_THREADS``,
   ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` for libraries loaded later and for children.
+- :func:`child_threads`: the thread variables of a child process started inside it.
 - :func:`worker_threads`: threads of each worker of a local pool (``executor: {kind:
   process}``), which sets them in its initializer.
 
@@ -34,6 +35,7 @@ from typing import Any
 
 __all__ = [
     "THREAD_VARIABLES",
+    "child_threads",
     "compute_threads",
     "cpu_count",
     "env_threads",
@@ -114,14 +116,32 @@ def set_threads(n: int) -> None:
         sys.modules["torch"].set_num_threads(n)
 
 
-def _restore() -> None:
-    """The settings from before the first lend."""
-    for key in THREAD_VARIABLES:
-        value = _SAVED["env"][key]
+def _put_env(values: dict[str, str | None]) -> None:
+    """Set these environment variables (``None``: unset)."""
+    for key, value in values.items():
         if value is None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@contextlib.contextmanager
+def child_threads(n: int) -> Iterator[None]:
+    """The thread variables and ``PFD_THREADS`` at ``n`` inside the context, as before after
+    it: a child process started inside computes with ``n`` threads (a spawned child's
+    environment is its parent's at start)."""
+    names = (*THREAD_VARIABLES, "PFD_THREADS")
+    saved = {key: os.environ.get(key) for key in names}
+    os.environ.update(dict.fromkeys(names, str(n)))
+    try:
+        yield
+    finally:
+        _put_env(saved)
+
+
+def _restore() -> None:
+    """The settings from before the first lend."""
+    _put_env(_SAVED["env"])
     _limit_blas(None)
     if "torch" in sys.modules:
         torch = sys.modules["torch"]

@@ -10,6 +10,7 @@ import torch
 from pfd_ase import threads
 from pfd_ase.threads import (
     THREAD_VARIABLES,
+    child_threads,
     compute_threads,
     lend_cores,
     match_threads,
@@ -91,3 +92,11 @@ def test_pool_workers_share_the_cores():
         assert ex.submit(os.getenv, "OMP_NUM_THREADS").result() == "1"
         assert ex.submit(compute_threads).result() == 1
         assert ex.submit(eval, "__import__('torch').get_num_threads()").result() == 1
+
+
+def test_child_threads_set_the_variables_inside_only(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    monkeypatch.delenv("PFD_THREADS", raising=False)
+    with child_threads(1):
+        assert all(os.environ[k] == "1" for k in (*THREAD_VARIABLES, "PFD_THREADS"))
+    assert os.environ["OMP_NUM_THREADS"] == "4" and "PFD_THREADS" not in os.environ

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pfd_ase.analysis.validate import Step, Subject
 from pfd_ase.data import read_frames, write_frames
-from pfd_ase.threads import THREAD_VARIABLES, lend_cores
+from pfd_ase.threads import child_threads, lend_cores
 
 if TYPE_CHECKING:
     from pfd_ase.workflow.state import RunState
@@ -583,10 +583,6 @@ def concurrent_step(run: str | Path) -> Step:
     return step
 
 
-#: Environment of the process of :func:`references_beside`: one thread (the run has the rest).
-_ONE_THREAD = dict.fromkeys((*THREAD_VARIABLES, "PFD_THREADS"), "1")
-
-
 @dataclasses.dataclass
 class Beside:
     """What :func:`references_beside` yields: its ``process`` (``None`` when none runs) and,
@@ -624,16 +620,8 @@ def references_beside(
     ctx = multiprocessing.get_context("spawn")
     args = (config, validation, phonons, vacancies)
     beside = Beside(ctx.Process(target=_reference_worker, args=args, name="pfd-references"))
-    saved = {k: os.environ.get(k) for k in _ONE_THREAD}
-    os.environ.update(_ONE_THREAD)  # the child's environment is the parent's at start
-    try:
+    with child_threads(1):  # one thread: the run has the other cores
         beside.process.start()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     # the references compute here, on one core, unless they label elsewhere (Slurm, Dask)
     local = beside_executor(config.get("executor")) is None
     try:
