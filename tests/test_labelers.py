@@ -426,9 +426,10 @@ def test_gpaw_lcao_labels_energy_and_forces_without_stress(tmp_path):
     assert "stress" not in labelled.calc.results
     atoms = frame.copy()
     atoms.calc = calc
-    numerical = calculate_numerical_forces(atoms, 1e-3, force_consistent=True)
-    assert np.abs(labelled.get_forces()).max() > 0.3
-    np.testing.assert_allclose(labelled.get_forces(), numerical, atol=5e-3)
+    # the displaced atom only: 6 LCAO single points instead of 48 (about 8 s each here)
+    numerical = calculate_numerical_forces(atoms, 1e-3, iatoms=[0], force_consistent=True)
+    assert np.abs(labelled.get_forces()[0]).max() > 0.3
+    np.testing.assert_allclose(labelled.get_forces()[[0]], numerical, atol=5e-3)
     with pytest.raises(ValueError, match="LCAO mode"):
         make_labeler("gpaw-lcao", mode={"name": "pw", "ecut": 300})
 
