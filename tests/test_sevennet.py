@@ -215,7 +215,9 @@ def test_finetune_refits_the_shift_learns_and_keeps_the_best_epoch(finetuned, sw
     assert errors["force_rmse"] < 0.7 * base["force_rmse"]
     mae_e = np.mean([abs(row["energy_error"]) for row in errors["frames"]])
     mae_f = np.mean([row["force_mae"] for row in errors["frames"]])
-    assert mae_e + mae_f == pytest.approx(min(losses), rel=1e-3)
+    weights = record["settings"]["loss_weights"]  # the default weighs the energy 3
+    assert weights["e"] == 3.0 and weights["f"] == 1.0
+    assert weights["e"] * mae_e + mae_f == pytest.approx(min(losses), rel=1e-3)
     log = (ckpt.parent / "sevennet_train.log").read_text()
     assert "SevenNet fine-tune epoch 2/2 (step 4)" in log and "ETA" in log
 
