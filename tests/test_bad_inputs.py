@@ -618,6 +618,19 @@ def test_student_sel_reaches_the_student_input(tmp_path):
     assert cfg["model"]["descriptor"]["sel"] == 140
 
 
+def test_student_loss_prefactors_are_checked_and_kept(tmp_path):
+    """distill.loss reaches the student's TrainConfig; unknown or negative ones are refused."""
+    from pfd_ase.workflow.config import student_training
+
+    config = load_config(config_file(tmp_path, {"distill": {"loss": {"limit_pref_e": 10}}}))
+    assert student_training(config).loss == {"limit_pref_e": 10.0}
+    assert student_training(load_config(config_file(tmp_path, {}))).loss is None
+    bad = {"limit_pref_energy": 10}
+    assert_refused(config_file(tmp_path, {"distill": {"loss": bad}}), "unknown prefactors")
+    bad = {"start_pref_f": -1}
+    assert_refused(config_file(tmp_path, {"distill": {"loss": bad}}), "finite number >= 0")
+
+
 def test_student_sel_with_little_headroom_is_a_warning(tmp_path, monkeypatch):
     from pfd_ase.training.deepmd import STUDENT_DESCRIPTOR
 

@@ -140,6 +140,7 @@ def test_student_trains_freezes_and_compresses(tersoff_data, tmp_path):
     assert cfg["training"]["training_data"]["batch_size"] == 1
     assert cfg["learning_rate"]["start_lr"] == 0.01 and cfg["learning_rate"]["stop_lr"] == 1e-8
     assert cfg["learning_rate"]["decay_steps"] == 2  # 20 steps: ten decays (paper: every 2000)
+    assert cfg["loss"] == {**dp.ENERGY_LOSS}  # no stresses asked for: none fitted
     assert result.compressed is not None, result.info
     plain, packed = PFDCalculator(result.model), PFDCalculator(result.compressed)
     for atoms in held_out[:2]:
@@ -149,6 +150,13 @@ def test_student_trains_freezes_and_compresses(tersoff_data, tmp_path):
         assert packed.get_potential_energy(atoms.copy()) == pytest.approx(
             plain.get_potential_energy(atoms.copy()), abs=1e-8
         )
+
+
+def test_student_loss_prefactors_replace_the_defaults(tersoff_data, tmp_path):
+    train, _ = tersoff_data
+    stages.train_student(train, tmp_path, steps=2, compress=False, loss={"limit_pref_e": 10.0})
+    cfg = json.loads((tmp_path / "train" / "input.json").read_text())
+    assert cfg["loss"] == {**dp.ENERGY_LOSS, "limit_pref_e": 10.0}
 
 
 def test_default_schedules_are_the_papers_and_fit_short_runs():

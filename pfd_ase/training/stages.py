@@ -262,6 +262,7 @@ def train_student(
     learning_rate: Mapping[str, Any] | None = None,
     batch_size: int | str = 1,
     virial: bool = False,
+    loss: Mapping[str, float] | None = None,
     **descriptor_overrides: Any,
 ) -> TrainResult:
     """Train the distilled student (se_atten_v2, attn_layer 0, rcut 6.5 Å), freeze, compress.
@@ -276,10 +277,14 @@ def train_student(
     callers fall back to the uncompressed ``model``. ``progress`` shows a progress bar while
     training (see :func:`pfd_ase.training.deepmd.train`). ``virial``: fit the stress labels
     too where the frames carry them (off by default, see
-    :data:`pfd_ase.training.deepmd.VIRIAL_PREFS`).
+    :data:`pfd_ase.training.deepmd.VIRIAL_PREFS`). ``loss``: loss prefactors (e.g.
+    ``{"limit_pref_e": 10}``) over :func:`pfd_ase.training.deepmd.default_loss`.
     """
     workdir = Path(workdir)
     type_map = list(type_map or type_map_of(frames))
+    section = None if virial else dp.ENERGY_LOSS
+    if loss:
+        section = {**dp.default_loss(virial), **loss}
     train, valid = _systems(frames, valid_frames, workdir, type_map, seed)
     cfg = dp.student_input(
         type_map,
@@ -290,7 +295,7 @@ def train_student(
         learning_rate=learning_rate,
         batch_size=batch_size,
         descriptor=descriptor_overrides,
-        loss=None if virial else dp.ENERGY_LOSS,
+        loss=section,
     )
     ckpt = dp.train(
         cfg, workdir / "train", init_model=init_model, threads=threads, progress=progress

@@ -36,6 +36,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import warnings
@@ -332,6 +333,9 @@ class TrainConfig:
     init_model
         Student: the checkpoint this training starts from (set per iteration by the
         distillation loop; ``None``: from scratch).
+    loss
+        Student: deepmd-kit loss prefactors (:data:`LOSS_PREFACTORS`) that replace the
+        defaults of :func:`pfd_ase.training.deepmd.default_loss` (``None``: the defaults).
     """
 
     role: str
@@ -348,10 +352,13 @@ class TrainConfig:
     sel: int | None = None
     init_from_previous: bool = False
     init_model: str | None = None
+    loss: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ("teacher", "student"):
             raise ValueError(f"role must be 'teacher' or 'student', got {self.role!r}")
+        if self.loss is not None:
+            object.__setattr__(self, "loss", _loss_prefactors(self.loss))
         _count(self.steps, "steps")
         if self.sel is not None:
             object.__setattr__(self, "sel", _count(self.sel, "sel"))
@@ -365,6 +372,26 @@ class TrainConfig:
             object.__setattr__(self, "type_map", tuple(str(s) for s in self.type_map))
         if self.role == "teacher" and not self.base_model:
             raise ValueError("a teacher needs a base model")
+
+
+#: The deepmd-kit ``ener`` loss prefactors a student's ``loss`` setting may change.
+LOSS_PREFACTORS = tuple(f"{k}_pref_{q}" for q in "efv" for k in ("start", "limit"))
+
+
+def _loss_prefactors(loss: Any) -> dict[str, float]:
+    """``loss`` checked: a mapping of :data:`LOSS_PREFACTORS` to finite numbers >= 0."""
+    if not isinstance(loss, Mapping):
+        raise ValueError(f"loss must be a mapping of loss prefactors, got {loss!r}")
+    unknown = sorted(set(loss) - set(LOSS_PREFACTORS))
+    if unknown:
+        raise ValueError(f"loss: unknown prefactors {unknown}; known: {list(LOSS_PREFACTORS)}")
+    out = {}
+    for name, value in loss.items():
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or value < 0:
+            raise ValueError(f"loss: {name} must be a finite number >= 0, got {value!r}")
+        out[name] = float(value)
+    return out
 
 
 def _explore_task(block: Mapping[str, Any], seed: int) -> ExploreTask:
@@ -513,6 +540,7 @@ def student_training(config: Mapping[str, Any]) -> TrainConfig:
             virial=bool(ds["virial"]),
             sel=ds.get("sel"),
             init_from_previous=bool(ds["init_from_previous"]),
+            loss=ds.get("loss"),
         ),
     )
 

@@ -417,10 +417,10 @@ class RecordedSteps:
         else:
             frames = read_frames(self.train_path, missing_ok=True)
         settings = asdict(training)
-        # sel, init_model, stress_weight absent when unset: run folders from before them match; what
-        # init_from_previous does is in init_model (the previous student, by content)
+        # sel, init_model, stress_weight, loss absent when unset: run folders from before them
+        # match; what init_from_previous does is in init_model (the previous student, by content)
         del settings["init_from_previous"]
-        for name in ("sel", "init_model", "stress_weight"):
+        for name in ("sel", "init_model", "stress_weight", "loss"):
             if settings[name] is None:
                 del settings[name]
         if training.init_model is not None:

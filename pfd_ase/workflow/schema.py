@@ -298,6 +298,12 @@ SCHEMA: dict[str, Any] = {
         ),
         "compress": Setting(True, "compress the student (dp compress) where possible"),
         "virial": Setting(False, "fit the teacher's stresses too (virial loss): true or false"),
+        "loss": Setting(
+            None,
+            "the student's deepmd-kit loss prefactors that differ from the defaults "
+            "(start_pref_e / limit_pref_e 0.02 -> 1, start_pref_f / limit_pref_f 1000 -> 1, "
+            "start_pref_v / limit_pref_v 0.02 -> 1 with virial), e.g. {limit_pref_e: 10}",
+        ),
         "init_from_previous": Setting(
             False,
             "start each iteration's student from the previous one (deepmd-kit --init-model) "

@@ -341,6 +341,7 @@ def train(
             progress=progress,
             learning_rate=config.learning_rate,
             init_model=config.init_model,
+            loss=config.loss,
             **({} if config.sel is None else {"sel": config.sel}),
         )
         compressed = str(result.compressed) if result.compressed else None
