@@ -276,7 +276,13 @@ CASES = [
         "negative-stress-weight",
         {"finetune": {"stress_weight": -1}},
         None,
-        r"finetune\.stress_weight must be a number >= 0 or null, got -1",
+        r"finetune\.stress_weight must be a finite non-negative number, got -1",
+    ),
+    (
+        "nan-cell-strain",
+        {"init": {"cell_strain": float("nan")}},
+        None,
+        r"init\.cell_strain must be a finite non-negative number \(fraction\), got nan",
     ),
     (
         "negative-student-steps",
@@ -627,8 +633,9 @@ def test_student_loss_prefactors_are_checked_and_kept(tmp_path):
     assert student_training(load_config(config_file(tmp_path, {}))).loss is None
     bad = {"limit_pref_energy": 10}
     assert_refused(config_file(tmp_path, {"distill": {"loss": bad}}), "unknown prefactors")
-    bad = {"start_pref_f": -1}
-    assert_refused(config_file(tmp_path, {"distill": {"loss": bad}}), "finite number >= 0")
+    for bad in ({"start_pref_f": -1}, {"limit_pref_e": float("nan")}):
+        refused = "finite non-negative number"
+        assert_refused(config_file(tmp_path, {"distill": {"loss": bad}}), refused)
 
 
 def test_student_sel_with_little_headroom_is_a_warning(tmp_path, monkeypatch):

@@ -535,7 +535,8 @@ def test_labeler_timeout_in_the_configuration(tmp_path):
     config = load_config({**base, "labeler": {"name": "emt", "timeout_s": 60}}, False)
     assert RecordedSteps(config, RunState(tmp_path)).timeout_s == 60.0
     assert load_config({**base, "labeler": "emt"}, False)["labeler"]["timeout_s"] is None
-    with pytest.raises(ConfigError, match=r"labeler.timeout_s must be a positive number \(s\)"):
+    refused = r"labeler.timeout_s must be a finite positive number \(s\)"
+    with pytest.raises(ConfigError, match=refused):
         load_config({**base, "labeler": {"name": "emt", "timeout_s": -1}}, False)
     assert "timeout_s: null  # wall-time limit of one frame's labelling" in default_config_text()
 

@@ -420,7 +420,7 @@ def test_dh_watch_makes_only_extrapolating_frames_candidates(tmp_path, base_mode
 def test_dh_watch_settings_are_checked(tmp_path, base_model):
     good = si_config(tmp_path / "w", base_model.checkpoint)
     for watch, message in (
-        ({"max_dH": -1.0}, "dh_watch.max_dH must be a positive number"),
+        ({"max_dH": -1.0}, "dh_watch.max_dH must be a finite positive number"),
         ({"max_dH": 2.0, "action": "explode"}, "dh_watch.action must be one of mark, stop"),
         ({"action": "stop"}, "need dh_watch.max_dH"),
         ({"max_dH": 2.0, "every": 0}, "dh_watch.every must be a positive integer"),

@@ -114,12 +114,13 @@ def _count(value: Any, name: str) -> int:
     return value
 
 
-def _number(value: Any, name: str, unit: str, zero_ok: bool = False) -> float:
+def _number(value: Any, name: str, unit: str = "", zero_ok: bool = False) -> float:
+    """``value`` as a float: a finite number, positive (or >= 0 with ``zero_ok``)."""
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or value < 0 or (value == 0 and not zero_ok):
+    if not ok or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        kind = "non-negative" if zero_ok else "positive"
         raise ValueError(
-            f"{name} must be a {'non-negative' if zero_ok else 'positive'} number ({unit}),"
-            f" got {value!r}"
+            f"{name} must be a finite {kind} number{f' ({unit})' if unit else ''}, got {value!r}"
         )
     return float(value)
 
@@ -364,10 +365,8 @@ class TrainConfig:
             object.__setattr__(self, "sel", _count(self.sel, "sel"))
         _count(self.chgnet_epochs, "chgnet_epochs")
         if self.stress_weight is not None:
-            weight = self.stress_weight
-            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-                raise ValueError(f"stress_weight must be a number >= 0 or null, got {weight!r}")
-            object.__setattr__(self, "stress_weight", float(weight))
+            weight = _number(self.stress_weight, "stress_weight", zero_ok=True)
+            object.__setattr__(self, "stress_weight", weight)
         if self.type_map is not None:
             object.__setattr__(self, "type_map", tuple(str(s) for s in self.type_map))
         if self.role == "teacher" and not self.base_model:
@@ -385,13 +384,7 @@ def _loss_prefactors(loss: Any) -> dict[str, float]:
     unknown = sorted(set(loss) - set(LOSS_PREFACTORS))
     if unknown:
         raise ValueError(f"loss: unknown prefactors {unknown}; known: {list(LOSS_PREFACTORS)}")
-    out = {}
-    for name, value in loss.items():
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value) or value < 0:
-            raise ValueError(f"loss: {name} must be a finite number >= 0, got {value!r}")
-        out[name] = float(value)
-    return out
+    return {name: _number(value, f"loss: {name}", zero_ok=True) for name, value in loss.items()}
 
 
 def _explore_task(block: Mapping[str, Any], seed: int) -> ExploreTask:
