@@ -50,6 +50,23 @@ def test_config_follows_table_s1(tmp_path):
     load_config(config)  # valid as written
 
 
+def test_default_student_explores_nvt_and_1_gpa(tmp_path):
+    """The default preset's teacher MD for the student: NVT walkers at each cell and NPT at
+    1 GPa; quick and production keep the stages' 0.001 / 1 GPa."""
+    from pfd_ase.recipes.silicon import silicon_config
+    from pfd_ase.workflow import load_config
+    from pfd_ase.workflow.config import distill_config
+
+    pressures = {}
+    for preset in ("quick", "default", "production"):
+        config = silicon_config(tmp_path / preset, preset=preset, labeler="sw")
+        pressures[preset] = config["distill"]["explore"]["pressures_GPa"]
+        if preset == "default":
+            explore = distill_config(load_config(config)).explore
+    assert pressures == {"quick": [0.001, 1.0], "default": [None, 1.0], "production": [0.001, 1.0]}
+    assert explore.ensemble(None).startswith("nvt") and explore.ensemble(1.0).startswith("npt")
+
+
 @requires_deepmd
 def test_quick_recipe_with_classical_labeler(tmp_path):
     """The fastest form (~6 min on 2 cores): a tiny DPA-2 base pre-trained on SW diamond Si,
