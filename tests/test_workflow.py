@@ -213,6 +213,52 @@ def test_student_driven_distillation_explores_with_the_current_student(
         run(config)
 
 
+def test_perturbed_copies_join_the_students_data_labelled_by_the_teacher(
+    finished_run, base_model, tmp_path, caplog
+):
+    """``distill.perturb``: strained, displaced copies of the distillation's 16-atom cells,
+    labelled by the teacher before the first training; the distillation is redone from the
+    first comparison on (one iteration here, for speed), the fine-tuning is not."""
+    from pfd_ase.calculators import PFDCalculator
+
+    work, summary = finished_run
+
+    def change(config):
+        config["distill"]["perturb"] = {"n_perturb": 2, "cell_strain": 0.03}
+        config["distill"]["max_iterations"] = 1
+
+    copy, again, redone = _rerun_changed(work, base_model, tmp_path, caplog, change)
+    assert redone == {"distill.000.explore", "distill.000.train", "validation"}
+    steps = again["steps"]
+    assert (
+        steps["distill.000.md"]["finished_at"] == summary["steps"]["distill.000.md"]["finished_at"]
+    )
+    assert steps["distill.perturb"]["n_new"] == 2 and steps["distill.perturb"]["n_failed"] == 0
+    assert steps["distill.perturb"]["inputs"]["seed"] == 3 + 200000
+    student_set = read_frames(copy / "distill" / "teacher_labelled.extxyz")
+    copies = [a for a in student_set if a.info["pfd_frame_id"].startswith("distill.perturb.")]
+    assert [a.info["pfd_frame_id"] for a in copies] == [
+        "distill.perturb.diamond.000",
+        "distill.perturb.diamond.001",
+    ]
+    assert len(student_set) == len(copies) + 4
+    assert steps["distill.000.explore"]["train_size"] == len(student_set)
+    teacher = PFDCalculator(model=again["teacher"])
+    cubic = 2 * 5.43**3
+    for frame in copies:
+        assert len(frame) == 16
+        strain = frame.cell.volume / cubic - 1
+        assert 0 < abs(strain) < 0.1  # strained, within 3 % a side
+        bare = frame.copy()
+        bare.calc = teacher
+        np.testing.assert_allclose(frame.get_forces(), bare.get_forces(), atol=1e-5)
+        assert frame.get_potential_energy() == pytest.approx(bare.get_potential_energy(), abs=1e-5)
+    with pytest.raises(ConfigError, match=r"distill\.perturb\.n_perturb must be an integer >= 0"):
+        config = si_config(tmp_path / "bad", base_model.checkpoint)
+        config["distill"]["perturb"] = {"n_perturb": -1}
+        run(config)
+
+
 class FlakyTersoff(Calculator):
     """Tersoff, but raises for every third call (a 'failed DFT' job)."""
 

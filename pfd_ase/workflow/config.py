@@ -268,6 +268,13 @@ class DistillConfig:
         the two disagree most: the student's own failures, e.g. atoms it lets collide,
         become its training data, as in DP-GEN's concurrent learning. The first
         iteration, with no student yet, is the teacher's.
+    perturb
+        ``None``, or perturbed copies of the starting structures (as repeated to
+        ``min_atoms``; ``structures`` unused) that the teacher labels before the first
+        training, beside its MD frames: strained cells and displaced atoms the short MD
+        from perfect crystals does not reach.
+    perturb_seed
+        Seed of the perturbations (one ``np.random.default_rng`` stream).
     """
 
     enabled: bool
@@ -280,6 +287,8 @@ class DistillConfig:
     explore: ExploreTask
     min_atoms: int = 1
     student_explore: ExploreTask | None = None
+    perturb: InitConfig | None = None
+    perturb_seed: int = 0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -474,7 +483,8 @@ def _student_explore(block: Mapping[str, Any], seed: int) -> ExploreTask | None:
 
 
 def distill_config(config: Mapping[str, Any]) -> DistillConfig:
-    """The typed ``distill`` section; its MD explores with seed ``seed + 100000``."""
+    """The typed ``distill`` section; its MD explores with seed ``seed + 100000``, its
+    perturbed copies are drawn with seed ``seed + 200000``."""
     ds = config["distill"]
     seed = config["seed"] + 100000
     return _typed(
@@ -490,8 +500,20 @@ def distill_config(config: Mapping[str, Any]) -> DistillConfig:
             min_atoms=_typed("explore", lambda: _count(ds["explore"]["min_atoms"], "min_atoms")),
             explore=_typed("explore", lambda: _explore_task(ds["explore"], seed)),
             student_explore=_typed("explore", lambda: _student_explore(ds["explore"], seed)),
+            perturb=_typed("perturb", lambda: _distill_perturb(ds["perturb"])),
+            perturb_seed=config["seed"] + 200000,
         ),
     )
+
+
+def _distill_perturb(block: Mapping[str, Any]) -> InitConfig | None:
+    """``distill.perturb`` typed: ``None`` when ``n_perturb`` is 0 (no perturbed copies)."""
+    n = block["n_perturb"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n_perturb must be an integer >= 0 (0: none), got {n!r}")
+    if n == 0:
+        return None
+    return InitConfig(structures=None, **block)
 
 
 def teacher_training(config: Mapping[str, Any]) -> TrainConfig:

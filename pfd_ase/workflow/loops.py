@@ -16,6 +16,7 @@ recorded step            named steps          inputs
                                               dataset
 ``ft.<s>.NNN.label``     label, evaluate      selected frames, labeler, model, dataset
 ``ft.<s>.NNN.train``     train                ``finetune`` training, base model, dataset
+``distill.perturb``      perturb, label       ``distill.perturb``, seed, structures, teacher
 ``distill.NNN.md``       explore, filter      ``distill.explore``, structures, teacher (the
                                               student from iteration 1 with ``driver:
                                               student``)
@@ -44,6 +45,7 @@ Run directory layout (``config["workdir"]``)::
     finetune/init/                 first fine-tune of the base model
     finetune/<stage>/iter.NNN/     explore/ (MD walkers), candidates.extxyz, selected.extxyz,
                                    label/, train/
+    distill/perturb/               teacher labels of the perturbed copies (distill.perturb)
     distill/iter.NNN/              explore/, candidates.extxyz, label/ (teacher labels), train/
     distill/teacher_labelled.extxyz
     state/<step>.json              completion records with the inputs that produced them
@@ -344,6 +346,33 @@ def _compare_select_label(
     }
 
 
+def _teacher_perturbed(
+    ds: DistillConfig,
+    structures: Mapping[str, Atoms],
+    teacher: str,
+    folder: Path,
+    executor: Executor | None = None,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Steps perturb and label (teacher): ``ds.perturb`` copies of ``structures``."""
+    assert ds.perturb is not None
+    frames = steps.perturb(ds.perturb, structures, ds.perturb_seed, prefix="distill.perturb")
+    result = steps.label(
+        frames,
+        ("pfd", {"model": teacher}),
+        folder,
+        executor=executor,
+        timeout_s=timeout_s,
+        replace_mismatched=True,
+    )
+    return {
+        "n_frames": len(frames),
+        "n_new": len(result.frames),
+        "n_failed": len(result.failures),
+        "failures": _failures(result),
+    }
+
+
 def _within_dataset(md: Mapping[str, Any]) -> bool:
     """Whether a watched MD step's walkers all ran and none went beyond ``max_dH``."""
     ran = md["n_explored"] > 0 and not md["walkers_failed"] and not md["walkers_exploded"]
@@ -543,10 +572,31 @@ class RecordedSteps:
             outputs=[folder / "label"],
             rerun=self._retry(key),
         )
-        source = folder / "label" / steps.LABELLED_FILE
-        _recover(source, self.train_path, f"{prefix}.")
-        self.teacher_sources.append(source)
-        merge_into(self.train_path, self.teacher_sources)
+        self._add_teacher_labelled(folder / "label" / steps.LABELLED_FILE, f"{prefix}.")
+        return record
+
+    def perturb(
+        self, ds: DistillConfig, structures: Mapping[str, Atoms], teacher: str
+    ) -> dict[str, Any]:
+        """``distill.perturb``: the teacher labels perturbed copies of ``structures``; they
+        join the student's training set."""
+        assert ds.perturb is not None
+        folder = self.state.workdir / "distill" / "perturb"
+        record = self.state.run_step(
+            "distill.perturb",
+            partial(
+                _teacher_perturbed, ds, structures, teacher, folder, self.executor, self.timeout_s
+            ),
+            inputs={
+                "perturb": asdict(ds.perturb),
+                "seed": ds.perturb_seed,
+                "structures": _structure_ids(structures),
+                "teacher": model_identity(teacher),
+            },
+            outputs=[folder],
+            rerun=self._retry("distill.perturb"),
+        )
+        self._add_teacher_labelled(folder / steps.LABELLED_FILE, "distill.perturb.")
         return record
 
     def _retry(self, key: str) -> bool:
@@ -560,6 +610,11 @@ class RecordedSteps:
         _recover(source, self.state.dataset_path, prefix)
         self.sources.append(source)
         self.state.set_dataset(self.sources)
+
+    def _add_teacher_labelled(self, source: Path, prefix: str) -> None:
+        _recover(source, self.train_path, prefix)
+        self.teacher_sources.append(source)
+        merge_into(self.train_path, self.teacher_sources)
 
 
 def _file_identity(path: Path) -> str:
@@ -626,6 +681,8 @@ def distill_loop(
         name: repeated_to(atoms, ds.min_atoms)
         for name, atoms in _structures(config, ds.structures).items()
     }
+    if ds.perturb is not None:
+        run.perturb(ds, structures, teacher)
     student: str | None = None
     tr: dict[str, Any] | None = None  # the previous iteration's training record
     previous: float | None = None

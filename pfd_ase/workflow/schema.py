@@ -170,6 +170,11 @@ _SECTION_DOCS: dict[str, str] = {
     "finetune": "the fine-tune loop (teacher): explore, filter, select, label, evaluate, train",
     "distill": "the distillation loop (student): teacher MD, compare, teacher labels, train",
     "explore": "the MD of the distillation (the teacher's; the student's with driver student)",
+    "perturb": (
+        "perturbed copies of the distillation's starting structures (repeated to "
+        "explore.min_atoms), labelled by the teacher and added to the student's data before "
+        "its first training"
+    ),
     "executor": "where labelling and MD tasks run",
     "frame_filter": _EXPLORE_DOCS["frame_filter"],
     "dh_watch": (
@@ -314,6 +319,15 @@ SCHEMA: dict[str, Any] = {
             "neighbours the student keeps within its 6.5 Å cut-off (integer > 0); null = 100, "
             "enough for Si (78 in FCC); oxides need more (LATP: 108)",
         ),
+        "perturb": {
+            "n_perturb": Setting(
+                0, "teacher-labelled perturbed copies of each structure (integer >= 0; 0 = none)"
+            ),
+            "cell_strain": Setting(0.03, "largest random cell strain component (fraction, >= 0)"),
+            "displacement_A": Setting(
+                0.05, "standard deviation of the atomic displacements (Å, >= 0)"
+            ),
+        },
         "explore": {
             "structures": Setting(None, f"starting structures of the MD: {_STRUCTURE_NAMES}"),
             "min_atoms": Setting(

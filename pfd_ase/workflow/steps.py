@@ -68,10 +68,12 @@ def bare(atoms: Atoms) -> Atoms:
 
 
 # --------------------------------------------------------------------------- steps
-def perturb(init: InitConfig, structures: Mapping[str, Atoms], seed: int) -> list[Atoms]:
+def perturb(
+    init: InitConfig, structures: Mapping[str, Atoms], seed: int, prefix: str = "init"
+) -> list[Atoms]:
     """Perturbed copies of ``structures`` (in order), ``init.n_perturb`` each.
 
-    One ``np.random.default_rng(seed)`` stream for all; frame ids ``init.<name>.NNN``.
+    One ``np.random.default_rng(seed)`` stream for all; frame ids ``<prefix>.<name>.NNN``.
     """
     from pfd_ase.structures import perturb as perturb_structure
 
@@ -82,7 +84,7 @@ def perturb(init: InitConfig, structures: Mapping[str, Atoms], seed: int) -> lis
             atoms, init.n_perturb, rng, init.cell_strain, init.displacement_A
         )
         for k, new in enumerate(copies):
-            new.info[FRAME_ID_KEY] = f"init.{name}.{k:03d}"
+            new.info[FRAME_ID_KEY] = f"{prefix}.{name}.{k:03d}"
             frames.append(new)
     return frames
 
