@@ -416,7 +416,7 @@ def test_gpaw_lcao_labels_energy_and_forces_without_stress(tmp_path):
 
     calc = make_labeler("gpaw-lcao", txt=None)
     assert "stress" not in calc.implemented_properties
-    frame = bulk("Si", "diamond", a=5.43, cubic=True)
+    frame = bulk("Si", "diamond", a=5.43)  # the 2-atom cell: 8 atoms took 77 s in CI
     frame.positions[0] += [0.08, -0.05, 0.03]
     labelled = label_in_memory([frame], ("gpaw-lcao", {"txt": None}))[0]
     assert labelled.info["pfd_labeler"] == "gpaw"
@@ -426,7 +426,7 @@ def test_gpaw_lcao_labels_energy_and_forces_without_stress(tmp_path):
     assert "stress" not in labelled.calc.results
     atoms = frame.copy()
     atoms.calc = calc
-    # the displaced atom only: 6 LCAO single points instead of 48 (about 8 s each here)
+    # the displaced atom only: 6 LCAO single points instead of 12 (about 3 s each here)
     numerical = calculate_numerical_forces(atoms, 1e-3, iatoms=[0], force_consistent=True)
     assert np.abs(labelled.get_forces()[0]).max() > 0.3
     np.testing.assert_allclose(labelled.get_forces()[[0]], numerical, atol=5e-3)
