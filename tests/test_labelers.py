@@ -409,16 +409,18 @@ def test_gpaw_si_single_point_forces_equal_finite_differences(tmp_path):
 
 
 @needs_gpaw
-def test_gpaw_lcao_labels_energy_and_forces_without_stress(tmp_path):
+def test_gpaw_lcao_labels_energy_and_forces_without_stress(tmp_path, monkeypatch):
     """LCAO (dzp, Γ point): forces equal finite differences; no stress (GPAW has none in
-    LCAO mode, so the labeler does not offer it and frames carry none)."""
+    LCAO mode, so the labeler does not offer it and frames carry none). Labelled in memory
+    (no task folder), GPAW leaves no log in the current directory."""
     from pfd_ase.label import label_in_memory
 
-    calc = make_labeler("gpaw-lcao", txt=None)
+    monkeypatch.chdir(tmp_path)
+    calc = make_labeler("gpaw-lcao")
     assert "stress" not in calc.implemented_properties
     frame = bulk("Si", "diamond", a=5.43)  # the 2-atom cell: 8 atoms took 77 s in CI
     frame.positions[0] += [0.08, -0.05, 0.03]
-    labelled = label_in_memory([frame], ("gpaw-lcao", {"txt": None}))[0]
+    labelled = label_in_memory([frame], "gpaw-lcao")[0]
     assert labelled.info["pfd_labeler"] == "gpaw"
     settings = json.loads(labelled.info["pfd_labeler_settings"])
     assert settings["mode"] in ("lcao", {"name": "lcao"})  # GPAW >= 25 records dicts
@@ -430,6 +432,7 @@ def test_gpaw_lcao_labels_energy_and_forces_without_stress(tmp_path):
     numerical = calculate_numerical_forces(atoms, 1e-3, iatoms=[0], force_consistent=True)
     assert np.abs(labelled.get_forces()[0]).max() > 0.3
     np.testing.assert_allclose(labelled.get_forces()[[0]], numerical, atol=5e-3)
+    assert list(tmp_path.iterdir()) == []  # no gpaw.txt
     with pytest.raises(ValueError, match="LCAO mode"):
         make_labeler("gpaw-lcao", mode={"name": "pw", "ecut": 300})
 

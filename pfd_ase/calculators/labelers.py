@@ -78,10 +78,10 @@ VASP_DEFAULTS: dict[str, Any] = {
 #: GPAW settings for demos and tests on small cells: PBE plane waves at 350 eV,
 #: a Monkhorst-Pack mesh of 2 points per Å⁻¹ without Γ (about k-spacing 0.5 Å⁻¹),
 #: Gaussian smearing of 0.05 eV (as VASP ISMEAR = 0), log written to ``txt`` in
-#: the calculation directory. SCF to GPAW's own density criterion (1e-4) and 1e-5 eV per
-#: valence electron: on six rattled Si frames (8-15 atoms, every bonding type, k density
-#: 3.5) within 1.1e-3 eV/Å, 1e-8 eV/atom and 2e-3 GPa of 1e-5 / 1e-6, 8 % faster
-#: (2026-12-06, 1 core each).
+#: the calculation directory (none without one, unless ``txt`` is given). SCF to GPAW's
+#: own density criterion (1e-4) and 1e-5 eV per valence electron: on six rattled Si frames
+#: (8-15 atoms, every bonding type, k density 3.5) within 1.1e-3 eV/Å, 1e-8 eV/atom and
+#: 2e-3 GPa of 1e-5 / 1e-6, 8 % faster (2026-12-06, 1 core each).
 GPAW_DEFAULTS: dict[str, Any] = {
     "mode": {"name": "pw", "ecut": 350.0},
     "xc": "PBE",
@@ -374,6 +374,8 @@ def _make_gpaw(directory: str | os.PathLike | None, overrides: dict[str, Any]) -
     gpaw = _require("gpaw", "gpaw")
     params = {**GPAW_DEFAULTS, **overrides}
     txt = params.pop("txt")
+    if directory is None and "txt" not in overrides:
+        txt = None  # no calculation folder: no default log left in the current directory
     if txt is not None and txt != "-" and not hasattr(txt, "write"):
         txt = Path(txt)
         if directory is not None and not txt.is_absolute():

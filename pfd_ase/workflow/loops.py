@@ -312,11 +312,7 @@ def _compare_select_label(
     executor: Executor | None = None,
     timeout_s: float | None = None,
 ) -> dict[str, Any]:
-    """Steps evaluate (student against teacher), select (deviation) and label (teacher).
-
-    The teacher labels like any labeler: a ``("pfd", {"model": teacher})`` labeler spec,
-    one task per frame through the run's executor, resumable frame by frame.
-    """
+    """Steps evaluate (student against teacher), select (deviation) and label (teacher)."""
     candidates = read_frames(folder / CANDIDATES_FILE, missing_ok=True)
     test = steps.evaluate(student, candidates, reference=teacher) if student else None
     picked = steps.select(candidates, ds, deviations=test.max_force_devi_eV_A if test else None)
@@ -324,24 +320,13 @@ def _compare_select_label(
     for j, i in enumerate(picked):
         candidates[i].info[FRAME_ID_KEY] = f"{key}.{j:03d}"
         new.append(candidates[i])
-    # teacher labels under another task key (a version that labelled with a calculator
-    # object): cheap to redo, so kept aside as label.replaced and labelled again
-    result = steps.label(
-        new,
-        ("pfd", {"model": teacher}),
-        folder / "label",
-        executor=executor,
-        timeout_s=timeout_s,
-        replace_mismatched=True,
-    )
+    labelled, record = _teacher_label(new, teacher, folder / "label", executor, timeout_s)
     return {
         "n_candidates": len(candidates),
         "n_selected": len(new),
         "selected_indices": picked,
-        "n_new": len(result.frames),
-        "n_failed": len(result.failures),
-        "failures": _failures(result),
-        "train_size": len(merge_frames(train_set, result.frames)),
+        **record,
+        "train_size": len(merge_frames(train_set, labelled)),
         "student_vs_teacher_force_rmse_eV_A": test.force_rmse_eV_A if test else None,
     }
 
@@ -357,6 +342,24 @@ def _teacher_perturbed(
     """Steps perturb and label (teacher): ``ds.perturb`` copies of ``structures``."""
     assert ds.perturb is not None
     frames = steps.perturb(ds.perturb, structures, ds.perturb_seed, prefix="distill.perturb")
+    _, record = _teacher_label(frames, teacher, folder, executor, timeout_s)
+    return {"n_frames": len(frames), **record}
+
+
+def _teacher_label(
+    frames: list[Atoms],
+    teacher: str,
+    folder: Path,
+    executor: Executor | None,
+    timeout_s: float | None,
+) -> tuple[list[Atoms], dict[str, Any]]:
+    """Step label with the teacher as labeler; the labelled frames and the step's counts.
+
+    The teacher labels like any labeler: a ``("pfd", {"model": teacher})`` labeler spec, one
+    task per frame through the run's executor, resumable frame by frame. Labels under another
+    task key (a version that labelled with a calculator object) are cheap to redo, so they
+    are kept aside as ``label.replaced`` and labelled again.
+    """
     result = steps.label(
         frames,
         ("pfd", {"model": teacher}),
@@ -365,12 +368,12 @@ def _teacher_perturbed(
         timeout_s=timeout_s,
         replace_mismatched=True,
     )
-    return {
-        "n_frames": len(frames),
+    record = {
         "n_new": len(result.frames),
         "n_failed": len(result.failures),
         "failures": _failures(result),
     }
+    return result.frames, record
 
 
 def _within_dataset(md: Mapping[str, Any]) -> bool:
@@ -580,7 +583,6 @@ class RecordedSteps:
     ) -> dict[str, Any]:
         """``distill.perturb``: the teacher labels perturbed copies of ``structures``; they
         join the student's training set."""
-        assert ds.perturb is not None
         folder = self.state.workdir / "distill" / "perturb"
         record = self.state.run_step(
             "distill.perturb",
