@@ -67,6 +67,22 @@ def test_default_student_explores_nvt_and_1_gpa(tmp_path):
     assert explore.ensemble(None).startswith("nvt") and explore.ensemble(1.0).startswith("npt")
 
 
+def test_only_the_default_student_learns_perturbed_copies(tmp_path):
+    """The default preset's student data has teacher-labelled perturbed copies (10 of each
+    structure, 3 % strain, 0.05 Å); quick and production have none."""
+    from pfd_ase.recipes.silicon import silicon_config
+    from pfd_ase.workflow import load_config
+    from pfd_ase.workflow.config import distill_config
+
+    perturb = {}
+    for preset in ("quick", "default", "production"):
+        config = silicon_config(tmp_path / preset, preset=preset, labeler="sw")
+        perturb[preset] = distill_config(load_config(config)).perturb
+    assert perturb["quick"] is None and perturb["production"] is None
+    default = perturb["default"]
+    assert (default.n_perturb, default.cell_strain, default.displacement_A) == (10, 0.03, 0.05)
+
+
 @requires_deepmd
 def test_quick_recipe_with_classical_labeler(tmp_path):
     """The fastest form (~6 min on 2 cores): a tiny DPA-2 base pre-trained on SW diamond Si,
