@@ -387,6 +387,8 @@ def _make_gpaw(directory: str | os.PathLike | None, overrides: dict[str, Any]) -
 
 def _make_gpaw_lcao(directory: str | os.PathLike | None, overrides: dict[str, Any]) -> Any:
     settings = {**GPAW_LCAO_DEFAULTS, **overrides}
+    if "txt" not in overrides:  # GPAW's rule for the log (none without a folder) applies
+        del settings["txt"]
     mode = settings["mode"]
     name = mode.get("name") if isinstance(mode, Mapping) else mode
     if name != "lcao":
