@@ -370,9 +370,13 @@ def _require(module: str, extra: str) -> Any:
         ) from exc
 
 
-def _make_gpaw(directory: str | os.PathLike | None, overrides: dict[str, Any]) -> Any:
+def _make_gpaw(
+    directory: str | os.PathLike | None,
+    overrides: dict[str, Any],
+    defaults: Mapping[str, Any] = GPAW_DEFAULTS,
+) -> Any:
     gpaw = _require("gpaw", "gpaw")
-    params = {**GPAW_DEFAULTS, **overrides}
+    params = {**defaults, **overrides}
     txt = params.pop("txt")
     if directory is None and "txt" not in overrides:
         txt = None  # no calculation folder: no default log left in the current directory
@@ -386,14 +390,11 @@ def _make_gpaw(directory: str | os.PathLike | None, overrides: dict[str, Any]) -
 
 
 def _make_gpaw_lcao(directory: str | os.PathLike | None, overrides: dict[str, Any]) -> Any:
-    settings = {**GPAW_LCAO_DEFAULTS, **overrides}
-    if "txt" not in overrides:  # GPAW's rule for the log (none without a folder) applies
-        del settings["txt"]
-    mode = settings["mode"]
+    mode = {**GPAW_LCAO_DEFAULTS, **overrides}["mode"]
     name = mode.get("name") if isinstance(mode, Mapping) else mode
     if name != "lcao":
         raise ValueError(f"gpaw-lcao is GPAW's LCAO mode, not mode {mode!r} (use gpaw)")
-    calc = _make_gpaw(directory, settings)
+    calc = _make_gpaw(directory, overrides, GPAW_LCAO_DEFAULTS)
     # GPAW has no LCAO stress (AttributeError): this instance does not offer it
     calc.implemented_properties = [p for p in calc.implemented_properties if p != "stress"]
     return calc
