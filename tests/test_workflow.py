@@ -367,17 +367,17 @@ def _drive(work, base, kill_at, log):
     return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
 
 
-def test_resume_after_sigkill_gives_the_uninterrupted_dataset(tmp_path, base_model):
-    reference = _drive(tmp_path / "ref", base_model.checkpoint, 0, tmp_path / "ref.log")
-    assert reference.returncode == 0, reference.stderr[-2000:]
-    # killed during the initial labelling (3rd frame), then during the fine-tune labelling
+def test_resume_after_sigkill_gives_the_uninterrupted_dataset(tmp_path, base_model, finished_run):
+    # the reference: the same settings run uninterrupted (finished_run; its distillation
+    # writes no DFT-labelled frame); killed during the initial labelling (3rd frame), then
+    # during the fine-tune labelling
     log = tmp_path / "killed.log"
     for kill_at in (3, 2):
         proc = _drive(tmp_path / "killed", base_model.checkpoint, kill_at, log)
         assert proc.returncode == -signal.SIGKILL
     done = _drive(tmp_path / "killed", base_model.checkpoint, 0, log)
     assert done.returncode == 0, done.stderr[-2000:]
-    ref = read_frames(tmp_path / "ref" / "data" / "labelled.extxyz")
+    ref = read_frames(finished_run[0] / "data" / "labelled.extxyz")
     got = read_frames(tmp_path / "killed" / "data" / "labelled.extxyz")
     assert [a.info["pfd_frame_id"] for a in got] == [a.info["pfd_frame_id"] for a in ref]
     for a, b in zip(ref, got, strict=True):
