@@ -8,6 +8,7 @@ A *labelled frame* is an :class:`ase.Atoms` whose calculator is a
 ``pfd_labeler``           name of the labeler that produced the labels
 ``pfd_labeler_settings``  its settings, a JSON string
 ``pfd_frame_id``          a stable identifier of the frame
+``pfd_structure``         the configured structure it was made from (perturbed or explored)
 
 Files are written with full float precision (``%.17g``) and atomically (temp file +
 rename): a crash leaves the previous file intact, and a round trip extxyz ↔ deepmd npy
@@ -34,6 +35,7 @@ from pfd_ase._io import atomic_path
 LABELER_KEY = "pfd_labeler"
 LABELER_SETTINGS_KEY = "pfd_labeler_settings"
 FRAME_ID_KEY = "pfd_frame_id"
+STRUCTURE_KEY = "pfd_structure"
 
 #: The deepmd-kit label file of the virial (eV, 9 components a frame) in a ``set.*`` folder;
 #: :func:`to_deepmd` writes it for periodic frames with stress, as ``-stress · volume``.
@@ -99,8 +101,9 @@ def read_frames(path: str | os.PathLike, missing_ok: bool = False) -> list[Atoms
         return []
     frames = read(path, index=":", format="extxyz")
     for atoms in frames:  # extxyz turns digit-only strings into numbers
-        if FRAME_ID_KEY in atoms.info:
-            atoms.info[FRAME_ID_KEY] = str(atoms.info[FRAME_ID_KEY])
+        for key in (FRAME_ID_KEY, STRUCTURE_KEY):
+            if key in atoms.info:
+                atoms.info[key] = str(atoms.info[key])
     return frames
 
 

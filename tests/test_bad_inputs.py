@@ -638,6 +638,23 @@ def test_student_loss_prefactors_are_checked_and_kept(tmp_path):
         assert_refused(config_file(tmp_path, {"distill": {"loss": bad}}), refused)
 
 
+def test_teacher_structure_weights_are_checked_and_kept(tmp_path):
+    """finetune.structure_weights reaches the teacher's TrainConfig; weights of unknown
+    structures and weights that are not positive integers are refused."""
+    from pfd_ase.workflow.config import teacher_training
+
+    change = {"finetune": {"structure_weights": {"diamond": 2}}}
+    assert teacher_training(load_config(config_file(tmp_path, change))).structure_weights == {
+        "diamond": 2
+    }
+    assert teacher_training(load_config(config_file(tmp_path, {}))).structure_weights is None
+    bad = {"finetune": {"structure_weights": {"fcc": 2}}}
+    assert_refused(config_file(tmp_path, bad), r"finetune.structure_weights: unknown .*'fcc'")
+    for weight in (0, 1.5, True):
+        bad = {"finetune": {"structure_weights": {"diamond": weight}}}
+        assert_refused(config_file(tmp_path, bad), "structure_weights: diamond must be a positive")
+
+
 def test_student_sel_with_little_headroom_is_a_warning(tmp_path, monkeypatch):
     from pfd_ase.training.deepmd import STUDENT_DESCRIPTOR
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -372,3 +373,42 @@ def test_stress_weight_reaches_the_universal_model_fine_tuning(
     train(config, [], tmp_path)
     assert seen["epochs"] == 3
     assert {k: v for k, v in seen.items() if k == "stress_weight"} == passed
+
+
+def test_structure_weights_repeat_the_teachers_frames_of_those_structures(tmp_path, monkeypatch):
+    """Each frame of a weighted structure enters the teacher's fine-tuning ``weight`` times,
+    in place; frames of other structures, or of none, once; the student's data never."""
+    from ase.build import bulk
+
+    import pfd_ase.training.sevennet as sevennet
+    from pfd_ase.workflow.config import InitConfig, TrainConfig
+    from pfd_ase.workflow.steps import perturb, train, weighted
+
+    structures = {"diamond": bulk("Si", "diamond", a=5.43), "fcc": bulk("Si", "fcc", a=3.9)}
+    frames = perturb(InitConfig(None, 2, 0.01, 0.01), structures, seed=0)
+    assert [a.info["pfd_structure"] for a in frames] == ["diamond"] * 2 + ["fcc"] * 2
+    frames.append(bulk("Si", "bcc", a=3.1))  # a frame from elsewhere: no structure name
+    seen = []
+    monkeypatch.setattr(
+        sevennet, "finetune_sevennet", lambda frames, folder, **kw: seen.extend(frames) or "m"
+    )
+    config = TrainConfig(
+        role="teacher",
+        steps=10,
+        learning_rate=None,
+        seed=0,
+        type_map=None,
+        base_model="7net-0",
+        head=None,
+        chgnet_epochs=3,
+        compress=False,
+        structure_weights={"fcc": 3},
+    )
+    train(config, frames, tmp_path)
+    ids = [a.info.get("pfd_frame_id") for a in seen]
+    assert ids == ["init.diamond.000", "init.diamond.001"] + ["init.fcc.000"] * 3 + [
+        "init.fcc.001"
+    ] * 3 + [None]
+    assert weighted(frames, None) == frames
+    with pytest.raises(ValueError, match="structure_weights: fcc must be a positive integer"):
+        dataclasses.replace(config, structure_weights={"fcc": 0})

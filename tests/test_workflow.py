@@ -108,6 +108,8 @@ def test_end_to_end_finetune_and_distill(finished_run):
     assert {a.info["pfd_labeler"] for a in data} == {"tersoff"}
     ids = [a.info["pfd_frame_id"] for a in data]
     assert len(set(ids)) == len(ids)
+    # perturbed (init) and explored (s1) frames alike know the structure they came from
+    assert [a.info["pfd_structure"] for a in data] == ["diamond"] * 7
     # distillation: the student was trained on teacher labels and compared to the teacher
     assert steps["distill.000.explore"]["n_new"] == 4
     assert steps["distill.001.explore"]["student_vs_teacher_force_rmse_eV_A"] > 0

@@ -346,6 +346,9 @@ class TrainConfig:
     loss
         Student: deepmd-kit loss prefactors (:data:`LOSS_PREFACTORS`) that replace the
         defaults of :func:`pfd_ase.training.deepmd.default_loss` (``None``: the defaults).
+    structure_weights
+        Teacher: how many times each labelled frame of a structure (by name) enters its
+        training data (integers >= 1; ``None``: every frame once).
     """
 
     role: str
@@ -363,10 +366,17 @@ class TrainConfig:
     init_from_previous: bool = False
     init_model: str | None = None
     loss: Mapping[str, float] | None = None
+    structure_weights: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ("teacher", "student"):
             raise ValueError(f"role must be 'teacher' or 'student', got {self.role!r}")
+        if self.structure_weights is not None:
+            weights = self.structure_weights
+            if not isinstance(weights, Mapping):
+                raise ValueError(f"structure_weights must be a mapping, got {weights!r}")
+            weights = {str(k): _count(v, f"structure_weights: {k}") for k, v in weights.items()}
+            object.__setattr__(self, "structure_weights", weights or None)
         if self.loss is not None:
             object.__setattr__(self, "loss", _loss_prefactors(self.loss))
         _count(self.steps, "steps")
@@ -533,6 +543,7 @@ def teacher_training(config: Mapping[str, Any]) -> TrainConfig:
             compress=False,
             virial=bool(ft["virial"]),
             stress_weight=ft["stress_weight"],
+            structure_weights=ft["structure_weights"],
         ),
     )
 
@@ -704,7 +715,7 @@ def validate(config: Mapping[str, Any], check_setup: bool = True) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     check_names(init_config(config).structures, "init.structures")
-    teacher_training(config)
+    check_names(teacher_training(config).structure_weights, "finetune.structure_weights")
     _typed(
         "finetune",
         lambda: _number(

@@ -65,7 +65,14 @@ from typing import Any
 
 from ase import Atoms
 
-from pfd_ase.data import FRAME_ID_KEY, frame_fingerprint, merge_frames, read_frames, write_frames
+from pfd_ase.data import (
+    FRAME_ID_KEY,
+    STRUCTURE_KEY,
+    frame_fingerprint,
+    merge_frames,
+    read_frames,
+    write_frames,
+)
 from pfd_ase.structures import repeated_to
 from pfd_ase.workflow import steps
 from pfd_ase.workflow.config import (
@@ -232,6 +239,9 @@ def _md(
     )
     filtered = steps.filter(result.frames, stage, atoms)
     kept = filtered.kept
+    names = list(structures)
+    for frame in kept:
+        frame.info[STRUCTURE_KEY] = names[int(frame.info["pfd_structure_index"])]
     record: dict[str, Any] = {"n_explored": len(result.frames)}
     if watch is not None:
         kept = [a for a in kept if a.info.get("pfd_dH_exceeded")]
@@ -449,10 +459,10 @@ class RecordedSteps:
         else:
             frames = read_frames(self.train_path, missing_ok=True)
         settings = asdict(training)
-        # sel, init_model, stress_weight, loss absent when unset: run folders from before them
-        # match; what init_from_previous does is in init_model (the previous student, by content)
+        # the settings added later are absent when unset: run folders from before them match;
+        # what init_from_previous does is in init_model (the previous student, by content)
         del settings["init_from_previous"]
-        for name in ("sel", "init_model", "stress_weight", "loss"):
+        for name in ("sel", "init_model", "stress_weight", "loss", "structure_weights"):
             if settings[name] is None:
                 del settings[name]
         if training.init_model is not None:

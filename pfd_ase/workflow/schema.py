@@ -273,6 +273,11 @@ SCHEMA: dict[str, Any] = {
             "0.001 and 0.01; 0: stresses not fitted, e.g. where the labeler's stresses are "
             "not converged); deepmd-kit uses virial",
         ),
+        "structure_weights": Setting(
+            None,
+            "how many times each labelled frame of a structure enters the teacher's training "
+            "data, by structure name (integers >= 1), e.g. {diamond: 2}; null: every frame once",
+        ),
         "chgnet_epochs": Setting(
             20,
             "epochs of each CHGNet or SevenNet fine-tuning; the best by validation loss is "

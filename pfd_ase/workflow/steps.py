@@ -33,7 +33,7 @@ import numpy as np
 from ase import Atoms
 
 from pfd_ase.calculators.deviation import force_deviation
-from pfd_ase.data import FRAME_ID_KEY, write_frames
+from pfd_ase.data import FRAME_ID_KEY, STRUCTURE_KEY, write_frames
 from pfd_ase.explore import DHWatch, ExploreResult
 from pfd_ase.label import LabelResult
 from pfd_ase.selectors.filters import FilterResult, filter_frames
@@ -51,6 +51,7 @@ __all__ = [
     "perturb",
     "select",
     "train",
+    "weighted",
 ]
 
 #: The frames a labelling step labelled, in its folder (beside the task folders).
@@ -67,13 +68,23 @@ def bare(atoms: Atoms) -> Atoms:
     return new
 
 
+def weighted(frames: Sequence[Atoms], weights: Mapping[str, int] | None) -> list[Atoms]:
+    """``frames`` with each frame of structure ``name`` (``info["pfd_structure"]``) repeated
+    ``weights[name]`` times in place; frames of other or unknown structures once."""
+    out = []
+    for atoms in frames:
+        out += [atoms] * (weights or {}).get(atoms.info.get(STRUCTURE_KEY), 1)
+    return out
+
+
 # --------------------------------------------------------------------------- steps
 def perturb(
     init: InitConfig, structures: Mapping[str, Atoms], seed: int, prefix: str = "init"
 ) -> list[Atoms]:
     """Perturbed copies of ``structures`` (in order), ``init.n_perturb`` each.
 
-    One ``np.random.default_rng(seed)`` stream for all; frame ids ``<prefix>.<name>.NNN``.
+    One ``np.random.default_rng(seed)`` stream for all; frame ids ``<prefix>.<name>.NNN``,
+    ``info["pfd_structure"]`` the structure's name.
     """
     from pfd_ase.structures import perturb as perturb_structure
 
@@ -85,6 +96,7 @@ def perturb(
         )
         for k, new in enumerate(copies):
             new.info[FRAME_ID_KEY] = f"{prefix}.{name}.{k:03d}"
+            new.info[STRUCTURE_KEY] = name
             frames.append(new)
     return frames
 
@@ -323,7 +335,8 @@ def train(
     A teacher fine-tunes ``config.base_model``: deepmd-kit (``finetune``, seed
     ``config.seed + 1``), CHGNet (``finetune_chgnet``) or SevenNet (``finetune_sevennet``;
     both ``config.chgnet_epochs`` epochs, seed ``config.seed``, stress loss weight
-    ``config.stress_weight`` unless ``None``). A student is a deepmd-kit
+    ``config.stress_weight`` unless ``None``), on the frames repeated by
+    ``config.structure_weights`` (:func:`weighted`). A student is a deepmd-kit
     se_atten_v2 model trained from scratch, or from ``config.init_model`` (a checkpoint), with
     ``train_student`` (seed ``config.seed + 2``), compressed if ``config.compress``.
     """
@@ -349,6 +362,8 @@ def train(
         compressed = str(result.compressed) if result.compressed else None
         return TrainOutput(str(result.model), compressed, dict(result.info), str(result.checkpoint))
     from pfd_ase.models import resolve_model
+
+    frames = weighted(frames, config.structure_weights)
 
     spec = resolve_model(config.base_model, head=config.head)
     stress = {} if config.stress_weight is None else {"stress_weight": config.stress_weight}
