@@ -342,23 +342,11 @@ def test_evaluate_step_against_labels_and_a_reference_model():
     assert direct.force_rmse_eV_A == model_errors(Shifted(), labelled)["force_rmse"]
 
 
-@pytest.mark.parametrize(("weight", "passed"), [(None, {}), (0, {"stress_weight": 0.0})])
-def test_stress_weight_reaches_the_universal_model_fine_tuning(
-    tmp_path, monkeypatch, weight, passed
-):
-    """finetune.stress_weight is handed to SevenNet's fine-tuning only when set."""
-    import pfd_ase.training.sevennet as sevennet
+def _sevennet_teacher(**settings):
+    """The TrainConfig of a teacher fine-tuning SevenNet-0 for 3 epochs, with ``settings``."""
     from pfd_ase.workflow.config import TrainConfig
-    from pfd_ase.workflow.steps import train
 
-    seen = {}
-
-    def fake(frames, folder, **kwargs):
-        seen.update(kwargs)
-        return str(tmp_path / "model.pth")
-
-    monkeypatch.setattr(sevennet, "finetune_sevennet", fake)
-    config = TrainConfig(
+    return TrainConfig(
         role="teacher",
         steps=10,
         learning_rate=None,
@@ -368,8 +356,26 @@ def test_stress_weight_reaches_the_universal_model_fine_tuning(
         head=None,
         chgnet_epochs=3,
         compress=False,
-        stress_weight=weight,
+        **settings,
     )
+
+
+@pytest.mark.parametrize(("weight", "passed"), [(None, {}), (0, {"stress_weight": 0.0})])
+def test_stress_weight_reaches_the_universal_model_fine_tuning(
+    tmp_path, monkeypatch, weight, passed
+):
+    """finetune.stress_weight is handed to SevenNet's fine-tuning only when set."""
+    import pfd_ase.training.sevennet as sevennet
+    from pfd_ase.workflow.steps import train
+
+    seen = {}
+
+    def fake(frames, folder, **kwargs):
+        seen.update(kwargs)
+        return str(tmp_path / "model.pth")
+
+    monkeypatch.setattr(sevennet, "finetune_sevennet", fake)
+    config = _sevennet_teacher(stress_weight=weight)
     train(config, [], tmp_path)
     assert seen["epochs"] == 3
     assert {k: v for k, v in seen.items() if k == "stress_weight"} == passed
@@ -381,7 +387,7 @@ def test_structure_weights_repeat_the_teachers_frames_of_those_structures(tmp_pa
     from ase.build import bulk
 
     import pfd_ase.training.sevennet as sevennet
-    from pfd_ase.workflow.config import InitConfig, TrainConfig
+    from pfd_ase.workflow.config import InitConfig
     from pfd_ase.workflow.steps import perturb, train, weighted
 
     structures = {"diamond": bulk("Si", "diamond", a=5.43), "fcc": bulk("Si", "fcc", a=3.9)}
@@ -392,18 +398,7 @@ def test_structure_weights_repeat_the_teachers_frames_of_those_structures(tmp_pa
     monkeypatch.setattr(
         sevennet, "finetune_sevennet", lambda frames, folder, **kw: seen.extend(frames) or "m"
     )
-    config = TrainConfig(
-        role="teacher",
-        steps=10,
-        learning_rate=None,
-        seed=0,
-        type_map=None,
-        base_model="7net-0",
-        head=None,
-        chgnet_epochs=3,
-        compress=False,
-        structure_weights={"fcc": 3},
-    )
+    config = _sevennet_teacher(structure_weights={"fcc": 3})
     train(config, frames, tmp_path)
     ids = [a.info.get("pfd_frame_id") for a in seen]
     assert ids == ["init.diamond.000", "init.diamond.001"] + ["init.fcc.000"] * 3 + [
