@@ -383,7 +383,7 @@ def test_stress_weight_reaches_the_universal_model_fine_tuning(
 
 def test_structure_weights_repeat_the_teachers_frames_of_those_structures(tmp_path, monkeypatch):
     """Each frame of a weighted structure enters the teacher's fine-tuning ``weight`` times,
-    in place; frames of other structures, or of none, once; the student's data never."""
+    in place; frames of other structures, or of none, once."""
     from ase.build import bulk
 
     import pfd_ase.training.sevennet as sevennet
