@@ -98,6 +98,7 @@ def test_presets_one_meaning_each():
     """The function and the command line default to the same preset; the default preset's
     cells are at least 8 atoms (the vacancy 15), the production ones 32 (31) as in Table S2."""
     from pfd_ase.recipes._base import recipe_parser
+    from pfd_ase.recipes._silicon_presets import STAGES
     from pfd_ase.recipes.silicon import PRESETS, run_silicon, silicon_config
 
     parser = recipe_parser("python -m pfd_ase.recipes.silicon", None)
@@ -126,5 +127,12 @@ def test_presets_one_meaning_each():
         assert config["distill"]["virial"] is True
         min_atoms = config["distill"]["explore"]["min_atoms"]
         assert min_atoms >= (1 if preset == "quick" else 32)
+    # the default preset's teacher weights the phases the validation scores (diamond's
+    # phonons, its vacancy); names of its own structures, never in --quick
+    from pfd_ase.recipes._silicon_presets import TEACHER_WEIGHTS
+
+    weights = silicon_config("run", labeler="sw")["finetune"]["structure_weights"]
+    assert weights == TEACHER_WEIGHTS and set(weights) <= set(STAGES["stage1"] + STAGES["stage3"])
+    assert silicon_config("run", "quick", labeler="sw")["finetune"]["structure_weights"] is None
     with pytest.raises(ValueError, match="unknown preset"):
         silicon_config("run", "fast")
