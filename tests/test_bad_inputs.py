@@ -749,3 +749,15 @@ def test_validate_gives_the_one_line_error_of_run(tmp_path):
     assert "Traceback" not in result.output
     assert "finetune.stages[0].timestep_fs 0.002 is outside" in result.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("recipe", ["silicon", "carbon", "perovskite", "interface"])
+def test_unknown_validation_setting_is_refused_before_any_work(tmp_path, recipe):
+    """A recipe's ``validation`` overrides are merged into its preset's; an unknown key (a
+    typo) is refused before the run folder is made."""
+    import importlib
+
+    run = getattr(importlib.import_module(f"pfd_ase.recipes.{recipe}"), f"run_{recipe}")
+    with pytest.raises(ValueError, match=r"validation: unknown setting\(s\) \['test_sets'\]"):
+        run(tmp_path / "run", preset="quick", validation={"test_sets": {"n_frames": 1}})
+    assert not (tmp_path / "run").exists()

@@ -96,12 +96,16 @@ REPORT_FILES = (
 )
 
 
-def _quick_sw_run(tmp_path, base_steps: int, finetune_steps: int, student_steps: int) -> dict:
+def _quick_sw_run(
+    tmp_path, base_steps: int, finetune_steps: int, student_steps: int, n_test: int = 2
+) -> dict:
     """The quick preset with SW as DFT, a tiny DPA-2 base pre-trained on SW diamond Si for
     ``base_steps``, the diamond-family stages of Table S1 (SW's FCC/BCC/HCP/β-Sn are unstable
     and a model this small cannot learn them in a few hundred steps), a student distilled on
-    diamond. Returns run_silicon's result after checking what holds for any model: the
-    report, the held-out set, phonopy's files, the acoustic sum rule and SW's own figures."""
+    diamond, ``n_test`` held-out frames per structure (the preset's 2 unless overridden
+    through ``validation``). Returns run_silicon's result after checking what holds for any
+    model: the report, the held-out set, phonopy's files, the acoustic sum rule and SW's own
+    figures."""
     from pfd_ase.recipes.silicon import run_silicon, silicon_config
     from pfd_ase.training.stages import pretrain
 
@@ -124,6 +128,7 @@ def _quick_sw_run(tmp_path, base_steps: int, finetune_steps: int, student_steps:
         labeler="sw",
         base_model=str(base.checkpoint),
         head="sw",
+        validation=None if n_test == 2 else {"test_set": {"n_frames": n_test}},
         overrides={
             "init": {"structures": diamond_like},
             "finetune": {
@@ -143,10 +148,10 @@ def _quick_sw_run(tmp_path, base_steps: int, finetune_steps: int, student_steps:
     report = tmp_path / "run" / "report"
     for name in REPORT_FILES:
         assert (report / name).stat().st_size > 0, name
-    # the held-out test set: 2 frames of each of the 8 structures, labelled by SW
+    # the held-out test set: n_test frames of each of the 8 structures, labelled by SW
     held = result["held_out"]
     print(json.dumps(held, indent=1))
-    assert held["PF"]["n_frames"] == held["PFD"]["n_frames"] == 16
+    assert held["PF"]["n_frames"] == held["PFD"]["n_frames"] == 8 * n_test
     assert result["test_set"]["failures"] == []
     dft = result["phonons"]["DFT"]["special_points"]["Gamma"]
     assert max(dft) == pytest.approx(17.83, abs=0.1)  # SW Γ optical (phonopy, 3x3x3)
@@ -170,7 +175,7 @@ def _quick_sw_run(tmp_path, base_steps: int, finetune_steps: int, student_steps:
 def test_quick_recipe_runs_every_step_and_reports(tmp_path):
     """The whole recipe in ~2 minutes: models trained a few dozen steps, so only what holds
     for any model is checked (the accuracy is test_quick_recipe_with_classical_labeler's)."""
-    result = _quick_sw_run(tmp_path, base_steps=30, finetune_steps=20, student_steps=50)
+    result = _quick_sw_run(tmp_path, base_steps=30, finetune_steps=20, student_steps=50, n_test=1)
     assert set(result["held_out"]) == {"base", "PF", "PFD"}
 
 

@@ -37,6 +37,11 @@ CLASSICAL = ("sw", "tersoff", "emt")
 #: (quick GPAW silicon held-out set, fine-tuned: 27 meV/atom, phonons within 2.0 THz, against
 #: CHGNet's 44 meV/atom and 3.0 THz).
 DEFAULT_BASE_MODEL = "7net-0"
+#: The settings a preset's ``validation`` may hold (:func:`validate_run`,
+#: :func:`references_beside`).
+VALIDATION_KEYS = frozenset(
+    ("test_set", "dh_vs_error", "dft_phonon_supercell", "vacancy_max_steps", "dft_vacancy")
+) | {"concurrent_references"}
 
 
 def deep_update(base: Mapping[str, Any], updates: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -237,17 +242,34 @@ def preset_of(presets: Mapping[str, Any], name: str) -> Any:
     return presets[name]
 
 
+def check_validation(overrides: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """``overrides`` of a preset's validation settings, unless a key is unknown
+    (:data:`VALIDATION_KEYS`): then a ``ValueError`` naming it."""
+    unknown = set(overrides or {}) - VALIDATION_KEYS
+    if unknown:
+        known = sorted(VALIDATION_KEYS)
+        raise ValueError(f"validation: unknown setting(s) {sorted(unknown)}; known: {known}")
+    return overrides
+
+
 def run_recipe(
-    config: Mapping[str, Any], title: str, validation: Mapping[str, Any], **kwargs: Any
+    config: Mapping[str, Any],
+    title: str,
+    validation: Mapping[str, Any],
+    validation_overrides: Mapping[str, Any] | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """A recipe's workflow, then :func:`validate_run` (``kwargs``: its other arguments), under
     one run lock (one run per directory, across the run and its validation). With a DFT
     labeler the validation's labeler references run beside the workflow
     (:func:`references_beside`); the workflow's wait for them at its end is recorded as
-    ``references_wait_s``."""
+    ``references_wait_s``. ``validation_overrides`` (a user's, e.g. ``{"test_set":
+    {"n_frames": 1}}``) are merged into the preset's ``validation``
+    (:func:`deep_update`); keys it does not know are refused before any work."""
     from pfd_ase.workflow import load_config, run
     from pfd_ase.workflow.lock import run_lock
 
+    validation = deep_update(validation, check_validation(validation_overrides))
     with run_lock(config["workdir"]):
         load_config(config)  # bad input: its error before any process starts
         with references_beside(

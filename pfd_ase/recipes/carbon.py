@@ -77,12 +77,14 @@ def run_carbon(
     workdir: str | Path = "runs/carbon",
     preset: str = "default",
     quench: dict[str, Any] | None = None,
+    validation: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Run the whole carbon recipe (resumable); return the report summary (plain data).
 
-    ``quench``: settings of the melt-quench merged into the preset's; ``kwargs``: the other
-    arguments of :func:`carbon_config`.
+    ``quench``: settings of the melt-quench merged into the preset's; ``validation``: the
+    same for the validation (:func:`pfd_ase.recipes._base.run_recipe`); ``kwargs``: the
+    other arguments of :func:`carbon_config`.
     """
     from pfd_ase.materials import amorphous_carbon
     from pfd_ase.recipes._base import run_recipe
@@ -103,6 +105,7 @@ def run_carbon(
         config,
         f"PFD amorphous carbon recipe ({preset} preset)",
         p["validation"],
+        validation,
         phonons=None,
         vacancies=None,
         quench_study={"starts": starts, "settings": {**q, "seed": config["seed"]}},

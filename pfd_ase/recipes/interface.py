@@ -140,17 +140,21 @@ def run_interface(
     base_model: str = DEFAULT_BASE_MODEL,
     head: str | None = None,
     seed: int = 0,
+    validation: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Run the whole recipe (resumable); return the report summary (plain data).
+
+    ``validation``: settings merged into the preset's (:func:`pfd_ase.recipes._base.run_recipe`).
 
     The interface is relaxed by the base model first (``workdir/structures/interface.extxyz``,
     reused on a rerun with the same structure, model and settings: :func:`relaxed_interface`);
     ``kwargs``: the other arguments of :func:`interface_config`.
     """
-    from pfd_ase.recipes._base import run_recipe
+    from pfd_ase.recipes._base import check_validation, run_recipe
 
     p = preset_of(PRESETS, preset)
+    check_validation(validation)  # before the base model's relaxation
     structures = interface_structures(preset, seed)
     mismatch = None
     if "interface" in structures:
@@ -173,6 +177,7 @@ def run_interface(
         config,
         f"PFD Li/Li6PS5X recipe ({preset} preset)",
         p["validation"],
+        validation,
         phonons=None,
         vacancies=None,
         preset=preset,

@@ -71,10 +71,14 @@ def latp_config(
 
 
 def run_latp(
-    workdir: str | Path = "runs/latp", preset: str = "default", **kwargs: Any
+    workdir: str | Path = "runs/latp",
+    preset: str = "default",
+    validation: dict[str, Any] | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """Run the whole LATP recipe (resumable); return the report summary (plain data).
 
+    ``validation``: settings merged into the preset's (:func:`pfd_ase.recipes._base.run_recipe`);
     ``kwargs``: the other arguments of :func:`latp_config`.
     """
     from pfd_ase.materials import latp
@@ -99,6 +103,7 @@ def run_latp(
         config,
         title,
         p["validation"],
+        validation,
         phonons=None,
         vacancies=None,
         diffusion=diffusion,

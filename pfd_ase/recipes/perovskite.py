@@ -96,10 +96,14 @@ def perovskite_config(
 
 
 def run_perovskite(
-    workdir: str | Path = "runs/perovskite", preset: str = "default", **kwargs: Any
+    workdir: str | Path = "runs/perovskite",
+    preset: str = "default",
+    validation: dict[str, Any] | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """Run the whole perovskite recipe (resumable); return the report summary (plain data).
 
+    ``validation``: settings merged into the preset's (:func:`pfd_ase.recipes._base.run_recipe`);
     ``kwargs``: the other arguments of :func:`perovskite_config`.
     """
     from pfd_ase.materials import batio3
@@ -107,12 +111,11 @@ def run_perovskite(
 
     config = perovskite_config(workdir, preset, **kwargs)
     p = PRESETS[preset]
-    validation = deep_update(
-        p["validation"], {"test_set": {"structures": config["init"]["structures"]}}
-    )
+    held_out = {"test_set": {"structures": config["init"]["structures"]}}
     return run_recipe(
         config,
         f"PFD perovskite recipe ({preset} preset)",
+        deep_update(p["validation"], held_out),
         validation,
         phonons=None,
         vacancies=None,

@@ -79,10 +79,14 @@ def polyisoprene_config(
 
 
 def run_polyisoprene(
-    workdir: str | Path = "runs/polyisoprene", preset: str = "default", **kwargs: Any
+    workdir: str | Path = "runs/polyisoprene",
+    preset: str = "default",
+    validation: dict[str, Any] | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """Run the whole recipe (resumable); return the report summary (plain data).
 
+    ``validation``: settings merged into the preset's (:func:`pfd_ase.recipes._base.run_recipe`);
     ``kwargs``: the other arguments of :func:`polyisoprene_config`. The held-out set covers
     every molecule (``per_phase`` of each model's scores: one row per chain or cluster).
     """
@@ -93,6 +97,7 @@ def run_polyisoprene(
         config,
         f"PFD 1,4-polyisoprene recipe ({preset} preset)",
         PRESETS[preset]["validation"],
+        validation,
         phonons=None,
         vacancies=None,
         preset=preset,

@@ -62,11 +62,16 @@ def silicon_config(
 
 
 def run_silicon(
-    workdir: str | Path = "runs/silicon", preset: str = "default", **kwargs: Any
+    workdir: str | Path = "runs/silicon",
+    preset: str = "default",
+    validation: dict[str, Any] | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """Run the whole silicon recipe (resumable); return the report summary (plain data).
 
-    ``kwargs``: the other arguments of :func:`silicon_config`.
+    ``validation``: settings merged into the preset's (e.g. ``{"test_set": {"n_frames":
+    1}}``, :func:`pfd_ase.recipes._base.run_recipe`); ``kwargs``: the other arguments of
+    :func:`silicon_config`.
     """
     from pfd_ase.analysis.vacancy import vacancy_supercells
     from pfd_ase.materials import silicon, silicon_phases
@@ -76,6 +81,7 @@ def run_silicon(
         silicon_config(workdir, preset, **kwargs),
         f"PFD silicon recipe ({preset} preset)",
         PRESETS[preset]["validation"],
+        validation,
         phonons={
             "primitive": silicon("diamond", primitive=True),
             "title": "Diamond Si phonons",
