@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +135,17 @@ def merge_frames(*datasets: Iterable[Atoms]) -> list[Atoms]:
             if key not in seen:
                 seen.add(key)
                 out.append(atoms)
+    return out
+
+
+def weighted(frames: Sequence[Atoms], weights: Mapping[str, int] | None) -> list[Atoms]:
+    """``frames`` with each frame of structure ``name`` (``info["pfd_structure"]``) repeated
+    ``weights[name]`` times in place; frames of other or unknown structures once. The
+    trainings apply it to their training frames after the validation split, so that no copy
+    of a training frame is validated on."""
+    out = []
+    for atoms in frames:
+        out += [atoms] * (weights or {}).get(atoms.info.get(STRUCTURE_KEY), 1)
     return out
 
 

@@ -638,20 +638,21 @@ def test_student_loss_prefactors_are_checked_and_kept(tmp_path):
         assert_refused(config_file(tmp_path, {"distill": {"loss": bad}}), refused)
 
 
-def test_teacher_structure_weights_are_checked_and_kept(tmp_path):
-    """finetune.structure_weights reaches the teacher's TrainConfig; weights of unknown
-    structures and weights that are not positive integers are refused."""
-    from pfd_ase.workflow.config import teacher_training
+@pytest.mark.parametrize("block", ["finetune", "distill"])
+def test_structure_weights_are_checked_and_kept(tmp_path, block):
+    """finetune.structure_weights reaches the teacher's TrainConfig, distill's the
+    student's; weights of unknown structures and weights that are not positive integers are
+    refused."""
+    from pfd_ase.workflow.config import student_training, teacher_training
 
-    change = {"finetune": {"structure_weights": {"diamond": 2}}}
-    assert teacher_training(load_config(config_file(tmp_path, change))).structure_weights == {
-        "diamond": 2
-    }
-    assert teacher_training(load_config(config_file(tmp_path, {}))).structure_weights is None
-    bad = {"finetune": {"structure_weights": {"fcc": 2}}}
-    assert_refused(config_file(tmp_path, bad), r"finetune.structure_weights: unknown .*'fcc'")
+    training = teacher_training if block == "finetune" else student_training
+    change = {block: {"structure_weights": {"diamond": 2}}}
+    assert training(load_config(config_file(tmp_path, change))).structure_weights == {"diamond": 2}
+    assert training(load_config(config_file(tmp_path, {}))).structure_weights is None
+    bad = {block: {"structure_weights": {"fcc": 2}}}
+    assert_refused(config_file(tmp_path, bad), rf"{block}.structure_weights: unknown .*'fcc'")
     for weight in (0, 1.5, True):
-        bad = {"finetune": {"structure_weights": {"diamond": weight}}}
+        bad = {block: {"structure_weights": {"diamond": weight}}}
         assert_refused(config_file(tmp_path, bad), "structure_weights: diamond must be a positive")
 
 

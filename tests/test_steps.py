@@ -381,29 +381,94 @@ def test_stress_weight_reaches_the_universal_model_fine_tuning(
     assert {k: v for k, v in seen.items() if k == "stress_weight"} == passed
 
 
-def test_structure_weights_repeat_the_teachers_frames_of_those_structures(tmp_path, monkeypatch):
-    """Each frame of a weighted structure enters the teacher's fine-tuning ``weight`` times,
-    in place; frames of other structures, or of none, once."""
+def test_structure_weights_repeat_the_frames_of_those_structures(tmp_path, monkeypatch):
+    """Each frame of a weighted structure enters a training ``weight`` times, in place;
+    frames of other structures, or of none, once. The teacher's and the student's
+    trainings get the weights and apply them after their validation split."""
     from ase.build import bulk
 
     import pfd_ase.training.sevennet as sevennet
+    import pfd_ase.training.stages as stages
+    from pfd_ase.data import weighted
     from pfd_ase.workflow.config import InitConfig
-    from pfd_ase.workflow.steps import perturb, train, weighted
+    from pfd_ase.workflow.steps import perturb, train
 
     structures = {"diamond": bulk("Si", "diamond", a=5.43), "fcc": bulk("Si", "fcc", a=3.9)}
     frames = perturb(InitConfig(None, 2, 0.01, 0.01), structures, seed=0)
     assert [a.info["pfd_structure"] for a in frames] == ["diamond"] * 2 + ["fcc"] * 2
     frames.append(bulk("Si", "bcc", a=3.1))  # a frame from elsewhere: no structure name
-    seen = []
-    monkeypatch.setattr(
-        sevennet, "finetune_sevennet", lambda frames, folder, **kw: seen.extend(frames) or "m"
-    )
-    config = _sevennet_teacher(structure_weights={"fcc": 3})
-    train(config, frames, tmp_path)
-    ids = [a.info.get("pfd_frame_id") for a in seen]
+    ids = [a.info.get("pfd_frame_id") for a in weighted(frames, {"fcc": 3})]
     assert ids == ["init.diamond.000", "init.diamond.001"] + ["init.fcc.000"] * 3 + [
         "init.fcc.001"
     ] * 3 + [None]
     assert weighted(frames, None) == frames
+    seen = {}
+    monkeypatch.setattr(
+        sevennet, "finetune_sevennet", lambda frames, folder, **kw: seen.update(kw) or "m"
+    )
+    config = _sevennet_teacher(structure_weights={"fcc": 3})
+    train(config, frames, tmp_path)
+    assert seen["structure_weights"] == {"fcc": 3}
+    seen.clear()
+    train(_sevennet_teacher(), frames, tmp_path)
+    assert "structure_weights" not in seen  # unset: the call of runs from before the setting
+    monkeypatch.setattr(stages, "train_student", lambda frames, folder, **kw: seen.update(kw))
+    student = dataclasses.replace(config, role="student", base_model=None)
+    with pytest.raises(AttributeError):  # the fake returns no TrainResult
+        train(student, frames, tmp_path)
+    assert seen["structure_weights"] == {"fcc": 3}
     with pytest.raises(ValueError, match="structure_weights: fcc must be a positive integer"):
         dataclasses.replace(config, structure_weights={"fcc": 0})
+
+
+def test_weighted_copies_stay_out_of_the_validation_split(tmp_path):
+    """deepmd-kit's trainings split first, then repeat: a validation frame has no copy among
+    the training frames, and a weighted training frame is there ``weight`` times."""
+    import numpy as np
+
+    from pfd_ase.training.stages import _systems
+
+    from conftest import si_frames
+
+    frames = si_frames(20, seed=3, displacement=0.05)
+    for k, atoms in enumerate(frames):
+        atoms.info["pfd_structure"] = "diamond" if k % 2 else "other"
+    train, valid = _systems(
+        frames, None, tmp_path, ["Si"], seed=0, structure_weights={"diamond": 2}
+    )
+    train_e = np.concatenate([np.load(p / "set.000" / "energy.npy") for p in train])
+    valid_e = np.concatenate([np.load(p / "set.000" / "energy.npy") for p in valid])
+    assert len(valid_e) == 2 and not set(valid_e) & set(train_e)
+    energies = {a.get_potential_energy(): a.info["pfd_structure"] for a in frames}
+    counts = {e: list(train_e).count(e) for e in set(train_e)}
+    assert all(n == (2 if energies[e] == "diamond" else 1) for e, n in counts.items())
+    assert len(train_e) == 18 + sum(energies[e] == "diamond" for e in counts)
+
+
+@pytest.mark.parametrize("backend", ["sevennet", "chgnet"])
+def test_universal_fine_tunings_repeat_only_their_training_frames(tmp_path, monkeypatch, backend):
+    """SevenNet's and CHGNet's fine-tunings split off their validation frames first and
+    repeat the weighted structures' training frames only."""
+    import importlib
+
+    pytest.importorskip("sevenn" if backend == "sevennet" else "chgnet")
+    module = importlib.import_module(f"pfd_ase.training.{backend}")
+
+    from conftest import si_frames
+
+    frames = si_frames(50, seed=3, displacement=0.05)  # 5 held out: the minimum
+    for k, atoms in enumerate(frames):
+        atoms.info["pfd_structure"] = "diamond" if k % 2 else "other"
+    seen = []
+    monkeypatch.setattr(
+        module, "_run", lambda settings, record, resume, parts, *a: seen.extend(parts)
+    )
+    getattr(module, f"finetune_{backend}")(
+        frames, tmp_path, epochs=1, progress=False, structure_weights={"diamond": 2}
+    )
+    train, valid = seen
+    assert len(valid) == 5 and not {id(a) for a in valid} & {id(a) for a in train}
+    kept = [a for a in frames if all(a is not v for v in valid)]
+    assert [id(a) for a in train] == [
+        id(a) for a in kept for _ in range(2 if a.info["pfd_structure"] == "diamond" else 1)
+    ]

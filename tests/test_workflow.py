@@ -116,6 +116,7 @@ def test_end_to_end_finetune_and_distill(finished_run):
     # the teacher explored the 8-atom diamond cell repeated to 16 atoms (min_atoms)
     student_set = read_frames(work / "distill" / "teacher_labelled.extxyz")
     assert {len(a) for a in student_set} == {16} and {len(a) for a in data} == {8}
+    assert {a.info["pfd_structure"] for a in student_set} == {"diamond"}  # for its weights
     assert Path(summary["student"]).exists() and Path(summary["teacher"]).exists()
     assert summary["validation"]["student_force_rmse_eV_A"] > 0
     status = run_status(work)

@@ -30,7 +30,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -46,6 +46,7 @@ from pfd_ase.calculators.sevennet import (
     sevennet_device,
     sevennet_version,
 )
+from pfd_ase.data import weighted
 from pfd_ase.models import read_sevennet_checkpoint, resolve_model
 from pfd_ase.training.finetuning import (
     RECORD_FILE,
@@ -295,6 +296,7 @@ def finetune_sevennet(
     stress_weight: float = 0.01,
     valid_fraction: float = 0.1,
     min_valid_frames: int = 5,
+    structure_weights: Mapping[str, int] | None = None,
     early_stopping: int | None = None,
     seed: int = 0,
     use_device: str | None = None,
@@ -346,6 +348,10 @@ def finetune_sevennet(
         Share of ``train_frames`` held out for validation when ``valid_frames`` is
         ``None`` (``0``: none). The held-out frames are not trained on; they choose the
         epoch returned.
+    structure_weights
+        Each training frame of structure ``name`` (``info["pfd_structure"]``) enters the
+        training ``structure_weights[name]`` times, after the validation split
+        (:func:`pfd_ase.data.weighted`); ``None``: once.
     min_valid_frames
         Hold out only when the share is at least this many frames; otherwise train on
         every frame and return the last epoch (the rule of ``finetune_chgnet``).
@@ -405,6 +411,7 @@ def finetune_sevennet(
         train_frames, valid_frames = split_validation(
             train_frames, valid_fraction, seed, min_valid_frames
         )
+    train_frames = weighted(train_frames, structure_weights)  # after the split: no copy validated
     valid_frames = list(valid_frames or [])
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 from ase import Atoms
 
-from pfd_ase.data import split_frames, to_deepmd
+from pfd_ase.data import split_frames, to_deepmd, weighted
 from pfd_ase.models import RANDOM_HEAD, ModelSpec, checkpoint_params, resolve_model
 from pfd_ase.training import deepmd as dp
 
@@ -45,11 +45,13 @@ def _systems(
     workdir: Path,
     type_map: Sequence[str],
     seed: int,
+    structure_weights: Mapping[str, int] | None = None,
 ) -> tuple[list[Path], list[Path]]:
     if not frames:
         raise ValueError("no training frames")
     if valid_frames is None and len(frames) >= 4:
         frames, valid_frames = split_frames(frames, val_fraction=0.1, seed=seed)
+    frames = weighted(frames, structure_weights)  # after the split: no copy validated
     train = to_deepmd(frames, workdir / "data" / "train", type_map)
     valid = to_deepmd(valid_frames, workdir / "data" / "valid", type_map) if valid_frames else []
     return train, valid
@@ -108,12 +110,15 @@ def finetune(
     threads: int | None = None,
     progress: bool = True,
     virial: bool = False,
+    structure_weights: Mapping[str, int] | None = None,
 ) -> TrainResult:
     """Fine-tune a pre-trained deepmd-kit checkpoint on labelled frames (PFD step 2).
 
     ``virial``: fit the stress labels too where the frames carry them
     (:func:`pfd_ase.training.deepmd.default_loss`); off by default (energies and forces), see
-    :data:`pfd_ase.training.deepmd.VIRIAL_PREFS`.
+    :data:`pfd_ase.training.deepmd.VIRIAL_PREFS`. ``structure_weights``: each training frame
+    of a named structure enters that many times, after the validation split
+    (:func:`pfd_ase.data.weighted`).
 
     Parameters
     ----------
@@ -139,7 +144,7 @@ def finetune(
     workdir = Path(workdir)
     base = resolve_base_model(base_model, head)  # a wrong head fails here, before training
     type_map = list(type_map or type_map_of(frames))
-    train, valid = _systems(frames, valid_frames, workdir, type_map, seed)
+    train, valid = _systems(frames, valid_frames, workdir, type_map, seed, structure_weights)
     model = {"type_map": type_map, "descriptor": {}, "fitting_net": {}}
     cfg = dp.training_input(
         model,
@@ -263,6 +268,7 @@ def train_student(
     batch_size: int | str = 1,
     virial: bool = False,
     loss: Mapping[str, float] | None = None,
+    structure_weights: Mapping[str, int] | None = None,
     **descriptor_overrides: Any,
 ) -> TrainResult:
     """Train the distilled student (se_atten_v2, attn_layer 0, rcut 6.5 Å), freeze, compress.
@@ -279,13 +285,15 @@ def train_student(
     too where the frames carry them (off by default, see
     :data:`pfd_ase.training.deepmd.VIRIAL_PREFS`). ``loss``: loss prefactors (e.g.
     ``{"limit_pref_e": 10}``) over :func:`pfd_ase.training.deepmd.default_loss`.
+    ``structure_weights``: each training frame of a named structure enters that many times,
+    after the validation split (:func:`pfd_ase.data.weighted`).
     """
     workdir = Path(workdir)
     type_map = list(type_map or type_map_of(frames))
     section = None if virial else dp.ENERGY_LOSS
     if loss:
         section = {**dp.default_loss(virial), **loss}
-    train, valid = _systems(frames, valid_frames, workdir, type_map, seed)
+    train, valid = _systems(frames, valid_frames, workdir, type_map, seed, structure_weights)
     cfg = dp.student_input(
         type_map,
         train,

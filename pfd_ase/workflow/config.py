@@ -347,8 +347,8 @@ class TrainConfig:
         Student: deepmd-kit loss prefactors (:data:`LOSS_PREFACTORS`) that replace the
         defaults of :func:`pfd_ase.training.deepmd.default_loss` (``None``: the defaults).
     structure_weights
-        Teacher: how many times each labelled frame of a structure (by name) enters its
-        training data (integers >= 1; ``None``: every frame once).
+        How many times each labelled frame of a structure (by name) enters the training
+        data (integers >= 1; ``None``: every frame once).
     """
 
     role: str
@@ -567,6 +567,7 @@ def student_training(config: Mapping[str, Any]) -> TrainConfig:
             sel=ds.get("sel"),
             init_from_previous=bool(ds["init_from_previous"]),
             loss=ds.get("loss"),
+            structure_weights=ds["structure_weights"],
         ),
     )
 
@@ -716,6 +717,7 @@ def validate(config: Mapping[str, Any], check_setup: bool = True) -> None:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     check_names(init_config(config).structures, "init.structures")
     check_names(teacher_training(config).structure_weights, "finetune.structure_weights")
+    check_names(student_training(config).structure_weights, "distill.structure_weights")
     _typed(
         "finetune",
         lambda: _number(

@@ -314,6 +314,12 @@ SCHEMA: dict[str, Any] = {
             "(start_pref_e / limit_pref_e 0.02 -> 1, start_pref_f / limit_pref_f 1000 -> 1, "
             "start_pref_v / limit_pref_v 0.02 -> 1 with virial), e.g. {limit_pref_e: 10}",
         ),
+        "structure_weights": Setting(
+            None,
+            "how many times each teacher-labelled frame of a structure enters the student's "
+            "training data, by structure name (integers >= 1), e.g. {diamond: 2}; null: every "
+            "frame once",
+        ),
         "init_from_previous": Setting(
             False,
             "start each iteration's student from the previous one (deepmd-kit --init-model) "

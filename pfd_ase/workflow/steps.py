@@ -51,7 +51,6 @@ __all__ = [
     "perturb",
     "select",
     "train",
-    "weighted",
 ]
 
 #: The frames a labelling step labelled, in its folder (beside the task folders).
@@ -66,15 +65,6 @@ def bare(atoms: Atoms) -> Atoms:
     new = atoms.copy()
     new.calc = None
     return new
-
-
-def weighted(frames: Sequence[Atoms], weights: Mapping[str, int] | None) -> list[Atoms]:
-    """``frames`` with each frame of structure ``name`` (``info["pfd_structure"]``) repeated
-    ``weights[name]`` times in place; frames of other or unknown structures once."""
-    out = []
-    for atoms in frames:
-        out += [atoms] * (weights or {}).get(atoms.info.get(STRUCTURE_KEY), 1)
-    return out
 
 
 # --------------------------------------------------------------------------- steps
@@ -330,17 +320,21 @@ def train(
     *,
     progress: bool = True,
 ) -> TrainOutput:
-    """Train a model on labelled ``frames`` in ``folder``.
+    """Train a model on labelled ``frames`` in ``folder``; the training part of the
+    validation split repeated as ``config.structure_weights`` says
+    (:func:`pfd_ase.data.weighted`).
 
     A teacher fine-tunes ``config.base_model``: deepmd-kit (``finetune``, seed
     ``config.seed + 1``), CHGNet (``finetune_chgnet``) or SevenNet (``finetune_sevennet``;
     both ``config.chgnet_epochs`` epochs, seed ``config.seed``, stress loss weight
-    ``config.stress_weight`` unless ``None``), on the frames repeated by
-    ``config.structure_weights`` (:func:`weighted`). A student is a deepmd-kit
-    se_atten_v2 model trained from scratch, or from ``config.init_model`` (a checkpoint), with
+    ``config.stress_weight`` unless ``None``). A student is a deepmd-kit se_atten_v2 model
+    trained from scratch, or from ``config.init_model`` (a checkpoint), with
     ``train_student`` (seed ``config.seed + 2``), compressed if ``config.compress``.
     """
     frames = list(frames)
+    weights = (
+        {} if config.structure_weights is None else {"structure_weights": config.structure_weights}
+    )
     type_map = list(config.type_map) if config.type_map is not None else None
     if config.role == "student":
         from pfd_ase.training.stages import train_student
@@ -357,13 +351,12 @@ def train(
             learning_rate=config.learning_rate,
             init_model=config.init_model,
             loss=config.loss,
+            **weights,
             **({} if config.sel is None else {"sel": config.sel}),
         )
         compressed = str(result.compressed) if result.compressed else None
         return TrainOutput(str(result.model), compressed, dict(result.info), str(result.checkpoint))
     from pfd_ase.models import resolve_model
-
-    frames = weighted(frames, config.structure_weights)
 
     spec = resolve_model(config.base_model, head=config.head)
     stress = {} if config.stress_weight is None else {"stress_weight": config.stress_weight}
@@ -372,7 +365,13 @@ def train(
 
         base = str(spec.path) if spec.path is not None else spec.source
         model = finetune_chgnet(
-            frames, folder, epochs=config.chgnet_epochs, seed=config.seed, base=base, **stress
+            frames,
+            folder,
+            epochs=config.chgnet_epochs,
+            seed=config.seed,
+            base=base,
+            **stress,
+            **weights,
         )
         return TrainOutput(str(model))
     if spec.kind == "sevennet":
@@ -387,6 +386,7 @@ def train(
             base=base,
             progress=progress,
             **stress,
+            **weights,
         )
         return TrainOutput(str(model))
     from pfd_ase.training.stages import finetune
@@ -402,5 +402,6 @@ def train(
         virial=config.virial,
         seed=config.seed + 1,
         progress=progress,
+        **weights,
     )
     return TrainOutput(str(result.model), None, dict(result.info))
