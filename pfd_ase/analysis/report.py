@@ -349,6 +349,11 @@ def _supercell_text(matrix: Any) -> str:
     return str(m)
 
 
+def _r2(x: float) -> float:
+    """``x`` rounded to 2 decimals, a negative zero made positive."""
+    return round(float(x), 2) + 0.0
+
+
 def _phonon_tables(summary: Mapping[str, Any]) -> list[str]:
     """Branches at Γ, X, L per subject with deviations, max |Δ|, thermal properties."""
     branches = summary.get("phonon_branches")
@@ -374,8 +379,9 @@ def _phonon_tables(summary: Mapping[str, Any]) -> list[str]:
                 if exact is not None:
                     label += " (exact)" if exact else " (interpolated)"
                 delta = deviation.get(name, {}).get(point)
-                d_text = "–" if delta is None else " ".join(f"{d:+.2f}" for d in delta)
-                f_text = " ".join(f"{f:.2f}" for f in freqs)
+                # rounded first: an acoustic -0.001 THz reads 0.00, never -0.00
+                d_text = "–" if delta is None else " ".join(f"{_r2(d):+.2f}" for d in delta)
+                f_text = " ".join(f"{_r2(f):.2f}" for f in freqs)
                 lines.append(f"| {name} | {sc} | {label} | {f_text} | {d_text} |")
         lines.append("")
         same = summary.get("phonon_same_supercell", {})
