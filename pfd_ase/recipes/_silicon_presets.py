@@ -95,11 +95,11 @@ STUDENT_PERTURB = {"n_perturb": 10}
 #: The default preset's teacher weights (``finetune.structure_weights``): the frames of
 #: diamond, hex-diamond and the diamond vacancy count twice in the SevenNet fine-tuning (the
 #: phases whose phonons and vacancy the validation scores, against four metallic phases of
-#: as many frames). The teacher of runs/silicon_default_s27 (28 GPAW frames) retrained with
-#: them (SevenNet-0, 30 epochs, seed 0; 2026-12-07, three samples over two sessions):
-#: phonons within 0.79-0.84 against 0.95-0.99 THz of GPAW, unrelaxed vacancy 0.27-0.29
-#: against 0.34-0.38 eV below GPAW's, held-out 0.075-0.076 against 0.079-0.080 eV/Å,
-#: 6.3 against 7.0 meV/atom; about 50 s more per training.
+#: as many frames). The default run's teacher from scratch with them (runs/silicon_default_s28,
+#: 2026-12-07, 16 held-out GPAW frames) against without (s27): 0.072 against 0.080 eV/Å,
+#: 6.2 against 7.0 meV/atom, phonons within 0.96 against 0.99 THz of GPAW's, unrelaxed
+#: vacancy 0.31 against 0.38 eV low; retrained on s27's frames at two seeds (before the
+#: copies were kept out of the validation split): phonons 0.79-0.84 against 0.95-1.05 THz.
 TEACHER_WEIGHTS = {"diamond": 2, "hex_diamond": 2, "diamond_vacancy": 2}
 #: ``default``: the largest cells a 60-minute budget allows with converged k-points: 8 atoms
 #: (GPAW at density 3.5: 30-50 s a frame on one core, BC8's 16 atoms 150 s; 16-atom cells
