@@ -40,8 +40,15 @@ DEFAULT_BASE_MODEL = "7net-0"
 #: The settings a preset's ``validation`` may hold (:func:`validate_run`,
 #: :func:`references_beside`).
 VALIDATION_KEYS = frozenset(
-    ("test_set", "dh_vs_error", "dft_phonon_supercell", "vacancy_max_steps", "dft_vacancy")
-) | {"concurrent_references"}
+    (
+        "test_set",
+        "dh_vs_error",
+        "dft_phonon_supercell",
+        "vacancy_max_steps",
+        "dft_vacancy",
+        "concurrent_references",
+    )
+)
 
 
 def deep_update(base: Mapping[str, Any], updates: Mapping[str, Any] | None) -> dict[str, Any]:
