@@ -332,9 +332,7 @@ def train(
     ``train_student`` (seed ``config.seed + 2``), compressed if ``config.compress``.
     """
     frames = list(frames)
-    weights = (
-        {} if config.structure_weights is None else {"structure_weights": config.structure_weights}
-    )
+    weights = {"structure_weights": config.structure_weights}
     type_map = list(config.type_map) if config.type_map is not None else None
     if config.role == "student":
         from pfd_ase.training.stages import train_student
