@@ -12,7 +12,8 @@ vacancies). ``--quick`` trains for fewer steps. What the script does, in ``--wor
 1. pre-trains the base model once (``base_<form>/``, reused by later calls);
 2. runs the recipe uninterrupted in a child process (``reference/``), sampling every 0.1 s
    which step is in progress (the markers ``state/started/<step>.json``) and which
-   deepmd-kit subprocess runs under it (``train``, ``freeze``, ``compress``): the timeline;
+   deepmd-kit subprocess runs under it (``train``, ``compress``; ``freeze`` runs in the
+   recipe's own process since 2026-12-08, within its training step): the timeline;
 3. draws the kill moments from that timeline (``np.random.default_rng(seed)``): one in every
    kind of step (exploration, selection, labelling, training, freezing/compression,
    distillation, validation), the rest uniformly over the time spent in steps; each moment is

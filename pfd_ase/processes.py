@@ -1,6 +1,6 @@
 """Child processes that end with their parent, even when the parent is killed (``kill -9``).
 
-Every subprocess the package starts (deepmd-kit's train, freeze and compress) goes through
+Every subprocess the package starts (deepmd-kit's train and compress) goes through
 :func:`popen` or :func:`run`; process-pool workers call :func:`die_with_parent` as their
 initializer (:func:`pfd_ase.parallel.make_executor`). A rerun started right after a killed
 run therefore never races an orphan of the killed one writing into the same run directory.

@@ -212,23 +212,29 @@ def test_a_model_write_cut_short_is_never_taken_for_a_model(tmp_path, monkeypatc
     (tmp_path / "model.pth").write_bytes(b"frozen")
 
     def write(content, fail):
-        def run_dp(args, workdir, **kwargs):
+        def run_dp(args, workdir, **kwargs):  # compress: a deepmd-kit subprocess
             Path(args[args.index("-o") + 1]).write_bytes(content)
             if fail:
                 raise RuntimeError("deepmd-kit failed: killed while writing")
 
-        return run_dp
+        def dp_freeze(model, output, head):  # freeze: deepmd-kit's in this process
+            Path(output).write_bytes(content)
+            if fail:
+                raise OSError("killed while writing")
+
+        return dp_freeze if command == "freeze" else run_dp
 
     def make():
         if command == "freeze":
             return dp.freeze(tmp_path, "out.pth")
         return dp.compress(tmp_path / "model.pth", tmp_path / "out.pth")
 
-    monkeypatch.setattr(dp, "run_dp", write(b"PK half a model", fail=True))
+    target = "_dp_freeze" if command == "freeze" else "run_dp"
+    monkeypatch.setattr(dp, target, write(b"PK half a model", fail=True))
     with pytest.raises(RuntimeError, match="killed"):
         make()
     assert not (tmp_path / "out.pth").exists()
-    monkeypatch.setattr(dp, "run_dp", write(b"PK the whole model", fail=False))
+    monkeypatch.setattr(dp, target, write(b"PK the whole model", fail=False))
     assert make().read_bytes() == b"PK the whole model"
     assert [p.name for p in tmp_path.glob("*out*")] == ["out.pth"]
 

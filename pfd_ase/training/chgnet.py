@@ -282,10 +282,6 @@ def finetune_chgnet(
         Share of ``train_frames`` held out for validation when ``valid_frames`` is
         ``None`` (``0``: none). The held-out frames are not trained on; they choose the
         epoch returned.
-    structure_weights
-        Each training frame of structure ``name`` (``info["pfd_structure"]``) enters the
-        training ``structure_weights[name]`` times, after the validation split
-        (:func:`pfd_ase.data.weighted`); ``None``: once.
     min_valid_frames
         Hold out only when the share is at least this many frames (with 10 %: 50 frames
         or more); otherwise train on every frame and return the last epoch. A smaller
@@ -293,6 +289,10 @@ def finetune_chgnet(
         silicon run's 14 GPAW frames a one-frame split chose epoch 2 of 20, held-out
         force RMSE 0.188 eV/Å and Γ-optical phonon 11.87 THz, against 0.117 eV/Å and
         15.51 THz trained on all 14 (GPAW: 15.45 THz).
+    structure_weights
+        Each training frame of structure ``name`` (``info["pfd_structure"]``) enters the
+        training ``structure_weights[name]`` times, after the validation split
+        (:func:`pfd_ase.data.weighted`); ``None``: once.
     early_stopping
         Stop when the validation loss has not improved for this many epochs
         (``None``: train all ``epochs``). Needs validation frames.

@@ -1,9 +1,11 @@
 """deepmd-kit (PyTorch back-end) training: input templates, train, freeze, compress.
 
-Every deepmd-kit command runs in a subprocess (``python -m deepmd --pt ...``) inside
-its own work directory: in-process training writes into the current directory, keeps
-torch thread settings and cannot be stopped cleanly. The exact command line, the
-deepmd-kit version and the wall time are recorded in ``pfd_train.json``.
+Training and compression run in a subprocess (``python -m deepmd --pt ...``) inside their
+own work directory: in-process training writes into the current directory, keeps torch
+thread settings and cannot be stopped cleanly. The exact command line, the deepmd-kit
+version and the wall time are recorded in ``pfd_train.json``. Freezing (loading a
+checkpoint and scripting it to TorchScript, seconds) runs in this process: a subprocess
+would spend 10-15 s on 2 cores importing deepmd-kit for it.
 
 Hyper-parameters follow the papers: fine-tuning lr 1e-3 → 3.51e-8 decaying every 200
 steps (PFD supplement §II.C, 20 000 steps); the student (``se_atten_v2``, ``attn_layer = 0``,
@@ -22,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -706,13 +709,15 @@ def freeze(
     workdir: str | os.PathLike,
     output: str | os.PathLike = "frozen_model.pth",
     head: str | None = None,
-    threads: int | None = None,
 ) -> Path:
     """Freeze a training folder's checkpoint to TorchScript ``.pth`` (``head`` for multi-task).
 
-    deepmd-kit writes the model under a temporary name that is renamed to ``output`` once
-    complete (:func:`_partial`), so a run killed while it writes never leaves a truncated
-    ``output`` that a rerun would take for a frozen model.
+    Runs deepmd-kit's own freeze (``dp --pt freeze``) in this process on the checkpoint that
+    the folder's ``checkpoint`` file names, and appends what it did to ``dp.log``. The model
+    is written under a temporary name that is renamed to ``output`` once complete
+    (:func:`_partial`), so a run killed while it writes never leaves a truncated ``output``
+    that a rerun would take for a frozen model. Raises ``RuntimeError`` (with deepmd-kit's
+    error as its cause) when the checkpoint cannot be frozen.
     """
     workdir = Path(workdir).resolve()
     output = Path(output)
@@ -720,13 +725,33 @@ def freeze(
     ckpt = workdir / "model.ckpt.pt"
     if output.exists() and ckpt.exists() and output.stat().st_mtime >= ckpt.stat().st_mtime:
         return output  # already frozen from this checkpoint
+    pointer = workdir / "checkpoint"
+    model = workdir / pointer.read_text().strip() if pointer.exists() else ckpt
+    if not model.exists():
+        raise FileNotFoundError(f"no deepmd-kit checkpoint to freeze in {workdir}")
     partial = _partial(output)
-    args = ["freeze", "-o", str(partial)]
-    if head:
-        args += ["--head", head]
-    run_dp(args, workdir, threads=threads)
+    with open(workdir / "dp.log", "a") as log:
+        log.write(f"$ (in process) dp --pt freeze -o {partial} {model.name} head={head}\n")
+    try:
+        _dp_freeze(str(model), str(partial), head)
+    except ImportError:
+        raise
+    except Exception as exc:
+        raise RuntimeError(f"deepmd-kit failed (freeze {model}) in {workdir}: {exc}") from exc
     os.replace(partial, output)
     return output
+
+
+def _dp_freeze(model: str, output: str, head: str | None) -> None:
+    """deepmd-kit's freeze entry point (imported here: deepmd-kit is an optional extra)."""
+    try:
+        from deepmd.pt.entrypoints.main import freeze as dp_freeze
+    except ImportError as exc:
+        msg = f"{exc}. Install the optional dependency: pip install 'pfd_ase[deepmd]'"
+        raise ImportError(msg) from exc
+    with warnings.catch_warnings():  # torch.jit.script/save are deprecated in torch 2.13
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dp_freeze(model=model, output=output, head=head)
 
 
 def _partial(output: Path) -> Path:

@@ -348,13 +348,13 @@ def finetune_sevennet(
         Share of ``train_frames`` held out for validation when ``valid_frames`` is
         ``None`` (``0``: none). The held-out frames are not trained on; they choose the
         epoch returned.
+    min_valid_frames
+        Hold out only when the share is at least this many frames; otherwise train on
+        every frame and return the last epoch (the rule of ``finetune_chgnet``).
     structure_weights
         Each training frame of structure ``name`` (``info["pfd_structure"]``) enters the
         training ``structure_weights[name]`` times, after the validation split
         (:func:`pfd_ase.data.weighted`); ``None``: once.
-    min_valid_frames
-        Hold out only when the share is at least this many frames; otherwise train on
-        every frame and return the last epoch (the rule of ``finetune_chgnet``).
     early_stopping
         Stop when the validation loss has not improved for this many epochs (``None``:
         train all ``epochs``). Needs validation frames.

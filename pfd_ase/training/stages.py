@@ -171,7 +171,7 @@ def finetune(
             threads=threads,
             progress=progress,
         )
-    model_path = dp.freeze(workdir / "train", workdir / "model.pth", threads=threads)
+    model_path = dp.freeze(workdir / "train", workdir / "model.pth")
     return TrainResult(workdir, ckpt, model_path, info={"base_model": str(base), "head": head})
 
 
@@ -308,7 +308,7 @@ def train_student(
     ckpt = dp.train(
         cfg, workdir / "train", init_model=init_model, threads=threads, progress=progress
     )
-    model_path = dp.freeze(workdir / "train", workdir / "model.pth", threads=threads)
+    model_path = dp.freeze(workdir / "train", workdir / "model.pth")
     result = TrainResult(workdir, ckpt, model_path)
     if compress:
         try:
